@@ -1,0 +1,222 @@
+//! Differentiable transformer building blocks shared by both CLIP towers: linear layers,
+//! LayerNorm, the MLP activations, multi-head self-attention and the pre-LayerNorm residual
+//! block of OpenAI CLIP (`clip/model.py: ResidualAttentionBlock`; HF `CLIPEncoderLayer`).
+//!
+//! Every op here has a backward pass. candle-nn's fused `layer_norm` and `softmax_last_dim`
+//! have none (gradients silently stop there), so LayerNorm and the attention softmax are
+//! written from differentiable primitives; the gradient parity test against PyTorch
+//! (`tests/model_parity.rs`) guards this.
+
+use candle_core::{Device, Result, Tensor, D};
+
+use super::config::Activation;
+use super::params::ParamStore;
+use super::CheckpointError;
+
+/// Fetches the tensor of parameter `name` from `params` (its `Var`, so gradients flow).
+pub(crate) fn param(params: &ParamStore, name: &str) -> std::result::Result<Tensor, CheckpointError> {
+    params
+        .get(name)
+        .map(|v| v.as_tensor().clone())
+        .ok_or_else(|| CheckpointError::MissingKey { key: name.to_string() })
+}
+
+/// `y = x Wᵀ + b` over the last dimension of `x` (any leading shape).
+#[derive(Clone, Debug)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn load(params: &ParamStore, prefix: &str) -> std::result::Result<Self, CheckpointError> {
+        Ok(Self {
+            weight: param(params, &format!("{prefix}.weight"))?,
+            bias: Some(param(params, &format!("{prefix}.bias"))?),
+        })
+    }
+
+    /// A projection without bias whose weight is stored as `[out, in]`.
+    pub fn load_no_bias(params: &ParamStore, name: &str) -> std::result::Result<Self, CheckpointError> {
+        Ok(Self { weight: param(params, name)?, bias: None })
+    }
+
+    /// `x`: `[..., in]` -> `[..., out]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        let fan_in = dims[dims.len() - 1];
+        let rows = x.elem_count() / fan_in;
+        let y = x.reshape((rows, fan_in))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().expect("x has at least one dimension") = self.weight.dim(0)?;
+        y.reshape(out_dims)
+    }
+}
+
+/// LayerNorm over the last dimension, from differentiable primitives.
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub fn load(params: &ParamStore, prefix: &str, eps: f64) -> std::result::Result<Self, CheckpointError> {
+        Ok(Self {
+            weight: param(params, &format!("{prefix}.weight"))?,
+            bias: param(params, &format!("{prefix}.bias"))?,
+            eps,
+        })
+    }
+
+    /// `x`: `[..., width]` -> same shape.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+        let variance = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centred.broadcast_div(&(variance + self.eps)?.sqrt()?)?;
+        normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+    }
+}
+
+/// Applies the block's MLP activation.
+pub fn activate(x: &Tensor, activation: Activation) -> Result<Tensor> {
+    match activation {
+        Activation::QuickGelu => x.mul(&candle_nn::ops::sigmoid(&(x * 1.702)?)?),
+        Activation::Gelu => x.gelu_erf(),
+    }
+}
+
+/// Softmax over the last dimension, from differentiable primitives.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let shifted = x.broadcast_sub(&x.max_keepdim(D::Minus1)?.detach())?;
+    let exp = shifted.exp()?;
+    exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)
+}
+
+/// The additive causal mask of the text tower: `[t, t]`, 0 on and below the diagonal,
+/// `-inf` above it.
+pub fn causal_mask(t: usize, device: &Device) -> Result<Tensor> {
+    let mask: Vec<f32> =
+        (0..t).flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
+    Tensor::from_vec(mask, (t, t), device)
+}
+
+/// Multi-head self-attention with separate q/k/v projections (HF layout; OpenCLIP's fused
+/// `in_proj_weight` is split at load time).
+#[derive(Clone, Debug)]
+pub struct SelfAttention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+    heads: usize,
+}
+
+impl SelfAttention {
+    pub fn load(
+        params: &ParamStore,
+        prefix: &str,
+        heads: usize,
+    ) -> std::result::Result<Self, CheckpointError> {
+        Ok(Self {
+            q: Linear::load(params, &format!("{prefix}.q_proj"))?,
+            k: Linear::load(params, &format!("{prefix}.k_proj"))?,
+            v: Linear::load(params, &format!("{prefix}.v_proj"))?,
+            out: Linear::load(params, &format!("{prefix}.out_proj"))?,
+            heads,
+        })
+    }
+
+    /// `x`: `[b, t, width]`, `mask`: optional additive `[t, t]` -> `[b, t, width]`.
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, t, width) = x.dims3()?;
+        let head_dim = width / self.heads;
+        let split_heads = |y: Tensor| -> Result<Tensor> {
+            y.reshape((b, t, self.heads, head_dim))?.transpose(1, 2)?.contiguous()
+        };
+        let q = split_heads((self.q.forward(x)? * (head_dim as f64).powf(-0.5))?)?;
+        let k = split_heads(self.k.forward(x)?)?;
+        let v = split_heads(self.v.forward(x)?)?;
+        let scores = q.matmul(&k.t()?)?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        let attended = softmax_last_dim(&scores)?.matmul(&v)?;
+        let merged = attended.transpose(1, 2)?.reshape((b, t, width))?;
+        self.out.forward(&merged)
+    }
+}
+
+/// The pre-LayerNorm residual block: `x + attn(ln1(x))`, then `x + mlp(ln2(x))`.
+#[derive(Clone, Debug)]
+pub struct ResidualBlock {
+    ln1: LayerNorm,
+    attn: SelfAttention,
+    ln2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+    activation: Activation,
+}
+
+impl ResidualBlock {
+    pub fn load(
+        params: &ParamStore,
+        prefix: &str,
+        heads: usize,
+        activation: Activation,
+        eps: f64,
+    ) -> std::result::Result<Self, CheckpointError> {
+        Ok(Self {
+            ln1: LayerNorm::load(params, &format!("{prefix}.layer_norm1"), eps)?,
+            attn: SelfAttention::load(params, &format!("{prefix}.self_attn"), heads)?,
+            ln2: LayerNorm::load(params, &format!("{prefix}.layer_norm2"), eps)?,
+            fc1: Linear::load(params, &format!("{prefix}.mlp.fc1"))?,
+            fc2: Linear::load(params, &format!("{prefix}.mlp.fc2"))?,
+            activation,
+        })
+    }
+
+    /// `x`: `[b, t, width]` -> same shape.
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let x = (x + self.attn.forward(&self.ln1.forward(x)?, mask)?)?;
+        let hidden = activate(&self.fc1.forward(&self.ln2.forward(&x)?)?, self.activation)?;
+        x + self.fc2.forward(&hidden)?
+    }
+}
+
+/// A stack of residual blocks (`<prefix>.layers.N`).
+#[derive(Clone, Debug)]
+pub struct Encoder {
+    blocks: Vec<ResidualBlock>,
+}
+
+impl Encoder {
+    pub fn load(
+        params: &ParamStore,
+        prefix: &str,
+        layers: usize,
+        heads: usize,
+        activation: Activation,
+        eps: f64,
+    ) -> std::result::Result<Self, CheckpointError> {
+        let blocks = (0..layers)
+            .map(|i| ResidualBlock::load(params, &format!("{prefix}.layers.{i}"), heads, activation, eps))
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(Self { blocks })
+    }
+
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        self.blocks.iter().try_fold(x.clone(), |h, block| block.forward(&h, mask))
+    }
+}
+
+/// L2-normalises the rows of `x` (`[n, d]`).
+pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
+    x.broadcast_div(&x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?)
+}

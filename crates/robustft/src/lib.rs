@@ -1,0 +1,10 @@
+//! robustft: robust fine-tuning of zero-shot vision-language models (CLIP and its kin).
+//!
+//! The library holds everything testable; the `robustft` binary is a thin layer over it.
+//! See `docs/design.md` for the architecture.
+
+pub mod clip;
+pub mod device;
+pub mod losses;
+pub mod prompts;
+pub mod rng;

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Regenerates every committed reference fixture under fixtures/ from the Python references
+# (open_clip, transformers, PIL, NumPy). Run once after changing a generator; CI does not run it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/fixtures/setup_venv.sh
+for gen in scripts/fixtures/*.py; do
+  echo "== $gen" >&2
+  .venv/bin/python "$gen"
+done
