@@ -1,1 +1,42 @@
-fn main() {}
+//! The `robustft` command-line program: argument parsing, progress and error reporting over
+//! the `robustft` library. Results go to stdout (JSON); diagnostics go to stderr; any error
+//! prints its whole cause chain and exits non-zero.
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+
+/// Robust fine-tuning of zero-shot vision-language models (CLIP and its kin).
+#[derive(Parser, Debug)]
+#[command(name = "robustft", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print L2-normalised CLIP embeddings of images and texts as JSON.
+    Embed(commands::embed::EmbedArgs),
+    /// Print the CLIP BPE token ids of each text, one JSON array per line.
+    Tokenize(commands::tokenize::TokenizeArgs),
+    /// Classify images zero-shot from class names and prompt templates (or concept
+    /// descriptions); prints one JSON line per image with its top-k classes.
+    Zeroshot(commands::zeroshot::ZeroshotArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Embed(args) => commands::embed::run(args),
+        Command::Tokenize(args) => commands::tokenize::run(args),
+        Command::Zeroshot(args) => commands::zeroshot::run(args),
+    };
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

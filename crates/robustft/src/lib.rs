@@ -5,6 +5,10 @@
 
 pub mod clip;
 pub mod device;
+pub mod error;
 pub mod losses;
 pub mod prompts;
 pub mod rng;
+pub mod zeroshot;
+
+pub use error::{Error, Result};

@@ -82,7 +82,7 @@ fn bicubic_resize_is_pillow_exact() {
     let bytes = read_expected();
     let tensors = SafeTensors::deserialize(&bytes).unwrap();
     let cases = entries(&tensors, "resized");
-    assert!(cases.len() >= 4, "expected at least 4 resize fixtures");
+    assert!(cases.len() >= 5, "expected at least 5 resize fixtures");
     for Entry { case, size, view } in cases {
         assert_eq!(view.dtype(), Dtype::U8);
         let [height, width, 3] = view.shape()[..] else {
@@ -134,7 +134,7 @@ fn full_pipeline_matches_open_clip() {
     let bytes = read_expected();
     let tensors = SafeTensors::deserialize(&bytes).unwrap();
     let cases = entries(&tensors, "pixels");
-    assert_eq!(cases.len(), 11, "one per case and size in the generator");
+    assert_eq!(cases.len(), 12, "one per case and size in the generator");
     for Entry { case, size, view } in cases {
         assert_eq!(view.shape(), [3, size as usize, size as usize]);
         let actual = ClipPreprocess::openai(size as usize).load(&input_path(case)).unwrap();

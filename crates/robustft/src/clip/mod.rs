@@ -11,9 +11,9 @@ pub mod config;
 pub mod keymap;
 pub mod layers;
 pub mod params;
-// pub mod preprocess;
+pub mod preprocess;
 pub mod text;
-// pub mod tokenizer;
+pub mod tokenizer;
 pub mod vision;
 
 use std::collections::HashMap;
@@ -38,7 +38,7 @@ pub enum CheckpointError {
     NoWeights { dir: PathBuf, looked_for: String },
     #[error("{id} is not in the local Hugging Face cache ({cache}); robustft never downloads: fetch it once (e.g. `huggingface-cli download {id}`) or pass a local path")]
     NotCached { id: String, cache: PathBuf },
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: not a CLIP checkpoint (no `vision_model.*` or `visual.*` keys)")]
     UnknownLayout { path: PathBuf },

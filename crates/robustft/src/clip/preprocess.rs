@@ -18,10 +18,15 @@
 //!   with the cubic kernel `a = -0.5` whose support (2.0) is stretched by the downscale
 //!   factor, which is how Pillow antialiases. For every output pixel a window of input
 //!   pixels is found from its centre, the weights are normalised to sum to one and turned
-//!   into fixed point with 22 fractional bits (`PRECISION_BITS = 32 - 8 - 2`). The
-//!   horizontal pass runs first, its result is rounded and clipped to `u8`, then the
-//!   vertical pass runs on it; a pass is skipped when that axis keeps its length. All
-//!   arithmetic after the `f64` weights is integer, so the result is exact.
+//!   into fixed point with 22 fractional bits (`PRECISION_BITS = 32 - 8 - 2`). One pass
+//!   runs along each axis whose length changes; the first pass's result is rounded and
+//!   clipped to `u8` before the second. The horizontal pass runs first, except that
+//!   Pillow 13 (the version the fixtures pin) runs the vertical one first when the height
+//!   shrinks by more than twice as many pixels as the width (read from Pillow 13's
+//!   compiled `ImagingResample`, python-pillow/Pillow#9549; in CLIP's resize that is a
+//!   portrait image more than twice as tall as wide). With Pillow 12 or older such images
+//!   differ by rounding. All arithmetic after the `f64` weights is integer, so the result
+//!   is exact.
 //! * **CenterCrop** (torchvision): offsets `int(round((len - n) / 2.0))` with Python's
 //!   round-half-to-even, zero padding when the image is smaller than the crop.
 //! * **ToTensor / Normalize**: `(v as f32 / 255.0 - mean) / std` in `f32`, channel-major.
@@ -65,6 +70,7 @@ use image::{DynamicImage, ImageReader, RgbImage};
 /// Per-channel mean of OpenAI's CLIP training data (`OPENAI_DATASET_MEAN`).
 pub const OPENAI_MEAN: [f32; 3] = [0.48145466, 0.4578275, 0.40821073];
 /// Per-channel standard deviation of OpenAI's CLIP training data (`OPENAI_DATASET_STD`).
+#[allow(clippy::excessive_precision)] // the literals as open_clip writes them
 pub const OPENAI_STD: [f32; 3] = [0.26862954, 0.26130258, 0.27577711];
 
 /// Why an image file could not be preprocessed.
@@ -72,16 +78,10 @@ pub const OPENAI_STD: [f32; 3] = [0.26862954, 0.26130258, 0.27577711];
 pub enum PreprocessError {
     /// The file could not be opened or read.
     #[error("cannot open image {}: {source}", path.display())]
-    Open {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Open { path: PathBuf, source: std::io::Error },
     /// The file's contents are not a supported, well-formed image.
     #[error("cannot decode image {}: {source}", path.display())]
-    Decode {
-        path: PathBuf,
-        source: image::ImageError,
-    },
+    Decode { path: PathBuf, source: image::ImageError },
 }
 
 /// CLIP's evaluation preprocessing: bicubic resize of the shorter side to `image_size`,
@@ -96,11 +96,7 @@ pub struct ClipPreprocess {
 impl ClipPreprocess {
     /// The transform OpenAI CLIP and open_clip use for `image_size` (224 for ViT-B/32).
     pub fn openai(image_size: usize) -> Self {
-        Self {
-            image_size,
-            mean: OPENAI_MEAN,
-            std: OPENAI_STD,
-        }
+        Self { image_size, mean: OPENAI_MEAN, std: OPENAI_STD }
     }
 
     /// A stable name recorded in every result row, e.g. "clip-bicubic224-crop224-openai".
@@ -169,24 +165,13 @@ impl ClipPreprocess {
 fn decode_image(path: &Path) -> Result<DynamicImage, PreprocessError> {
     let reader = ImageReader::open(path)
         .and_then(|reader| reader.with_guessed_format())
-        .map_err(|source| PreprocessError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    reader.decode().map_err(|source| PreprocessError::Decode {
-        path: path.to_path_buf(),
-        source,
-    })
+        .map_err(|source| PreprocessError::Open { path: path.to_path_buf(), source })?;
+    reader.decode().map_err(|source| PreprocessError::Decode { path: path.to_path_buf(), source })
 }
 
 /// Pillow-exact `Image.resize((width, height), Resampling.BICUBIC)` of an RGB8 image.
 pub fn resize_bicubic(image: &RgbImage, width: u32, height: u32) -> RgbImage {
-    let target = ResampleTarget {
-        width,
-        height,
-        columns: 0..width,
-        rows: 0..height,
-    };
+    let target = ResampleTarget { width, height, columns: 0..width, rows: 0..height };
     let pixels = resample::<3>(image.as_raw(), image.width(), image.height(), &target);
     rgb_image(width, height, pixels)
 }
@@ -209,11 +194,7 @@ pub fn center_crop(image: &RgbImage, size: u32) -> RgbImage {
 /// The integer floor equals Python's float quotient truncated for any realistic size;
 /// an empty image keeps its size.
 fn shorter_side_resize(width: u32, height: u32, size: u32) -> (u32, u32) {
-    let (short, long) = if width <= height {
-        (width, height)
-    } else {
-        (height, width)
-    };
+    let (short, long) = if width <= height { (width, height) } else { (height, width) };
     if short == 0 {
         return (width, height);
     }
@@ -252,17 +233,9 @@ impl CropSpan {
     /// least `size` long, otherwise pad `(size - len) // 2` zeros before it.
     fn centred(len: u32, size: u32) -> Self {
         if size <= len {
-            Self {
-                source_start: centre_offset(len - size),
-                target_start: 0,
-                len: size,
-            }
+            Self { source_start: centre_offset(len - size), target_start: 0, len: size }
         } else {
-            Self {
-                source_start: 0,
-                target_start: (size - len) / 2,
-                len,
-            }
+            Self { source_start: 0, target_start: (size - len) / 2, len }
         }
     }
 
@@ -284,8 +257,7 @@ fn place_on_canvas(region: &RgbImage, columns: CropSpan, rows: CropSpan, size: u
 }
 
 fn rgb_image(width: u32, height: u32, pixels: Vec<u8>) -> RgbImage {
-    RgbImage::from_raw(width, height, pixels)
-        .expect("resampled buffer has width * height * 3 bytes")
+    RgbImage::from_raw(width, height, pixels).expect("resampled buffer has width * height * 3 bytes")
 }
 
 /// The output of a resize, and the part of it to compute.
@@ -299,47 +271,27 @@ struct ResampleTarget {
 
 impl ResampleTarget {
     fn region_size(&self) -> (u32, u32) {
-        (
-            self.columns.end - self.columns.start,
-            self.rows.end - self.rows.start,
-        )
+        (self.columns.end - self.columns.start, self.rows.end - self.rows.start)
     }
 }
 
 /// Resizes `image` the way Pillow does for its mode and converts the requested region to
 /// RGB the way `convert("RGB")` does. `needs_resampling` is false when torchvision would
 /// return the image untouched (then RGBA is not premultiplied either).
-fn resample_to_rgb(
-    image: &DynamicImage,
-    target: &ResampleTarget,
-    needs_resampling: bool,
-) -> RgbImage {
+fn resample_to_rgb(image: &DynamicImage, target: &ResampleTarget, needs_resampling: bool) -> RgbImage {
     let (width, height) = (image.width(), image.height());
     let (region_width, region_height) = target.region_size();
     let pixels = match image {
         DynamicImage::ImageRgb8(rgb) => resample::<3>(rgb.as_raw(), width, height, target),
-        DynamicImage::ImageLuma8(gray) => {
-            gray_to_rgb(&resample::<1>(gray.as_raw(), width, height, target))
-        }
+        DynamicImage::ImageLuma8(gray) => gray_to_rgb(&resample::<1>(gray.as_raw(), width, height, target)),
         DynamicImage::ImageRgba8(rgba) => {
-            let rgba =
-                resample_with_alpha::<4>(rgba.as_raw(), width, height, target, needs_resampling);
-            rgba.chunks_exact(4)
-                .flat_map(|pixel| [pixel[0], pixel[1], pixel[2]])
-                .collect()
+            let rgba = resample_with_alpha::<4>(rgba.as_raw(), width, height, target, needs_resampling);
+            rgba.chunks_exact(4).flat_map(|pixel| [pixel[0], pixel[1], pixel[2]]).collect()
         }
         DynamicImage::ImageLumaA8(gray_alpha) => {
-            let gray_alpha = resample_with_alpha::<2>(
-                gray_alpha.as_raw(),
-                width,
-                height,
-                target,
-                needs_resampling,
-            );
-            gray_alpha
-                .chunks_exact(2)
-                .flat_map(|pixel| [pixel[0]; 3])
-                .collect()
+            let gray_alpha =
+                resample_with_alpha::<2>(gray_alpha.as_raw(), width, height, target, needs_resampling);
+            gray_alpha.chunks_exact(2).flat_map(|pixel| [pixel[0]; 3]).collect()
         }
         other => return resample_to_rgb(&to_eight_bit(other), target, needs_resampling),
     };
@@ -374,9 +326,7 @@ fn resample_with_alpha<const C: usize>(
         return resample::<C>(pixels, width, height, target);
     }
     let mut premultiplied = pixels.to_vec();
-    premultiplied
-        .chunks_exact_mut(C)
-        .for_each(premultiply_alpha);
+    premultiplied.chunks_exact_mut(C).for_each(premultiply_alpha);
     let mut resampled = resample::<C>(&premultiplied, width, height, target);
     resampled.chunks_exact_mut(C).for_each(unpremultiply_alpha);
     resampled
@@ -391,9 +341,7 @@ fn mul_div_255(a: u8, b: u8) -> u8 {
 /// Pillow's `RGBA -> RGBa` (and `LA -> La`) conversion of one pixel, alpha last.
 fn premultiply_alpha(pixel: &mut [u8]) {
     if let Some((&mut alpha, colour)) = pixel.split_last_mut() {
-        colour
-            .iter_mut()
-            .for_each(|value| *value = mul_div_255(*value, alpha));
+        colour.iter_mut().for_each(|value| *value = mul_div_255(*value, alpha));
     }
 }
 
@@ -445,10 +393,7 @@ struct Window {
 fn axis_windows(in_size: u32, out_size: u32, outputs: Range<u32>) -> Vec<Window> {
     if in_size == out_size {
         return outputs
-            .map(|index| Window {
-                start: index as usize,
-                weights: vec![1 << PRECISION_BITS],
-            })
+            .map(|index| Window { start: index as usize, weights: vec![1 << PRECISION_BITS] })
             .collect();
     }
     let scale = f64::from(in_size) / f64::from(out_size);
@@ -469,10 +414,7 @@ fn axis_windows(in_size: u32, out_size: u32, outputs: Range<u32>) -> Vec<Window>
                 .iter()
                 .map(|&weight| to_fixed_point(if total != 0.0 { weight / total } else { weight }))
                 .collect();
-            Window {
-                start: first as usize,
-                weights,
-            }
+            Window { start: first as usize, weights }
         })
         .collect()
 }
@@ -496,25 +438,34 @@ fn clip_to_u8(accumulator: i32) -> u8 {
 /// `target.columns` x `target.rows` of the `target.width` x `target.height` output.
 ///
 /// An empty input (which Pillow cannot resize) gives black pixels.
-fn resample<const C: usize>(
-    pixels: &[u8],
-    width: u32,
-    height: u32,
-    target: &ResampleTarget,
-) -> Vec<u8> {
+fn resample<const C: usize>(pixels: &[u8], width: u32, height: u32, target: &ResampleTarget) -> Vec<u8> {
     let (region_width, region_height) = target.region_size();
     if width == 0 || height == 0 || region_width == 0 || region_height == 0 {
         return vec![0; region_width as usize * region_height as usize * C];
     }
     let horizontal = axis_windows(width, target.width, target.columns.clone());
     let vertical = axis_windows(height, target.height, target.rows.clone());
+    let vertical_first = vertical_pass_first(width, height, target.width, target.height);
+    let width = width as usize;
+    if vertical_first {
+        let columns = resample_columns(pixels, width * C, 0, &vertical);
+        return resample_rows::<C>(&columns, width, 0..vertical.len(), &horizontal);
+    }
     // Only the input rows some vertical window reads go through the horizontal pass.
     let first_row = vertical.first().map_or(0, |window| window.start);
-    let end_row = vertical
-        .last()
-        .map_or(0, |window| window.start + window.weights.len());
-    let rows = resample_rows::<C>(pixels, width as usize, first_row..end_row, &horizontal);
+    let end_row = vertical.last().map_or(0, |window| window.start + window.weights.len());
+    let rows = resample_rows::<C>(pixels, width, first_row..end_row, &horizontal);
     resample_columns(&rows, horizontal.len() * C, first_row, &vertical)
+}
+
+/// Pillow 13's pass order (python-pillow/Pillow#9549): the vertical pass runs first when
+/// the height shrinks by more pixels than twice the width does. Because the intermediate
+/// image is rounded to `u8`, the order changes the result. (Only matters when both axes
+/// are resampled; Pillow 12 and earlier always ran the horizontal pass first.)
+fn vertical_pass_first(width: u32, height: u32, out_width: u32, out_height: u32) -> bool {
+    let height_shrink = i64::from(height) - i64::from(out_height);
+    let width_shrink = i64::from(width) - i64::from(out_width);
+    height_shrink > 0 && height_shrink > 2 * width_shrink
 }
 
 /// Horizontal pass over input rows `rows`: one output row of `windows.len()` pixels each.
@@ -525,11 +476,7 @@ fn resample_rows<const C: usize>(
     windows: &[Window],
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(rows.len() * windows.len() * C);
-    for row in pixels
-        .chunks_exact(width * C)
-        .skip(rows.start)
-        .take(rows.len())
-    {
+    for row in pixels.chunks_exact(width * C).skip(rows.start).take(rows.len()) {
         for window in windows {
             let taps = &row[window.start * C..(window.start + window.weights.len()) * C];
             let mut sums = [ROUNDING_HALF; C];
@@ -571,19 +518,10 @@ mod tests {
         // window is [(int)(1 - 4 + 0.5) = -2 -> 0, (int)(1 + 4 + 0.5) = 5), and the
         // kernel is sampled at (x - 1 + 0.5) / 2 = -0.25, 0.25, 0.75, 1.25, 1.75.
         let windows = axis_windows(8, 4, 0..4);
-        let raw: Vec<f64> = [-0.25, 0.25, 0.75, 1.25, 1.75]
-            .iter()
-            .map(|&x| bicubic_kernel(x))
-            .collect();
+        let raw: Vec<f64> = [-0.25, 0.25, 0.75, 1.25, 1.75].iter().map(|&x| bicubic_kernel(x)).collect();
         let total: f64 = raw.iter().sum();
         let expected: Vec<i32> = raw.iter().map(|&w| to_fixed_point(w / total)).collect();
-        assert_eq!(
-            windows[0],
-            Window {
-                start: 0,
-                weights: expected
-            }
-        );
+        assert_eq!(windows[0], Window { start: 0, weights: expected });
         // Output 3 is centred at 7.0: window [3, min(11, 8)) = [3, 8).
         assert_eq!(windows[3].start, 3);
         assert_eq!(windows[3].weights.len(), 5);
@@ -604,6 +542,18 @@ mod tests {
     fn sub_range_windows_equal_the_full_ones() {
         let full = axis_windows(300, 38, 0..38);
         assert_eq!(axis_windows(300, 38, 3..35), full[3..35].to_vec());
+    }
+
+    #[test]
+    fn pass_order_follows_pillow_13() {
+        // Height shrinks by more than twice the width's shrink: vertical first.
+        assert!(vertical_pass_first(45, 120, 32, 85));
+        assert!(vertical_pass_first(21, 1779, 400, 248));
+        // CLIP's 500x375 -> 298x224 and 375x500 -> 224x298: horizontal first.
+        assert!(!vertical_pass_first(500, 375, 298, 224));
+        assert!(!vertical_pass_first(375, 500, 224, 298));
+        // Growing height: horizontal first.
+        assert!(!vertical_pass_first(40, 20, 10, 30));
     }
 
     #[test]
@@ -678,25 +628,13 @@ mod tests {
         assert_eq!(black[0], -OPENAI_MEAN[0] / OPENAI_STD[0]);
         let thin = preprocess.apply(&DynamicImage::new_rgb8(1, 100_000));
         assert_eq!(thin.len(), 48);
-        assert!(ClipPreprocess::openai(0)
-            .apply(&DynamicImage::new_rgb8(3, 3))
-            .is_empty());
+        assert!(ClipPreprocess::openai(0).apply(&DynamicImage::new_rgb8(3, 3)).is_empty());
     }
 
     #[test]
     fn id_names_size_and_normalisation() {
-        assert_eq!(
-            ClipPreprocess::openai(224).id(),
-            "clip-bicubic224-crop224-openai"
-        );
-        let custom = ClipPreprocess {
-            image_size: 32,
-            mean: [0.5; 3],
-            std: [0.25; 3],
-        };
-        assert_eq!(
-            custom.id(),
-            "clip-bicubic32-crop32-mean0.5_0.5_0.5-std0.25_0.25_0.25"
-        );
+        assert_eq!(ClipPreprocess::openai(224).id(), "clip-bicubic224-crop224-openai");
+        let custom = ClipPreprocess { image_size: 32, mean: [0.5; 3], std: [0.25; 3] };
+        assert_eq!(custom.id(), "clip-bicubic32-crop32-mean0.5_0.5_0.5-std0.25_0.25_0.25");
     }
 }

@@ -42,30 +42,27 @@
 //! `tests/tokenizer_parity.rs` checks the port against fixtures written by
 //! `scripts/fixtures/tokenizer.py`.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::io::Read;
-use std::sync::{LazyLock, Mutex, PoisonError};
+use std::sync::{LazyLock, Mutex, MutexGuard, PoisonError};
 
 use regex::Regex;
-use unicode_normalization::UnicodeNormalization;
 
 /// The context length of every OpenAI CLIP text encoder.
 pub const CONTEXT_LENGTH: usize = 77;
 /// All merges in OpenAI's vocabulary file (49152 - 256 - 2 = 48894).
 pub const FULL_MERGES: usize = 48894;
 
-const VOCABULARY_GZ: &[u8] = include_bytes!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../assets/bpe_simple_vocab_16e6.txt.gz"
-));
+const VOCABULARY_GZ: &[u8] =
+    include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets/bpe_simple_vocab_16e6.txt.gz"));
 const START_OF_TEXT: &str = "<start_of_text>";
 const END_OF_TEXT: &str = "<end_of_text>";
 const END_OF_WORD: &str = "</w>";
 /// Symbols for single bytes, then the same bytes ending a word: `512 = 2 * 256`.
 const BYTE_SYMBOLS: u32 = 256;
 const SPECIAL_TOKENS: usize = 2;
+const REPLACEMENT_BYTES: &[u8] = "\u{FFFD}".as_bytes();
 /// BPE results kept per tokenizer; beyond it new words are encoded without being cached.
 const BPE_CACHE_LIMIT: usize = 1 << 18;
 
@@ -100,8 +97,9 @@ pub struct Tokenizer {
     merges: usize,
     /// Id of the symbol of each byte (add [`BYTE_SYMBOLS`] for the word-final symbol).
     byte_ids: [u32; 256],
-    /// Rank of each mergeable pair of symbol ids; the merged symbol's id is `512 + rank`.
-    ranks: HashMap<(u32, u32), u32>,
+    /// Id of the symbol each mergeable pair of symbol ids merges into. Merged ids grow with
+    /// the merge's rank, so the lowest id is the merge BPE applies first.
+    merged_ids: HashMap<(u32, u32), u32>,
     /// The bytes each id stands for, as OpenAI's `decode` sees them (`</w>` included).
     id_bytes: Vec<Vec<u8>>,
     cache: Mutex<HashMap<String, Vec<u32>>>,
@@ -126,10 +124,7 @@ impl Tokenizer {
     /// built from a vocabulary file cut after `n` merges.
     pub fn with_merges(n: usize) -> Result<Self, TokenizerError> {
         if n > FULL_MERGES {
-            return Err(TokenizerError::TooManyMerges {
-                requested: n,
-                available: FULL_MERGES,
-            });
+            return Err(TokenizerError::TooManyMerges { requested: n, available: FULL_MERGES });
         }
         let text = decompress_vocabulary()?;
         let merge_lines: Vec<&str> = text.split('\n').skip(1).take(n).collect();
@@ -156,30 +151,19 @@ impl Tokenizer {
             symbol_ids.insert(format!("{symbol}{END_OF_WORD}"), id);
             id_bytes.push([&[byte], END_OF_WORD.as_bytes()].concat());
         }
-        let mut ranks = HashMap::with_capacity(merge_lines.len());
-        for (rank, line) in (0u32..).zip(merge_lines) {
+        let mut merged_ids = HashMap::with_capacity(merge_lines.len());
+        for (merged_id, line) in (2 * BYTE_SYMBOLS..).zip(merge_lines) {
             let (first, second) = split_merge_line(line)?;
             let first_id = symbol_id(&symbol_ids, first)?;
             let second_id = symbol_id(&symbol_ids, second)?;
-            let merged_id = 2 * BYTE_SYMBOLS + rank;
-            if symbol_ids
-                .insert(format!("{first}{second}"), merged_id)
-                .is_some()
-            {
-                return Err(TokenizerError::BadVocabulary(format!(
-                    "merge {line:?} repeats a symbol"
-                )));
+            if symbol_ids.insert(format!("{first}{second}"), merged_id).is_some() {
+                return Err(TokenizerError::BadVocabulary(format!("merge {line:?} repeats a symbol")));
             }
-            if ranks.insert((first_id, second_id), rank).is_some() {
-                return Err(TokenizerError::BadVocabulary(format!(
-                    "merge {line:?} is listed twice"
-                )));
+            if merged_ids.insert((first_id, second_id), merged_id).is_some() {
+                return Err(TokenizerError::BadVocabulary(format!("merge {line:?} is listed twice")));
             }
-            let merged_bytes = [
-                id_bytes[first_id as usize].as_slice(),
-                &id_bytes[second_id as usize],
-            ]
-            .concat();
+            let merged_bytes =
+                [id_bytes[first_id as usize].as_slice(), &id_bytes[second_id as usize]].concat();
             id_bytes.push(merged_bytes);
         }
         id_bytes.push(START_OF_TEXT.as_bytes().to_vec());
@@ -187,7 +171,7 @@ impl Tokenizer {
         Ok(Self {
             merges: merge_lines.len(),
             byte_ids,
-            ranks,
+            merged_ids,
             id_bytes,
             cache: Mutex::new(HashMap::new()),
         })
@@ -205,16 +189,17 @@ impl Tokenizer {
 
     /// Id of `<start_of_text>` (OpenAI's `<|startoftext|>`): `vocab_size - 2`.
     pub fn sot_token(&self) -> u32 {
-        self.id_of_index(self.vocab_size() - 2)
+        self.first_special_id()
     }
 
     /// Id of `<end_of_text>` (OpenAI's `<|endoftext|>`): `vocab_size - 1`.
     pub fn eot_token(&self) -> u32 {
-        self.id_of_index(self.vocab_size() - 1)
+        self.first_special_id() + 1
     }
 
-    fn id_of_index(&self, index: usize) -> u32 {
-        u32::try_from(index).expect("vocabulary sizes are bounded by FULL_MERGES")
+    fn first_special_id(&self) -> u32 {
+        // Lossless: `merges` never exceeds FULL_MERGES.
+        2 * BYTE_SYMBOLS + self.merges as u32
     }
 
     /// BPE ids of `text`, without start and end tokens: open_clip's
@@ -233,16 +218,21 @@ impl Tokenizer {
     }
 
     fn extend_with_word(&self, word: &str, ids: &mut Vec<u32>) {
-        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(cached) = cache.get(word) {
+        if let Some(cached) = self.lock_cache().get(word) {
             ids.extend_from_slice(cached);
             return;
         }
         let merged = self.bpe(word.as_bytes());
         ids.extend_from_slice(&merged);
+        let mut cache = self.lock_cache();
         if cache.len() < BPE_CACHE_LIMIT {
             cache.insert(word.to_owned(), merged);
         }
+    }
+
+    /// The cache only ever holds finished BPE results, so a poisoned lock is still usable.
+    fn lock_cache(&self) -> MutexGuard<'_, HashMap<String, Vec<u32>>> {
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Splits a non-empty word into byte symbols, marks the last one as word-final and
@@ -254,12 +244,10 @@ impl Tokenizer {
         let mut symbols: Vec<u32> = init
             .iter()
             .map(|&byte| self.byte_ids[usize::from(byte)])
-            .chain(std::iter::once(
-                self.byte_ids[usize::from(last)] + BYTE_SYMBOLS,
-            ))
+            .chain(std::iter::once(self.byte_ids[usize::from(last)] + BYTE_SYMBOLS))
             .collect();
-        while let Some((pair, rank)) = self.lowest_ranked_pair(&symbols) {
-            symbols = merge_pair(&symbols, pair, 2 * BYTE_SYMBOLS + rank);
+        while let Some((pair, merged_id)) = self.lowest_ranked_pair(&symbols) {
+            symbols = merge_pair(&symbols, pair, merged_id);
         }
         symbols
     }
@@ -269,9 +257,9 @@ impl Tokenizer {
             .windows(2)
             .filter_map(|window| {
                 let pair = (window[0], window[1]);
-                self.ranks.get(&pair).map(|&rank| (pair, rank))
+                self.merged_ids.get(&pair).map(|&merged_id| (pair, merged_id))
             })
-            .min_by_key(|&(_, rank)| rank)
+            .min_by_key(|&(_, merged_id)| merged_id)
     }
 
     /// Text of `ids` as OpenAI's `decode`: bytes decoded as lossy UTF-8, every `</w>`
@@ -281,7 +269,7 @@ impl Tokenizer {
         for &id in ids {
             match self.id_bytes.get(id as usize) {
                 Some(symbol) => bytes.extend_from_slice(symbol),
-                None => bytes.extend_from_slice(char::REPLACEMENT_CHARACTER.to_string().as_bytes()),
+                None => bytes.extend_from_slice(REPLACEMENT_BYTES),
             }
         }
         String::from_utf8_lossy(&bytes).replace(END_OF_WORD, " ")
@@ -291,7 +279,7 @@ impl Tokenizer {
     /// with zeros: one row of open_clip's `SimpleTokenizer.__call__`.
     pub fn tokenize(&self, text: &str, context_length: usize) -> Result<Vec<u32>, TokenizerError> {
         check_context_length(context_length)?;
-        let mut row = Vec::with_capacity(context_length.max(2));
+        let mut row = Vec::with_capacity(context_length);
         row.push(self.sot_token());
         row.extend(self.encode(text));
         row.push(self.eot_token());
@@ -310,10 +298,7 @@ impl Tokenizer {
         context_length: usize,
     ) -> Result<Vec<Vec<u32>>, TokenizerError> {
         check_context_length(context_length)?;
-        texts
-            .iter()
-            .map(|text| self.tokenize(text.as_ref(), context_length))
-            .collect()
+        texts.iter().map(|text| self.tokenize(text.as_ref(), context_length)).collect()
     }
 }
 
@@ -335,9 +320,7 @@ fn decompress_vocabulary() -> Result<String, TokenizerError> {
 fn split_merge_line(line: &str) -> Result<(&str, &str), TokenizerError> {
     match line.split(' ').collect::<Vec<_>>().as_slice() {
         [first, second] if !first.is_empty() && !second.is_empty() => Ok((first, second)),
-        _ => Err(TokenizerError::BadVocabulary(format!(
-            "merge line {line:?} is not two symbols"
-        ))),
+        _ => Err(TokenizerError::BadVocabulary(format!("merge line {line:?} is not two symbols"))),
     }
 }
 
@@ -518,37 +501,30 @@ mod html {
     /// The entities HTML5 (and Python's `html.entities.html5`) also accepts without `;`;
     /// each has the same value as its `;` form.
     const LEGACY_ENTITY_NAMES: [&str; 106] = [
-        "AElig", "AMP", "Aacute", "Acirc", "Agrave", "Aring", "Atilde", "Auml", "COPY", "Ccedil",
-        "ETH", "Eacute", "Ecirc", "Egrave", "Euml", "GT", "Iacute", "Icirc", "Igrave", "Iuml",
-        "LT", "Ntilde", "Oacute", "Ocirc", "Ograve", "Oslash", "Otilde", "Ouml", "QUOT", "REG",
-        "THORN", "Uacute", "Ucirc", "Ugrave", "Uuml", "Yacute", "aacute", "acirc", "acute",
-        "aelig", "agrave", "amp", "aring", "atilde", "auml", "brvbar", "ccedil", "cedil", "cent",
-        "copy", "curren", "deg", "divide", "eacute", "ecirc", "egrave", "eth", "euml", "frac12",
-        "frac14", "frac34", "gt", "iacute", "icirc", "iexcl", "igrave", "iquest", "iuml",
-        "laquo", "lt", "macr", "micro", "middot", "nbsp", "not", "ntilde", "oacute", "ocirc",
-        "ograve", "ordf", "ordm", "oslash", "otilde", "ouml", "para", "plusmn", "pound", "quot",
-        "raquo", "reg", "sect", "shy", "sup1", "sup2", "sup3", "szlig", "thorn", "times",
-        "uacute", "ucirc", "ugrave", "uml", "uuml", "yacute", "yen", "yuml",
+        "AElig", "AMP", "Aacute", "Acirc", "Agrave", "Aring", "Atilde", "Auml", "COPY", "Ccedil", "ETH",
+        "Eacute", "Ecirc", "Egrave", "Euml", "GT", "Iacute", "Icirc", "Igrave", "Iuml", "LT", "Ntilde",
+        "Oacute", "Ocirc", "Ograve", "Oslash", "Otilde", "Ouml", "QUOT", "REG", "THORN", "Uacute", "Ucirc",
+        "Ugrave", "Uuml", "Yacute", "aacute", "acirc", "acute", "aelig", "agrave", "amp", "aring", "atilde",
+        "auml", "brvbar", "ccedil", "cedil", "cent", "copy", "curren", "deg", "divide", "eacute", "ecirc",
+        "egrave", "eth", "euml", "frac12", "frac14", "frac34", "gt", "iacute", "icirc", "iexcl", "igrave",
+        "iquest", "iuml", "laquo", "lt", "macr", "micro", "middot", "nbsp", "not", "ntilde", "oacute",
+        "ocirc", "ograve", "ordf", "ordm", "oslash", "otilde", "ouml", "para", "plusmn", "pound", "quot",
+        "raquo", "reg", "sect", "shy", "sup1", "sup2", "sup3", "szlig", "thorn", "times", "uacute", "ucirc",
+        "ugrave", "uml", "uuml", "yacute", "yen", "yuml",
     ];
 
     /// Value of the HTML5 entity `&name;` (`name` without the `;`).
-    pub(super) fn entity_with_semicolon(name: &str) -> Option<&'static str> {
+    fn entity_with_semicolon(name: &str) -> Option<&'static str> {
         if let Ok(index) = MULTI_CODE_POINT_ENTITIES.binary_search_by(|(n, _)| n.cmp(&name)) {
             return Some(MULTI_CODE_POINT_ENTITIES[index].1);
         }
         let table = &html_escape::NAMED_ENTITIES;
-        table
-            .binary_search_by(|(n, _)| n.cmp(&name.as_bytes()))
-            .ok()
-            .map(|index| table[index].1)
+        table.binary_search_by(|(n, _)| n.cmp(&name.as_bytes())).ok().map(|index| table[index].1)
     }
 
     /// Value of the legacy entity `&name` written without `;`.
     fn entity_without_semicolon(name: &str) -> Option<&'static str> {
-        LEGACY_ENTITY_NAMES
-            .binary_search(&name)
-            .ok()
-            .and_then(|_| entity_with_semicolon(name))
+        LEGACY_ENTITY_NAMES.binary_search(&name).ok().and_then(|_| entity_with_semicolon(name))
     }
 
     /// Python's `html.unescape`.
@@ -578,7 +554,7 @@ mod html {
 
     /// The reference `html.unescape` decodes right after an `&`: the bytes it consumes and
     /// its replacement, or `None` where it leaves the text alone.
-    pub(super) fn character_reference(after: &str) -> Option<(usize, Cow<'static, str>)> {
+    fn character_reference(after: &str) -> Option<(usize, Cow<'static, str>)> {
         match after.strip_prefix('#') {
             Some(number) => numeric_reference(number).map(|(len, value)| (1 + len, value)),
             None => named_reference(after),
@@ -592,18 +568,14 @@ mod html {
             _ => (0, 10),
         };
         let digits_text = &number[prefix_len..];
-        let digits = digits_text
-            .bytes()
-            .take_while(|b| char::from(*b).is_digit(radix))
-            .count();
+        let digits = digits_text.bytes().take_while(|b| char::from(*b).is_digit(radix)).count();
         if digits == 0 {
             return None;
         }
         let value = parse_saturating(&digits_text[..digits], radix);
         let semicolon = usize::from(digits_text[digits..].starts_with(';'));
-        let replacement = numeric_reference_value(value).map_or(Cow::Borrowed(""), |c| {
-            Cow::Owned(c.to_string())
-        });
+        let replacement =
+            numeric_reference_value(value).map_or(Cow::Borrowed(""), |c| Cow::Owned(c.to_string()));
         Some((prefix_len + digits + semicolon, replacement))
     }
 
@@ -644,11 +616,7 @@ mod html {
         let name = &after[..name_len];
         let has_semicolon = after[name_len..].starts_with(';');
         let consumed = name_len + usize::from(has_semicolon);
-        let exact = if has_semicolon {
-            entity_with_semicolon(name)
-        } else {
-            entity_without_semicolon(name)
-        };
+        let exact = if has_semicolon { entity_with_semicolon(name) } else { entity_without_semicolon(name) };
         if let Some(value) = exact {
             return Some((consumed, Cow::Borrowed(value)));
         }
@@ -702,8 +670,10 @@ mod html {
         let consumed = hash + alphanumerics + 1;
         let name = &body[..alphanumerics];
         if hash == 1 {
-            // html.unescape must consume the whole reference, `;` included.
-            return character_reference(after).filter(|&(len, _)| len == consumed);
+            // ftfy keeps the reference unless html.unescape turns all of it into text
+            // without a `;` (so `&#59;` stays).
+            return character_reference(after)
+                .filter(|(len, value)| *len == consumed && !value.contains(';'));
         }
         if let Some(value) = entity_with_semicolon(name) {
             return Some((consumed, Cow::Borrowed(value)));
@@ -731,13 +701,12 @@ mod ftfy {
     use std::sync::LazyLock;
 
     use regex::Regex;
-    use unicode_normalization::UnicodeNormalization;
+    use unicode_normalization::{is_nfc_quick, IsNormalized, UnicodeNormalization};
 
     use super::{html, windows_1252_for_c1};
 
-    static TERMINAL_ESCAPE: LazyLock<Regex> = LazyLock::new(|| {
-        Regex::new(r"\x1B\[[\d;]*[a-zA-Z]").expect("the terminal-escape pattern is valid")
-    });
+    static TERMINAL_ESCAPE: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"\x1B\[[\d;]*[a-zA-Z]").expect("the terminal-escape pattern is valid"));
 
     /// Fixes each line (up to and including its `\n`) on its own. HTML entities are decoded
     /// until the first line that contains `<` (ftfy's `unescape_html="auto"`).
@@ -754,26 +723,29 @@ mod ftfy {
     /// ftfy's `fix_and_explain`: every fixer in order, repeated until nothing changes.
     fn fix_line(line: &str, unescape_html: bool) -> String {
         let mut text = line.to_owned();
-        loop {
-            let fixed = fix_once(&text, unescape_html);
-            if fixed == text {
-                return text;
-            }
+        while let Some(fixed) = fix_once(&text, unescape_html) {
             text = fixed;
         }
+        text
     }
 
-    fn fix_once(text: &str, unescape_html: bool) -> String {
-        let unescaped = if unescape_html {
-            html::unescape_ftfy(text)
-        } else {
-            Cow::Borrowed(text)
-        };
+    /// One round of every fixer; `None` when it changes nothing.
+    fn fix_once(text: &str, unescape_html: bool) -> Option<String> {
+        let unescaped = if unescape_html { html::unescape_ftfy(text) } else { Cow::Borrowed(text) };
         let translated = translate_characters(&unescaped);
         let unified = unify_line_breaks(&translated);
         let without_escapes = TERMINAL_ESCAPE.replace_all(&unified, "");
         let without_controls = remove_control_characters(&without_escapes);
-        without_controls.nfc().collect()
+        let normalized = normalize_nfc(&without_controls);
+        (normalized != text).then(|| normalized.into_owned())
+    }
+
+    fn normalize_nfc(text: &str) -> Cow<'_, str> {
+        if is_nfc_quick(text.chars()) == IsNormalized::Yes {
+            Cow::Borrowed(text)
+        } else {
+            Cow::Owned(text.nfc().collect())
+        }
     }
 
     /// `fix_c1_controls`, `fix_latin_ligatures`, `fix_character_width` and `uncurl_quotes`,
@@ -840,9 +812,7 @@ mod ftfy {
         if c == '\u{3000}' {
             out.push(' ');
         } else if is_width_variant(c) {
-            std::iter::once(c)
-                .nfkc()
-                .for_each(|n| out.push(straight_quote(n)));
+            std::iter::once(c).nfkc().for_each(|n| out.push(straight_quote(n)));
         } else {
             out.push(straight_quote(c));
         }
@@ -986,7 +956,10 @@ mod tests {
             ftfy::translate_characters("\u{FF2C}\u{FF2F}\u{3000}\u{FB01}sh \u{93}q\u{94} \u{149}"),
             "LO fish \"q\" 'n"
         );
-        assert_eq!(ftfy::translate_characters("\u{FF35}\u{FF80}\u{FF70}\u{FF9D}"), "U\u{30BF}\u{30FC}\u{30F3}");
+        assert_eq!(
+            ftfy::translate_characters("\u{FF35}\u{FF80}\u{FF70}\u{FF9D}"),
+            "U\u{30BF}\u{30FC}\u{30F3}"
+        );
         assert_eq!(ftfy::latin_ligature('\u{FB03}'), Some("ffi"));
         assert_eq!(ftfy::straight_quote('\u{201F}'), '"');
         assert_eq!(ftfy::unify_line_breaks("a\r\r\nb\u{2028}c"), "a\n\nb\nc");
@@ -1014,9 +987,6 @@ mod tests {
             .find_iter("it's a\u{345}b 12 <start_of_text>!! it'\u{17F}")
             .map(|m| m.as_str())
             .collect();
-        assert_eq!(
-            pieces,
-            ["it", "'s", "a", "b", "1", "2", "<start_of_text>", "!!", "it", "'\u{17F}"]
-        );
+        assert_eq!(pieces, ["it", "'s", "a", "b", "1", "2", "<start_of_text>", "!!", "it", "'\u{17F}"]);
     }
 }

@@ -58,9 +58,9 @@ pub use templates::{
 /// class indices and file positions of CD entries are 0-based.
 #[derive(Debug, thiserror::Error)]
 pub enum PromptError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io { path: String, source: std::io::Error },
-    #[error("{path}: invalid JSON: {source}")]
+    #[error("{path}: invalid JSON")]
     Json { path: String, source: serde_json::Error },
     #[error("{path}: expected a JSON object of class descriptions, found {found}")]
     NotAnObject { path: String, found: &'static str },

@@ -1,0 +1,50 @@
+//! One module per subcommand, plus the options they share.
+
+pub mod embed;
+pub mod tokenize;
+pub mod zeroshot;
+
+use anyhow::Context;
+use candle_core::{Device, Tensor};
+use robustft::clip::preprocess::ClipPreprocess;
+use robustft::clip::ClipModel;
+use robustft::device::DeviceChoice;
+
+/// Options every model-running command takes.
+#[derive(clap::Args, Debug)]
+pub struct ModelArgs {
+    /// The CLIP checkpoint: a directory or weights file in the HF layout (model.safetensors +
+    /// config.json) or the OpenAI/OpenCLIP layout (open_clip_model.safetensors, .bin/.pt state
+    /// dicts), or a hub id such as openai/clip-vit-base-patch32 already in the local Hugging
+    /// Face cache (nothing is downloaded).
+    #[arg(long, value_name = "PATH|HUB_ID")]
+    pub model: String,
+
+    /// Where to compute: cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    pub device: DeviceChoice,
+}
+
+impl ModelArgs {
+    /// Opens the device and loads the model.
+    pub fn load(&self) -> anyhow::Result<(ClipModel, Device)> {
+        let device = self.device.open().with_context(|| format!("cannot open device {:?}", self.device))?;
+        let (model, _) = ClipModel::load(&self.model, &device)
+            .with_context(|| format!("cannot load model {}", self.model))?;
+        Ok((model, device))
+    }
+}
+
+/// Preprocesses image files into one `[n, 3, s, s]` batch.
+pub fn load_images(
+    preprocess: &ClipPreprocess,
+    paths: &[std::path::PathBuf],
+    device: &Device,
+) -> anyhow::Result<Tensor> {
+    let size = preprocess.image_size;
+    let mut pixels = Vec::with_capacity(paths.len() * 3 * size * size);
+    for path in paths {
+        pixels.extend(preprocess.load(path)?);
+    }
+    Ok(Tensor::from_vec(pixels, (paths.len(), 3, size, size), device)?)
+}

@@ -1,0 +1,138 @@
+//! End-to-end tests of the `robustft` binary on the committed fixtures: `embed` reproduces the
+//! reference embeddings of real-format checkpoint directories from PNG files, `tokenize` the
+//! reference token ids, `zeroshot` ranks classes, and bad input gives clear errors.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use candle_core::{Device, Tensor};
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+
+fn fixture(path: &str) -> PathBuf {
+    root().join("fixtures/models").join(path)
+}
+
+fn robustft(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_robustft")).args(args).current_dir(root()).output().expect("binary runs")
+}
+
+fn stdout_json(output: &Output) -> Value {
+    assert!(output.status.success(), "failed: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("stdout is one JSON value")
+}
+
+fn rows(value: &Value) -> Vec<Vec<f32>> {
+    serde_json::from_value(value.clone()).unwrap()
+}
+
+fn assert_rows_close(got: &[Vec<f32>], want: &Tensor, tolerance: f32) {
+    let want: Vec<Vec<f32>> = want.to_vec2().unwrap();
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        let err = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(err <= tolerance, "max-abs error {err}");
+    }
+}
+
+fn png_paths() -> Vec<String> {
+    ["img_32x60.png", "img_45x37.png", "img_64x64.png"]
+        .iter()
+        .map(|f| fixture("images").join(f).to_string_lossy().into_owned())
+        .collect()
+}
+
+const CAPTIONS: [&str; 4] =
+    ["a photo of a cat.", "a red triangle on a striped background", "An outline drawing of a star!", "x"];
+
+fn embed_args<'a>(model: &'a str, images: &'a [String]) -> Vec<&'a str> {
+    let mut args = vec!["embed", "--model", model];
+    for image in images {
+        args.extend(["--image", image.as_str()]);
+    }
+    for caption in CAPTIONS {
+        args.extend(["--text", caption]);
+    }
+    args
+}
+
+#[test]
+fn embed_reproduces_reference_embeddings_for_both_layouts() {
+    let reference: HashMap<String, Tensor> =
+        candle_core::safetensors::load(fixture("expected_png_embeds.safetensors"), &Device::Cpu).unwrap();
+    let images = png_paths();
+    for (layout, dir) in [("hf", "clip_hf"), ("openclip", "clip_openclip")] {
+        let model = fixture(dir).to_string_lossy().into_owned();
+        let out = stdout_json(&robustft(&embed_args(&model, &images)));
+        // Python: F.normalize(model.encode_image(image_transform(32, is_train=False)(Image.open(p))[None]), dim=-1)
+        assert_rows_close(&rows(&out["image_embeds"]), &reference[&format!("{layout}.image_embeds")], 1e-4);
+        // Python: F.normalize(model.encode_text(tokenizer(CAPTIONS)), dim=-1)
+        assert_rows_close(&rows(&out["text_embeds"]), &reference[&format!("{layout}.text_embeds")], 1e-4);
+        // Python: model.logit_scale.exp().item() == exp(2.9592599868774414)
+        let scale = out["logit_scale"].as_f64().unwrap();
+        assert!((scale - 2.9592599868774414f64.exp()).abs() < 1e-3, "logit scale {scale}");
+        assert_eq!(out["preprocess"], "clip-bicubic32-crop32-openai");
+    }
+}
+
+#[test]
+fn tokenize_prints_reference_ids() {
+    let out = robustft(&["tokenize", "--merges", "1000", CAPTIONS[0], CAPTIONS[3]]);
+    assert!(out.status.success());
+    let lines: Vec<Vec<u32>> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    // Python: SimpleTokenizer(bpe_path=<first 1000 merges>)(CAPTIONS) rows, without padding
+    assert_eq!(lines, vec![vec![1512, 320, 1125, 539, 320, 66, 536, 269, 1513], vec![1512, 343, 1513]]);
+}
+
+#[test]
+fn zeroshot_prints_top_k_per_image_with_probabilities() {
+    let images = png_paths();
+    let mut args =
+        vec!["zeroshot", "--model", "fixtures/models/clip_hf", "--classes", "cat,dog,star", "--top-k", "3"];
+    args.extend(images.iter().map(String::as_str));
+    let out = robustft(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), images.len());
+    for line in &lines {
+        let top = line["top"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        let probs: Vec<f64> = top.iter().map(|t| t["prob"].as_f64().unwrap()).collect();
+        assert!((probs.iter().sum::<f64>() - 1.0).abs() < 1e-5, "all classes shown: probabilities sum to 1");
+        assert!(probs.windows(2).all(|w| w[0] >= w[1]), "sorted: {probs:?}");
+    }
+}
+
+fn stderr_of(args: &[&str]) -> String {
+    let out = robustft(args);
+    assert!(!out.status.success(), "expected failure for {args:?}");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+#[test]
+fn unreadable_image_is_a_clear_error() {
+    let corrupt = std::env::temp_dir().join(format!("robustft-corrupt-{}.png", std::process::id()));
+    std::fs::write(&corrupt, b"\x89PNG\r\n\x1a\nnot really a png").unwrap();
+    let corrupt_path = corrupt.to_string_lossy().into_owned();
+    let err = stderr_of(&["embed", "--model", "fixtures/models/clip_hf", "--image", &corrupt_path]);
+    assert!(err.contains(&corrupt_path), "names the file: {err}");
+    let err = stderr_of(&["embed", "--model", "fixtures/models/clip_hf", "--image", "missing.png"]);
+    assert!(err.contains("missing.png"), "names the file: {err}");
+    std::fs::remove_file(corrupt).unwrap();
+}
+
+#[test]
+fn bad_model_and_class_inputs_are_clear_errors() {
+    let err = stderr_of(&["embed", "--model", "no/such-model-here", "--text", "x"]);
+    assert!(err.contains("no/such-model-here") && err.contains("cache"), "{err}");
+    let err = stderr_of(&["embed", "--model", "does-not-exist", "--text", "x"]);
+    assert!(err.contains("does-not-exist"), "{err}");
+    let err = stderr_of(&["zeroshot", "--model", "fixtures/models/clip_hf", "--classes", "cat,cat", "x.png"]);
+    assert!(err.contains("cat"), "{err}");
+}

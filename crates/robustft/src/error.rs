@@ -1,0 +1,29 @@
+//! The library's top-level error: every failure a user can cause, each naming the file, key,
+//! class or value at fault. The binary adds context with `anyhow` and prints the chain.
+
+use crate::clip::preprocess::PreprocessError;
+use crate::clip::tokenizer::TokenizerError;
+use crate::clip::CheckpointError;
+use crate::prompts::PromptError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Preprocess(#[from] PreprocessError),
+    #[error(transparent)]
+    Prompt(#[from] PromptError),
+    #[error(
+        "the model's vocabulary has {model} tokens, which no CLIP BPE vocabulary has (512 + merges + 2)"
+    )]
+    VocabularySize { model: usize },
+    #[error("{what}: {reason}")]
+    Invalid { what: String, reason: String },
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
