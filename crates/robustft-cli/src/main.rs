@@ -16,6 +16,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Measure image-tower throughput (inference or a training step) as one JSON line.
+    Bench(commands::bench::BenchArgs),
     /// Print L2-normalised CLIP embeddings of images and texts as JSON.
     Embed(commands::embed::EmbedArgs),
     /// Print the CLIP BPE token ids of each text, one JSON array per line.
@@ -28,6 +30,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
+        Command::Bench(args) => commands::bench::run(args),
         Command::Embed(args) => commands::embed::run(args),
         Command::Tokenize(args) => commands::tokenize::run(args),
         Command::Zeroshot(args) => commands::zeroshot::run(args),

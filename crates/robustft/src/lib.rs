@@ -3,10 +3,12 @@
 //! The library holds everything testable; the `robustft` binary is a thin layer over it.
 //! See `docs/design.md` for the architecture.
 
+pub mod bench;
 pub mod clip;
 pub mod device;
 pub mod error;
 pub mod losses;
+pub mod optim;
 pub mod prompts;
 pub mod rng;
 pub mod zeroshot;

@@ -45,19 +45,23 @@
 //!   images give the same result either way. (Note that torchvision's `ImageFolder`
 //!   loader calls `convert("RGB")` *before* the transform, which drops alpha without
 //!   premultiplying; images with translucent pixels then differ from this module.)
-//! * Palette images ("P", e.g. GIF and indexed PNG): Pillow resizes them with NEAREST,
-//!   whatever the transform asks for. The `image` crate expands the palette while
-//!   decoding, so here they are converted first and resized bicubically: this is *not*
-//!   Pillow's output (it is what a loader that converts first produces). The same holds
-//!   for PNGs with a `tRNS` colour key, which `image` decodes with an alpha channel.
-//! * 16-bit and float images are reduced to 8 bits with `image`'s conversions (rounding
-//!   `v / 257`), whereas Pillow keeps the high byte or treats them as "I;16"/"F" images:
-//!   not exact.
+//! * Palette and bilevel images ("P" and "1": GIF, indexed or 1-bit PNG): Pillow resizes
+//!   them with NEAREST, whatever the transform asks for. The `image` crate expands them
+//!   while decoding, so here they are converted first and resized bicubically: *not*
+//!   Pillow's output (it is what a loader that converts first produces). PNGs with a
+//!   `tRNS` colour key differ too: `image` decodes them with an alpha channel, which is
+//!   then premultiplied, while Pillow resizes them as plain RGB/L.
+//! * 16-bit and float images are reduced to 8 bits with `image`'s conversions (`v / 257`
+//!   rounded), then handled as above. Not exact: Pillow reads 16-bit colour PNGs keeping
+//!   the high byte, and 16-bit grayscale ones as "I;16", which `convert("RGB")` clamps to
+//!   255 (nearly white); that clamping is deliberately not reproduced.
 //!
-//! Decoding is `image`'s: exact for PNG, BMP, TIFF and lossless WebP, but JPEG decoding
-//! (zune-jpeg) is not bit-identical to Pillow's libjpeg-turbo (IDCT and chroma upsampling
-//! differ by a few levels), and CMYK JPEGs are converted to RGB while decoding instead of
-//! being resized in CMYK.
+//! Decoding is `image`'s; neither it nor Pillow applies EXIF orientation. PNG decodes to
+//! the same pixels as Pillow (the parity fixtures are PNGs), as other lossless formats
+//! should. JPEG does not: zune-jpeg's IDCT and chroma upsampling differ from Pillow's
+//! libjpeg-turbo by a few levels (on 4:2:0 files up to 4, in about a quarter of the
+//! bytes), and CMYK JPEGs are converted to RGB while decoding instead of being resized in
+//! CMYK. Lossy WebP has not been compared.
 //!
 //! Only the cropped part of the resized image is computed; the values are the same as
 //! resizing everything and cropping, since every output pixel has its own window.
@@ -77,10 +81,10 @@ pub const OPENAI_STD: [f32; 3] = [0.26862954, 0.26130258, 0.27577711];
 #[derive(Debug, thiserror::Error)]
 pub enum PreprocessError {
     /// The file could not be opened or read.
-    #[error("cannot open image {}: {source}", path.display())]
+    #[error("cannot open image {}", path.display())]
     Open { path: PathBuf, source: std::io::Error },
     /// The file's contents are not a supported, well-formed image.
-    #[error("cannot decode image {}: {source}", path.display())]
+    #[error("cannot decode image {}", path.display())]
     Decode { path: PathBuf, source: image::ImageError },
 }
 
@@ -135,7 +139,7 @@ impl ClipPreprocess {
             rows: rows.source_range(),
         };
         let region = resample_to_rgb(image, &target, needs_resampling);
-        let cropped = place_on_canvas(&region, columns, rows, size);
+        let cropped = place_on_canvas(region, columns, rows, size);
         self.normalize(&cropped)
     }
 
@@ -185,7 +189,7 @@ pub fn center_crop(image: &RgbImage, size: u32) -> RgbImage {
     for (x, y, pixel) in region.enumerate_pixels_mut() {
         *pixel = *image.get_pixel(columns.source_start + x, rows.source_start + y);
     }
-    place_on_canvas(&region, columns, rows, size)
+    place_on_canvas(region, columns, rows, size)
 }
 
 /// torchvision's `Resize(size)` output for a `width` x `height` image: the shorter side
@@ -244,10 +248,10 @@ impl CropSpan {
     }
 }
 
-/// Copies `region` (the kept source pixels) into a black `size` x `size` image.
-fn place_on_canvas(region: &RgbImage, columns: CropSpan, rows: CropSpan, size: u32) -> RgbImage {
-    if columns.target_start == 0 && rows.target_start == 0 && region.dimensions() == (size, size) {
-        return region.clone();
+/// Places `region` (the kept source pixels) on a black `size` x `size` image.
+fn place_on_canvas(region: RgbImage, columns: CropSpan, rows: CropSpan, size: u32) -> RgbImage {
+    if region.dimensions() == (size, size) {
+        return region;
     }
     let mut canvas = RgbImage::new(size, size);
     for (x, y, pixel) in region.enumerate_pixels() {

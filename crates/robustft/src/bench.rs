@@ -1,0 +1,117 @@
+//! Throughput benchmark of the CLIP image tower, the workload every method's training and
+//! evaluation is dominated by: inference (`encode_image`, no gradient) or a full training step
+//! (forward, a 1000-class linear head with cross-entropy, backward, AdamW over the image tower
+//! and the head). `bench/pytorch_bench.py` runs the identical workload in PyTorch so the two
+//! can be compared side by side (`bench/run.sh`).
+
+use std::time::Instant;
+
+use candle_core::{Device, Tensor, Var};
+
+use crate::clip::{ClipConfig, ClipModel};
+use crate::losses::cross_entropy;
+use crate::optim::{decays_by_default, AdamW, AdamWConfig};
+use crate::rng::SplitMix64;
+
+/// Classes of the benchmark's linear head.
+const HEAD_CLASSES: usize = 1000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BenchMode {
+    Train,
+    Infer,
+}
+
+/// One benchmark result, printed as a JSON line.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BenchReport {
+    pub arch: String,
+    pub mode: BenchMode,
+    pub batch: usize,
+    pub steps: usize,
+    pub images_per_s: f64,
+    pub peak_rss_mb: f64,
+    pub engine: &'static str,
+}
+
+/// Runs `warmup` untimed and `steps` timed iterations on a randomly initialised model.
+pub fn run(
+    arch: &str,
+    config: ClipConfig,
+    mode: BenchMode,
+    batch: usize,
+    steps: usize,
+    warmup: usize,
+    device: &Device,
+) -> crate::Result<BenchReport> {
+    let model = ClipModel::random(config, 0, device)?;
+    let pixels = random_tensor(
+        &[batch, 3, model.config.vision.image_size, model.config.vision.image_size],
+        1,
+        device,
+    )?;
+    let mut step: Box<dyn FnMut() -> candle_core::Result<()>> = match mode {
+        BenchMode::Infer => Box::new(|| model.encode_image(&pixels).map(|_| ())),
+        BenchMode::Train => train_step(&model, &pixels, device)?,
+    };
+    for _ in 0..warmup {
+        step()?;
+    }
+    let start = Instant::now();
+    for _ in 0..steps {
+        step()?;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(BenchReport {
+        arch: arch.to_string(),
+        mode,
+        batch,
+        steps,
+        images_per_s: (batch * steps) as f64 / seconds,
+        peak_rss_mb: peak_rss_mb(),
+        engine: "robustft",
+    })
+}
+
+fn train_step<'a>(
+    model: &'a ClipModel,
+    pixels: &'a Tensor,
+    device: &Device,
+) -> crate::Result<Box<dyn FnMut() -> candle_core::Result<()> + 'a>> {
+    let batch = pixels.dim(0)?;
+    let head =
+        Var::from_tensor(&(random_tensor(&[HEAD_CLASSES, model.config.embed_dim], 2, device)? * 0.02)?)?;
+    let mut rng = SplitMix64::new(3);
+    let labels: Vec<u32> = (0..batch).map(|_| (rng.next_u64() % HEAD_CLASSES as u64) as u32).collect();
+    let labels = Tensor::new(labels, device)?;
+    let mut params: Vec<(String, Var, bool)> = model
+        .params
+        .iter()
+        .filter(|(name, _)| name.starts_with("vision_model.") || name.starts_with("visual_projection"))
+        .map(|(name, var)| (name.to_string(), var.clone(), decays_by_default(name)))
+        .collect();
+    params.push(("head.weight".into(), head.clone(), true));
+    let mut optimizer =
+        AdamW::new(params, AdamWConfig { lr: 1e-5, weight_decay: 0.1, ..Default::default() })?;
+    Ok(Box::new(move || {
+        let logits = model.encode_image(pixels)?.matmul(&head.as_tensor().t()?)?;
+        let grads = cross_entropy(&logits, &labels)?.backward()?;
+        optimizer.step(&grads)
+    }))
+}
+
+fn random_tensor(shape: &[usize], seed: u64, device: &Device) -> candle_core::Result<Tensor> {
+    let mut rng = SplitMix64::new(seed);
+    let values: Vec<f32> = (0..shape.iter().product()).map(|_| rng.normal()).collect();
+    Tensor::from_vec(values, shape, device)
+}
+
+/// The process's peak resident set size (`VmHWM`), in MiB; 0 where /proc is unavailable.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        .map_or(0.0, |kb| kb / 1024.0)
+}
