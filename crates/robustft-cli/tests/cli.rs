@@ -136,3 +136,34 @@ fn bad_model_and_class_inputs_are_clear_errors() {
     let err = stderr_of(&["zeroshot", "--model", "fixtures/models/clip_hf", "--classes", "cat,cat", "x.png"]);
     assert!(err.contains("cat"), "{err}");
 }
+
+/// Lays out `fixtures/models/clip_hf` as the Hugging Face cache does for `org/name`:
+/// `hub/models--org--name/refs/main` holding a revision and `snapshots/<revision>/<files>`.
+fn fake_hf_cache(tag: &str) -> PathBuf {
+    let home = std::env::temp_dir().join(format!("robustft-hfhome-{tag}-{}", std::process::id()));
+    let repo = home.join("hub/models--tiny-org--tiny-clip");
+    let revision = "0123456789abcdef0123456789abcdef01234567";
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), revision).unwrap();
+    let snapshot = repo.join("snapshots").join(revision);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    for file in ["model.safetensors", "config.json"] {
+        std::fs::copy(fixture("clip_hf").join(file), snapshot.join(file)).unwrap();
+    }
+    home
+}
+
+#[test]
+fn hub_id_resolves_offline_from_the_local_cache() {
+    let home = fake_hf_cache("hub");
+    let from_cache = Command::new(env!("CARGO_BIN_EXE_robustft"))
+        .args(["embed", "--model", "tiny-org/tiny-clip", "--text", CAPTIONS[0]])
+        .env("HF_HOME", &home)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let from_dir = robustft(&["embed", "--model", "fixtures/models/clip_hf", "--text", CAPTIONS[0]]);
+    // The same weights through the cache give the same embedding as the directory.
+    assert_eq!(stdout_json(&from_cache)["text_embeds"], stdout_json(&from_dir)["text_embeds"]);
+    std::fs::remove_dir_all(home).unwrap();
+}

@@ -52,7 +52,7 @@ pub fn run(
         device,
     )?;
     let mut step: Box<dyn FnMut() -> candle_core::Result<()>> = match mode {
-        BenchMode::Infer => Box::new(|| model.encode_image(&pixels).map(|_| ())),
+        BenchMode::Infer => Box::new(|| model.no_grad().encode_image(&pixels).map(|_| ())),
         BenchMode::Train => train_step(&model, &pixels, device)?,
     };
     for _ in 0..warmup {

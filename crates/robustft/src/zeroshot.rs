@@ -32,7 +32,7 @@ pub fn encode_texts(model: &ClipModel, tokenizer: &Tokenizer, texts: &[String]) 
         .map(|chunk| {
             let ids = tokenizer.tokenize_batch(chunk, context)?;
             let ids = Tensor::new(ids, model.device())?;
-            Ok(l2_normalize(&model.encode_text(&ids)?.detach())?)
+            Ok(l2_normalize(&model.no_grad().encode_text(&ids)?)?)
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(Tensor::cat(&chunks, 0)?)

@@ -37,7 +37,7 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<()> {
         Vec::new()
     } else {
         let pixels = load_images(&preprocess, &args.images, &device)?;
-        l2_normalize(&model.encode_image(&pixels)?)?.to_vec2()?
+        l2_normalize(&model.no_grad().encode_image(&pixels)?)?.to_vec2()?
     };
     let text_embeds: Vec<Vec<f32>> = if args.texts.is_empty() {
         Vec::new()

@@ -62,7 +62,7 @@ pub fn run(args: ZeroshotArgs) -> anyhow::Result<()> {
     let preprocess = ClipPreprocess::openai(model.config.vision.image_size);
     for paths in args.images.chunks(IMAGE_BATCH) {
         let pixels = load_images(&preprocess, paths, &device)?;
-        let probs = probabilities(&head.logits(&model.encode_image(&pixels)?)?)?;
+        let probs = probabilities(&head.logits(&model.no_grad().encode_image(&pixels)?)?)?;
         for (path, row) in paths.iter().zip(&probs) {
             let top: Vec<_> = top_k(row, args.top_k)
                 .into_iter()

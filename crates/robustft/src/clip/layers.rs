@@ -10,15 +10,12 @@
 use candle_core::{Device, Result, Tensor, D};
 
 use super::config::Activation;
-use super::params::ParamStore;
+use super::params::WeightView;
 use super::CheckpointError;
 
-/// Fetches the tensor of parameter `name` from `params` (its `Var`, so gradients flow).
-pub(crate) fn param(params: &ParamStore, name: &str) -> std::result::Result<Tensor, CheckpointError> {
-    params
-        .get(name)
-        .map(|v| v.as_tensor().clone())
-        .ok_or_else(|| CheckpointError::MissingKey { key: name.to_string() })
+/// Fetches the tensor of parameter `name` from `params`.
+pub(crate) fn param(params: WeightView<'_>, name: &str) -> std::result::Result<Tensor, CheckpointError> {
+    params.tensor(name).ok_or_else(|| CheckpointError::MissingKey { key: name.to_string() })
 }
 
 /// `y = x Wᵀ + b` over the last dimension of `x` (any leading shape).
@@ -29,7 +26,7 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn load(params: &ParamStore, prefix: &str) -> std::result::Result<Self, CheckpointError> {
+    pub fn load(params: WeightView<'_>, prefix: &str) -> std::result::Result<Self, CheckpointError> {
         Ok(Self {
             weight: param(params, &format!("{prefix}.weight"))?,
             bias: Some(param(params, &format!("{prefix}.bias"))?),
@@ -37,7 +34,7 @@ impl Linear {
     }
 
     /// A projection without bias whose weight is stored as `[out, in]`.
-    pub fn load_no_bias(params: &ParamStore, name: &str) -> std::result::Result<Self, CheckpointError> {
+    pub fn load_no_bias(params: WeightView<'_>, name: &str) -> std::result::Result<Self, CheckpointError> {
         Ok(Self { weight: param(params, name)?, bias: None })
     }
 
@@ -66,7 +63,11 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
-    pub fn load(params: &ParamStore, prefix: &str, eps: f64) -> std::result::Result<Self, CheckpointError> {
+    pub fn load(
+        params: WeightView<'_>,
+        prefix: &str,
+        eps: f64,
+    ) -> std::result::Result<Self, CheckpointError> {
         Ok(Self {
             weight: param(params, &format!("{prefix}.weight"))?,
             bias: param(params, &format!("{prefix}.bias"))?,
@@ -119,7 +120,7 @@ pub struct SelfAttention {
 
 impl SelfAttention {
     pub fn load(
-        params: &ParamStore,
+        params: WeightView<'_>,
         prefix: &str,
         heads: usize,
     ) -> std::result::Result<Self, CheckpointError> {
@@ -166,7 +167,7 @@ pub struct ResidualBlock {
 
 impl ResidualBlock {
     pub fn load(
-        params: &ParamStore,
+        params: WeightView<'_>,
         prefix: &str,
         heads: usize,
         activation: Activation,
@@ -198,7 +199,7 @@ pub struct Encoder {
 
 impl Encoder {
     pub fn load(
-        params: &ParamStore,
+        params: WeightView<'_>,
         prefix: &str,
         layers: usize,
         heads: usize,

@@ -80,9 +80,34 @@ impl CheckpointError {
 pub struct ClipModel {
     pub config: ClipConfig,
     pub params: ParamStore,
+    trainable: Towers,
+    frozen: Towers,
+    device: Device,
+}
+
+/// The two towers built over one view of the parameters.
+pub struct Towers {
     vision: vision::VisionTower,
     text: text::TextTower,
-    device: Device,
+}
+
+impl Towers {
+    fn load(config: &ClipConfig, weights: params::WeightView<'_>) -> Result<Self, CheckpointError> {
+        Ok(Self {
+            vision: vision::VisionTower::load(config, weights)?,
+            text: text::TextTower::load(config, weights)?,
+        })
+    }
+
+    /// `pixels`: `[b, 3, s, s]` -> unnormalised image features `[b, embed_dim]`.
+    pub fn encode_image(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
+        self.vision.forward(pixels)
+    }
+
+    /// `ids`: `[b, t]` u32 token ids -> unnormalised text features `[b, embed_dim]`.
+    pub fn encode_text(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        self.text.forward(ids)
+    }
 }
 
 impl ClipModel {
@@ -95,8 +120,8 @@ impl ClipModel {
     ) -> Result<Self, CheckpointError> {
         let params = ParamStore::from_tensors(tensors)?;
         Ok(Self {
-            vision: vision::VisionTower::load(&config, &params)?,
-            text: text::TextTower::load(&config, &params)?,
+            trainable: Towers::load(&config, params.tracked())?,
+            frozen: Towers::load(&config, params.detached())?,
             config,
             params,
             device: device.clone(),
@@ -131,14 +156,21 @@ impl ClipModel {
         &self.device
     }
 
-    /// `pixels`: `[b, 3, s, s]` -> unnormalised image features `[b, embed_dim]`.
+    /// Differentiable image features (`[b, 3, s, s]` -> `[b, embed_dim]`, unnormalised):
+    /// gradients reach every image-tower parameter.
     pub fn encode_image(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
-        self.vision.forward(pixels)
+        self.trainable.encode_image(pixels)
     }
 
-    /// `ids`: `[b, t]` u32 token ids -> unnormalised text features `[b, embed_dim]`.
+    /// Differentiable text features (`[b, t]` u32 ids -> `[b, embed_dim]`, unnormalised).
     pub fn encode_text(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
-        self.text.forward(ids)
+        self.trainable.encode_text(ids)
+    }
+
+    /// The same towers for inference: current weights, no autograd graph, so activations
+    /// are freed as soon as they are used.
+    pub fn no_grad(&self) -> &Towers {
+        &self.frozen
     }
 
     /// The learned log-temperature `s` (a scalar tensor; logits use `exp(s)`).

@@ -57,9 +57,35 @@ impl ParamStore {
         self.vars.values().map(|v| v.elem_count()).sum()
     }
 
+    /// A view whose tensors are the `Var`s themselves: gradients flow into the parameters.
+    pub fn tracked(&self) -> WeightView<'_> {
+        WeightView { store: self, detached: false }
+    }
+
+    /// A view whose tensors share the parameters' storage (so they see every optimiser
+    /// update) but record no autograd graph: inference keeps no intermediate activations.
+    pub fn detached(&self) -> WeightView<'_> {
+        WeightView { store: self, detached: true }
+    }
+
     /// A detached copy of every parameter's current value (e.g. the frozen pre-trained
     /// weights that regularised methods pull toward).
     pub fn snapshot(&self) -> candle_core::Result<Vec<(String, Tensor)>> {
         self.iter().map(|(name, var)| Ok((name.to_string(), var.as_tensor().detach().copy()?))).collect()
+    }
+}
+
+/// How modules read their weights from a [`ParamStore`].
+#[derive(Clone, Copy)]
+pub struct WeightView<'a> {
+    store: &'a ParamStore,
+    detached: bool,
+}
+
+impl WeightView<'_> {
+    /// The tensor of parameter `name`, if present.
+    pub fn tensor(&self, name: &str) -> Option<Tensor> {
+        let var = self.store.get(name)?;
+        Some(if self.detached { var.as_tensor().detach() } else { var.as_tensor().clone() })
     }
 }

@@ -10,7 +10,7 @@ use candle_core::{Result, Tensor};
 
 use super::config::ClipConfig;
 use super::layers::{causal_mask, param, Encoder, LayerNorm, Linear};
-use super::params::ParamStore;
+use super::params::WeightView;
 use super::CheckpointError;
 
 #[derive(Clone, Debug)]
@@ -23,7 +23,7 @@ pub struct TextTower {
 }
 
 impl TextTower {
-    pub fn load(config: &ClipConfig, params: &ParamStore) -> std::result::Result<Self, CheckpointError> {
+    pub fn load(config: &ClipConfig, params: WeightView<'_>) -> std::result::Result<Self, CheckpointError> {
         let t = &config.text;
         let eps = config.layer_norm_eps;
         Ok(Self {

@@ -7,7 +7,7 @@ use candle_core::{Result, Tensor};
 
 use super::config::ClipConfig;
 use super::layers::{param, Encoder, LayerNorm, Linear};
-use super::params::ParamStore;
+use super::params::WeightView;
 use super::CheckpointError;
 
 #[derive(Clone, Debug)]
@@ -23,7 +23,7 @@ pub struct VisionTower {
 }
 
 impl VisionTower {
-    pub fn load(config: &ClipConfig, params: &ParamStore) -> std::result::Result<Self, CheckpointError> {
+    pub fn load(config: &ClipConfig, params: WeightView<'_>) -> std::result::Result<Self, CheckpointError> {
         let v = &config.vision;
         let eps = config.layer_norm_eps;
         Ok(Self {

@@ -1,0 +1,84 @@
+"""The PyTorch side of `robustft bench`: the same workload with the same shapes and flags.
+
+Image-tower throughput of a randomly initialised open_clip model (`pretrained=None`, nothing
+downloaded): `infer` runs `encode_image` under `torch.no_grad()`; `train` runs the forward, a
+1000-class linear head with cross-entropy, backward and a `torch.optim.AdamW` step
+(lr 1e-5, weight decay 0.1 except biases/norms/embeddings) over the image tower and the head.
+Prints one JSON line: {"arch","mode","batch","steps","images_per_s","peak_rss_mb","engine"}.
+Run it with the fixture venv: `.venv/bin/python bench/pytorch_bench.py --arch ViT-B-32 ...`.
+"""
+import argparse
+import json
+import os
+import resource
+import time
+
+import open_clip
+import torch
+
+HEAD_CLASSES = 1000
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", default="ViT-B-32")
+    p.add_argument("--mode", choices=["train", "infer"], default="infer")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    return p.parse_args()
+
+
+def decays(name):
+    return not (name.endswith(".bias") or "ln_" in name or "embedding" in name or name == "logit_scale")
+
+
+def make_step(model, mode, batch):
+    size = model.visual.image_size[0]
+    pixels = torch.randn(batch, 3, size, size)
+    if mode == "infer":
+        def infer():
+            with torch.no_grad():
+                model.encode_image(pixels)
+        return infer
+    head = torch.nn.Linear(model.visual.output_dim, HEAD_CLASSES, bias=False)
+    labels = torch.randint(0, HEAD_CLASSES, (batch,))
+    named = list(model.visual.named_parameters())
+    groups = [
+        {"params": [p for n, p in named if decays(n)] + list(head.parameters())},
+        {"params": [p for n, p in named if not decays(n)], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=1e-5, weight_decay=0.1)
+
+    def train():
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(head(model.encode_image(pixels)), labels)
+        loss.backward()
+        optimizer.step()
+    return train
+
+
+def main():
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = open_clip.create_model(args.arch, pretrained=None)
+    model.train(args.mode == "train")
+    step = make_step(model, args.mode, args.batch)
+    for _ in range(args.warmup):
+        step()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    seconds = time.perf_counter() - start
+    print(json.dumps({
+        "arch": args.arch, "mode": args.mode, "batch": args.batch, "steps": args.steps,
+        "images_per_s": args.batch * args.steps / seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "engine": f"pytorch {torch.__version__}",
+    }))
+
+
+if __name__ == "__main__":
+    main()
