@@ -7,10 +7,12 @@ pub mod bench;
 pub mod clip;
 pub mod device;
 pub mod error;
+pub mod eval;
 pub mod losses;
 pub mod optim;
 pub mod prompts;
 pub mod rng;
+pub mod train;
 pub mod zeroshot;
 
 pub use error::{Error, Result};

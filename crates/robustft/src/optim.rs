@@ -13,9 +13,10 @@
 //! [`decays_by_default`]).
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, Layout, Result, Tensor, Var};
+use candle_core::{CpuStorage, Device, Layout, Result, Tensor, Var};
 use rayon::prelude::*;
 
 /// AdamW hyper-parameters (PyTorch's defaults except the learning rate).
@@ -116,6 +117,55 @@ impl AdamW {
     /// Names of the parameters this optimiser updates, in order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.slots.iter().map(|s| s.name.as_str())
+    }
+
+    /// The moments as named tensors (`m.<param>`, `v.<param>`), for the trainer state file.
+    pub fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = Vec::with_capacity(2 * self.slots.len());
+        for slot in &self.slots {
+            let (m, v) = match &slot.moments {
+                Moments::Host { m, v } => {
+                    let shape = slot.var.shape();
+                    (Tensor::from_slice(m, shape, &Device::Cpu)?, Tensor::from_slice(v, shape, &Device::Cpu)?)
+                }
+                Moments::Device { m, v } => (m.clone(), v.clone()),
+            };
+            out.push((format!("m.{}", slot.name), m));
+            out.push((format!("v.{}", slot.name), v));
+        }
+        Ok(out)
+    }
+
+    /// Restores the moments saved by [`AdamW::state_tensors`] and the step count, so the
+    /// next update is exactly the one an uninterrupted run would make.
+    pub fn restore(&mut self, tensors: &HashMap<String, Tensor>, steps: u64) -> Result<()> {
+        for slot in &mut self.slots {
+            let fetch = |kind: &str| -> Result<Tensor> {
+                let key = format!("{kind}.{}", slot.name);
+                let t = tensors
+                    .get(&key)
+                    .ok_or_else(|| candle_core::Error::Msg(format!("optimizer state lacks `{key}`")))?;
+                if t.shape() != slot.var.shape() {
+                    candle_core::bail!(
+                        "optimizer state `{key}` has shape {:?}, the parameter {:?}",
+                        t.dims(),
+                        slot.var.dims()
+                    );
+                }
+                Ok(t.clone())
+            };
+            let (m, v) = (fetch("m")?, fetch("v")?);
+            slot.moments = match slot.moments {
+                Moments::Host { .. } => {
+                    Moments::Host { m: m.flatten_all()?.to_vec1()?, v: v.flatten_all()?.to_vec1()? }
+                }
+                Moments::Device { .. } => {
+                    Moments::Device { m: m.to_device(slot.var.device())?, v: v.to_device(slot.var.device())? }
+                }
+            };
+        }
+        self.step = steps;
+        Ok(())
     }
 }
 

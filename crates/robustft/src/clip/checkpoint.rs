@@ -362,17 +362,23 @@ pub fn save_hf(
     std::fs::create_dir_all(dir).map_err(|source| CheckpointError::Io { path: dir.to_path_buf(), source })?;
     let mut meta = metadata.clone();
     meta.insert("format".into(), "pt".into());
-    let weights = dir.join("model.safetensors");
-    let views: Vec<(String, Tensor)> = tensors
-        .iter()
-        .map(|(k, t)| Ok((k.clone(), t.contiguous()?)))
-        .collect::<Result<_, CheckpointError>>()?;
-    let bytes =
-        safetensors::tensor::serialize(views.iter().map(|(k, t)| (k.as_str(), SafeView(t))), Some(meta))
-            .map_err(|e| CheckpointError::Write { path: weights.clone(), reason: e.to_string() })?;
-    write_atomic(&weights, &bytes)?;
+    write_safetensors(&dir.join("model.safetensors"), tensors, meta)?;
     let config_text = serde_json::to_string_pretty(&hf_config_json(config)).expect("a JSON value serialises");
     write_atomic(&dir.join("config.json"), config_text.as_bytes())
+}
+
+/// Writes f32 `tensors` with `metadata` as a safetensors file, atomically.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: HashMap<String, String>,
+) -> Result<(), CheckpointError> {
+    let bytes = safetensors::tensor::serialize(
+        tensors.iter().map(|(k, t)| (k.as_str(), SafeView(t))),
+        Some(metadata),
+    )
+    .map_err(|e| CheckpointError::Write { path: path.to_path_buf(), reason: e.to_string() })?;
+    write_atomic(path, &bytes)
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename.

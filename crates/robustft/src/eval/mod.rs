@@ -1,0 +1,3 @@
+//! Evaluation: the metrics reported for every ID and OOD split (docs/methods.md §4).
+
+pub mod metrics;

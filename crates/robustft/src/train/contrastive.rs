@@ -1,0 +1,227 @@
+//! Contrastive image-text training from scratch or from a checkpoint (CLIP pretraining;
+//! Radford et al. 2021): symmetric InfoNCE over in-batch pairs, both towers and the logit
+//! scale trained, AdamW with a cosine schedule and linear warm-up, the logit scale clamped to
+//! ln 100 after every step as OpenAI's training code does.
+//!
+//! Determinism and resume: the batch of step `t` is a pure function of `(seed, t)` (see
+//! [`PairSource`]), and the trainer state holds the optimiser moments and the step, so a run
+//! resumed from its last checkpoint reaches exactly the weights of an uninterrupted run.
+//! Checkpoints are written to `DIR/checkpoint.tmp` and renamed into place, so a kill never
+//! leaves a half-written checkpoint.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+
+use super::schedule::CosineSchedule;
+use super::state::TrainerState;
+use crate::clip::tokenizer::Tokenizer;
+use crate::clip::{ClipConfig, ClipModel};
+use crate::error::{Error, Result};
+use crate::losses::clip_contrastive_loss;
+use crate::optim::{decays_by_default, AdamW, AdamWConfig};
+
+/// A source of (image, caption) pairs: batch `step` of a run with `seed` must always be the
+/// same pairs.
+pub trait PairSource: Sync {
+    /// `(pixels [n, 3, s, s] normalised, captions)` for one step.
+    fn batch(&self, seed: u64, step: u64, size: usize) -> (Vec<f32>, Vec<String>);
+}
+
+/// Everything that defines a contrastive run.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ContrastiveConfig {
+    pub model: ClipConfig,
+    pub seed: u64,
+    pub batch_size: usize,
+    pub schedule: CosineSchedule,
+    pub weight_decay: f64,
+    /// Steps between checkpoints (and metrics rows).
+    pub checkpoint_every: u64,
+}
+
+/// One row of `metrics.jsonl`, also handed to the progress callback.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StepReport {
+    pub step: u64,
+    pub total_steps: u64,
+    pub loss: f32,
+    pub lr: f64,
+    pub logit_scale: f32,
+    pub images_per_s: f64,
+}
+
+/// Where a run keeps its files.
+pub struct RunDir {
+    pub root: PathBuf,
+}
+
+impl RunDir {
+    pub fn checkpoint(&self) -> PathBuf {
+        self.root.join("checkpoint")
+    }
+
+    fn checkpoint_tmp(&self) -> PathBuf {
+        self.root.join("checkpoint.tmp")
+    }
+
+    fn checkpoint_old(&self) -> PathBuf {
+        self.root.join("checkpoint.old")
+    }
+
+    pub fn metrics(&self) -> PathBuf {
+        self.root.join("metrics.jsonl")
+    }
+
+    /// The newest complete checkpoint, if any (a kill between the two renames of
+    /// [`save_checkpoint`] leaves it as `checkpoint.old`).
+    pub fn latest_checkpoint(&self) -> Option<PathBuf> {
+        [self.checkpoint(), self.checkpoint_old()].into_iter().find(|d| d.join(state_file()).is_file())
+    }
+}
+
+fn state_file() -> &'static str {
+    super::state::TRAINER_STATE_FILE
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| crate::clip::CheckpointError::Io { path: path.to_path_buf(), source }.into()
+}
+
+/// Trains `model` on `source` until `config.schedule.total_steps`, or until `stop_after`
+/// steps have been taken in this call (to simulate an interruption in tests). With
+/// `resume`, continues from the run directory's latest checkpoint.
+pub fn train(
+    config: &ContrastiveConfig,
+    source: &dyn PairSource,
+    tokenizer: &Tokenizer,
+    run: &RunDir,
+    resume: bool,
+    stop_after: Option<u64>,
+    progress: &mut dyn FnMut(&StepReport),
+) -> Result<ClipModel> {
+    std::fs::create_dir_all(&run.root).map_err(io_error(&run.root))?;
+    let device = Device::Cpu;
+    let resume_from = if resume { run.latest_checkpoint() } else { None };
+    let model = match &resume_from {
+        Some(dir) => ClipModel::load(dir.to_str().unwrap_or_default(), &device)?.0,
+        None => ClipModel::random(config.model.clone(), config.seed, &device)?,
+    };
+    let mut optimizer = build_optimizer(&model, config)?;
+    let mut state = match &resume_from {
+        Some(dir) => TrainerState::load(dir, &mut optimizer)?,
+        None => TrainerState::default(),
+    };
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(run.metrics())
+        .map_err(io_error(&run.metrics()))?;
+    let context = config.model.text.context_length;
+    let first_step = state.step;
+    let mut window = (Instant::now(), 0usize);
+    while state.step < config.schedule.total_steps && stop_after.is_none_or(|n| state.step - first_step < n) {
+        let lr = config.schedule.lr(state.step);
+        optimizer.set_lr(lr);
+        let (pixels, captions) = source.batch(config.seed, state.step, config.batch_size);
+        let loss = step(&model, &mut optimizer, &pixels, &captions, tokenizer, context)?;
+        state.step += 1;
+        window.1 += config.batch_size;
+        if state.step % config.checkpoint_every == 0 || state.step == config.schedule.total_steps {
+            let report = StepReport {
+                step: state.step,
+                total_steps: config.schedule.total_steps,
+                loss,
+                lr,
+                logit_scale: model.logit_scale().exp()?.to_scalar()?,
+                images_per_s: window.1 as f64 / window.0.elapsed().as_secs_f64(),
+            };
+            writeln!(metrics, "{}", serde_json::to_string(&report).expect("serialisable"))
+                .map_err(io_error(&run.metrics()))?;
+            save_checkpoint(run, &model, &state, &optimizer, config)?;
+            progress(&report);
+            window = (Instant::now(), 0);
+        }
+    }
+    Ok(model)
+}
+
+fn build_optimizer(model: &ClipModel, config: &ContrastiveConfig) -> Result<AdamW> {
+    let params = model
+        .params
+        .iter()
+        .map(|(name, var)| (name.to_string(), var.clone(), decays_by_default(name)))
+        .collect();
+    let adamw =
+        AdamWConfig { lr: config.schedule.base_lr, weight_decay: config.weight_decay, ..Default::default() };
+    Ok(AdamW::new(params, adamw)?)
+}
+
+/// One optimisation step; returns the loss before the update.
+fn step(
+    model: &ClipModel,
+    optimizer: &mut AdamW,
+    pixels: &[f32],
+    captions: &[String],
+    tokenizer: &Tokenizer,
+    context: usize,
+) -> Result<f32> {
+    let size = model.config.vision.image_size;
+    let n = captions.len();
+    let images = Tensor::from_slice(pixels, (n, 3, size, size), model.device())?;
+    let ids = Tensor::new(tokenizer.tokenize_batch(captions, context)?, model.device())?;
+    let loss = clip_contrastive_loss(
+        &model.encode_image(&images)?,
+        &model.encode_text(&ids)?,
+        &model.logit_scale(),
+    )?;
+    optimizer.step(&loss.backward()?)?;
+    clamp_logit_scale(model)?;
+    Ok(loss.to_scalar()?)
+}
+
+/// OpenAI CLIP clamps the learned log-temperature to at most ln 100.
+fn clamp_logit_scale(model: &ClipModel) -> Result<()> {
+    let var = model.params.get("logit_scale").expect("validated at load");
+    let value: f32 = var.as_tensor().to_scalar()?;
+    let max = 100f32.ln();
+    if value > max {
+        var.set(&Tensor::new(max, var.device())?)?;
+    }
+    Ok(())
+}
+
+/// Writes model + trainer state to `checkpoint.tmp`, then swaps it into `checkpoint`.
+fn save_checkpoint(
+    run: &RunDir,
+    model: &ClipModel,
+    state: &TrainerState,
+    optimizer: &AdamW,
+    config: &ContrastiveConfig,
+) -> Result<()> {
+    let tmp = run.checkpoint_tmp();
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io_error(&tmp))?;
+    }
+    let metadata = HashMap::from([
+        ("robustft.step".to_string(), state.step.to_string()),
+        ("robustft.config".to_string(), serde_json::to_string(config).expect("serialisable")),
+    ]);
+    model.save_hf(&tmp, &metadata)?;
+    state.save(&tmp, optimizer)?;
+    let (current, old) = (run.checkpoint(), run.checkpoint_old());
+    if current.exists() {
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(io_error(&old))?;
+        }
+        std::fs::rename(&current, &old).map_err(io_error(&current))?;
+    }
+    std::fs::rename(&tmp, &current).map_err(io_error(&tmp))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(io_error(&old))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,9 @@
+//! Training machinery shared by every method: the learning-rate schedule, gradient clipping
+//! and the resumable trainer state.
+
+pub mod contrastive;
+pub mod schedule;
+pub mod state;
+
+pub use schedule::CosineSchedule;
+pub use state::TrainerState;
