@@ -4,6 +4,7 @@
 use crate::clip::preprocess::PreprocessError;
 use crate::clip::tokenizer::TokenizerError;
 use crate::clip::CheckpointError;
+use crate::data::DataError;
 use crate::prompts::PromptError;
 
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +17,8 @@ pub enum Error {
     Preprocess(#[from] PreprocessError),
     #[error(transparent)]
     Prompt(#[from] PromptError),
+    #[error(transparent)]
+    Data(#[from] DataError),
     #[error(
         "the model's vocabulary has {model} tokens, which no CLIP BPE vocabulary has (512 + merges + 2)"
     )]

@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod clip;
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod eval;

@@ -1,3 +1,4 @@
 //! Evaluation: the metrics reported for every ID and OOD split (docs/methods.md §4).
 
+pub mod evaluate;
 pub mod metrics;

@@ -1,0 +1,93 @@
+//! Running a model over labelled images and scoring the predictions: the image tower (no
+//! gradient) feeds a predictor that turns features into class probabilities (a zero-shot
+//! head's softmax, DRM's mixture, ...), and the per-split metrics of [`super::metrics`] are
+//! computed on the collected probabilities. Results are written as JSON lines, one row per
+//! (model, split), naming every metric explicitly together with the seed, the preprocessing
+//! and the prompt set.
+
+use std::io::Write;
+use std::path::Path;
+
+use candle_core::Tensor;
+
+use super::metrics::{split_metrics, Predictions, SplitMetrics};
+use crate::clip::ClipModel;
+use crate::error::{Error, Result};
+
+/// Images of one batch with their labels and groups.
+pub struct LabelledBatch {
+    /// `[n, 3, s, s]`, preprocessed.
+    pub pixels: Tensor,
+    pub labels: Vec<usize>,
+    pub groups: Vec<String>,
+}
+
+/// Collects the predictor's probabilities over all batches.
+pub fn predict(
+    model: &ClipModel,
+    probabilities: &dyn Fn(&Tensor) -> Result<Tensor>,
+    batches: impl IntoIterator<Item = Result<LabelledBatch>>,
+) -> Result<Predictions> {
+    let (mut labels, mut probs, mut groups) = (Vec::new(), Vec::new(), Vec::new());
+    for batch in batches {
+        let batch = batch?;
+        let features = model.no_grad().encode_image(&batch.pixels)?;
+        probs.extend(probabilities(&features)?.to_vec2::<f32>()?);
+        labels.extend(batch.labels);
+        groups.extend(batch.groups);
+    }
+    let groups = (!groups.is_empty()).then_some(groups);
+    Predictions::new(labels, probs, groups)
+        .map_err(|e| Error::Invalid { what: "predictions".into(), reason: e.to_string() })
+}
+
+/// One `results.jsonl` row.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ResultRow {
+    pub model: String,
+    pub dataset: String,
+    pub split: String,
+    pub method: String,
+    pub prompts: String,
+    pub seed: u64,
+    pub preprocess: String,
+    #[serde(flatten)]
+    pub metrics: SplitMetrics,
+}
+
+impl ResultRow {
+    /// Scores `predictions` and fills in the row's identity from `context`.
+    pub fn score(context: &RowContext, split: &str, predictions: &Predictions, skip_groups: &[&str]) -> Self {
+        Self {
+            model: context.model.clone(),
+            dataset: context.dataset.clone(),
+            split: split.to_string(),
+            method: context.method.clone(),
+            prompts: context.prompts.clone(),
+            seed: context.seed,
+            preprocess: context.preprocess.clone(),
+            metrics: split_metrics(predictions, skip_groups),
+        }
+    }
+}
+
+/// What every row of one evaluation shares.
+#[derive(Clone, Debug)]
+pub struct RowContext {
+    pub model: String,
+    pub dataset: String,
+    pub method: String,
+    pub prompts: String,
+    pub seed: u64,
+    pub preprocess: String,
+}
+
+/// Appends rows to a `results.jsonl` file.
+pub fn append_rows(path: &Path, rows: &[ResultRow]) -> Result<()> {
+    let io = |source| Error::from(crate::clip::CheckpointError::Io { path: path.to_path_buf(), source });
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
+    for row in rows {
+        writeln!(file, "{}", serde_json::to_string(row).expect("serialisable")).map_err(io)?;
+    }
+    Ok(())
+}
