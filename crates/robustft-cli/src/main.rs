@@ -20,6 +20,11 @@ enum Command {
     Bench(commands::bench::BenchArgs),
     /// Print L2-normalised CLIP embeddings of images and texts as JSON.
     Embed(commands::embed::EmbedArgs),
+    /// Pretrain the tiny ShiftWorld CLIP from scratch (contrastive loss, checkpoints,
+    /// --resume).
+    Pretrain(commands::pretrain::PretrainArgs),
+    /// Generate ShiftWorld benchmark suites on disk or look at pretraining samples.
+    Shiftworld(commands::shiftworld::ShiftworldArgs),
     /// Print the CLIP BPE token ids of each text, one JSON array per line.
     Tokenize(commands::tokenize::TokenizeArgs),
     /// Classify images zero-shot from class names and prompt templates (or concept
@@ -32,6 +37,8 @@ fn main() -> std::process::ExitCode {
     let outcome = match cli.command {
         Command::Bench(args) => commands::bench::run(args),
         Command::Embed(args) => commands::embed::run(args),
+        Command::Pretrain(args) => commands::pretrain::run(args),
+        Command::Shiftworld(args) => commands::shiftworld::run(args),
         Command::Tokenize(args) => commands::tokenize::run(args),
         Command::Zeroshot(args) => commands::zeroshot::run(args),
     };

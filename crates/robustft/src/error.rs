@@ -6,6 +6,7 @@ use crate::clip::tokenizer::TokenizerError;
 use crate::clip::CheckpointError;
 use crate::data::DataError;
 use crate::prompts::PromptError;
+use crate::shiftworld::ShiftWorldError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -19,6 +20,8 @@ pub enum Error {
     Prompt(#[from] PromptError),
     #[error(transparent)]
     Data(#[from] DataError),
+    #[error(transparent)]
+    ShiftWorld(#[from] ShiftWorldError),
     #[error(
         "the model's vocabulary has {model} tokens, which no CLIP BPE vocabulary has (512 + merges + 2)"
     )]

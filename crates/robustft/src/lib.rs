@@ -11,8 +11,10 @@ pub mod error;
 pub mod eval;
 pub mod losses;
 pub mod optim;
+pub mod pretrain;
 pub mod prompts;
 pub mod rng;
+pub mod shiftworld;
 pub mod train;
 pub mod zeroshot;
 

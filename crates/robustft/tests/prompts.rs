@@ -54,6 +54,7 @@ fn template_sets_have_the_published_sizes() {
         ("drm_iwildcam", 1),
         ("drm_fmow", 1),
         ("drm_imagenet", 1),
+        ("shiftworld", 2),
     ];
     assert_eq!(TEMPLATE_SET_NAMES.len(), expected.len());
     for (name, count) in expected {

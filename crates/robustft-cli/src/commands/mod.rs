@@ -2,6 +2,8 @@
 
 pub mod bench;
 pub mod embed;
+pub mod pretrain;
+pub mod shiftworld;
 pub mod tokenize;
 pub mod zeroshot;
 

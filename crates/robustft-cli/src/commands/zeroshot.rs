@@ -1,10 +1,14 @@
-//! `robustft zeroshot`: zero-shot classification of image files.
+//! `robustft zeroshot`: zero-shot classification of image files, or zero-shot evaluation of
+//! a model on a ShiftWorld suite.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use robustft::clip::preprocess::ClipPreprocess;
+use robustft::eval::evaluate::{ResultRow, RowContext};
+use robustft::eval::suite::{zeroshot_suite, PromptKind};
 use robustft::prompts::{class_prompts, load_class_names, load_templates, template_set, ConceptDescriptions};
+use robustft::shiftworld::build_suite;
 use robustft::zeroshot::{probabilities, tokenizer_for, top_k, ZeroShotHead};
 use serde_json::json;
 
@@ -13,20 +17,40 @@ use super::{load_images, ModelArgs};
 /// Images encoded per image-tower call.
 const IMAGE_BATCH: usize = 32;
 
-/// Prints one line per image: `{"image": path, "top": [{"rank", "index", "class", "prob"}, ...]}`.
+/// With IMAGES: one line per image, `{"image": path, "top": [{"rank", "index", "class",
+/// "prob"}, ...]}`. With --suite: a table of per-split metrics (or JSON lines with --json).
 #[derive(clap::Args, Debug)]
 pub struct ZeroshotArgs {
     #[command(flatten)]
     model: ModelArgs,
 
+    /// Evaluate on a ShiftWorld suite (spurious, rendition, corruption, domains), rendered in
+    /// memory, instead of classifying image files.
+    #[arg(long, value_name = "SUITE", conflicts_with_all = ["classes", "templates", "descriptions", "images"])]
+    suite: Option<String>,
+
+    /// The suite's world seed (with --suite).
+    #[arg(long, default_value_t = 0, requires = "suite")]
+    seed: u64,
+
+    /// Which prompts build the head (with --suite): the `shiftworld` templates over the class
+    /// names, or the classes' concept descriptions.
+    #[arg(long, value_enum, default_value = "default", requires = "suite")]
+    prompts: Prompts,
+
+    /// Print one JSON line per split (with --suite).
+    #[arg(long, requires = "suite")]
+    json: bool,
+
     /// The classes: a file (one name per line, or a JSON array of names) or an inline
     /// comma-separated list such as "cat,dog,bird".
-    #[arg(long, value_name = "FILE|a,b,c")]
-    classes: String,
+    #[arg(long, value_name = "FILE|a,b,c", required_unless_present = "suite")]
+    classes: Option<String>,
 
     /// Prompt templates with a "{}" placeholder for the class name: a bundled set
-    /// (openai_imagenet, iwildcam, fmow, simple, drm_iwildcam, drm_fmow, drm_imagenet) or a
-    /// file with one template per line. Each class's prompt embeddings are averaged.
+    /// (openai_imagenet, iwildcam, fmow, simple, drm_iwildcam, drm_fmow, drm_imagenet,
+    /// shiftworld) or a file with one template per line. Each class's prompt embeddings are
+    /// averaged.
     #[arg(
         long,
         default_value = "openai_imagenet",
@@ -45,12 +69,25 @@ pub struct ZeroshotArgs {
     top_k: usize,
 
     /// Image files to classify.
-    #[arg(value_name = "IMAGE", required = true)]
+    #[arg(value_name = "IMAGE", required_unless_present = "suite")]
     images: Vec<PathBuf>,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Prompts {
+    Default,
+    Descriptions,
+}
+
 pub fn run(args: ZeroshotArgs) -> anyhow::Result<()> {
-    let classes = load_class_names(&args.classes)?;
+    match &args.suite {
+        Some(suite) => run_suite(&args, suite),
+        None => run_images(&args),
+    }
+}
+
+fn run_images(args: &ZeroshotArgs) -> anyhow::Result<()> {
+    let classes = load_class_names(args.classes.as_deref().unwrap_or_default())?;
     let prompts = match &args.descriptions {
         Some(path) => ConceptDescriptions::load(path, &classes)?.per_class().to_vec(),
         None => class_prompts(&classes, &templates(&args.templates)?),
@@ -73,6 +110,47 @@ pub fn run(args: ZeroshotArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn run_suite(args: &ZeroshotArgs, suite_name: &str) -> anyhow::Result<()> {
+    let suite = build_suite(suite_name, args.seed)?;
+    let kind = match args.prompts {
+        Prompts::Default => PromptKind::Default,
+        Prompts::Descriptions => PromptKind::Descriptions,
+    };
+    let (model, _) = args.model.load()?;
+    let context = RowContext {
+        model: args.model.model.clone(),
+        dataset: format!("shiftworld/{suite_name}"),
+        method: "zeroshot".into(),
+        prompts: kind.name().into(),
+        seed: args.seed,
+        preprocess: ClipPreprocess::openai(model.config.vision.image_size).id(),
+    };
+    let rows: Vec<ResultRow> = zeroshot_suite(&model, &suite, kind)?
+        .iter()
+        .map(|(split, predictions)| ResultRow::score(&context, split, predictions, &[]))
+        .collect();
+    if args.json {
+        for row in &rows {
+            let mut value = serde_json::to_value(row)?;
+            value["suite"] = json!(suite_name);
+            println!("{value}");
+        }
+    } else {
+        print_table(suite_name, &context.prompts, &rows);
+    }
+    Ok(())
+}
+
+fn print_table(suite: &str, prompts: &str, rows: &[ResultRow]) {
+    println!("suite {suite}, prompts {prompts}");
+    println!("{:<24} {:>6} {:>8} {:>10} {:>6}", "split", "top1", "f1_macro", "worst_grp", "n");
+    for row in rows {
+        let m = &row.metrics;
+        let worst = m.worst_group_acc.map_or("-".to_string(), |w| format!("{:.3}", w));
+        println!("{:<24} {:>6.3} {:>8.3} {:>10} {:>6}", row.split, m.top1, m.f1_macro, worst, m.n);
+    }
 }
 
 fn templates(spec: &str) -> anyhow::Result<Vec<String>> {

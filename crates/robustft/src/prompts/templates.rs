@@ -13,8 +13,16 @@ pub const ARTICLE_PLACEHOLDER: &str = "{with_article}";
 const CLASS_PLACEHOLDER_ALIAS: &str = "{c}";
 
 /// Names accepted by [`template_set`].
-pub const TEMPLATE_SET_NAMES: &[&str] =
-    &["openai_imagenet", "iwildcam", "fmow", "simple", "drm_iwildcam", "drm_fmow", "drm_imagenet"];
+pub const TEMPLATE_SET_NAMES: &[&str] = &[
+    "openai_imagenet",
+    "iwildcam",
+    "fmow",
+    "simple",
+    "drm_iwildcam",
+    "drm_fmow",
+    "drm_imagenet",
+    "shiftworld",
+];
 
 // openai/CLIP notebooks/Prompt_Engineering_for_ImageNet.ipynb (`imagenet_templates`), identical
 // to mlfoundations/wise-ft src/templates/openai_imagenet_template.py.
@@ -137,6 +145,10 @@ const DRM_FMOW: [&str; 1] = ["satellite photo of a {}."];
 // vaynexie/DRM src/templates/imagenet_template.py.
 const DRM_IMAGENET: [&str; 1] = ["a good photo of the {}."];
 
+// ShiftWorld's default prompts: the two plainest frames of its caption grammar
+// (crate::shiftworld captions: "a star.", "a photo of an arrow.").
+const SHIFTWORLD: [&str; 2] = ["{with_article}.", "a photo of {with_article}."];
+
 /// A named, bundled template set (see [`TEMPLATE_SET_NAMES`]). Each template holds exactly one
 /// placeholder, [`CLASS_PLACEHOLDER`] or [`ARTICLE_PLACEHOLDER`].
 pub fn template_set(name: &str) -> Option<&'static [&'static str]> {
@@ -148,6 +160,7 @@ pub fn template_set(name: &str) -> Option<&'static [&'static str]> {
         "drm_iwildcam" => Some(&DRM_IWILDCAM),
         "drm_fmow" => Some(&DRM_FMOW),
         "drm_imagenet" => Some(&DRM_IMAGENET),
+        "shiftworld" => Some(&SHIFTWORLD),
         _ => None,
     }
 }

@@ -1,0 +1,94 @@
+//! Zero-shot evaluation of a CLIP model on a ShiftWorld suite, rendered in memory: the
+//! default-prompt head (the `shiftworld` template set over the class names) or the concept-
+//! description head (each class's core descriptions, embedded separately and averaged).
+
+use candle_core::{Device, Tensor};
+use rayon::prelude::*;
+
+use super::evaluate::{predict, LabelledBatch};
+use super::metrics::Predictions;
+use crate::clip::preprocess::ClipPreprocess;
+use crate::clip::ClipModel;
+use crate::error::Result;
+use crate::prompts::{class_prompts, template_set};
+use crate::shiftworld::{self, Example, Suite, SuiteSplit, CLASSES};
+use crate::zeroshot::{tokenizer_for, ZeroShotHead};
+
+/// Images per image-tower call.
+const EVAL_BATCH: usize = 250;
+
+/// Which prompts build the zero-shot head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptKind {
+    /// Templates filled with class names.
+    Default,
+    /// The classes' concept descriptions.
+    Descriptions,
+}
+
+impl PromptKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Default => "shiftworld_templates",
+            Self::Descriptions => "shiftworld_concept_descriptions",
+        }
+    }
+}
+
+/// The prompts of every ShiftWorld class for `kind`.
+pub fn shiftworld_prompts(kind: PromptKind) -> Vec<Vec<String>> {
+    match kind {
+        PromptKind::Default => {
+            let names: Vec<String> = CLASSES.iter().map(|c| c.to_string()).collect();
+            class_prompts(&names, template_set("shiftworld").expect("bundled set"))
+        }
+        PromptKind::Descriptions => shiftworld::concept_descriptions(),
+    }
+}
+
+/// Renders and preprocesses `examples` into labelled batches.
+pub fn suite_batches<'a>(
+    examples: &'a [Example],
+    preprocess: &'a ClipPreprocess,
+    device: &'a Device,
+) -> impl Iterator<Item = Result<LabelledBatch>> + 'a {
+    examples.chunks(EVAL_BATCH).map(move |chunk| {
+        let pixels: Vec<f32> = chunk
+            .par_iter()
+            .flat_map_iter(|e| {
+                preprocess.apply(&image::DynamicImage::ImageRgb8(shiftworld::render(&e.scene)))
+            })
+            .collect();
+        let size = preprocess.image_size;
+        Ok(LabelledBatch {
+            pixels: Tensor::from_vec(pixels, (chunk.len(), 3, size, size), device)?,
+            labels: chunk.iter().map(|e| e.label).collect(),
+            groups: chunk.iter().map(|e| e.group.clone()).collect(),
+        })
+    })
+}
+
+/// Zero-shot predictions on every evaluation split of `suite` (all splits but `train`).
+pub fn zeroshot_suite(
+    model: &ClipModel,
+    suite: &Suite,
+    kind: PromptKind,
+) -> Result<Vec<(String, Predictions)>> {
+    let head = ZeroShotHead::build(model, &tokenizer_for(model)?, &shiftworld_prompts(kind))?;
+    let preprocess = ClipPreprocess::openai(model.config.vision.image_size);
+    let probabilities = |features: &Tensor| -> Result<Tensor> {
+        Ok(crate::clip::layers::softmax_last_dim(&head.logits(features)?)?)
+    };
+    evaluation_splits(suite)
+        .map(|split| {
+            let batches = suite_batches(&split.examples, &preprocess, model.device());
+            Ok((split.name.clone(), predict(model, &probabilities, batches)?))
+        })
+        .collect()
+}
+
+/// The splits a suite is evaluated on: everything but `train`.
+pub fn evaluation_splits(suite: &Suite) -> impl Iterator<Item = &SuiteSplit> {
+    suite.splits.iter().filter(|s| s.name != "train")
+}
