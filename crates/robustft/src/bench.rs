@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor, Var};
 
 use crate::clip::{ClipConfig, ClipModel};
 use crate::losses::cross_entropy;
-use crate::optim::{decays_by_default, AdamW, AdamWConfig};
+use crate::optim::{default_groups, AdamW, AdamWConfig};
 use crate::rng::SplitMix64;
 
 /// Classes of the benchmark's linear head.
@@ -85,12 +85,7 @@ fn train_step<'a>(
     let mut rng = SplitMix64::new(3);
     let labels: Vec<u32> = (0..batch).map(|_| (rng.next_u64() % HEAD_CLASSES as u64) as u32).collect();
     let labels = Tensor::new(labels, device)?;
-    let mut params: Vec<(String, Var, bool)> = model
-        .params
-        .iter()
-        .filter(|(name, _)| name.starts_with("vision_model.") || name.starts_with("visual_projection"))
-        .map(|(name, var)| (name.to_string(), var.clone(), decays_by_default(name)))
-        .collect();
+    let mut params = default_groups(model.image_tower_params());
     params.push(("head.weight".into(), head.clone(), true));
     let mut optimizer =
         AdamW::new(params, AdamWConfig { lr: 1e-5, weight_decay: 0.1, ..Default::default() })?;

@@ -46,6 +46,11 @@ pub fn decays_by_default(name: &str) -> bool {
     !exempt
 }
 
+/// Parameters with the default weight-decay grouping of [`decays_by_default`].
+pub fn default_groups<'a>(params: impl IntoIterator<Item = (&'a str, &'a Var)>) -> Vec<(String, Var, bool)> {
+    params.into_iter().map(|(name, var)| (name.to_string(), var.clone(), decays_by_default(name))).collect()
+}
+
 enum Moments {
     Host { m: Vec<f32>, v: Vec<f32> },
     Device { m: Tensor, v: Tensor },

@@ -64,6 +64,11 @@ impl ZeroShotHead {
         Ok(Self { weights: Tensor::cat(&rows, 0)?.broadcast_mul(&scale)? })
     }
 
+    /// `[classes, embed_dim]`: unit rows times `exp(s)`.
+    pub fn weights(&self) -> &Tensor {
+        &self.weights
+    }
+
     pub fn num_classes(&self) -> usize {
         self.weights.dim(0).unwrap_or(0)
     }

@@ -130,7 +130,7 @@ fn pickle_state_dicts_load_the_same_weights() {
     for file in ["open_clip_pytorch_model.bin", "model.pt"] {
         let path = fixture("clip_openclip").join(file);
         let (model, info) = ClipModel::load(path.to_str().unwrap(), &Device::Cpu).unwrap();
-        assert_eq!(info.files.weights, path);
+        assert_eq!(info.files.unwrap().weights, path);
         let out = run(&model, &reference);
         assert_outputs_match(&out, &reference);
     }

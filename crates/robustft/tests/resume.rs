@@ -90,3 +90,25 @@ fn same_seed_same_weights() {
     assert!(a.checkpoint().join("model.safetensors").is_file(), "the final checkpoint is kept");
     cleanup(&[&a, &b]);
 }
+
+#[test]
+fn shiftworld_pretraining_loss_falls_within_a_few_steps() {
+    use robustft::pretrain::{shiftworld_recipe, ShiftWorldPairs, SHIFTWORLD_MERGES};
+    let mut recipe = shiftworld_recipe(24, 0);
+    recipe.batch_size = 32;
+    recipe.checkpoint_every = 1;
+    recipe.schedule.warmup_steps = 2;
+    let tokenizer = Tokenizer::with_merges(SHIFTWORLD_MERGES).unwrap();
+    let run = run_dir("shiftworld");
+    let mut losses = Vec::new();
+    train(&recipe, &ShiftWorldPairs::default(), &tokenizer, &run, false, None, &mut |r| losses.push(r.loss))
+        .unwrap();
+    let mean = |xs: &[f32]| xs.iter().sum::<f32>() / xs.len() as f32;
+    let (first, last) = (mean(&losses[..4]), mean(&losses[losses.len() - 4..]));
+    // Chance level of the symmetric InfoNCE over 32 pairs is ln 32 = 3.47.
+    assert!(
+        last < first - 0.1,
+        "loss did not fall: first steps {first:.3}, last steps {last:.3} ({losses:?})"
+    );
+    cleanup(&[&run]);
+}

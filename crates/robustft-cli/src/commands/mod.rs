@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod embed;
+pub mod finetune;
 pub mod pretrain;
 pub mod shiftworld;
 pub mod tokenize;
@@ -16,11 +17,12 @@ use robustft::device::DeviceChoice;
 /// Options every model-running command takes.
 #[derive(clap::Args, Debug)]
 pub struct ModelArgs {
-    /// The CLIP checkpoint: a directory or weights file in the HF layout (model.safetensors +
-    /// config.json) or the OpenAI/OpenCLIP layout (open_clip_model.safetensors, .bin/.pt state
-    /// dicts), or a hub id such as openai/clip-vit-base-patch32 already in the local Hugging
-    /// Face cache (nothing is downloaded).
-    #[arg(long, value_name = "PATH|HUB_ID")]
+    /// The CLIP checkpoint: `bundled` (the tiny ShiftWorld CLIP inside the binary), a
+    /// directory or weights file in the HF layout (model.safetensors + config.json) or the
+    /// OpenAI/OpenCLIP layout (open_clip_model.safetensors, .bin/.pt state dicts), or a hub id
+    /// such as openai/clip-vit-base-patch32 already in the local Hugging Face cache (nothing is
+    /// downloaded).
+    #[arg(long, default_value = "bundled", value_name = "bundled|PATH|HUB_ID")]
     pub model: String,
 
     /// Where to compute: cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).

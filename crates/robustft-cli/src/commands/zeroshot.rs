@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use robustft::clip::preprocess::ClipPreprocess;
 use robustft::eval::evaluate::{ResultRow, RowContext};
-use robustft::eval::suite::{zeroshot_suite, PromptKind};
+use robustft::eval::suite::{background_swap_top1, zeroshot_suite, PromptKind};
 use robustft::prompts::{class_prompts, load_class_names, load_templates, template_set, ConceptDescriptions};
 use robustft::shiftworld::build_suite;
 use robustft::zeroshot::{probabilities, tokenizer_for, top_k, ZeroShotHead};
@@ -41,6 +41,12 @@ pub struct ZeroshotArgs {
     /// Print one JSON line per split (with --suite).
     #[arg(long, requires = "suite")]
     json: bool,
+
+    /// Instead of the per-split table, measure how much the head rests on the background:
+    /// top-1 on the suite's id_test as rendered and with every background swapped for another
+    /// example's (with --suite).
+    #[arg(long, requires = "suite")]
+    background_swap: bool,
 
     /// The classes: a file (one name per line, or a JSON array of names) or an inline
     /// comma-separated list such as "cat,dog,bird".
@@ -119,6 +125,16 @@ fn run_suite(args: &ZeroshotArgs, suite_name: &str) -> anyhow::Result<()> {
         Prompts::Descriptions => PromptKind::Descriptions,
     };
     let (model, _) = args.model.load()?;
+    if args.background_swap {
+        let id_test =
+            suite.splits.iter().find(|s| s.name == "id_test").context("the suite has no id_test split")?;
+        let (original, swapped) = background_swap_top1(&model, &id_test.examples, kind, args.seed)?;
+        let change = swapped - original;
+        let out = json!({"suite": suite_name, "split": "id_test", "prompts": kind.name(),
+            "top1": original, "top1_backgrounds_swapped": swapped, "change": change});
+        println!("{out}");
+        return Ok(());
+    }
     let context = RowContext {
         model: args.model.model.clone(),
         dataset: format!("shiftworld/{suite_name}"),

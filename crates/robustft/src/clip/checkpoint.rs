@@ -111,19 +111,47 @@ pub fn load(files: &ModelFiles, device: &Device) -> Result<LoadedCheckpoint, Che
     let raw = read_tensors(&files.weights, device).map_err(|e| e.in_file(&files.weights))?;
     let layout = detect_layout(raw.iter().map(|(k, _)| k.as_str()))
         .ok_or_else(|| CheckpointError::UnknownLayout { path: files.weights.clone() })?;
+    let hints = ConfigHints::read(files, layout)?;
+    let (config, tensors) = validate(raw, layout, &hints).map_err(|e| e.in_file(&files.weights))?;
+    Ok(LoadedCheckpoint { config, tensors, layout, files: files.clone() })
+}
+
+/// Loads an HF-layout checkpoint held in memory: safetensors bytes and `config.json` text
+/// (the model bundled into the binary). `origin` names it in errors.
+pub fn load_hf_bytes(
+    weights: &[u8],
+    config_json: &str,
+    origin: &Path,
+    device: &Device,
+) -> Result<(ClipConfig, Vec<(String, Tensor)>), CheckpointError> {
+    let raw: Vec<(String, Tensor)> = candle_core::safetensors::load_buffer(weights, device)
+        .map_err(|e| CheckpointError::from(e).in_file(origin))?
+        .into_iter()
+        .collect();
+    let json = serde_json::from_str(config_json)
+        .map_err(|e| CheckpointError::BadConfig { path: origin.to_path_buf(), reason: e.to_string() })?;
+    let hints = ConfigHints::from_hf_json(&json, origin)?;
+    validate(raw, Layout::Hf, &hints).map_err(|e| e.in_file(origin))
+}
+
+/// Renames to canonical keys, infers the configuration and checks every key and shape.
+fn validate(
+    raw: Vec<(String, Tensor)>,
+    layout: Layout,
+    hints: &ConfigHints,
+) -> Result<(ClipConfig, Vec<(String, Tensor)>), CheckpointError> {
     let canonical = match layout {
         Layout::Hf => raw
             .into_iter()
             .map(|(k, t)| (k.strip_prefix("module.").map(str::to_string).unwrap_or(k), t))
             .filter(|(k, _)| !k.ends_with(".position_ids"))
             .collect(),
-        Layout::OpenClip => openclip_to_hf(raw).map_err(|e| e.in_file(&files.weights))?,
+        Layout::OpenClip => openclip_to_hf(raw)?,
     };
-    let hints = ConfigHints::read(files, layout)?;
     let mut by_name: HashMap<String, Tensor> = canonical.into_iter().collect();
-    let config = infer_config(&by_name, &hints).map_err(|e| e.in_file(&files.weights))?;
-    let tensors = take_expected(&config, &mut by_name).map_err(|e| e.in_file(&files.weights))?;
-    Ok(LoadedCheckpoint { config, tensors, layout, files: files.clone() })
+    let config = infer_config(&by_name, hints)?;
+    let tensors = take_expected(&config, &mut by_name)?;
+    Ok((config, tensors))
 }
 
 /// Reads every tensor of a safetensors or pickle file, converted to f32.
@@ -181,7 +209,10 @@ impl ConfigHints {
     }
 
     fn from_hf(path: &Path) -> Result<Self, CheckpointError> {
-        let json = read_json(path)?;
+        Self::from_hf_json(&read_json(path)?, path)
+    }
+
+    fn from_hf_json(json: &Value, path: &Path) -> Result<Self, CheckpointError> {
         let tower = |name: &str| json.get(name).cloned().unwrap_or(Value::Null);
         let (text, vision) = (tower("text_config"), tower("vision_config"));
         let act = |cfg: &Value| -> Result<Activation, CheckpointError> {

@@ -6,6 +6,7 @@
 //! Checked against transformers' `CLIPModel` and open_clip's `CLIP` on tiny random checkpoints
 //! (embeddings, logits and every parameter's gradient): `tests/model_parity.rs`.
 
+pub mod bundled;
 pub mod checkpoint;
 pub mod config;
 pub mod keymap;
@@ -128,11 +129,16 @@ impl ClipModel {
         })
     }
 
-    /// Loads a checkpoint from a path or a cached hub id (see [`checkpoint`]).
+    /// Loads a checkpoint from a path or a cached hub id (see [`checkpoint`]), or the model
+    /// bundled in the binary when `spec` is [`bundled::BUNDLED_MODEL`].
     pub fn load(spec: &str, device: &Device) -> Result<(Self, LoadedCheckpointInfo), CheckpointError> {
+        if spec == bundled::BUNDLED_MODEL {
+            let info = LoadedCheckpointInfo { files: None, layout: Layout::Hf };
+            return Ok((bundled::load_bundled(device)?, info));
+        }
         let files = checkpoint::resolve(spec)?;
         let loaded = checkpoint::load(&files, device)?;
-        let info = LoadedCheckpointInfo { files: loaded.files, layout: loaded.layout };
+        let info = LoadedCheckpointInfo { files: Some(loaded.files), layout: loaded.layout };
         Ok((Self::from_tensors(loaded.config, loaded.tensors, device)?, info))
     }
 
@@ -178,6 +184,13 @@ impl ClipModel {
         self.params.get("logit_scale").expect("validated at load").as_tensor().clone()
     }
 
+    /// The image tower's parameters (vision transformer and image projection), in order.
+    pub fn image_tower_params(&self) -> impl Iterator<Item = (&str, &candle_core::Var)> {
+        self.params
+            .iter()
+            .filter(|(name, _)| name.starts_with("vision_model.") || *name == "visual_projection.weight")
+    }
+
     /// Current parameter values in canonical order (shared storage; not copies).
     pub fn tensors(&self) -> Vec<(String, Tensor)> {
         self.params.iter().map(|(n, v)| (n.to_string(), v.as_tensor().clone())).collect()
@@ -192,7 +205,8 @@ impl ClipModel {
 /// Where a loaded model came from.
 #[derive(Clone, Debug)]
 pub struct LoadedCheckpointInfo {
-    pub files: ModelFiles,
+    /// `None` for the bundled model.
+    pub files: Option<ModelFiles>,
     pub layout: Layout,
 }
 

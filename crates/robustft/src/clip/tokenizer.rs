@@ -534,6 +534,15 @@ mod html {
 
     /// Python's `html.unescape`.
     pub(super) fn unescape(text: &str) -> Cow<'_, str> {
+        replace_references(text, character_reference)
+    }
+
+    /// Replaces each `&` that `decode` recognises (given the text after the `&`, it returns
+    /// the bytes consumed and the replacement); every other `&` stays.
+    fn replace_references(
+        text: &str,
+        decode: fn(&str) -> Option<(usize, Cow<'static, str>)>,
+    ) -> Cow<'_, str> {
         if !text.contains('&') {
             return Cow::Borrowed(text);
         }
@@ -542,7 +551,7 @@ mod html {
         while let Some(ampersand) = rest.find('&') {
             out.push_str(&rest[..ampersand]);
             let after = &rest[ampersand + 1..];
-            match character_reference(after) {
+            match decode(after) {
                 Some((consumed, replacement)) => {
                     out.push_str(&replacement);
                     rest = &after[consumed..];
@@ -642,27 +651,7 @@ mod html {
     /// entities with `;`, plus upper-cased forms of the lower-case ones) has it, or where
     /// `html.unescape` decodes the whole numeric reference.
     pub(super) fn unescape_ftfy(text: &str) -> Cow<'_, str> {
-        if !text.contains('&') {
-            return Cow::Borrowed(text);
-        }
-        let mut out = String::with_capacity(text.len());
-        let mut rest = text;
-        while let Some(ampersand) = rest.find('&') {
-            out.push_str(&rest[..ampersand]);
-            let after = &rest[ampersand + 1..];
-            match ftfy_reference(after) {
-                Some((consumed, replacement)) => {
-                    out.push_str(&replacement);
-                    rest = &after[consumed..];
-                }
-                None => {
-                    out.push('&');
-                    rest = after;
-                }
-            }
-        }
-        out.push_str(rest);
-        Cow::Owned(out)
+        replace_references(text, ftfy_reference)
     }
 
     fn ftfy_reference(after: &str) -> Option<(usize, Cow<'static, str>)> {

@@ -12,6 +12,7 @@ use crate::clip::ClipModel;
 use crate::error::Result;
 use crate::prompts::{class_prompts, template_set};
 use crate::shiftworld::{self, Example, Suite, SuiteSplit, CLASSES};
+use crate::train::finetune::ImageSet;
 use crate::zeroshot::{tokenizer_for, ZeroShotHead};
 
 /// Images per image-tower call.
@@ -69,16 +70,30 @@ pub fn suite_batches<'a>(
     })
 }
 
+/// The zero-shot head of `kind` for ShiftWorld's classes.
+pub fn shiftworld_head(model: &ClipModel, kind: PromptKind) -> Result<ZeroShotHead> {
+    ZeroShotHead::build(model, &tokenizer_for(model)?, &shiftworld_prompts(kind))
+}
+
 /// Zero-shot predictions on every evaluation split of `suite` (all splits but `train`).
 pub fn zeroshot_suite(
     model: &ClipModel,
     suite: &Suite,
     kind: PromptKind,
 ) -> Result<Vec<(String, Predictions)>> {
-    let head = ZeroShotHead::build(model, &tokenizer_for(model)?, &shiftworld_prompts(kind))?;
+    let head = shiftworld_head(model, kind)?;
+    evaluate_suite(model, suite, &|features| head.logits(features))
+}
+
+/// Predictions of `logits` (a head over image features) on every evaluation split.
+pub fn evaluate_suite(
+    model: &ClipModel,
+    suite: &Suite,
+    logits: &dyn Fn(&Tensor) -> Result<Tensor>,
+) -> Result<Vec<(String, Predictions)>> {
     let preprocess = ClipPreprocess::openai(model.config.vision.image_size);
     let probabilities = |features: &Tensor| -> Result<Tensor> {
-        Ok(crate::clip::layers::softmax_last_dim(&head.logits(features)?)?)
+        Ok(crate::clip::layers::softmax_last_dim(&logits(features)?)?)
     };
     evaluation_splits(suite)
         .map(|split| {
@@ -86,6 +101,51 @@ pub fn zeroshot_suite(
             Ok((split.name.clone(), predict(model, &probabilities, batches)?))
         })
         .collect()
+}
+
+/// Renders and preprocesses a whole split into memory (for training).
+pub fn render_split(split: &SuiteSplit, preprocess: &ClipPreprocess) -> ImageSet {
+    let pixels = split
+        .examples
+        .par_iter()
+        .flat_map_iter(|e| preprocess.apply(&image::DynamicImage::ImageRgb8(shiftworld::render(&e.scene))))
+        .collect();
+    let labels = split.examples.iter().map(|e| e.label as u32).collect();
+    ImageSet { pixels, labels, image_size: preprocess.image_size }
+}
+
+/// The same examples with every background replaced by another example's (a seeded cyclic
+/// shift of a shuffled order, so no example keeps its own): everything else about each scene
+/// is unchanged.
+pub fn swap_backgrounds(examples: &[Example], seed: u64) -> Vec<Example> {
+    let order = crate::data::epoch_order(examples.len(), Some(seed));
+    let mut swapped = examples.to_vec();
+    for (k, &i) in order.iter().enumerate() {
+        let donor = order[(k + 1) % order.len()];
+        swapped[i].scene.background = examples[donor].scene.background.clone();
+    }
+    swapped
+}
+
+/// Top-1 of the zero-shot head of `kind` on `examples`, as they are and with swapped
+/// backgrounds: how much the head's predictions rest on the background.
+pub fn background_swap_top1(
+    model: &ClipModel,
+    examples: &[Example],
+    kind: PromptKind,
+    seed: u64,
+) -> Result<(f64, f64)> {
+    let head = shiftworld_head(model, kind)?;
+    let preprocess = ClipPreprocess::openai(model.config.vision.image_size);
+    let probabilities = |features: &Tensor| -> Result<Tensor> {
+        Ok(crate::clip::layers::softmax_last_dim(&head.logits(features)?)?)
+    };
+    let swapped = swap_backgrounds(examples, seed);
+    let top1 = |examples: &[Example]| -> Result<f64> {
+        let p = predict(model, &probabilities, suite_batches(examples, &preprocess, model.device()))?;
+        Ok(super::metrics::top1(&p.labels, &p.preds()))
+    };
+    Ok((top1(examples)?, top1(&swapped)?))
 }
 
 /// The splits a suite is evaluated on: everything but `train`.

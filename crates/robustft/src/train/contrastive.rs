@@ -22,7 +22,7 @@ use crate::clip::tokenizer::Tokenizer;
 use crate::clip::{ClipConfig, ClipModel};
 use crate::error::{Error, Result};
 use crate::losses::clip_contrastive_loss;
-use crate::optim::{decays_by_default, AdamW, AdamWConfig};
+use crate::optim::{default_groups, AdamW, AdamWConfig};
 
 /// A source of (image, caption) pairs: batch `step` of a run with `seed` must always be the
 /// same pairs.
@@ -150,11 +150,7 @@ pub fn train(
 }
 
 fn build_optimizer(model: &ClipModel, config: &ContrastiveConfig) -> Result<AdamW> {
-    let params = model
-        .params
-        .iter()
-        .map(|(name, var)| (name.to_string(), var.clone(), decays_by_default(name)))
-        .collect();
+    let params = default_groups(model.params.iter());
     let adamw =
         AdamWConfig { lr: config.schedule.base_lr, weight_decay: config.weight_decay, ..Default::default() };
     Ok(AdamW::new(params, adamw)?)

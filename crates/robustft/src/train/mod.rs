@@ -2,8 +2,10 @@
 //! and the resumable trainer state.
 
 pub mod contrastive;
+pub mod finetune;
 pub mod schedule;
 pub mod state;
+pub mod wiseft;
 
 pub use schedule::CosineSchedule;
 pub use state::TrainerState;
