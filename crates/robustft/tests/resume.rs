@@ -74,6 +74,10 @@ fn resumed_run_reaches_the_uninterrupted_weights_exactly() {
     assert_ne!(weights(&stopped), weights(&uninterrupted), "the interrupted run really stopped early");
     let resumed = train(&config(), &NoisePairs, &tokenizer, &split, true, None, &mut |_| {}).unwrap();
     assert_eq!(weights(&resumed), weights(&uninterrupted));
+    let mut other = config();
+    other.seed += 1;
+    let err = train(&other, &NoisePairs, &tokenizer, &split, true, None, &mut |_| {}).err().expect("refused");
+    assert!(err.to_string().contains("different recipe"), "{err}");
     assert_eq!(losses.len(), 2, "a metrics row at steps 3 and 6");
     let rows = std::fs::read_to_string(full.metrics()).unwrap();
     assert_eq!(rows.lines().count(), 2);

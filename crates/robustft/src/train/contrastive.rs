@@ -24,6 +24,9 @@ use crate::error::{Error, Result};
 use crate::losses::clip_contrastive_loss;
 use crate::optim::{default_groups, AdamW, AdamWConfig};
 
+/// Trainer-state metadata key holding the run's recipe, checked on resume.
+const RECIPE_KEY: &str = "recipe";
+
 /// A source of (image, caption) pairs: batch `step` of a run with `seed` must always be the
 /// same pairs.
 pub trait PairSource: Sync {
@@ -111,10 +114,19 @@ pub fn train(
         None => ClipModel::random(config.model.clone(), config.seed, &device)?,
     };
     let mut optimizer = build_optimizer(&model, config)?;
+    let recipe = serde_json::to_string(config).expect("serialisable");
     let mut state = match &resume_from {
         Some(dir) => TrainerState::load(dir, &mut optimizer)?,
-        None => TrainerState::default(),
+        None => TrainerState { step: 0, meta: [(RECIPE_KEY.to_string(), recipe.clone())].into() },
     };
+    if state.meta.get(RECIPE_KEY) != Some(&recipe) {
+        return Err(Error::Invalid {
+            what: format!("--resume from {}", run.root.display()),
+            reason:
+                "the checkpoint was written by a run with a different recipe (steps, seed, batch or model)"
+                    .into(),
+        });
+    }
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
