@@ -18,6 +18,14 @@ import torch
 
 HEAD_CLASSES = 1000
 
+# The bundled ShiftWorld model's architecture (robustft::pretrain::shiftworld_model).
+SHIFTWORLD_CFG = {
+    "embed_dim": 64,
+    "quick_gelu": True,
+    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 128, "layers": 4, "head_width": 32, "mlp_ratio": 4.0},
+    "text_cfg": {"context_length": 24, "vocab_size": 1514, "width": 64, "heads": 2, "layers": 2},
+}
+
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -63,7 +71,10 @@ def main():
     args = parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = open_clip.create_model(args.arch, pretrained=None)
+    if args.arch == "shiftworld":
+        model = open_clip.model.CLIP(**SHIFTWORLD_CFG)
+    else:
+        model = open_clip.create_model(args.arch, pretrained=None)
     model.train(args.mode == "train")
     step = make_step(model, args.mode, args.batch)
     for _ in range(args.warmup):

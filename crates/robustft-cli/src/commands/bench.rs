@@ -5,11 +5,13 @@ use anyhow::Context;
 use robustft::bench::{self, BenchMode};
 use robustft::clip::ClipConfig;
 use robustft::device::DeviceChoice;
+use robustft::pretrain::shiftworld_model;
 
 /// Prints `{"arch","mode","batch","steps","images_per_s","peak_rss_mb","engine"}`.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Architecture preset (ViT-B-32, ViT-B-16, ViT-L-14, ViT-L-14-336), randomly initialised.
+    /// Architecture, randomly initialised: a preset (ViT-B-32, ViT-B-16, ViT-L-14,
+    /// ViT-L-14-336) or `shiftworld` (the bundled tiny model's architecture).
     #[arg(long, default_value = "ViT-B-32")]
     arch: String,
 
@@ -42,9 +44,15 @@ enum Mode {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let config = ClipConfig::preset(&args.arch).with_context(|| {
-        format!("unknown --arch {:?} (known: {})", args.arch, robustft::clip::config::PRESET_NAMES.join(", "))
-    })?;
+    let config = match args.arch.as_str() {
+        "shiftworld" => shiftworld_model(),
+        name => ClipConfig::preset(name).with_context(|| {
+            format!(
+                "unknown --arch {name:?} (known: shiftworld, {})",
+                robustft::clip::config::PRESET_NAMES.join(", ")
+            )
+        })?,
+    };
     if args.batch == 0 || args.steps == 0 {
         anyhow::bail!("--batch and --steps must be at least 1");
     }
