@@ -537,12 +537,11 @@ mod html {
         replace_references(text, character_reference)
     }
 
-    /// Replaces each `&` that `decode` recognises (given the text after the `&`, it returns
-    /// the bytes consumed and the replacement); every other `&` stays.
-    fn replace_references(
-        text: &str,
-        decode: fn(&str) -> Option<(usize, Cow<'static, str>)>,
-    ) -> Cow<'_, str> {
+    /// Decodes the reference right after an `&`: the bytes it consumes and its replacement.
+    type ReferenceDecoder = fn(&str) -> Option<(usize, Cow<'static, str>)>;
+
+    /// Replaces each `&` that `decode` recognises; every other `&` stays.
+    fn replace_references(text: &str, decode: ReferenceDecoder) -> Cow<'_, str> {
         if !text.contains('&') {
             return Cow::Borrowed(text);
         }
