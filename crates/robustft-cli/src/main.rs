@@ -29,8 +29,9 @@ enum Command {
     Shiftworld(commands::shiftworld::ShiftworldArgs),
     /// Print the CLIP BPE token ids of each text, one JSON array per line.
     Tokenize(commands::tokenize::TokenizeArgs),
-    /// Classify images zero-shot from class names and prompt templates (or concept
-    /// descriptions); prints one JSON line per image with its top-k classes.
+    /// Zero-shot classification: image files from class names and prompt templates (or
+    /// concept descriptions), one JSON line per image; or, with --suite, a model's zero-shot
+    /// metrics on a ShiftWorld suite.
     Zeroshot(commands::zeroshot::ZeroshotArgs),
 }
 
