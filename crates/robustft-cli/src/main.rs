@@ -20,6 +20,9 @@ enum Command {
     Bench(commands::bench::BenchArgs),
     /// Print L2-normalised CLIP embeddings of images and texts as JSON.
     Embed(commands::embed::EmbedArgs),
+    /// Zero-shot metrics of a model on every split of a dataset on disk or a ShiftWorld
+    /// suite (results.jsonl rows, per-example predictions).
+    Eval(commands::eval::EvalArgs),
     /// Zero-shot vs fine-tuning vs WiSE-FT on a ShiftWorld suite: ID and OOD metrics.
     Finetune(commands::finetune::FinetuneArgs),
     /// Pretrain the tiny ShiftWorld CLIP from scratch (contrastive loss, checkpoints,
@@ -40,6 +43,7 @@ fn main() -> std::process::ExitCode {
     let outcome = match cli.command {
         Command::Bench(args) => commands::bench::run(args),
         Command::Embed(args) => commands::embed::run(args),
+        Command::Eval(args) => commands::eval::run(args),
         Command::Finetune(args) => commands::finetune::run(args),
         Command::Pretrain(args) => commands::pretrain::run(args),
         Command::Shiftworld(args) => commands::shiftworld::run(args),

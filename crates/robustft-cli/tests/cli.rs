@@ -167,3 +167,44 @@ fn hub_id_resolves_offline_from_the_local_cache() {
     assert_eq!(stdout_json(&from_cache)["text_embeds"], stdout_json(&from_dir)["text_embeds"]);
     std::fs::remove_dir_all(home).unwrap();
 }
+
+fn json_lines(output: &Output) -> Vec<Value> {
+    assert!(output.status.success(), "failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn eval_on_a_generated_suite_matches_the_in_memory_suite_and_survives_a_corrupt_image() {
+    let dir = std::env::temp_dir().join(format!("robustft-eval-suite-{}", std::process::id()));
+    let dir_str = dir.to_string_lossy().into_owned();
+    assert!(robustft(&["shiftworld", "generate", "--suite", "spurious", "--out", &dir_str]).status.success());
+    let corrupt = dir.join("id_test/circle/id_test_00000.png");
+    std::fs::write(&corrupt, b"not a png").unwrap();
+    let predictions = dir.join("predictions.csv");
+    let on_disk = robustft(&[
+        "eval",
+        "--dataset",
+        &dir_str,
+        "--templates",
+        "shiftworld",
+        "--json",
+        "--save-predictions",
+        &predictions.to_string_lossy(),
+    ]);
+    let stderr = String::from_utf8_lossy(&on_disk.stderr).into_owned();
+    assert!(stderr.contains("id_test_00000.png"), "the skipped image is reported: {stderr}");
+    let disk_rows = json_lines(&on_disk);
+    let memory_rows = json_lines(&robustft(&["zeroshot", "--suite", "spurious", "--json"]));
+    for split in ["id_val", "ood_random_background"] {
+        let find =
+            |rows: &[Value]| rows.iter().find(|r| r["split"] == split).unwrap()["top1"].as_f64().unwrap();
+        // PNG is lossless and 32 px images need no resize: the same pixels, the same predictions.
+        assert_eq!(find(&disk_rows), find(&memory_rows), "{split}");
+    }
+    let id_test = disk_rows.iter().find(|r| r["split"] == "id_test").unwrap();
+    assert_eq!(id_test["n"], 999, "the corrupt image is skipped, not fatal");
+    let csv = std::fs::read_to_string(&predictions).unwrap();
+    assert_eq!(csv.lines().next(), Some("split,id,label,pred,group,confidence"));
+    assert_eq!(csv.lines().count(), 1 + 3000 + 500 + 999 + 1000);
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod embed;
+pub mod eval;
 pub mod finetune;
 pub mod pretrain;
 pub mod shiftworld;
@@ -52,4 +53,12 @@ pub fn load_images(
         pixels.extend(preprocess.load(path)?);
     }
     Ok(Tensor::from_vec(pixels, (paths.len(), 3, size, size), device)?)
+}
+
+/// Templates from a bundled set name or a file (one template per line).
+pub fn templates(spec: &str) -> anyhow::Result<Vec<String>> {
+    match robustft::prompts::template_set(spec) {
+        Some(set) => Ok(set.iter().map(|t| t.to_string()).collect()),
+        None => Ok(robustft::prompts::load_templates(std::path::Path::new(spec))?),
+    }
 }

@@ -7,12 +7,12 @@ use anyhow::Context;
 use robustft::clip::preprocess::ClipPreprocess;
 use robustft::eval::evaluate::{ResultRow, RowContext};
 use robustft::eval::suite::{background_swap_top1, zeroshot_suite, PromptKind};
-use robustft::prompts::{class_prompts, load_class_names, load_templates, template_set, ConceptDescriptions};
+use robustft::prompts::{class_prompts, load_class_names, ConceptDescriptions};
 use robustft::shiftworld::build_suite;
 use robustft::zeroshot::{probabilities, tokenizer_for, top_k, ZeroShotHead};
 use serde_json::json;
 
-use super::{load_images, ModelArgs};
+use super::{load_images, templates, ModelArgs};
 
 /// Images encoded per image-tower call.
 const IMAGE_BATCH: usize = 32;
@@ -166,12 +166,5 @@ fn print_table(suite: &str, prompts: &str, rows: &[ResultRow]) {
         let m = &row.metrics;
         let worst = m.worst_group_acc.map_or("-".to_string(), |w| format!("{:.3}", w));
         println!("{:<24} {:>6.3} {:>8.3} {:>10} {:>6}", row.split, m.top1, m.f1_macro, worst, m.n);
-    }
-}
-
-fn templates(spec: &str) -> anyhow::Result<Vec<String>> {
-    match template_set(spec) {
-        Some(set) => Ok(set.iter().map(|t| t.to_string()).collect()),
-        None => Ok(load_templates(std::path::Path::new(spec))?),
     }
 }

@@ -1,0 +1,160 @@
+//! `robustft eval`: zero-shot evaluation of a model on every split of a dataset on disk (a CSV
+//! manifest directory such as `robustft shiftworld generate` writes) or of a ShiftWorld suite
+//! rendered in memory, with per-split metrics, result rows and per-example predictions.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use robustft::clip::preprocess::ClipPreprocess;
+use robustft::data::{load_manifest_split, manifest_splits};
+use robustft::eval::dataset::{evaluate_split, write_predictions_csv, SplitEvaluation};
+use robustft::eval::evaluate::{append_rows, ResultRow, RowContext};
+use robustft::eval::suite::{zeroshot_suite, PromptKind};
+use robustft::prompts::{class_prompts, ConceptDescriptions};
+use robustft::shiftworld::build_suite;
+use robustft::zeroshot::{tokenizer_for, ZeroShotHead};
+
+use super::{templates, ModelArgs};
+
+/// Prints one table row (or, with --json, one JSON line) per split: top-1, top-5, macro-F1
+/// over classes present in the split, worst-group accuracy, ECE.
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+
+    /// A dataset directory with manifest.csv (path,label,split[,group][,domain]) and
+    /// classes.txt; every split in the manifest is evaluated.
+    #[arg(long, value_name = "DIR", required_unless_present = "suite", conflicts_with = "suite")]
+    dataset: Option<PathBuf>,
+
+    /// A ShiftWorld suite rendered in memory (spurious, rendition, corruption, domains),
+    /// with the `shiftworld` templates.
+    #[arg(long, value_name = "SUITE")]
+    suite: Option<String>,
+
+    /// The suite's world seed (with --suite).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+
+    /// Prompt templates for --dataset: a bundled set name or a file, one template per line.
+    #[arg(
+        long,
+        default_value = "openai_imagenet",
+        value_name = "NAME|FILE",
+        conflicts_with = "descriptions"
+    )]
+    templates: String,
+
+    /// Concept descriptions for --dataset instead of templates (a DRM-format JSON file).
+    #[arg(long, value_name = "FILE")]
+    descriptions: Option<PathBuf>,
+
+    /// Print the result rows as JSON lines instead of a table.
+    #[arg(long)]
+    json: bool,
+
+    /// Append the result rows to this results.jsonl file.
+    #[arg(long, value_name = "FILE")]
+    results: Option<PathBuf>,
+
+    /// Write one CSV row per example (split,id,label,pred,group,confidence); --dataset only.
+    #[arg(long, value_name = "FILE.csv", conflicts_with = "suite")]
+    save_predictions: Option<PathBuf>,
+}
+
+pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    let (model, _) = args.model.load()?;
+    let preprocess = ClipPreprocess::openai(model.config.vision.image_size).id();
+    let rows = match (&args.suite, &args.dataset) {
+        (Some(suite), _) => suite_rows(&args, &model, suite, preprocess)?,
+        (None, Some(dir)) => dataset_rows(&args, &model, dir, preprocess)?,
+        (None, None) => unreachable!("clap requires --dataset or --suite"),
+    };
+    if let Some(path) = &args.results {
+        append_rows(path, &rows)?;
+    }
+    if args.json {
+        for row in &rows {
+            println!("{}", serde_json::to_string(row)?);
+        }
+    } else {
+        println!(
+            "{:<24} {:>6} {:>6} {:>8} {:>10} {:>6} {:>6}",
+            "split", "top1", "top5", "f1_macro", "worst_grp", "ece", "n"
+        );
+        for row in &rows {
+            let m = &row.metrics;
+            let worst = m.worst_group_acc.map_or("-".to_string(), |w| format!("{w:.3}"));
+            println!(
+                "{:<24} {:>6.3} {:>6.3} {:>8.3} {:>10} {:>6.3} {:>6}",
+                row.split, m.top1, m.top5, m.f1_macro, worst, m.ece, m.n
+            );
+        }
+    }
+    Ok(())
+}
+
+fn suite_rows(
+    args: &EvalArgs,
+    model: &robustft::clip::ClipModel,
+    suite: &str,
+    preprocess: String,
+) -> anyhow::Result<Vec<ResultRow>> {
+    let built = build_suite(suite, args.seed)?;
+    let context = RowContext {
+        model: args.model.model.clone(),
+        dataset: format!("shiftworld/{suite}"),
+        method: "zeroshot".into(),
+        prompts: PromptKind::Default.name().into(),
+        seed: args.seed,
+        preprocess,
+    };
+    Ok(zeroshot_suite(model, &built, PromptKind::Default)?
+        .iter()
+        .map(|(split, p)| ResultRow::score(&context, split, p, &[]))
+        .collect())
+}
+
+fn dataset_rows(
+    args: &EvalArgs,
+    model: &robustft::clip::ClipModel,
+    dir: &std::path::Path,
+    preprocess: String,
+) -> anyhow::Result<Vec<ResultRow>> {
+    let names = manifest_splits(dir)?;
+    let splits = names
+        .iter()
+        .map(|name| load_manifest_split(dir, name).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()?;
+    let classes = &splits.first().context("the manifest has no splits")?.classes;
+    let (prompts, prompt_set) = match &args.descriptions {
+        Some(path) => {
+            (ConceptDescriptions::load(path, classes)?.per_class().to_vec(), path.display().to_string())
+        }
+        None => (class_prompts(classes, &templates(&args.templates)?), args.templates.clone()),
+    };
+    let head = ZeroShotHead::build(model, &tokenizer_for(model)?, &prompts)?;
+    let evaluations: Vec<SplitEvaluation> = splits
+        .into_iter()
+        .map(|split| evaluate_split(model, split, &|f| head.logits(f)))
+        .collect::<Result<_, _>>()?;
+    for evaluation in &evaluations {
+        for (path, reason) in &evaluation.skipped {
+            eprintln!("warning: skipped {} in split {}: {reason}", path.display(), evaluation.split);
+        }
+    }
+    if let Some(path) = &args.save_predictions {
+        write_predictions_csv(path, &evaluations)?;
+    }
+    let context = RowContext {
+        model: args.model.model.clone(),
+        dataset: dir.display().to_string(),
+        method: "zeroshot".into(),
+        prompts: prompt_set,
+        seed: 0,
+        preprocess,
+    };
+    Ok(evaluations.iter().map(|e| ResultRow::score(&context, &e.split, &e.predictions, &["Other"])).collect())
+}
