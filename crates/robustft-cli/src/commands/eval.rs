@@ -11,11 +11,10 @@ use robustft::data::{load_manifest_split, manifest_splits};
 use robustft::eval::dataset::{evaluate_split, write_predictions_csv, SplitEvaluation};
 use robustft::eval::evaluate::{append_rows, ResultRow, RowContext};
 use robustft::eval::suite::{zeroshot_suite, PromptKind};
-use robustft::prompts::{class_prompts, ConceptDescriptions};
 use robustft::shiftworld::build_suite;
 use robustft::zeroshot::{tokenizer_for, ZeroShotHead};
 
-use super::{templates, ModelArgs};
+use super::{ModelArgs, PromptArgs};
 
 /// Prints one table row (or, with --json, one JSON line) per split: top-1, top-5, macro-F1
 /// over classes present in the split, worst-group accuracy, ECE.
@@ -38,18 +37,8 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
 
-    /// Prompt templates for --dataset: a bundled set name or a file, one template per line.
-    #[arg(
-        long,
-        default_value = "openai_imagenet",
-        value_name = "NAME|FILE",
-        conflicts_with = "descriptions"
-    )]
-    templates: String,
-
-    /// Concept descriptions for --dataset instead of templates (a DRM-format JSON file).
-    #[arg(long, value_name = "FILE")]
-    descriptions: Option<PathBuf>,
+    #[command(flatten)]
+    prompts_from: PromptArgs,
 
     /// Print the result rows as JSON lines instead of a table.
     #[arg(long)]
@@ -129,12 +118,7 @@ fn dataset_rows(
         .map(|name| load_manifest_split(dir, name).map(Arc::new))
         .collect::<Result<Vec<_>, _>>()?;
     let classes = &splits.first().context("the manifest has no splits")?.classes;
-    let (prompts, prompt_set) = match &args.descriptions {
-        Some(path) => {
-            (ConceptDescriptions::load(path, classes)?.per_class().to_vec(), path.display().to_string())
-        }
-        None => (class_prompts(classes, &templates(&args.templates)?), args.templates.clone()),
-    };
+    let (prompts, prompt_set) = args.prompts_from.prompts(classes)?;
     let head = ZeroShotHead::build(model, &tokenizer_for(model)?, &prompts)?;
     let evaluations: Vec<SplitEvaluation> = splits
         .into_iter()

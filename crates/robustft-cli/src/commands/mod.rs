@@ -55,10 +55,38 @@ pub fn load_images(
     Ok(Tensor::from_vec(pixels, (paths.len(), 3, size, size), device)?)
 }
 
-/// Templates from a bundled set name or a file (one template per line).
-pub fn templates(spec: &str) -> anyhow::Result<Vec<String>> {
-    match robustft::prompts::template_set(spec) {
-        Some(set) => Ok(set.iter().map(|t| t.to_string()).collect()),
-        None => Ok(robustft::prompts::load_templates(std::path::Path::new(spec))?),
+/// How a zero-shot head's prompts are chosen.
+#[derive(clap::Args, Debug)]
+pub struct PromptArgs {
+    /// Prompt templates with a "{}" placeholder for the class name: a bundled set
+    /// (openai_imagenet, iwildcam, fmow, simple, drm_iwildcam, drm_fmow, drm_imagenet,
+    /// shiftworld) or a file with one template per line. Each class's prompt embeddings are
+    /// averaged.
+    #[arg(
+        long,
+        default_value = "openai_imagenet",
+        value_name = "NAME|FILE",
+        conflicts_with = "descriptions"
+    )]
+    pub templates: String,
+
+    /// Use concept descriptions instead of templates: a JSON file in the DRM paper's formats
+    /// (index- or name-keyed; one sentence or a list of sentences per class).
+    #[arg(long, value_name = "FILE")]
+    pub descriptions: Option<std::path::PathBuf>,
+}
+
+impl PromptArgs {
+    /// Each class's prompts, and the name of the prompt set (for result rows).
+    pub fn prompts(&self, classes: &[String]) -> anyhow::Result<(Vec<Vec<String>>, String)> {
+        if let Some(path) = &self.descriptions {
+            let descriptions = robustft::prompts::ConceptDescriptions::load(path, classes)?;
+            return Ok((descriptions.per_class().to_vec(), path.display().to_string()));
+        }
+        let templates: Vec<String> = match robustft::prompts::template_set(&self.templates) {
+            Some(set) => set.iter().map(|t| t.to_string()).collect(),
+            None => robustft::prompts::load_templates(std::path::Path::new(&self.templates))?,
+        };
+        Ok((robustft::prompts::class_prompts(classes, &templates), self.templates.clone()))
     }
 }

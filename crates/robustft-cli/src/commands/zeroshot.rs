@@ -7,12 +7,12 @@ use anyhow::Context;
 use robustft::clip::preprocess::ClipPreprocess;
 use robustft::eval::evaluate::{ResultRow, RowContext};
 use robustft::eval::suite::{background_swap_top1, zeroshot_suite, PromptKind};
-use robustft::prompts::{class_prompts, load_class_names, ConceptDescriptions};
+use robustft::prompts::load_class_names;
 use robustft::shiftworld::build_suite;
 use robustft::zeroshot::{probabilities, tokenizer_for, top_k, ZeroShotHead};
 use serde_json::json;
 
-use super::{load_images, templates, ModelArgs};
+use super::{load_images, ModelArgs, PromptArgs};
 
 /// Images encoded per image-tower call.
 const IMAGE_BATCH: usize = 32;
@@ -53,22 +53,8 @@ pub struct ZeroshotArgs {
     #[arg(long, value_name = "FILE|a,b,c", required_unless_present = "suite")]
     classes: Option<String>,
 
-    /// Prompt templates with a "{}" placeholder for the class name: a bundled set
-    /// (openai_imagenet, iwildcam, fmow, simple, drm_iwildcam, drm_fmow, drm_imagenet,
-    /// shiftworld) or a file with one template per line. Each class's prompt embeddings are
-    /// averaged.
-    #[arg(
-        long,
-        default_value = "openai_imagenet",
-        value_name = "NAME|FILE",
-        conflicts_with = "descriptions"
-    )]
-    templates: String,
-
-    /// Classify with concept descriptions instead of templates: a JSON file in the DRM
-    /// paper's formats (index- or name-keyed; one sentence or a list per class).
-    #[arg(long, value_name = "FILE")]
-    descriptions: Option<PathBuf>,
+    #[command(flatten)]
+    prompts_from: PromptArgs,
 
     /// How many classes to print per image.
     #[arg(long, default_value_t = 5, value_name = "K")]
@@ -94,10 +80,7 @@ pub fn run(args: ZeroshotArgs) -> anyhow::Result<()> {
 
 fn run_images(args: &ZeroshotArgs) -> anyhow::Result<()> {
     let classes = load_class_names(args.classes.as_deref().unwrap_or_default())?;
-    let prompts = match &args.descriptions {
-        Some(path) => ConceptDescriptions::load(path, &classes)?.per_class().to_vec(),
-        None => class_prompts(&classes, &templates(&args.templates)?),
-    };
+    let (prompts, _) = args.prompts_from.prompts(&classes)?;
     let (model, device) = args.model.load()?;
     let tokenizer = tokenizer_for(&model)?;
     let head =
