@@ -10,7 +10,7 @@ use robustft::clip::preprocess::ClipPreprocess;
 use robustft::data::{load_manifest_split, manifest_splits};
 use robustft::eval::dataset::{evaluate_split, write_predictions_csv, SplitEvaluation};
 use robustft::eval::evaluate::{append_rows, ResultRow, RowContext};
-use robustft::eval::suite::{zeroshot_suite, PromptKind};
+use robustft::eval::suite::{zeroshot_suite_rows, PromptKind};
 use robustft::shiftworld::build_suite;
 use robustft::zeroshot::{tokenizer_for, ZeroShotHead};
 
@@ -57,7 +57,12 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let (model, _) = args.model.load()?;
     let preprocess = ClipPreprocess::openai(model.config.vision.image_size).id();
     let rows = match (&args.suite, &args.dataset) {
-        (Some(suite), _) => suite_rows(&args, &model, suite, preprocess)?,
+        (Some(suite), _) => zeroshot_suite_rows(
+            &model,
+            &args.model.model,
+            &build_suite(suite, args.seed)?,
+            PromptKind::Default,
+        )?,
         (None, Some(dir)) => dataset_rows(&args, &model, dir, preprocess)?,
         (None, None) => unreachable!("clap requires --dataset or --suite"),
     };
@@ -83,27 +88,6 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn suite_rows(
-    args: &EvalArgs,
-    model: &robustft::clip::ClipModel,
-    suite: &str,
-    preprocess: String,
-) -> anyhow::Result<Vec<ResultRow>> {
-    let built = build_suite(suite, args.seed)?;
-    let context = RowContext {
-        model: args.model.model.clone(),
-        dataset: format!("shiftworld/{suite}"),
-        method: "zeroshot".into(),
-        prompts: PromptKind::Default.name().into(),
-        seed: args.seed,
-        preprocess,
-    };
-    Ok(zeroshot_suite(model, &built, PromptKind::Default)?
-        .iter()
-        .map(|(split, p)| ResultRow::score(&context, split, p, &[]))
-        .collect())
 }
 
 fn dataset_rows(

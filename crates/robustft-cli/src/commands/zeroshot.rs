@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use robustft::clip::preprocess::ClipPreprocess;
-use robustft::eval::evaluate::{ResultRow, RowContext};
-use robustft::eval::suite::{background_swap_top1, zeroshot_suite, PromptKind};
+use robustft::eval::evaluate::ResultRow;
+use robustft::eval::suite::{background_swap_top1, zeroshot_suite_rows, PromptKind};
 use robustft::prompts::load_class_names;
 use robustft::shiftworld::build_suite;
 use robustft::zeroshot::{probabilities, tokenizer_for, top_k, ZeroShotHead};
@@ -118,18 +118,7 @@ fn run_suite(args: &ZeroshotArgs, suite_name: &str) -> anyhow::Result<()> {
         println!("{out}");
         return Ok(());
     }
-    let context = RowContext {
-        model: args.model.model.clone(),
-        dataset: format!("shiftworld/{suite_name}"),
-        method: "zeroshot".into(),
-        prompts: kind.name().into(),
-        seed: args.seed,
-        preprocess: ClipPreprocess::openai(model.config.vision.image_size).id(),
-    };
-    let rows: Vec<ResultRow> = zeroshot_suite(&model, &suite, kind)?
-        .iter()
-        .map(|(split, predictions)| ResultRow::score(&context, split, predictions, &[]))
-        .collect();
+    let rows = zeroshot_suite_rows(&model, &args.model.model, &suite, kind)?;
     if args.json {
         for row in &rows {
             let mut value = serde_json::to_value(row)?;
@@ -137,7 +126,7 @@ fn run_suite(args: &ZeroshotArgs, suite_name: &str) -> anyhow::Result<()> {
             println!("{value}");
         }
     } else {
-        print_table(suite_name, &context.prompts, &rows);
+        print_table(suite_name, kind.name(), &rows);
     }
     Ok(())
 }

@@ -5,7 +5,7 @@
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
-use super::evaluate::{predict, LabelledBatch};
+use super::evaluate::{predict, LabelledBatch, ResultRow, RowContext};
 use super::metrics::Predictions;
 use crate::clip::preprocess::ClipPreprocess;
 use crate::clip::ClipModel;
@@ -48,6 +48,14 @@ pub fn shiftworld_prompts(kind: PromptKind) -> Vec<Vec<String>> {
     }
 }
 
+/// Renders and preprocesses `examples` (in parallel) into `[n, 3, s, s]` row-major pixels.
+fn render_examples(examples: &[Example], preprocess: &ClipPreprocess) -> Vec<f32> {
+    examples
+        .par_iter()
+        .flat_map_iter(|e| preprocess.apply(&image::DynamicImage::ImageRgb8(shiftworld::render(&e.scene))))
+        .collect()
+}
+
 /// Renders and preprocesses `examples` into labelled batches.
 pub fn suite_batches<'a>(
     examples: &'a [Example],
@@ -55,15 +63,13 @@ pub fn suite_batches<'a>(
     device: &'a Device,
 ) -> impl Iterator<Item = Result<LabelledBatch>> + 'a {
     examples.chunks(EVAL_BATCH).map(move |chunk| {
-        let pixels: Vec<f32> = chunk
-            .par_iter()
-            .flat_map_iter(|e| {
-                preprocess.apply(&image::DynamicImage::ImageRgb8(shiftworld::render(&e.scene)))
-            })
-            .collect();
         let size = preprocess.image_size;
         Ok(LabelledBatch {
-            pixels: Tensor::from_vec(pixels, (chunk.len(), 3, size, size), device)?,
+            pixels: Tensor::from_vec(
+                render_examples(chunk, preprocess),
+                (chunk.len(), 3, size, size),
+                device,
+            )?,
             labels: chunk.iter().map(|e| e.label).collect(),
             groups: chunk.iter().map(|e| e.group.clone()).collect(),
         })
@@ -85,31 +91,55 @@ pub fn zeroshot_suite(
     evaluate_suite(model, suite, &|features| head.logits(features))
 }
 
+/// The zero-shot result rows of `model` (named `model_name` in the rows) on every
+/// evaluation split of `suite`.
+pub fn zeroshot_suite_rows(
+    model: &ClipModel,
+    model_name: &str,
+    suite: &Suite,
+    kind: PromptKind,
+) -> Result<Vec<ResultRow>> {
+    let context = RowContext {
+        model: model_name.to_string(),
+        dataset: format!("shiftworld/{}", suite.name),
+        method: "zeroshot".into(),
+        prompts: kind.name().into(),
+        seed: suite.seed,
+        preprocess: ClipPreprocess::openai(model.config.vision.image_size).id(),
+    };
+    Ok(zeroshot_suite(model, suite, kind)?
+        .iter()
+        .map(|(split, predictions)| ResultRow::score(&context, split, predictions, &[]))
+        .collect())
+}
+
 /// Predictions of `logits` (a head over image features) on every evaluation split.
 pub fn evaluate_suite(
     model: &ClipModel,
     suite: &Suite,
     logits: &dyn Fn(&Tensor) -> Result<Tensor>,
 ) -> Result<Vec<(String, Predictions)>> {
+    evaluation_splits(suite)
+        .map(|split| Ok((split.name.clone(), predict_examples(model, logits, &split.examples)?)))
+        .collect()
+}
+
+/// Softmax predictions of `logits` on rendered `examples`.
+fn predict_examples(
+    model: &ClipModel,
+    logits: &dyn Fn(&Tensor) -> Result<Tensor>,
+    examples: &[Example],
+) -> Result<Predictions> {
     let preprocess = ClipPreprocess::openai(model.config.vision.image_size);
     let probabilities = |features: &Tensor| -> Result<Tensor> {
         Ok(crate::clip::layers::softmax_last_dim(&logits(features)?)?)
     };
-    evaluation_splits(suite)
-        .map(|split| {
-            let batches = suite_batches(&split.examples, &preprocess, model.device());
-            Ok((split.name.clone(), predict(model, &probabilities, batches)?))
-        })
-        .collect()
+    predict(model, &probabilities, suite_batches(examples, &preprocess, model.device()))
 }
 
 /// Renders and preprocesses a whole split into memory (for training).
 pub fn render_split(split: &SuiteSplit, preprocess: &ClipPreprocess) -> ImageSet {
-    let pixels = split
-        .examples
-        .par_iter()
-        .flat_map_iter(|e| preprocess.apply(&image::DynamicImage::ImageRgb8(shiftworld::render(&e.scene))))
-        .collect();
+    let pixels = render_examples(&split.examples, preprocess);
     let labels = split.examples.iter().map(|e| e.label as u32).collect();
     ImageSet { pixels, labels, image_size: preprocess.image_size }
 }
@@ -136,13 +166,9 @@ pub fn background_swap_top1(
     seed: u64,
 ) -> Result<(f64, f64)> {
     let head = shiftworld_head(model, kind)?;
-    let preprocess = ClipPreprocess::openai(model.config.vision.image_size);
-    let probabilities = |features: &Tensor| -> Result<Tensor> {
-        Ok(crate::clip::layers::softmax_last_dim(&head.logits(features)?)?)
-    };
     let swapped = swap_backgrounds(examples, seed);
     let top1 = |examples: &[Example]| -> Result<f64> {
-        let p = predict(model, &probabilities, suite_batches(examples, &preprocess, model.device()))?;
+        let p = predict_examples(model, &|features| head.logits(features), examples)?;
         Ok(super::metrics::top1(&p.labels, &p.preds()))
     };
     Ok((top1(examples)?, top1(&swapped)?))
