@@ -23,8 +23,6 @@ enum Command {
     /// Zero-shot metrics of a model on every split of a dataset on disk or a ShiftWorld
     /// suite (results.jsonl rows, per-example predictions).
     Eval(commands::eval::EvalArgs),
-    /// Zero-shot vs fine-tuning vs WiSE-FT on a ShiftWorld suite: ID and OOD metrics.
-    Finetune(commands::finetune::FinetuneArgs),
     /// Pretrain the tiny ShiftWorld CLIP from scratch (contrastive loss, checkpoints,
     /// --resume).
     Pretrain(commands::pretrain::PretrainArgs),
@@ -32,6 +30,9 @@ enum Command {
     Shiftworld(commands::shiftworld::ShiftworldArgs),
     /// Print the CLIP BPE token ids of each text, one JSON array per line.
     Tokenize(commands::tokenize::TokenizeArgs),
+    /// Run a recipe: train a method (zero-shot, LP, FT, LP-FT, FLYP, L2-SP, DRM), evaluate it
+    /// and its WiSE-FT interpolations on every ID and OOD split.
+    Train(commands::train::TrainArgs),
     /// Zero-shot classification: image files from class names and prompt templates (or
     /// concept descriptions), one JSON line per image; or, with --suite, a model's zero-shot
     /// metrics on a ShiftWorld suite.
@@ -44,10 +45,10 @@ fn main() -> std::process::ExitCode {
         Command::Bench(args) => commands::bench::run(args),
         Command::Embed(args) => commands::embed::run(args),
         Command::Eval(args) => commands::eval::run(args),
-        Command::Finetune(args) => commands::finetune::run(args),
         Command::Pretrain(args) => commands::pretrain::run(args),
         Command::Shiftworld(args) => commands::shiftworld::run(args),
         Command::Tokenize(args) => commands::tokenize::run(args),
+        Command::Train(args) => commands::train::run(args),
         Command::Zeroshot(args) => commands::zeroshot::run(args),
     };
     match outcome {

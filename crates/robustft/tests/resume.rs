@@ -5,7 +5,8 @@
 use robustft::clip::tokenizer::Tokenizer;
 use robustft::clip::{Activation, ClipConfig, ClipModel, TextConfig, VisionConfig};
 use robustft::rng::SplitMix64;
-use robustft::train::contrastive::{train, ContrastiveConfig, PairSource, RunDir};
+use robustft::train::contrastive::{train, ContrastiveConfig, PairSource};
+use robustft::train::run_dir::RunDir;
 use robustft::train::CosineSchedule;
 
 const MERGES: usize = 100;

@@ -10,6 +10,7 @@ use robustft::clip::preprocess::ClipPreprocess;
 use robustft::data::{load_manifest_split, manifest_splits};
 use robustft::eval::dataset::{evaluate_split, write_predictions_csv, SplitEvaluation};
 use robustft::eval::evaluate::{append_rows, ResultRow, RowContext};
+use robustft::eval::predictor::{Head, Predictor};
 use robustft::eval::suite::{zeroshot_suite_rows, PromptKind};
 use robustft::shiftworld::build_suite;
 use robustft::zeroshot::{tokenizer_for, ZeroShotHead};
@@ -106,7 +107,7 @@ fn dataset_rows(
     let head = ZeroShotHead::build(model, &tokenizer_for(model)?, &prompts)?;
     let evaluations: Vec<SplitEvaluation> = splits
         .into_iter()
-        .map(|split| evaluate_split(model, split, &|f| head.logits(f)))
+        .map(|split| evaluate_split(model, split, &Predictor::single(Head::from(&head))))
         .collect::<Result<_, _>>()?;
     for evaluation in &evaluations {
         for (path, reason) in &evaluation.skipped {
@@ -123,6 +124,7 @@ fn dataset_rows(
         prompts: prompt_set,
         seed: 0,
         preprocess,
+        wiseft_alpha: None,
     };
     Ok(evaluations.iter().map(|e| ResultRow::score(&context, &e.split, &e.predictions, &["Other"])).collect())
 }

@@ -3,10 +3,10 @@
 pub mod bench;
 pub mod embed;
 pub mod eval;
-pub mod finetune;
 pub mod pretrain;
 pub mod shiftworld;
 pub mod tokenize;
+pub mod train;
 pub mod zeroshot;
 
 use anyhow::Context;
@@ -89,4 +89,28 @@ impl PromptArgs {
         };
         Ok((robustft::prompts::class_prompts(classes, &templates), self.templates.clone()))
     }
+}
+
+/// Prints result rows as a table (or JSON lines) on stdout.
+pub fn print_rows(rows: &[robustft::eval::evaluate::ResultRow], json: bool) -> anyhow::Result<()> {
+    if json {
+        for row in rows {
+            println!("{}", serde_json::to_string(row)?);
+        }
+        return Ok(());
+    }
+    println!(
+        "{:<10} {:>6} {:<24} {:>6} {:>6} {:>8} {:>10} {:>6} {:>6}",
+        "method", "alpha", "split", "top1", "top5", "f1_macro", "worst_grp", "ece", "n"
+    );
+    for row in rows {
+        let m = &row.metrics;
+        let worst = m.worst_group_acc.map_or("-".to_string(), |w| format!("{w:.3}"));
+        let alpha = row.wiseft_alpha.map_or("-".to_string(), |a| format!("{a}"));
+        println!(
+            "{:<10} {:>6} {:<24} {:>6.3} {:>6.3} {:>8.3} {:>10} {:>6.3} {:>6}",
+            row.method, alpha, row.split, m.top1, m.top5, m.f1_macro, worst, m.ece, m.n
+        );
+    }
+    Ok(())
 }

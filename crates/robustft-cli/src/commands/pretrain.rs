@@ -9,7 +9,8 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use robustft::clip::tokenizer::Tokenizer;
 use robustft::pretrain::{shiftworld_recipe, ShiftWorldPairs, SHIFTWORLD_MERGES};
-use robustft::train::contrastive::{train, RunDir, StepReport};
+use robustft::train::contrastive::{train, StepReport};
+use robustft::train::run_dir::RunDir;
 
 /// Writes `OUT/checkpoint/` during the run and the final model to `OUT/model/` (HF layout,
 /// with the recipe, seed, steps and wall time in the safetensors metadata).

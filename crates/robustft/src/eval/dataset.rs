@@ -11,7 +11,7 @@ use std::sync::Arc;
 use candle_core::Tensor;
 
 use super::metrics::Predictions;
-use crate::clip::layers::softmax_last_dim;
+use super::predictor::Predictor;
 use crate::clip::preprocess::ClipPreprocess;
 use crate::clip::ClipModel;
 use crate::data::{Loader, LoaderConfig, Split, Transform};
@@ -28,13 +28,9 @@ pub struct SplitEvaluation {
     pub skipped: Vec<(PathBuf, String)>,
 }
 
-/// Runs `logits` (a head over image features, in the model's class space) over every image of
-/// `split`.
-pub fn evaluate_split(
-    model: &ClipModel,
-    split: Arc<Split>,
-    logits: &dyn Fn(&Tensor) -> Result<Tensor>,
-) -> Result<SplitEvaluation> {
+/// Runs `predictor` (heads in the model's class space; the split's projection is applied to
+/// each head's logits) over every image of `split`.
+pub fn evaluate_split(model: &ClipModel, split: Arc<Split>, predictor: &Predictor) -> Result<SplitEvaluation> {
     let preprocess = ClipPreprocess::openai(model.config.vision.image_size);
     let size = preprocess.image_size;
     let transform: Transform =
@@ -47,9 +43,8 @@ pub fn evaluate_split(
             continue;
         }
         let pixels = Tensor::from_vec(batch.pixels, (batch.indices.len(), 3, size, size), model.device())?;
-        let rows = logits(&model.no_grad().encode_image(&pixels)?)?;
-        let rows = project(&split, rows)?;
-        probs.extend(softmax_last_dim(&rows)?.to_vec2::<f32>()?);
+        let features = model.no_grad().encode_image(&pixels)?;
+        probs.extend(predictor.probabilities(&features, split.projection.as_ref())?.to_vec2::<f32>()?);
         for &i in &batch.indices {
             let record = &split.records[i];
             ids.push(record.id.clone());
@@ -61,15 +56,6 @@ pub fn evaluate_split(
     let predictions = Predictions::new(labels, probs, has_groups.then_some(groups))
         .map_err(|e| Error::Invalid { what: format!("split {}", split.name), reason: e.to_string() })?;
     Ok(SplitEvaluation { split: split.name.clone(), ids, predictions, skipped: loader.skipped() })
-}
-
-/// Applies the split's logit projection, if any, row by row.
-fn project(split: &Split, logits: Tensor) -> Result<Tensor> {
-    let Some(projection) = &split.projection else { return Ok(logits) };
-    let device = logits.device().clone();
-    let rows: Vec<Vec<f32>> = logits.to_vec2::<f32>()?.iter().map(|row| projection.apply(row)).collect();
-    let (n, k) = (rows.len(), projection.num_classes());
-    Ok(Tensor::from_vec(rows.into_iter().flatten().collect::<Vec<_>>(), (n, k), &device)?)
 }
 
 /// An error and its causes on one line.

@@ -51,6 +51,9 @@ pub struct ResultRow {
     pub prompts: String,
     pub seed: u64,
     pub preprocess: String,
+    /// The WiSE-FT mixing weight of the evaluated model, when it is an interpolation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wiseft_alpha: Option<f64>,
     #[serde(flatten)]
     pub metrics: SplitMetrics,
 }
@@ -66,6 +69,7 @@ impl ResultRow {
             prompts: context.prompts.clone(),
             seed: context.seed,
             preprocess: context.preprocess.clone(),
+            wiseft_alpha: context.wiseft_alpha,
             metrics: split_metrics(predictions, skip_groups),
         }
     }
@@ -80,6 +84,7 @@ pub struct RowContext {
     pub prompts: String,
     pub seed: u64,
     pub preprocess: String,
+    pub wiseft_alpha: Option<f64>,
 }
 
 /// Appends rows to a `results.jsonl` file.

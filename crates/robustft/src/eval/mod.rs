@@ -3,4 +3,5 @@
 pub mod dataset;
 pub mod evaluate;
 pub mod metrics;
+pub mod predictor;
 pub mod suite;

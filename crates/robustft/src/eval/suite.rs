@@ -7,12 +7,13 @@ use rayon::prelude::*;
 
 use super::evaluate::{predict, LabelledBatch, ResultRow, RowContext};
 use super::metrics::Predictions;
+use super::predictor::{Head, Predictor};
 use crate::clip::preprocess::ClipPreprocess;
 use crate::clip::ClipModel;
 use crate::error::Result;
 use crate::prompts::{class_prompts, template_set};
 use crate::shiftworld::{self, Example, Suite, SuiteSplit, CLASSES};
-use crate::train::finetune::ImageSet;
+use crate::train::images::ImageSet;
 use crate::zeroshot::{tokenizer_for, ZeroShotHead};
 
 /// Images per image-tower call.
@@ -88,7 +89,7 @@ pub fn zeroshot_suite(
     kind: PromptKind,
 ) -> Result<Vec<(String, Predictions)>> {
     let head = shiftworld_head(model, kind)?;
-    evaluate_suite(model, suite, &|features| head.logits(features))
+    evaluate_suite(model, suite, &Predictor::single(Head::from(&head)))
 }
 
 /// The zero-shot result rows of `model` (named `model_name` in the rows) on every
@@ -106,6 +107,7 @@ pub fn zeroshot_suite_rows(
         prompts: kind.name().into(),
         seed: suite.seed,
         preprocess: ClipPreprocess::openai(model.config.vision.image_size).id(),
+        wiseft_alpha: None,
     };
     Ok(zeroshot_suite(model, suite, kind)?
         .iter()
@@ -113,27 +115,21 @@ pub fn zeroshot_suite_rows(
         .collect())
 }
 
-/// Predictions of `logits` (a head over image features) on every evaluation split.
+/// Predictions of `predictor` on every evaluation split.
 pub fn evaluate_suite(
     model: &ClipModel,
     suite: &Suite,
-    logits: &dyn Fn(&Tensor) -> Result<Tensor>,
+    predictor: &Predictor,
 ) -> Result<Vec<(String, Predictions)>> {
     evaluation_splits(suite)
-        .map(|split| Ok((split.name.clone(), predict_examples(model, logits, &split.examples)?)))
+        .map(|split| Ok((split.name.clone(), predict_examples(model, predictor, &split.examples)?)))
         .collect()
 }
 
-/// Softmax predictions of `logits` on rendered `examples`.
-fn predict_examples(
-    model: &ClipModel,
-    logits: &dyn Fn(&Tensor) -> Result<Tensor>,
-    examples: &[Example],
-) -> Result<Predictions> {
+/// Predictions of `predictor` on rendered `examples`.
+fn predict_examples(model: &ClipModel, predictor: &Predictor, examples: &[Example]) -> Result<Predictions> {
     let preprocess = ClipPreprocess::openai(model.config.vision.image_size);
-    let probabilities = |features: &Tensor| -> Result<Tensor> {
-        Ok(crate::clip::layers::softmax_last_dim(&logits(features)?)?)
-    };
+    let probabilities = |features: &Tensor| predictor.probabilities(features, None);
     predict(model, &probabilities, suite_batches(examples, &preprocess, model.device()))
 }
 
@@ -165,10 +161,10 @@ pub fn background_swap_top1(
     kind: PromptKind,
     seed: u64,
 ) -> Result<(f64, f64)> {
-    let head = shiftworld_head(model, kind)?;
+    let predictor = Predictor::single(Head::from(&shiftworld_head(model, kind)?));
     let swapped = swap_backgrounds(examples, seed);
     let top1 = |examples: &[Example]| -> Result<f64> {
-        let p = predict_examples(model, &|features| head.logits(features), examples)?;
+        let p = predict_examples(model, &predictor, examples)?;
         Ok(super::metrics::top1(&p.labels, &p.preds()))
     };
     Ok((top1(examples)?, top1(&swapped)?))

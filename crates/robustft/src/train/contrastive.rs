@@ -11,11 +11,11 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 
+use super::run_dir::{io_error, RunDir};
 use super::schedule::CosineSchedule;
 use super::state::TrainerState;
 use crate::clip::tokenizer::Tokenizer;
@@ -57,43 +57,6 @@ pub struct StepReport {
     pub images_per_s: f64,
 }
 
-/// Where a run keeps its files.
-pub struct RunDir {
-    pub root: PathBuf,
-}
-
-impl RunDir {
-    pub fn checkpoint(&self) -> PathBuf {
-        self.root.join("checkpoint")
-    }
-
-    fn checkpoint_tmp(&self) -> PathBuf {
-        self.root.join("checkpoint.tmp")
-    }
-
-    fn checkpoint_old(&self) -> PathBuf {
-        self.root.join("checkpoint.old")
-    }
-
-    pub fn metrics(&self) -> PathBuf {
-        self.root.join("metrics.jsonl")
-    }
-
-    /// The newest complete checkpoint, if any (a kill between the two renames of
-    /// [`save_checkpoint`] leaves it as `checkpoint.old`).
-    pub fn latest_checkpoint(&self) -> Option<PathBuf> {
-        [self.checkpoint(), self.checkpoint_old()].into_iter().find(|d| d.join(state_file()).is_file())
-    }
-}
-
-fn state_file() -> &'static str {
-    super::state::TRAINER_STATE_FILE
-}
-
-fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| crate::clip::CheckpointError::Io { path: path.to_path_buf(), source }.into()
-}
-
 /// Trains `model` on `source` until `config.schedule.total_steps`, or until `stop_after`
 /// steps have been taken in this call (to simulate an interruption in tests). With
 /// `resume`, continues from the run directory's latest checkpoint.
@@ -106,7 +69,7 @@ pub fn train(
     stop_after: Option<u64>,
     progress: &mut dyn FnMut(&StepReport),
 ) -> Result<ClipModel> {
-    std::fs::create_dir_all(&run.root).map_err(io_error(&run.root))?;
+    run.create()?;
     let device = Device::Cpu;
     let resume_from = if resume { run.latest_checkpoint() } else { None };
     let model = match &resume_from {
@@ -153,7 +116,11 @@ pub fn train(
             };
             writeln!(metrics, "{}", serde_json::to_string(&report).expect("serialisable"))
                 .map_err(io_error(&run.metrics()))?;
-            save_checkpoint(run, &model, &state, &optimizer, config)?;
+            let metadata = HashMap::from([
+                ("robustft.step".to_string(), state.step.to_string()),
+                ("robustft.config".to_string(), recipe.clone()),
+            ]);
+            run.save_checkpoint(&model, &[], &state, &optimizer, &metadata)?;
             progress(&report);
             window = (Instant::now(), 0);
         }
@@ -192,44 +159,12 @@ fn step(
 }
 
 /// OpenAI CLIP clamps the learned log-temperature to at most ln 100.
-fn clamp_logit_scale(model: &ClipModel) -> Result<()> {
+pub(crate) fn clamp_logit_scale(model: &ClipModel) -> Result<()> {
     let var = model.params.get("logit_scale").expect("validated at load");
     let value: f32 = var.as_tensor().to_scalar()?;
     let max = 100f32.ln();
     if value > max {
         var.set(&Tensor::new(max, var.device())?)?;
-    }
-    Ok(())
-}
-
-/// Writes model + trainer state to `checkpoint.tmp`, then swaps it into `checkpoint`.
-fn save_checkpoint(
-    run: &RunDir,
-    model: &ClipModel,
-    state: &TrainerState,
-    optimizer: &AdamW,
-    config: &ContrastiveConfig,
-) -> Result<()> {
-    let tmp = run.checkpoint_tmp();
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io_error(&tmp))?;
-    }
-    let metadata = HashMap::from([
-        ("robustft.step".to_string(), state.step.to_string()),
-        ("robustft.config".to_string(), serde_json::to_string(config).expect("serialisable")),
-    ]);
-    model.save_hf(&tmp, &metadata)?;
-    state.save(&tmp, optimizer)?;
-    let (current, old) = (run.checkpoint(), run.checkpoint_old());
-    if current.exists() {
-        if old.exists() {
-            std::fs::remove_dir_all(&old).map_err(io_error(&old))?;
-        }
-        std::fs::rename(&current, &old).map_err(io_error(&current))?;
-    }
-    std::fs::rename(&tmp, &current).map_err(io_error(&tmp))?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(io_error(&old))?;
     }
     Ok(())
 }

@@ -1,10 +1,13 @@
-//! Training machinery shared by every method: the learning-rate schedule, gradient clipping
-//! and the resumable trainer state.
+//! Training machinery shared by every method: the learning-rate schedule, run directories
+//! with atomic checkpoints, the resumable trainer state, contrastive pretraining, the
+//! supervised fine-tuning loop and its image sources, and WiSE-FT.
 
 pub mod contrastive;
-pub mod finetune;
+pub mod images;
+pub mod run_dir;
 pub mod schedule;
 pub mod state;
+pub mod supervised;
 pub mod wiseft;
 
 pub use schedule::CosineSchedule;

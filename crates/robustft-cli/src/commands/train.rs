@@ -1,0 +1,88 @@
+//! `robustft train --recipe FILE.toml [--set key=value]...`: runs one recipe (a method, its
+//! data and hyper-parameters) end to end — resolved recipe written to `<out>/<name>/` first,
+//! training with a progress bar and `metrics.jsonl`, checkpoints, evaluation of the trained
+//! model and its WiSE-FT interpolations into `results.jsonl`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use robustft::experiment::{Event, Experiment, RunSettings};
+use robustft::recipe::Recipe;
+
+use super::print_rows;
+
+/// Prints one row per (model, split) — top-1, macro-F1, worst-group accuracy, ECE — or JSON
+/// lines with --json.
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// The recipe (TOML; see recipes/ for every method on ShiftWorld and the paper recipes).
+    #[arg(long, value_name = "FILE.toml")]
+    recipe: PathBuf,
+
+    /// Override a recipe value, e.g. --set train.lr=3e-5 --set method.name=flyp (dotted keys,
+    /// TOML values; repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+
+    /// Runs are written to OUT/<recipe name>/ (recipe.toml, metrics.jsonl, checkpoint/,
+    /// model/, results.jsonl).
+    #[arg(long, default_value = "runs", value_name = "DIR")]
+    out: PathBuf,
+
+    /// Continue the run's latest checkpoint (same recipe and overrides as the interrupted run).
+    #[arg(long)]
+    resume: bool,
+
+    /// Where to compute: cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    device: robustft::device::DeviceChoice,
+
+    /// Print the result rows as JSON lines instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    let recipe = Recipe::load(&args.recipe, &args.overrides)?;
+    let device = args.device.open().with_context(|| format!("cannot open device {:?}", args.device))?;
+    let name = recipe.name.clone();
+    let experiment =
+        Experiment::resolve(recipe, &device).with_context(|| format!("recipe {}", args.recipe.display()))?;
+    let settings = RunSettings { out: args.out.clone(), resume: args.resume, stop_after: None };
+    let rows = run_with_progress(&experiment, &settings)
+        .with_context(|| format!("run {}", args.out.join(&name).display()))?;
+    print_rows(&rows, args.json)?;
+    eprintln!("results in {}", args.out.join(&name).join("results.jsonl").display());
+    Ok(())
+}
+
+/// Runs an experiment with stage messages and a step progress bar on stderr.
+pub fn run_with_progress(
+    experiment: &Experiment,
+    settings: &RunSettings,
+) -> robustft::Result<Vec<robustft::eval::evaluate::ResultRow>> {
+    let bar = ProgressBar::hidden();
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps  {msg}  ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let label = experiment.recipe.name.clone();
+    let rows = experiment.run(settings, &mut |event| match event {
+        Event::Stage(stage) => bar.println(format!("[{label}] {stage}")),
+        Event::Step(report) => {
+            if bar.is_hidden() {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                bar.set_length(report.total_steps);
+            }
+            bar.set_position(report.step);
+            bar.set_message(format!(
+                "epoch {}  loss {:.3}  lr {:.2e}  {:.0} img/s",
+                report.epoch, report.loss, report.lr, report.images_per_s
+            ));
+        }
+    });
+    bar.finish_and_clear();
+    rows
+}

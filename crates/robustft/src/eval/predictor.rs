@@ -1,0 +1,171 @@
+//! Predictors: how image features become class probabilities at evaluation time (the
+//! "Predictor" part of a method, docs/design.md). A predictor is one or more linear heads over
+//! L2-normalised image features, each with a mixing weight; the probabilities are
+//! `Σ_h w_h · softmax(project(z_h))`. One head with weight 1 is the ordinary classifier
+//! (zero-shot, LP, FT); DRM's inference (methods.md §1, step 5, DRM `src/eval_helper.py`) is
+//! `β · softmax(z_df) + (1 − β) · softmax(z_cd)`, mixed in probability space, with a dataset's
+//! logit projection (ImageNet-R/-A, ObjectNet) applied to each head **before** its softmax.
+
+use candle_core::Tensor;
+
+use crate::clip::layers::{l2_normalize, softmax_last_dim};
+use crate::data::LogitProjection;
+use crate::error::{Error, Result};
+use crate::zeroshot::ZeroShotHead;
+
+/// A fixed linear head over normalised features: `z = normalize(f) · Wᵀ + b`.
+#[derive(Clone, Debug)]
+pub struct Head {
+    /// `[classes, embed_dim]`.
+    pub weight: Tensor,
+    /// `[classes]`, absent for zero-shot heads.
+    pub bias: Option<Tensor>,
+}
+
+impl Head {
+    /// `features`: `[n, embed_dim]` (unnormalised) -> `[n, classes]`.
+    pub fn logits(&self, features: &Tensor) -> Result<Tensor> {
+        let logits = l2_normalize(features)?.matmul(&self.weight.t()?)?;
+        Ok(match &self.bias {
+            Some(bias) => logits.broadcast_add(bias)?,
+            None => logits,
+        })
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.weight.dim(0).unwrap_or(0)
+    }
+
+    /// WiSE-FT of two heads over the same classes: `(1 − α)·self + α·other` (a missing bias
+    /// counts as zeros).
+    pub fn lerp(&self, other: &Head, alpha: f64) -> Result<Head> {
+        let weight = crate::train::wiseft::lerp(&self.weight, &other.weight, alpha)?;
+        let bias = match (&self.bias, &other.bias) {
+            (None, None) => None,
+            (a, b) => {
+                let zeros = Tensor::zeros(self.num_classes(), self.weight.dtype(), self.weight.device())?;
+                let (a, b) = (a.clone().unwrap_or(zeros.clone()), b.clone().unwrap_or(zeros));
+                Some(crate::train::wiseft::lerp(&a, &b, alpha)?)
+            }
+        };
+        Ok(Head { weight, bias })
+    }
+}
+
+impl From<&ZeroShotHead> for Head {
+    fn from(head: &ZeroShotHead) -> Self {
+        Head { weight: head.weights().clone(), bias: None }
+    }
+}
+
+/// Heads with mixing weights summing to 1.
+#[derive(Clone, Debug)]
+pub struct Predictor {
+    heads: Vec<(f64, Head)>,
+}
+
+impl Predictor {
+    /// One head.
+    pub fn single(head: Head) -> Self {
+        Self { heads: vec![(1.0, head)] }
+    }
+
+    /// DRM's mixture: `β · softmax(z_df) + (1 − β) · softmax(z_cd)`.
+    pub fn mixture(df: Head, cd: Head, beta: f64) -> Result<Self> {
+        if !(0.0..=1.0).contains(&beta) {
+            return Err(Error::Invalid { what: format!("beta = {beta}"), reason: "must lie in [0, 1]".into() });
+        }
+        if df.num_classes() != cd.num_classes() {
+            return Err(Error::Invalid {
+                what: "the DRM heads".into(),
+                reason: format!("{} default-prompt vs {} description classes", df.num_classes(), cd.num_classes()),
+            });
+        }
+        Ok(Self { heads: vec![(beta, df), (1.0 - beta, cd)] })
+    }
+
+    /// The number of classes the heads predict (before any projection).
+    pub fn num_classes(&self) -> usize {
+        self.heads[0].1.num_classes()
+    }
+
+    /// `features` `[n, embed_dim]` -> probabilities `[n, classes']`, where `classes'` is the
+    /// projection's class count when one is given.
+    pub fn probabilities(&self, features: &Tensor, projection: Option<&LogitProjection>) -> Result<Tensor> {
+        let mut mixed: Option<Tensor> = None;
+        for (weight, head) in &self.heads {
+            let logits = project(head.logits(features)?, projection)?;
+            let part = (softmax_last_dim(&logits)? * *weight)?;
+            mixed = Some(match mixed {
+                Some(sum) => (sum + part)?,
+                None => part,
+            });
+        }
+        Ok(mixed.expect("a predictor has at least one head"))
+    }
+}
+
+/// Applies a logit projection, if any, row by row.
+fn project(logits: Tensor, projection: Option<&LogitProjection>) -> Result<Tensor> {
+    let Some(projection) = projection else { return Ok(logits) };
+    let device = logits.device().clone();
+    let rows: Vec<Vec<f32>> = logits.to_vec2::<f32>()?.iter().map(|row| projection.apply(row)).collect();
+    let (n, k) = (rows.len(), projection.num_classes());
+    Ok(Tensor::from_vec(rows.into_iter().flatten().collect::<Vec<_>>(), (n, k), &device)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+
+    fn head(rows: &[[f32; 2]]) -> Head {
+        Head { weight: Tensor::new(rows, &Device::Cpu).unwrap(), bias: None }
+    }
+
+    #[test]
+    fn mixture_is_the_weighted_sum_of_softmaxes() {
+        let features = Tensor::new(&[[3.0f32, 4.0]], &Device::Cpu).unwrap();
+        let (df, cd) = (head(&[[5.0, 0.0], [0.0, 5.0]]), head(&[[0.0, 1.0], [1.0, 0.0]]));
+        let mixed = Predictor::mixture(df.clone(), cd.clone(), 0.25).unwrap();
+        let p = mixed.probabilities(&features, None).unwrap().to_vec2::<f32>().unwrap();
+        let softmax = |z: [f32; 2]| {
+            let e = [z[0].exp(), z[1].exp()];
+            [e[0] / (e[0] + e[1]), e[1] / (e[0] + e[1])]
+        };
+        // normalised feature (0.6, 0.8): z_df = (3, 4), z_cd = (0.8, 0.6)
+        let (p_df, p_cd) = (softmax([3.0, 4.0]), softmax([0.8, 0.6]));
+        for k in 0..2 {
+            assert!((p[0][k] - (0.25 * p_df[k] + 0.75 * p_cd[k])).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn projection_comes_before_the_softmax() {
+        let features = Tensor::new(&[[1.0f32, 0.0]], &Device::Cpu).unwrap();
+        let three = Head { weight: Tensor::new(&[[1.0f32, 0.0], [0.0, 1.0], [2.0, 0.0]], &Device::Cpu).unwrap(), bias: None };
+        let p = Predictor::single(three)
+            .probabilities(&features, Some(&LogitProjection::Subset(vec![2, 1])))
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        // softmax over the kept logits (2, 0) only
+        let expected = 2f32.exp() / (2f32.exp() + 1.0);
+        assert!((p[0][0] - expected).abs() < 1e-6, "{p:?}");
+    }
+
+    #[test]
+    fn head_lerp_treats_a_missing_bias_as_zero() {
+        let a = head(&[[1.0, 0.0]]);
+        let b = Head { bias: Some(Tensor::new(&[2.0f32], &Device::Cpu).unwrap()), ..head(&[[3.0, 0.0]]) };
+        let mid = a.lerp(&b, 0.5).unwrap();
+        assert_eq!(mid.weight.to_vec2::<f32>().unwrap(), vec![vec![2.0, 0.0]]);
+        assert_eq!(mid.bias.unwrap().to_vec1::<f32>().unwrap(), vec![1.0]);
+    }
+
+    #[test]
+    fn beta_outside_the_unit_interval_is_refused() {
+        assert!(Predictor::mixture(head(&[[1.0, 0.0]]), head(&[[1.0, 0.0]]), 1.5).is_err());
+    }
+}

@@ -1,0 +1,172 @@
+//! Dual Risk Minimization (Li et al., NeurIPS 2024; methods.md §1 and §1b). The official
+//! training code was never published; this is the reconstruction of methods.md §1b, with
+//! every unconfirmed choice an option:
+//!
+//! 1. **Core-based zero-shot prediction** `p_c(·|x)`, fixed, from the frozen pre-trained model
+//!    θ₀: affinities `a_k(x) = cos(f_θ₀(x), ḡ_θ₀(cd_k))` with the concept-description (CD)
+//!    class embeddings ḡ; *affinity normalisation* [`AffinityNorm`] (`none`, `center` — the
+//!    default: subtract each class's mean affinity over the training set —, `standardize`:
+//!    also divide by the class's standard deviation (population, ddof 0) and multiply by the
+//!    mean of those deviations); then `p_c = softmax_k(exp(s₀) · a'_k(x))`. Without
+//!    augmentation the student sees the same view every epoch, so `p_c` is computed once for
+//!    the whole training set and indexed by example.
+//! 2. **WRM term** on the CD head of the *current* towers,
+//!    `p^cd_θ(k|x) = softmax_k(exp(s) · cos(f_θ(x), ḡ_θ(cd_k)))`: [`Wrm::Soft`] (default)
+//!    `L = E_x[−Σ_k p_c(k|x) log p^cd_θ(k|x)]`, or [`Wrm::Reweighted`]
+//!    `L = E[w · CE(p^cd_θ, y)]` with `w = p_c(y|x)` normalised to mean 1 in the batch.
+//! 3. **ERM term** [`Erm`]: FLYP's contrastive loss over (image, default-prompt caption) pairs
+//!    (default), or CE through the default-prompt head of the current towers (`ce`).
+//! 4. `L = L_erm + λ · L_wrm`; both towers and the logit scale are trained; the CD texts of all
+//!    classes are re-encoded by the current text tower once per step (each distinct text once).
+//! 5. **Inference** (confirmed by the released code): `β · softmax(z_df) + (1 − β) ·
+//!    softmax(z_cd)` with both heads rebuilt from the fine-tuned towers
+//!    ([`crate::eval::predictor::Predictor::mixture`]); WiSE-FT interpolates the towers and
+//!    rebuilds both heads.
+
+use candle_core::{Tensor, D};
+
+use super::flyp::Flyp;
+use super::{cosine_logits, ClassTexts};
+use crate::clip::ClipModel;
+use crate::error::{Error, Result};
+use crate::losses::{cross_entropy, log_softmax};
+use crate::train::contrastive::clamp_logit_scale;
+use crate::train::supervised::{Objective, TrainBatch, TrainSource};
+
+/// How the pre-trained model's image–CD affinities are normalised before the softmax.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AffinityNorm {
+    None,
+    Center,
+    Standardize,
+}
+
+/// The WRM estimator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Wrm {
+    Soft,
+    Reweighted,
+}
+
+/// The ERM term.
+pub enum Erm {
+    /// FLYP's contrastive loss with default-prompt captions.
+    Flyp(Flyp),
+    /// CE through the default-prompt head of the current towers.
+    Ce(ClassTexts),
+}
+
+/// `p_c` from affinities `[n, classes]` (row-major): normalisation, then a softmax at
+/// temperature `exp(s₀)` = `scale`.
+pub fn core_distribution(affinities: &[f32], classes: usize, scale: f32, norm: AffinityNorm) -> Vec<f32> {
+    let n = affinities.len() / classes;
+    let column = |k: usize| (0..n).map(move |i| affinities[i * classes + k] as f64);
+    let means: Vec<f64> = (0..classes).map(|k| column(k).sum::<f64>() / n as f64).collect();
+    let stds: Vec<f64> = (0..classes)
+        .map(|k| (column(k).map(|a| (a - means[k]).powi(2)).sum::<f64>() / n as f64).sqrt())
+        .collect();
+    let mean_std = stds.iter().sum::<f64>() / classes as f64;
+    let normalised = |i: usize, k: usize| -> f64 {
+        let a = affinities[i * classes + k] as f64;
+        match norm {
+            AffinityNorm::None => a,
+            AffinityNorm::Center => a - means[k],
+            AffinityNorm::Standardize => (a - means[k]) / stds[k].max(1e-12) * mean_std,
+        }
+    };
+    let mut out = Vec::with_capacity(affinities.len());
+    for i in 0..n {
+        let logits: Vec<f64> = (0..classes).map(|k| scale as f64 * normalised(i, k)).collect();
+        let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let total: f64 = logits.iter().map(|z| (z - max).exp()).sum();
+        out.extend(logits.iter().map(|z| ((z - max).exp() / total) as f32));
+    }
+    out
+}
+
+/// The WRM loss of CD-head logits `[n, classes]` against `p_c` rows `[n, classes]`.
+pub fn wrm_loss(cd_logits: &Tensor, core: &Tensor, labels: &Tensor, kind: Wrm) -> Result<Tensor> {
+    Ok(match kind {
+        Wrm::Soft => (core * log_softmax(cd_logits)?)?.sum(D::Minus1)?.mean_all()?.neg()?,
+        Wrm::Reweighted => {
+            let weights = core.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?;
+            let weights = weights.broadcast_div(&weights.mean_all()?)?;
+            let per_example = log_softmax(cd_logits)?.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?;
+            (weights * per_example)?.mean_all()?
+        }
+    })
+}
+
+/// The fixed `p_c` of every training example, from the frozen pre-trained model.
+pub fn core_predictions(
+    pretrained: &ClipModel,
+    source: &dyn TrainSource,
+    descriptions: &ClassTexts,
+    norm: AffinityNorm,
+) -> Result<Vec<f32>> {
+    let classes = descriptions.embed_frozen(pretrained)?;
+    let size = source.image_size();
+    let mut affinities = Vec::with_capacity(source.len() * classes.dim(0)?);
+    let all: Vec<usize> = (0..source.len()).collect();
+    for chunk in all.chunks(256) {
+        let (pixels, kept) = source.load(chunk)?;
+        if kept.len() != chunk.len() {
+            return Err(Error::Invalid {
+                what: "DRM's core predictions".into(),
+                reason: format!("{} training images could not be read", chunk.len() - kept.len()),
+            });
+        }
+        let images = Tensor::from_vec(pixels, (kept.len(), 3, size, size), pretrained.device())?;
+        let features = crate::clip::layers::l2_normalize(&pretrained.no_grad().encode_image(&images)?)?;
+        affinities.extend(features.matmul(&classes.t()?)?.flatten_all()?.to_vec1::<f32>()?);
+    }
+    let scale = pretrained.logit_scale().exp()?.to_scalar::<f32>()?;
+    Ok(core_distribution(&affinities, classes.dim(0)?, scale, norm))
+}
+
+/// DRM's training objective.
+pub struct Drm {
+    pub erm: Erm,
+    pub descriptions: ClassTexts,
+    /// `p_c`, `[examples, classes]` row-major, indexed by training example.
+    pub core: Vec<f32>,
+    pub classes: usize,
+    pub lambda: f64,
+    pub wrm: Wrm,
+}
+
+impl Drm {
+    fn core_rows(&self, batch: &TrainBatch) -> Result<Tensor> {
+        let rows: Vec<f32> = batch
+            .indices
+            .iter()
+            .flat_map(|&i| self.core[i * self.classes..(i + 1) * self.classes].iter().copied())
+            .collect();
+        Ok(Tensor::from_vec(rows, (batch.indices.len(), self.classes), batch.images.device())?)
+    }
+}
+
+impl Objective for Drm {
+    fn trains(&self, _name: &str) -> bool {
+        true
+    }
+
+    fn loss(&self, model: &ClipModel, batch: &TrainBatch) -> Result<Tensor> {
+        let features = model.encode_image(&batch.images)?;
+        let erm = match &self.erm {
+            Erm::Flyp(flyp) => flyp.loss_from_features(model, &features, batch)?,
+            Erm::Ce(defaults) => {
+                cross_entropy(&cosine_logits(model, &features, &defaults.embed(model)?)?, &batch.labels)?
+            }
+        };
+        let cd_logits = cosine_logits(model, &features, &self.descriptions.embed(model)?)?;
+        let wrm = wrm_loss(&cd_logits, &self.core_rows(batch)?, &batch.labels, self.wrm)?;
+        Ok((erm + (wrm * self.lambda)?)?)
+    }
+
+    fn after_step(&self, model: &ClipModel) -> Result<()> {
+        clamp_logit_scale(model)
+    }
+}

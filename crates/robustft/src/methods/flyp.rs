@@ -1,0 +1,68 @@
+//! FLYP, "Finetune like you pretrain" (Goyal et al., CVPR 2023; methods.md §0.2, §2.5;
+//! FLYP `src/models/flyp_loss.py`, `clip/loss.py`): each training image is paired with a
+//! caption made from its class name and a prompt template, and the symmetric contrastive
+//! (InfoNCE) loss over the batch trains both towers and the logit scale, with the diagonal as
+//! targets even when two images share a class. The logit scale is clamped to ln 100 after
+//! every step, as in CLIP training. Evaluation uses the zero-shot head rebuilt from the current
+//! text tower over all templates.
+//!
+//! Captions: FLYP writes each iWildCam image once per template; here example `i` of epoch `e`
+//! takes template `(i + e) mod m` of its class, so every template is used over the epochs and a
+//! step's captions stay a pure function of the step (deterministic resume).
+
+use candle_core::Tensor;
+
+use crate::clip::tokenizer::Tokenizer;
+use crate::clip::ClipModel;
+use crate::error::Result;
+use crate::losses::clip_contrastive_loss;
+use crate::train::contrastive::clamp_logit_scale;
+use crate::train::supervised::{Objective, TrainBatch};
+
+/// FLYP's objective.
+pub struct Flyp {
+    /// `class_prompts[k]`: class k's name in every template.
+    pub class_prompts: Vec<Vec<String>>,
+    pub tokenizer: Tokenizer,
+}
+
+impl Flyp {
+    /// The captions of a batch.
+    pub fn captions(&self, batch_labels: &[u32], indices: &[usize], epoch: usize) -> Vec<String> {
+        batch_labels
+            .iter()
+            .zip(indices)
+            .map(|(&label, &i)| {
+                let prompts = &self.class_prompts[label as usize];
+                prompts[(i + epoch) % prompts.len()].clone()
+            })
+            .collect()
+    }
+
+    /// The contrastive loss of `image_features` against the batch's captions.
+    pub fn loss_from_features(
+        &self,
+        model: &ClipModel,
+        image_features: &Tensor,
+        batch: &TrainBatch,
+    ) -> Result<Tensor> {
+        let captions = self.captions(&batch.labels.to_vec1::<u32>()?, &batch.indices, batch.epoch);
+        let ids = self.tokenizer.tokenize_batch(&captions, model.config.text.context_length)?;
+        let text = model.encode_text(&Tensor::new(ids, model.device())?)?;
+        Ok(clip_contrastive_loss(image_features, &text, &model.logit_scale())?)
+    }
+}
+
+impl Objective for Flyp {
+    fn trains(&self, _name: &str) -> bool {
+        true
+    }
+
+    fn loss(&self, model: &ClipModel, batch: &TrainBatch) -> Result<Tensor> {
+        self.loss_from_features(model, &model.encode_image(&batch.images)?, batch)
+    }
+
+    fn after_step(&self, model: &ClipModel) -> Result<()> {
+        Ok(clamp_logit_scale(model)?)
+    }
+}

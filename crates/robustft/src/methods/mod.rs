@@ -1,0 +1,70 @@
+//! The robust fine-tuning methods, each an objective (the loss of a batch, run by
+//! [`crate::train::supervised::train`]) plus the predictor it evaluates with:
+//!
+//! * [`ce`]: cross-entropy through a linear head over normalised image features — FT (head
+//!   initialised from the zero-shot head), LP-FT (head from the linear probe), L2-SP (FT with
+//!   the trainer's L2-SP constraint); methods.md §2.3, §2.4, §2.7.
+//! * [`flyp`]: FLYP's contrastive loss over (image, class-prompt caption) pairs; §0.2, §2.5.
+//! * [`drm`]: Dual Risk Minimization; §1, §1b.
+//! * [`linear_probe`]: multinomial logistic regression on frozen features (L-BFGS); §2.2.
+
+pub mod ce;
+pub mod drm;
+pub mod flyp;
+pub mod linear_probe;
+
+use candle_core::Tensor;
+
+use crate::clip::layers::l2_normalize;
+use crate::clip::tokenizer::Tokenizer;
+use crate::clip::ClipModel;
+use crate::error::Result;
+
+/// Texts of every class, tokenised once, with the averaging matrix that turns their
+/// embeddings into one unit vector per class (methods.md §0.1: normalise, average over the
+/// class's texts, renormalise) — differentiably, through the current text tower.
+pub struct ClassTexts {
+    ids: Tensor,
+    /// `[classes, texts]`: `1/m_k` on class k's texts.
+    averaging: Tensor,
+}
+
+impl ClassTexts {
+    pub fn new(model: &ClipModel, tokenizer: &Tokenizer, per_class: &[Vec<String>]) -> Result<Self> {
+        let flat: Vec<String> = per_class.iter().flatten().cloned().collect();
+        let ids = tokenizer.tokenize_batch(&flat, model.config.text.context_length)?;
+        let mut averaging = vec![0f32; per_class.len() * flat.len()];
+        let mut start = 0;
+        for (k, texts) in per_class.iter().enumerate() {
+            for j in start..start + texts.len() {
+                averaging[k * flat.len() + j] = 1.0 / texts.len() as f32;
+            }
+            start += texts.len();
+        }
+        Ok(Self {
+            ids: Tensor::new(ids, model.device())?,
+            averaging: Tensor::from_vec(averaging, (per_class.len(), flat.len()), model.device())?,
+        })
+    }
+
+    /// `[classes, embed_dim]` unit class embeddings from the model's current text tower, with
+    /// a graph back to it (each distinct text is encoded once per call).
+    pub fn embed(&self, model: &ClipModel) -> Result<Tensor> {
+        self.average(&model.encode_text(&self.ids)?)
+    }
+
+    /// The same without a graph (a frozen model).
+    pub fn embed_frozen(&self, model: &ClipModel) -> Result<Tensor> {
+        self.average(&model.no_grad().encode_text(&self.ids)?)
+    }
+
+    fn average(&self, text_features: &Tensor) -> Result<Tensor> {
+        Ok(l2_normalize(&self.averaging.matmul(&l2_normalize(text_features)?)?)?)
+    }
+}
+
+/// `exp(s) · normalize(f) · Wᵀ` for unit class embeddings `W`, differentiable in `s`.
+pub fn cosine_logits(model: &ClipModel, image_features: &Tensor, classes: &Tensor) -> Result<Tensor> {
+    let cosines = l2_normalize(image_features)?.matmul(&classes.t()?)?;
+    Ok(cosines.broadcast_mul(&model.logit_scale().exp()?)?)
+}

@@ -1,0 +1,337 @@
+//! Recipes: one TOML file describes a whole run — the model, the data, the method and its
+//! hyper-parameters, the optimisation and the evaluation (docs/design.md, "raw vs resolved
+//! config"). Parsing is strict (`deny_unknown_fields`: a misspelt key is an error naming it);
+//! `--set key=value` overrides edit the parsed TOML before it is read into a [`Recipe`];
+//! [`crate::experiment`] then resolves it against the data on disk and writes the resolved
+//! recipe into the run directory before any work.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::methods::drm::{AffinityNorm, Wrm};
+use crate::train::supervised::Tower;
+
+/// A whole run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// The run's name: its directory is `<out>/<name>`.
+    pub name: String,
+    /// Seeds the training order (and a ShiftWorld suite's world).
+    #[serde(default)]
+    pub seed: u64,
+    /// The pre-trained checkpoint (`bundled`, a path or a cached hub id).
+    #[serde(default = "bundled")]
+    pub model: String,
+    pub data: DataRecipe,
+    pub method: MethodRecipe,
+    #[serde(default)]
+    pub train: TrainRecipe,
+    #[serde(default)]
+    pub lp: LpRecipe,
+    #[serde(default)]
+    pub drm: DrmRecipe,
+    #[serde(default)]
+    pub eval: EvalRecipe,
+}
+
+fn bundled() -> String {
+    "bundled".into()
+}
+
+/// Where the examples come from: a ShiftWorld suite (rendered in memory) or a dataset on disk.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataRecipe {
+    /// A ShiftWorld suite: spurious, rendition, corruption or domains.
+    pub suite: Option<String>,
+    /// A dataset on disk: `manifest` (a directory with manifest.csv + classes.txt),
+    /// `iwildcam`, `fmow` (WILDS root holding iwildcam_v2.0/ or fmow_v1.1/) or `imagenet`
+    /// (a root holding the ImageNet variants' directories).
+    pub format: Option<DiskFormat>,
+    /// The dataset's directory (with `format`).
+    pub root: Option<PathBuf>,
+    #[serde(default = "train_split")]
+    pub train_split: String,
+    /// The ID validation split (linear-probe regularisation; model selection).
+    #[serde(default = "val_split")]
+    pub val_split: String,
+    /// Splits to evaluate (default: every split but the training split).
+    #[serde(default)]
+    pub eval_splits: Vec<String>,
+    /// Default prompts: a bundled template set or a file of templates (default: `shiftworld`
+    /// for suites, `openai_imagenet` otherwise).
+    pub templates: Option<String>,
+    /// Concept descriptions: a DRM-format JSON file, or `shiftworld` (the suites' own).
+    pub descriptions: Option<String>,
+}
+
+fn train_split() -> String {
+    "train".into()
+}
+
+fn val_split() -> String {
+    "id_val".into()
+}
+
+/// On-disk dataset formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskFormat {
+    Manifest,
+    Iwildcam,
+    Fmow,
+    Imagenet,
+}
+
+/// Which method runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MethodRecipe {
+    pub name: MethodName,
+}
+
+/// The methods a recipe can name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MethodName {
+    Zeroshot,
+    Lp,
+    Ft,
+    LpFt,
+    Flyp,
+    L2sp,
+    Drm,
+}
+
+impl MethodName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Zeroshot => "zeroshot",
+            Self::Lp => "lp",
+            Self::Ft => "ft",
+            Self::LpFt => "lp_ft",
+            Self::Flyp => "flyp",
+            Self::L2sp => "l2sp",
+            Self::Drm => "drm",
+        }
+    }
+}
+
+/// Optimisation settings (see [`crate::train::supervised::TrainOptions`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainRecipe {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub min_lr: f64,
+    pub warmup_steps: u64,
+    pub weight_decay: f64,
+    pub grad_clip: Option<f64>,
+    pub accumulation: usize,
+    pub freeze: Vec<Tower>,
+    /// L2-SP strength λ (method `l2sp`; also usable with any other method).
+    pub l2sp: f64,
+    pub checkpoint_every: u64,
+}
+
+impl Default for TrainRecipe {
+    /// FLYP's iWildCam settings, scaled to a short run: 10 epochs, batch 256, lr 1e-5,
+    /// weight decay 0.1, 500 warm-up steps.
+    fn default() -> Self {
+        Self {
+            epochs: 10,
+            batch_size: 256,
+            lr: 1e-5,
+            min_lr: 0.0,
+            warmup_steps: 500,
+            weight_decay: 0.1,
+            grad_clip: None,
+            accumulation: 1,
+            freeze: Vec::new(),
+            l2sp: 0.0,
+            checkpoint_every: 0,
+        }
+    }
+}
+
+/// Linear-probe settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LpRecipe {
+    /// Inverse regularisation strengths tried; the best on ID validation is kept.
+    pub c_grid: Vec<f64>,
+    pub max_iter: usize,
+}
+
+impl Default for LpRecipe {
+    fn default() -> Self {
+        Self { c_grid: crate::methods::linear_probe::DEFAULT_C_GRID.to_vec(), max_iter: 1000 }
+    }
+}
+
+/// DRM's options (methods.md §1b).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrmRecipe {
+    pub lambda: f64,
+    pub wrm: Wrm,
+    pub erm: ErmKind,
+    pub affinity: AffinityNorm,
+    /// Weight of the default-prompt head in the inference mixture.
+    pub beta: f64,
+}
+
+impl Default for DrmRecipe {
+    fn default() -> Self {
+        Self { lambda: 1.0, wrm: Wrm::Soft, erm: ErmKind::Flyp, affinity: AffinityNorm::Center, beta: 0.5 }
+    }
+}
+
+/// DRM's ERM term.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErmKind {
+    Flyp,
+    Ce,
+}
+
+/// Evaluation settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalRecipe {
+    /// WiSE-FT mixing weights evaluated after training (1 is the fine-tuned model itself,
+    /// always evaluated).
+    pub wiseft: Vec<f64>,
+}
+
+impl Default for EvalRecipe {
+    fn default() -> Self {
+        Self { wiseft: vec![0.5] }
+    }
+}
+
+impl Recipe {
+    /// Reads a recipe file and applies `key=value` overrides (dotted keys, TOML values; a value
+    /// that is not valid TOML is taken as a string).
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Invalid {
+            what: format!("recipe {}", path.display()),
+            reason: e.to_string(),
+        })?;
+        Self::parse(&text, &path.display().to_string(), overrides)
+    }
+
+    /// Parses recipe text (`source` names it in errors).
+    pub fn parse(text: &str, source: &str, overrides: &[String]) -> Result<Self> {
+        let bad = |reason: String| Error::Invalid { what: format!("recipe {source}"), reason };
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| bad(e.to_string()))?;
+        for assignment in overrides {
+            apply_override(&mut table, assignment).map_err(|reason| Error::Invalid {
+                what: format!("--set {assignment}"),
+                reason,
+            })?;
+        }
+        let recipe: Recipe = table.try_into().map_err(|e: toml::de::Error| bad(e.to_string()))?;
+        recipe.check().map_err(bad)?;
+        Ok(recipe)
+    }
+
+    /// The recipe as TOML text (what the run directory keeps).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a recipe serialises")
+    }
+
+    /// Checks that need no files.
+    fn check(&self) -> std::result::Result<(), String> {
+        let name_ok = !self.name.is_empty()
+            && self.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && !self.name.starts_with('.');
+        if !name_ok {
+            return Err(format!("name `{}` must be non-empty letters, digits, `-`, `_` or `.`", self.name));
+        }
+        match (&self.data.suite, &self.data.format, &self.data.root) {
+            (Some(_), None, None) | (None, Some(_), Some(_)) => {}
+            _ => return Err("[data] needs either `suite` or both `format` and `root`".into()),
+        }
+        if let Some(alpha) = self.eval.wiseft.iter().find(|a| !(0.0..=1.0).contains(*a)) {
+            return Err(format!("eval.wiseft: α = {alpha} is outside [0, 1]"));
+        }
+        if !(0.0..=1.0).contains(&self.drm.beta) {
+            return Err(format!("drm.beta = {} is outside [0, 1]", self.drm.beta));
+        }
+        if self.lp.c_grid.is_empty() || self.lp.c_grid.iter().any(|c| !(*c > 0.0)) {
+            return Err("lp.c_grid must hold positive values".into());
+        }
+        if self.train.epochs == 0 && !matches!(self.method.name, MethodName::Zeroshot | MethodName::Lp) {
+            return Err("train.epochs must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Sets `a.b.c = value` in a TOML table.
+fn apply_override(table: &mut toml::Table, assignment: &str) -> std::result::Result<(), String> {
+    let (key, raw) = assignment.split_once('=').ok_or("expected key=value")?;
+    let value: toml::Value = match format!("value = {}", raw.trim()).parse::<toml::Table>() {
+        Ok(mut parsed) => parsed.remove("value").expect("just parsed"),
+        Err(_) => toml::Value::String(raw.trim().to_string()),
+    };
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    let (last, parents) = parts.split_last().ok_or("empty key")?;
+    let mut current = table;
+    for part in parents {
+        current = current
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| format!("`{part}` is not a table"))?;
+    }
+    current.insert(last.to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "name = \"t\"\n[data]\nsuite = \"spurious\"\n[method]\nname = \"ft\"\n";
+
+    #[test]
+    fn defaults_fill_a_minimal_recipe() {
+        let recipe = Recipe::parse(MINIMAL, "test", &[]).unwrap();
+        assert_eq!(recipe.model, "bundled");
+        assert_eq!(recipe.train, TrainRecipe::default());
+        assert_eq!(recipe.data.val_split, "id_val");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Recipe::parse(&format!("{MINIMAL}[train]\nlearning_rate = 1.0\n"), "test", &[]).unwrap_err();
+        assert!(err.to_string().contains("learning_rate"), "{err}");
+    }
+
+    #[test]
+    fn overrides_set_nested_values_and_strings() {
+        let sets = ["train.lr=0.5".to_string(), "method.name=flyp".to_string(), "seed = 7".to_string()];
+        let recipe = Recipe::parse(MINIMAL, "test", &sets).unwrap();
+        assert_eq!((recipe.train.lr, recipe.method.name, recipe.seed), (0.5, MethodName::Flyp, 7));
+        let err = Recipe::parse(MINIMAL, "test", &["train.nonsense=1".to_string()]).unwrap_err();
+        assert!(err.to_string().contains("nonsense"), "{err}");
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let recipe = Recipe::parse(MINIMAL, "test", &["drm.wrm=\"reweighted\"".to_string()]).unwrap();
+        assert_eq!(Recipe::parse(&recipe.to_toml(), "again", &[]).unwrap(), recipe);
+    }
+
+    #[test]
+    fn data_needs_exactly_one_source() {
+        let both = "name = \"t\"\n[data]\nsuite = \"spurious\"\nformat = \"manifest\"\nroot = \"x\"\n[method]\nname = \"ft\"\n";
+        assert!(Recipe::parse(both, "test", &[]).unwrap_err().to_string().contains("either"));
+    }
+}

@@ -1,0 +1,108 @@
+//! A training run's directory and its atomic checkpoints: `checkpoint/` holds the model (HF
+//! layout safetensors with metadata), any extra trained tensors (`extra.safetensors`, e.g. a
+//! classification head) and the trainer state. A checkpoint is written to `checkpoint.tmp`
+//! and renamed into place (the previous one kept as `checkpoint.old` until the swap is done),
+//! so a kill at any moment leaves a complete checkpoint.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+use super::state::{TrainerState, TRAINER_STATE_FILE};
+use crate::clip::checkpoint::write_safetensors;
+use crate::clip::{CheckpointError, ClipModel};
+use crate::error::{Error, Result};
+use crate::optim::AdamW;
+
+/// File of the extra trained tensors inside a checkpoint directory.
+pub const EXTRA_FILE: &str = "extra.safetensors";
+
+/// Where a run keeps its files.
+pub struct RunDir {
+    pub root: PathBuf,
+}
+
+impl RunDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn checkpoint(&self) -> PathBuf {
+        self.root.join("checkpoint")
+    }
+
+    fn checkpoint_tmp(&self) -> PathBuf {
+        self.root.join("checkpoint.tmp")
+    }
+
+    fn checkpoint_old(&self) -> PathBuf {
+        self.root.join("checkpoint.old")
+    }
+
+    pub fn metrics(&self) -> PathBuf {
+        self.root.join("metrics.jsonl")
+    }
+
+    pub fn results(&self) -> PathBuf {
+        self.root.join("results.jsonl")
+    }
+
+    /// The newest complete checkpoint, if any (a kill between the two renames of
+    /// [`RunDir::save_checkpoint`] leaves it as `checkpoint.old`).
+    pub fn latest_checkpoint(&self) -> Option<PathBuf> {
+        [self.checkpoint(), self.checkpoint_old()].into_iter().find(|d| d.join(TRAINER_STATE_FILE).is_file())
+    }
+
+    /// Creates the directory.
+    pub fn create(&self) -> Result<()> {
+        std::fs::create_dir_all(&self.root).map_err(io_error(&self.root))
+    }
+
+    /// Writes model + extra tensors + trainer state to `checkpoint.tmp`, then swaps it into
+    /// `checkpoint`.
+    pub fn save_checkpoint(
+        &self,
+        model: &ClipModel,
+        extra: &[(String, Tensor)],
+        state: &TrainerState,
+        optimizer: &AdamW,
+        metadata: &HashMap<String, String>,
+    ) -> Result<()> {
+        let tmp = self.checkpoint_tmp();
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(io_error(&tmp))?;
+        }
+        model.save_hf(&tmp, metadata)?;
+        if !extra.is_empty() {
+            write_safetensors(&tmp.join(EXTRA_FILE), extra, HashMap::new())?;
+        }
+        state.save(&tmp, optimizer)?;
+        let (current, old) = (self.checkpoint(), self.checkpoint_old());
+        if current.exists() {
+            if old.exists() {
+                std::fs::remove_dir_all(&old).map_err(io_error(&old))?;
+            }
+            std::fs::rename(&current, &old).map_err(io_error(&current))?;
+        }
+        std::fs::rename(&tmp, &current).map_err(io_error(&tmp))?;
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(io_error(&old))?;
+        }
+        Ok(())
+    }
+}
+
+/// The extra tensors of a checkpoint directory (empty when it has none).
+pub fn load_extra(dir: &Path) -> Result<HashMap<String, Tensor>> {
+    let path = dir.join(EXTRA_FILE);
+    if !path.is_file() {
+        return Ok(HashMap::new());
+    }
+    candle_core::safetensors::load(&path, &Device::Cpu)
+        .map_err(|e| Error::Checkpoint(CheckpointError::from(e).in_file(&path)))
+}
+
+pub(crate) fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| CheckpointError::Io { path: path.to_path_buf(), source }.into()
+}

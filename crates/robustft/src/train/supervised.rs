@@ -1,0 +1,382 @@
+//! The supervised fine-tuning loop every method runs on (docs/design.md: a method is an
+//! [`Objective`] — the loss of a batch — plus optimiser-side constraints — plus a predictor
+//! used at evaluation). The loop:
+//!
+//! * AdamW with the usual parameter groups (no decay on norms, biases, embeddings, logit
+//!   scale), cosine schedule with linear warm-up (FLYP `src/models/utils.py: cosine_lr`);
+//! * per-tower freezing ([`Tower`]): frozen parameters are left out of the optimiser;
+//! * L2-SP (methods.md §2.7): the gradient of `(λ/2)‖θ − θ₀‖²` over the pre-trained
+//!   parameters, `λ(θ − θ₀)`, is added to each trained parameter's gradient (not to a new
+//!   head's), which equals adding the penalty to the loss without building it in the graph;
+//! * gradient clipping by global L2 norm, as `torch.nn.utils.clip_grad_norm_` (applied after
+//!   L2-SP, as a loss-term penalty would be);
+//! * gradient accumulation: a batch is split into `accumulation` micro-batches whose losses are
+//!   weighted by their share of the batch and whose gradients are summed — identical to the
+//!   full batch for per-example losses (CE); a contrastive loss sees fewer negatives per
+//!   micro-batch, as in open_clip without its feature cache;
+//! * determinism and resume: the batch of step `t` is a pure function of the seed and `t`
+//!   (epoch `e` visits [`epoch_order`]`(n, seed + e)` in chunks), checkpoints hold the weights,
+//!   the extra trained tensors and the optimiser moments, so `--resume` reaches exactly the
+//!   weights of an uninterrupted run.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::time::Instant;
+
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+
+use super::run_dir::{io_error, load_extra, RunDir};
+use super::schedule::CosineSchedule;
+use super::state::TrainerState;
+use crate::clip::ClipModel;
+use crate::data::epoch_order;
+use crate::error::{Error, Result};
+use crate::optim::{decays_by_default, AdamW, AdamWConfig};
+
+/// Trainer-state metadata key holding the run's options, checked on resume.
+const OPTIONS_KEY: &str = "train_options";
+
+/// Labelled training images, decoded on demand.
+pub trait TrainSource: Sync {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn label(&self, index: usize) -> u32;
+    /// Preprocessed `[3, s, s]` images of `indices`, concatenated, and the indices that could
+    /// be read (an unreadable image is left out and reported by the source, never fatal).
+    fn load(&self, indices: &[usize]) -> Result<(Vec<f32>, Vec<usize>)>;
+    fn image_size(&self) -> usize;
+}
+
+/// One (micro-)batch handed to an objective.
+pub struct TrainBatch {
+    /// `[n, 3, s, s]`.
+    pub images: Tensor,
+    /// `[n]` u32 class indices.
+    pub labels: Tensor,
+    /// The examples' indices into the source.
+    pub indices: Vec<usize>,
+    pub epoch: usize,
+}
+
+/// The loss part of a method.
+pub trait Objective {
+    /// Whether the objective trains this model parameter (before any freezing).
+    fn trains(&self, name: &str) -> bool;
+    /// Trainable tensors beyond the model's (a classification head): `(name, var, decay)`.
+    fn extra_params(&self) -> Vec<(String, Var, bool)> {
+        Vec::new()
+    }
+    /// The mean loss over the batch, with a graph back to the trained parameters.
+    fn loss(&self, model: &ClipModel, batch: &TrainBatch) -> Result<Tensor>;
+    /// Called after every optimiser step (e.g. to clamp the logit scale).
+    fn after_step(&self, _model: &ClipModel) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A part of the model that can be frozen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tower {
+    Image,
+    Text,
+    LogitScale,
+}
+
+impl Tower {
+    /// The tower a canonical (HF) parameter name belongs to.
+    pub fn of(name: &str) -> Tower {
+        if name == "logit_scale" {
+            Tower::LogitScale
+        } else if name.starts_with("vision_model.") || name == "visual_projection.weight" {
+            Tower::Image
+        } else {
+            Tower::Text
+        }
+    }
+}
+
+/// The optimisation settings of a run.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainOptions {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub min_lr: f64,
+    pub warmup_steps: u64,
+    pub weight_decay: f64,
+    /// Maximum global gradient norm.
+    pub grad_clip: Option<f64>,
+    /// Micro-batches per optimiser step.
+    pub accumulation: usize,
+    pub freeze: Vec<Tower>,
+    /// L2-SP strength λ (0: off).
+    pub l2sp: f64,
+    pub seed: u64,
+    /// Optimiser steps between checkpoints (0: at the end of every epoch).
+    pub checkpoint_every: u64,
+}
+
+impl TrainOptions {
+    pub fn steps_per_epoch(&self, examples: usize) -> u64 {
+        examples.div_ceil(self.batch_size) as u64
+    }
+
+    /// Checks the settings against a training set of `examples`.
+    pub fn validate(&self, examples: usize) -> Result<()> {
+        let invalid = |what: &str, reason: String| Err(Error::Invalid { what: what.into(), reason });
+        if self.batch_size == 0 {
+            return invalid("train.batch_size", "must be at least 1".into());
+        }
+        if self.accumulation == 0 || self.accumulation > self.batch_size {
+            return invalid("train.accumulation", format!("must lie in 1..={} (the batch size)", self.batch_size));
+        }
+        if examples == 0 {
+            return invalid("the training split", "has no examples".into());
+        }
+        if self.grad_clip.is_some_and(|c| c <= 0.0 || !c.is_finite()) {
+            return invalid("train.grad_clip", "must be a positive number".into());
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return invalid("train.lr", format!("must be positive, not {}", self.lr));
+        }
+        Ok(())
+    }
+}
+
+/// One row of `metrics.jsonl`, also handed to the progress callback.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StepReport {
+    pub step: u64,
+    pub total_steps: u64,
+    pub epoch: usize,
+    pub loss: f32,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub images_per_s: f64,
+}
+
+/// Where and how a run saves itself.
+pub struct Checkpointing<'a> {
+    pub run: &'a RunDir,
+    /// Continue from the run's latest checkpoint.
+    pub resume: bool,
+    /// Stop after this many steps in this call (to simulate an interruption).
+    pub stop_after: Option<u64>,
+    /// Written into every checkpoint's metadata.
+    pub metadata: HashMap<String, String>,
+}
+
+/// Trains `model` (and the objective's extra parameters) in place; `anchor` is the frozen
+/// pre-trained copy that L2-SP pulls towards. Returns the number of steps taken in this call.
+pub fn train(
+    model: &ClipModel,
+    objective: &dyn Objective,
+    source: &dyn TrainSource,
+    options: &TrainOptions,
+    anchor: &[(String, Tensor)],
+    checkpointing: &Checkpointing<'_>,
+    progress: &mut dyn FnMut(&StepReport),
+) -> Result<u64> {
+    options.validate(source.len())?;
+    let run = checkpointing.run;
+    run.create()?;
+    let params = trained_params(model, objective, options);
+    let anchor: HashMap<&str, &Tensor> = anchor.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let adamw = AdamWConfig { lr: options.lr, weight_decay: options.weight_decay, ..Default::default() };
+    let mut optimizer = AdamW::new(params.clone(), adamw)?;
+    let fingerprint = serde_json::to_string(options).expect("serialisable");
+    let mut state = TrainerState { step: 0, meta: [(OPTIONS_KEY.to_string(), fingerprint.clone())].into() };
+    if let Some(dir) = checkpointing.resume.then(|| run.latest_checkpoint()).flatten() {
+        state = restore(&dir, model, &params, &mut optimizer)?;
+        if state.meta.get(OPTIONS_KEY) != Some(&fingerprint) {
+            return Err(Error::Invalid {
+                what: format!("--resume from {}", run.root.display()),
+                reason: "the checkpoint was written with different training options".into(),
+            });
+        }
+    }
+    let steps_per_epoch = options.steps_per_epoch(source.len());
+    let total = steps_per_epoch * options.epochs as u64;
+    let schedule = CosineSchedule {
+        base_lr: options.lr,
+        min_lr: options.min_lr,
+        warmup_steps: options.warmup_steps,
+        total_steps: total,
+    };
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(run.metrics())
+        .map_err(io_error(&run.metrics()))?;
+    let every = if options.checkpoint_every == 0 { steps_per_epoch } else { options.checkpoint_every };
+    let first = state.step;
+    let mut order = (usize::MAX, Vec::new());
+    while state.step < total && checkpointing.stop_after.is_none_or(|n| state.step - first < n) {
+        let started = Instant::now();
+        let epoch = (state.step / steps_per_epoch) as usize;
+        if order.0 != epoch {
+            order = (epoch, epoch_order(source.len(), Some(options.seed.wrapping_add(epoch as u64))));
+        }
+        let position = (state.step % steps_per_epoch) as usize * options.batch_size;
+        let indices = &order.1[position..(position + options.batch_size).min(source.len())];
+        let lr = schedule.lr(state.step);
+        optimizer.set_lr(lr);
+        let (loss, mut grads, seen) = accumulate(model, objective, source, indices, epoch, options)?;
+        add_l2sp(&mut grads, &params, &anchor, options.l2sp)?;
+        let grad_norm = clip_gradients(&mut grads, &params, options.grad_clip)?;
+        optimizer.step(&grads)?;
+        objective.after_step(model)?;
+        state.step += 1;
+        let report = StepReport {
+            step: state.step,
+            total_steps: total,
+            epoch,
+            loss,
+            lr,
+            grad_norm,
+            images_per_s: seen as f64 / started.elapsed().as_secs_f64(),
+        };
+        writeln!(metrics, "{}", serde_json::to_string(&report).expect("serialisable"))
+            .map_err(io_error(&run.metrics()))?;
+        progress(&report);
+        if state.step % every == 0 || state.step == total {
+            let extra = extra_tensors(objective);
+            run.save_checkpoint(model, &extra, &state, &optimizer, &checkpointing.metadata)?;
+        }
+    }
+    Ok(state.step - first)
+}
+
+/// `(name, var, decay)` of every parameter the run updates.
+fn trained_params(model: &ClipModel, objective: &dyn Objective, options: &TrainOptions) -> Vec<(String, Var, bool)> {
+    let mut params: Vec<(String, Var, bool)> = model
+        .params
+        .iter()
+        .filter(|(name, _)| objective.trains(name) && !options.freeze.contains(&Tower::of(name)))
+        .map(|(name, var)| (name.to_string(), var.clone(), decays_by_default(name)))
+        .collect();
+    params.extend(objective.extra_params());
+    params
+}
+
+fn extra_tensors(objective: &dyn Objective) -> Vec<(String, Tensor)> {
+    objective.extra_params().into_iter().map(|(name, var, _)| (name, var.as_tensor().clone())).collect()
+}
+
+/// Loads a checkpoint's weights into the live parameters and restores the optimiser.
+fn restore(
+    dir: &std::path::Path,
+    model: &ClipModel,
+    params: &[(String, Var, bool)],
+    optimizer: &mut AdamW,
+) -> Result<TrainerState> {
+    let (saved, _) = ClipModel::load(dir.to_str().unwrap_or_default(), model.device())?;
+    for (name, var) in model.params.iter() {
+        var.set(saved.params.get(name).expect("same architecture").as_tensor())?;
+    }
+    let extra = load_extra(dir)?;
+    for (name, var, _) in params.iter().filter(|(name, _, _)| model.params.get(name).is_none()) {
+        let tensor = extra.get(name).ok_or_else(|| Error::Invalid {
+            what: format!("checkpoint {}", dir.display()),
+            reason: format!("lacks the trained tensor `{name}`"),
+        })?;
+        var.set(tensor)?;
+    }
+    Ok(TrainerState::load(dir, optimizer)?)
+}
+
+/// Loss and summed gradients of a batch over `accumulation` micro-batches; returns the
+/// batch's mean loss, the gradients and the number of images seen.
+fn accumulate(
+    model: &ClipModel,
+    objective: &dyn Objective,
+    source: &dyn TrainSource,
+    indices: &[usize],
+    epoch: usize,
+    options: &TrainOptions,
+) -> Result<(f32, GradStore, usize)> {
+    let (pixels, kept) = source.load(indices)?;
+    let size = source.image_size();
+    let per_image = 3 * size * size;
+    let micro = kept.len().div_ceil(options.accumulation).max(1);
+    let (mut total_loss, mut grads): (f32, Option<GradStore>) = (0.0, None);
+    for (chunk, chunk_indices) in kept.chunks(micro).enumerate() {
+        let start = chunk * micro;
+        let images = Tensor::from_slice(
+            &pixels[start * per_image..(start + chunk_indices.len()) * per_image],
+            (chunk_indices.len(), 3, size, size),
+            model.device(),
+        )?;
+        let labels: Vec<u32> = chunk_indices.iter().map(|&i| source.label(i)).collect();
+        let batch = TrainBatch {
+            images,
+            labels: Tensor::new(labels, model.device())?,
+            indices: chunk_indices.to_vec(),
+            epoch,
+        };
+        let share = chunk_indices.len() as f64 / kept.len() as f64;
+        let loss = (objective.loss(model, &batch)? * share)?;
+        total_loss += loss.to_scalar::<f32>()?;
+        let chunk_grads = loss.backward()?;
+        match &mut grads {
+            Some(sum) => sum.extend(chunk_grads)?,
+            None => grads = Some(chunk_grads),
+        }
+    }
+    let grads = grads.ok_or_else(|| Error::Invalid {
+        what: format!("a training batch of epoch {epoch}"),
+        reason: "none of its images could be read".into(),
+    })?;
+    Ok((total_loss, grads, kept.len()))
+}
+
+/// Adds `λ(θ − θ₀)` to the gradient of every trained pre-trained parameter.
+fn add_l2sp(
+    grads: &mut GradStore,
+    params: &[(String, Var, bool)],
+    anchor: &HashMap<&str, &Tensor>,
+    lambda: f64,
+) -> Result<()> {
+    if lambda == 0.0 {
+        return Ok(());
+    }
+    for (name, var, _) in params {
+        let Some(reference) = anchor.get(name.as_str()) else { continue };
+        let pull = ((var.as_tensor() - *reference)? * lambda)?;
+        let grad = match grads.get(var.as_tensor()) {
+            Some(g) => (g + pull)?,
+            None => pull,
+        };
+        grads.insert(var.as_tensor(), grad);
+    }
+    Ok(())
+}
+
+/// Scales the gradients so their global L2 norm is at most `max_norm`
+/// (`clip_grad_norm_`: factor `max_norm / (norm + 1e-6)` when below 1); returns the norm
+/// before clipping.
+pub fn clip_gradients(grads: &mut GradStore, params: &[(String, Var, bool)], max_norm: Option<f64>) -> Result<f64> {
+    let mut squares = 0f64;
+    for (_, var, _) in params {
+        if let Some(g) = grads.get(var.as_tensor()) {
+            squares += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        }
+    }
+    let norm = squares.sqrt();
+    if let Some(max_norm) = max_norm {
+        let factor = max_norm / (norm + 1e-6);
+        if factor < 1.0 {
+            for (_, var, _) in params {
+                if let Some(g) = grads.get(var.as_tensor()) {
+                    let scaled = (g * factor)?;
+                    grads.insert(var.as_tensor(), scaled);
+                }
+            }
+        }
+    }
+    Ok(norm)
+}
