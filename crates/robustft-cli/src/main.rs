@@ -18,6 +18,9 @@ struct Cli {
 enum Command {
     /// Measure image-tower throughput (inference or a training step) as one JSON line.
     Bench(commands::bench::BenchArgs),
+    /// Ask an OpenAI-compatible chat endpoint for concept descriptions (one sentence on each
+    /// class's core features) and write them as a concept-description JSON file.
+    Describe(commands::describe::DescribeArgs),
     /// Print L2-normalised CLIP embeddings of images and texts as JSON.
     Embed(commands::embed::EmbedArgs),
     /// Zero-shot metrics of a model on every split of a dataset on disk or a ShiftWorld
@@ -43,6 +46,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Bench(args) => commands::bench::run(args),
+        Command::Describe(args) => commands::describe::run(args),
         Command::Embed(args) => commands::embed::run(args),
         Command::Eval(args) => commands::eval::run(args),
         Command::Pretrain(args) => commands::pretrain::run(args),

@@ -1,6 +1,10 @@
 //! End-to-end tests of the `robustft` binary on the committed fixtures: `embed` reproduces the
 //! reference embeddings of real-format checkpoint directories from PNG files, `tokenize` the
-//! reference token ids, `zeroshot` ranks classes, and bad input gives clear errors.
+//! reference token ids, `zeroshot` ranks classes, `describe` writes concept descriptions
+//! through a mock chat endpoint, and bad input gives clear errors.
+
+#[path = "../../robustft/tests/support/mock_chat.rs"]
+mod mock_chat;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -206,5 +210,97 @@ fn eval_on_a_generated_suite_matches_the_in_memory_suite_and_survives_a_corrupt_
     let csv = std::fs::read_to_string(&predictions).unwrap();
     assert_eq!(csv.lines().next(), Some("split,id,label,pred,group,confidence"));
     assert_eq!(csv.lines().count(), 1 + 3000 + 500 + 999 + 1000);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The class a prompt filled from the bundled describe template asks about (it is quoted there).
+fn quoted_class(prompt: &str) -> &str {
+    prompt.split('"').nth(1).unwrap_or(prompt)
+}
+
+fn describe_scratch(tag: &str) -> (PathBuf, String) {
+    let dir = std::env::temp_dir().join(format!("robustft-describe-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let classes = dir.join("classes.txt");
+    std::fs::write(&classes, "owl\ncat\nred fox\n").unwrap();
+    (dir, classes.to_string_lossy().into_owned())
+}
+
+fn describe_command(classes: &str, out: &std::path::Path, endpoint: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_robustft"));
+    command.args(["describe", "--classes", classes, "--endpoint", endpoint, "--model", "mock-model"]);
+    command.arg("--out").arg(out).args(["--api-key-env", "ROBUSTFT_TEST_DESCRIBE_KEY"]);
+    command
+}
+
+#[test]
+fn describe_writes_loadable_descriptions_and_reuses_its_cache() {
+    let (dir, classes) = describe_scratch("ok");
+    let server = mock_chat::MockChat::start(|prompt| {
+        mock_chat::chat_completion(&format!(" \"A {} seen up close.\" ", quoted_class(prompt)))
+    });
+    let out = dir.join("new/cd.json");
+    let first = describe_command(&classes, &out, &server.url)
+        .env("ROBUSTFT_TEST_DESCRIBE_KEY", "sk-cli")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{stderr}");
+    assert!(stderr.contains("3 classes: 3 requested, 0 cached"), "{stderr}");
+    let names: Vec<String> = ["owl", "cat", "red fox"].map(String::from).to_vec();
+    let loaded = robustft::prompts::ConceptDescriptions::load(&out, &names).unwrap();
+    assert_eq!(loaded.per_class()[2], ["A red fox seen up close."]);
+    let requests = server.requests();
+    assert_eq!(requests.len(), 3);
+    for (request, class) in requests.iter().zip(&names) {
+        assert_eq!(request.path, "/v1/chat/completions");
+        assert_eq!(request.body["model"], "mock-model");
+        assert_eq!(quoted_class(request.prompt()), class);
+        assert_eq!(request.authorization.as_deref(), Some("Bearer sk-cli"));
+    }
+
+    let second = describe_command(&classes, &out, &server.url)
+        .env_remove("ROBUSTFT_TEST_DESCRIBE_KEY")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(second.status.success(), "{stderr}");
+    assert!(stderr.contains("3 classes: 0 requested, 3 cached"), "{stderr}");
+    assert_eq!(server.requests().len(), 3, "the second run is served by the cache");
+    assert!(dir.join("new/cd.json.cache.json").is_file());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn describe_failures_are_clear_and_write_no_output() {
+    let (dir, classes) = describe_scratch("fail");
+    let server = mock_chat::MockChat::start(|prompt| match quoted_class(prompt) {
+        "cat" => mock_chat::chat_completion("  "),
+        "red fox" => (500, "{\"error\": \"internal\"}".to_owned()),
+        class => mock_chat::chat_completion(&format!("A {class}.")),
+    });
+    let out = dir.join("cd.json");
+    let failed = describe_command(&classes, &out, &server.url).args(["--retries", "0"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success());
+    assert!(stderr.contains("empty description for class \"cat\""), "{stderr}");
+    assert!(!out.exists(), "no output file after a failure");
+    assert_eq!(server.requests().len(), 2, "owl, then cat once (--retries 0)");
+
+    let owl_and_fox = dir.join("owl_fox.txt");
+    std::fs::write(&owl_and_fox, "owl\nred fox\n").unwrap();
+    let failed = describe_command(&owl_and_fox.to_string_lossy(), &out, &server.url).output().unwrap();
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    let url = format!("{}/chat/completions", server.url);
+    assert!(stderr.contains(&url) && stderr.contains("500") && stderr.contains("red fox"), "{stderr}");
+    assert!(!out.exists());
+
+    let template = dir.join("prompt.txt");
+    std::fs::write(&template, "Describe a {} briefly.").unwrap();
+    let failed =
+        describe_command(&classes, &out, &server.url).arg("--prompt").arg(&template).output().unwrap();
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(stderr.contains(&template.display().to_string()) && stderr.contains("{class}"), "{stderr}");
     std::fs::remove_dir_all(dir).unwrap();
 }

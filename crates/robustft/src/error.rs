@@ -5,7 +5,7 @@ use crate::clip::preprocess::PreprocessError;
 use crate::clip::tokenizer::TokenizerError;
 use crate::clip::CheckpointError;
 use crate::data::DataError;
-use crate::prompts::PromptError;
+use crate::prompts::{DescribeError, PromptError};
 use crate::shiftworld::ShiftWorldError;
 
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +18,8 @@ pub enum Error {
     Preprocess(#[from] PreprocessError),
     #[error(transparent)]
     Prompt(#[from] PromptError),
+    #[error(transparent)]
+    Describe(#[from] DescribeError),
     #[error(transparent)]
     Data(#[from] DataError),
     #[error(transparent)]

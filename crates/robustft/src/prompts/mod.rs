@@ -16,6 +16,9 @@
 //! * **Class names** ([`load_class_names`], [`iwildcam_class_names`], [`fmow_class_names`]).
 //! * **Concept descriptions** ([`ConceptDescriptions`]) in the formats DRM released
 //!   (github.com/vaynexie/DRM `prompts/*.json`, `concept_description/*.json`).
+//! * **Describing classes** ([`describe_classes`], [`write_descriptions`]): new concept
+//!   descriptions of a class list from an OpenAI-compatible chat-completions endpoint, with an
+//!   editable prompt template and an answer cache (see the `describe` module).
 //!
 //! # Concept-description file format
 //!
@@ -42,12 +45,17 @@
 
 mod class_names;
 mod concepts;
+mod describe;
 mod templates;
 
 use std::path::Path;
 
 pub use class_names::{fmow_class_names, iwildcam_class_names, load_class_names};
 pub use concepts::{Alignment, AlignmentPolicy, ConceptDescriptions};
+pub use describe::{
+    describe_classes, write_descriptions, DescribeConfig, DescribeError, DescribePrompt, DescribeSummary,
+    DESCRIBE_CLASS_PLACEHOLDER,
+};
 pub use templates::{
     class_prompts, fill, load_templates, template_set, validate_template, ARTICLE_PLACEHOLDER,
     CLASS_PLACEHOLDER, TEMPLATE_SET_NAMES,
