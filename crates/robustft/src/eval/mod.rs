@@ -4,4 +4,5 @@ pub mod dataset;
 pub mod evaluate;
 pub mod metrics;
 pub mod predictor;
+pub mod report;
 pub mod suite;
