@@ -10,6 +10,7 @@ pub mod device;
 pub mod error;
 pub mod eval;
 pub mod losses;
+pub mod methods;
 pub mod optim;
 pub mod pretrain;
 pub mod prompts;
