@@ -18,6 +18,9 @@ struct Cli {
 enum Command {
     /// Measure image-tower throughput (inference or a training step) as one JSON line.
     Bench(commands::bench::BenchArgs),
+    /// The headline comparison on ShiftWorld with the bundled model (zero-shot, FT, LP-FT,
+    /// FLYP, DRM, each with WiSE-FT): a table and runs/demo/report.html.
+    Demo(commands::demo::DemoArgs),
     /// Ask an OpenAI-compatible chat endpoint for concept descriptions (one sentence on each
     /// class's core features) and write them as a concept-description JSON file.
     Describe(commands::describe::DescribeArgs),
@@ -46,6 +49,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Bench(args) => commands::bench::run(args),
+        Command::Demo(args) => commands::demo::run(args),
         Command::Describe(args) => commands::describe::run(args),
         Command::Embed(args) => commands::embed::run(args),
         Command::Eval(args) => commands::eval::run(args),

@@ -147,7 +147,6 @@ impl Experiment {
     /// The optimisation settings of the recipe.
     pub fn train_options(&self) -> TrainOptions {
         let t = &self.recipe.train;
-        let l2sp = if self.recipe.method.name == MethodName::L2sp && t.l2sp == 0.0 { 0.01 } else { t.l2sp };
         TrainOptions {
             epochs: t.epochs,
             batch_size: t.batch_size,
@@ -158,7 +157,7 @@ impl Experiment {
             grad_clip: t.grad_clip,
             accumulation: t.accumulation,
             freeze: t.freeze.clone(),
-            l2sp,
+            l2sp: t.l2sp,
             seed: self.recipe.seed,
             checkpoint_every: t.checkpoint_every,
         }

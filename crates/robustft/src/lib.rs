@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod clip;
 pub mod data;
+pub mod demo;
 pub mod device;
 pub mod error;
 pub mod eval;

@@ -269,6 +269,9 @@ impl Recipe {
         if self.train.epochs == 0 && !matches!(self.method.name, MethodName::Zeroshot | MethodName::Lp) {
             return Err("train.epochs must be at least 1".into());
         }
+        if self.method.name == MethodName::L2sp && !(self.train.l2sp > 0.0) {
+            return Err("method l2sp needs train.l2sp > 0 (the strength λ)".into());
+        }
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! One module per subcommand, plus the options they share.
 
 pub mod bench;
+pub mod demo;
 pub mod describe;
 pub mod embed;
 pub mod eval;
