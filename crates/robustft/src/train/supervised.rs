@@ -334,8 +334,9 @@ fn accumulate(
     Ok((total_loss, grads, kept.len()))
 }
 
-/// Adds `λ(θ − θ₀)` to the gradient of every trained pre-trained parameter.
-fn add_l2sp(
+/// Adds `λ(θ − θ₀)` (the gradient of `(λ/2)‖θ − θ₀‖²`) to the gradient of every trained
+/// parameter with an entry in `anchor` (the pre-trained ones; a new head has none).
+pub fn add_l2sp(
     grads: &mut GradStore,
     params: &[(String, Var, bool)],
     anchor: &HashMap<&str, &Tensor>,
