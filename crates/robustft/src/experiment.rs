@@ -91,7 +91,7 @@ impl Experiment {
     pub fn resolve(recipe: Recipe, device: &Device) -> Result<Self> {
         let (model, _) = ClipModel::load(&recipe.model, device)?;
         let preprocess = ClipPreprocess::openai(model.config.vision.image_size);
-        let (data, classes) = load_data(&recipe)?;
+        let (data, classes) = load_data(&recipe, &preprocess)?;
         let is_suite = matches!(data.eval, EvalSplits::Suite(_));
         let templates = recipe.data.templates.clone().unwrap_or(if is_suite { "shiftworld" } else { "openai_imagenet" }.into());
         let prompts = class_prompts(&classes, &resolve_templates(&templates)?);
@@ -127,8 +127,10 @@ impl Experiment {
             MethodName::Lp => Outcome::Head(self.linear_probe(events)?),
             _ => self.fine_tune(&run, settings, &pretrained, &zero_shot, events)?,
         };
+        report_skipped("training", &self.data.train.skipped(), events);
         events(Event::Stage("evaluating".into()));
-        let mut rows = self.score(None, &self.evaluate(&self.model, &self.predictor(&self.model, &outcome)?)?);
+        let predictor = self.predictor(&self.model, &outcome)?;
+        let mut rows = self.score(None, &self.evaluate(&self.model, &predictor, events)?);
         let alphas = self.recipe.eval.wiseft.iter().filter(|&&a| a < 1.0 && method != MethodName::Zeroshot);
         for &alpha in alphas {
             events(Event::Stage(format!("evaluating WiSE-FT α = {alpha}")));
@@ -138,7 +140,8 @@ impl Experiment {
                 Outcome::Head(head) => Outcome::Head(zero_shot.lerp(head, alpha)?),
                 rebuilt => rebuilt.clone(),
             };
-            rows.extend(self.score(Some(alpha), &self.evaluate(&model, &self.predictor(&model, &outcome)?)?));
+            let predictor = self.predictor(&model, &outcome)?;
+            rows.extend(self.score(Some(alpha), &self.evaluate(&model, &predictor, events)?));
         }
         self.save_outputs(&run, &outcome, &rows)?;
         Ok(rows)
@@ -240,13 +243,21 @@ impl Experiment {
     }
 
     /// Predictions of `model` + `predictor` on every evaluation split.
-    fn evaluate(&self, model: &ClipModel, predictor: &Predictor) -> Result<Vec<(String, Predictions)>> {
+    fn evaluate(
+        &self,
+        model: &ClipModel,
+        predictor: &Predictor,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<Vec<(String, Predictions)>> {
         match &self.data.eval {
             EvalSplits::Suite(suite) => evaluate_suite(model, suite, predictor),
             EvalSplits::Disk(splits) => splits
                 .iter()
                 .map(|split| {
                     let evaluation = evaluate_split(model, split.clone(), predictor)?;
+                    let skipped: Vec<(String, String)> =
+                        evaluation.skipped.iter().map(|(p, r)| (p.display().to_string(), r.clone())).collect();
+                    report_skipped(&format!("split {}", evaluation.split), &skipped, events);
                     Ok((evaluation.split, evaluation.predictions))
                 })
                 .collect(),
@@ -402,7 +413,7 @@ fn resolve_templates(spec: &str) -> Result<Vec<String>> {
 }
 
 /// Loads the recipe's data and checks it: the named splits exist and share one class list.
-fn load_data(recipe: &Recipe) -> Result<(Data, Vec<String>)> {
+fn load_data(recipe: &Recipe, preprocess: &ClipPreprocess) -> Result<(Data, Vec<String>)> {
     let d = &recipe.data;
     if let Some(name) = &d.suite {
         let suite = build_suite(name, recipe.seed)?;
@@ -410,9 +421,8 @@ fn load_data(recipe: &Recipe) -> Result<(Data, Vec<String>)> {
         let find = |split: &str| {
             suite.split(split).ok_or_else(|| missing_split(split, &format!("suite {name}"), &available))
         };
-        let preprocess = ClipPreprocess::openai(crate::shiftworld::IMAGE_SIZE as usize);
-        let train: Arc<dyn TrainSource> = Arc::new(render_split(find(&d.train_split)?, &preprocess));
-        let val = suite.split(&d.val_split).map(|s| Arc::new(render_split(s, &preprocess)) as Arc<dyn TrainSource>);
+        let train: Arc<dyn TrainSource> = Arc::new(render_split(find(&d.train_split)?, preprocess));
+        let val = suite.split(&d.val_split).map(|s| Arc::new(render_split(s, preprocess)) as Arc<dyn TrainSource>);
         let wanted: Vec<String> = match d.eval_splits.is_empty() {
             true => available.iter().filter(|s| **s != d.train_split).map(|s| s.to_string()).collect(),
             false => d.eval_splits.clone(),
@@ -450,7 +460,6 @@ fn load_data(recipe: &Recipe) -> Result<(Data, Vec<String>)> {
     for split in &eval {
         check_classes(split, &classes)?;
     }
-    let preprocess = ClipPreprocess::openai(224);
     let val = match available.contains(&d.val_split) {
         true => {
             let split = load(&d.val_split)?;
@@ -459,7 +468,7 @@ fn load_data(recipe: &Recipe) -> Result<(Data, Vec<String>)> {
         }
         false => None,
     };
-    let train: Arc<dyn TrainSource> = Arc::new(DiskSet::new(train, preprocess));
+    let train: Arc<dyn TrainSource> = Arc::new(DiskSet::new(train, preprocess.clone()));
     Ok((Data { train, val, eval: EvalSplits::Disk(eval) }, classes))
 }
 
@@ -498,4 +507,11 @@ fn check_classes(split: &Split, classes: &[String]) -> Result<()> {
             classes.len()
         ),
     })
+}
+
+/// Reports unreadable images (left out, never fatal).
+fn report_skipped(what: &str, skipped: &[(String, String)], events: &mut dyn FnMut(Event)) {
+    for (image, reason) in skipped {
+        events(Event::Stage(format!("warning: skipped unreadable image {image} ({what}): {reason}")));
+    }
 }

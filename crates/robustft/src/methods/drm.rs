@@ -99,7 +99,9 @@ pub fn wrm_loss(cd_logits: &Tensor, core: &Tensor, labels: &Tensor, kind: Wrm) -
     })
 }
 
-/// The fixed `p_c` of every training example, from the frozen pre-trained model.
+/// The fixed `p_c` of every training example, from the frozen pre-trained model (an
+/// unreadable image, which no batch will hold, gets the uniform distribution and no say in the
+/// normalisation statistics).
 pub fn core_predictions(
     pretrained: &ClipModel,
     source: &dyn TrainSource,
@@ -107,23 +109,30 @@ pub fn core_predictions(
     norm: AffinityNorm,
 ) -> Result<Vec<f32>> {
     let classes = descriptions.embed_frozen(pretrained)?;
+    let k = classes.dim(0)?;
     let size = source.image_size();
-    let mut affinities = Vec::with_capacity(source.len() * classes.dim(0)?);
+    let (mut affinities, mut readable) = (Vec::with_capacity(source.len() * k), Vec::new());
     let all: Vec<usize> = (0..source.len()).collect();
     for chunk in all.chunks(256) {
         let (pixels, kept) = source.load(chunk)?;
-        if kept.len() != chunk.len() {
-            return Err(Error::Invalid {
-                what: "DRM's core predictions".into(),
-                reason: format!("{} training images could not be read", chunk.len() - kept.len()),
-            });
+        if kept.is_empty() {
+            continue;
         }
         let images = Tensor::from_vec(pixels, (kept.len(), 3, size, size), pretrained.device())?;
         let features = crate::clip::layers::l2_normalize(&pretrained.no_grad().encode_image(&images)?)?;
         affinities.extend(features.matmul(&classes.t()?)?.flatten_all()?.to_vec1::<f32>()?);
+        readable.extend(kept);
+    }
+    if readable.is_empty() {
+        return Err(Error::Invalid { what: "DRM's core predictions".into(), reason: "no training image could be read".into() });
     }
     let scale = pretrained.logit_scale().exp()?.to_scalar::<f32>()?;
-    Ok(core_distribution(&affinities, classes.dim(0)?, scale, norm))
+    let rows = core_distribution(&affinities, k, scale, norm);
+    let mut core = vec![1.0 / k as f32; source.len() * k];
+    for (row, &i) in rows.chunks(k).zip(&readable) {
+        core[i * k..(i + 1) * k].copy_from_slice(row);
+    }
+    Ok(core)
 }
 
 /// DRM's training objective.

@@ -53,11 +53,6 @@ impl DiskSet {
     pub fn new(split: Arc<Split>, preprocess: ClipPreprocess) -> Self {
         Self { split, preprocess, skipped: Mutex::new(Vec::new()) }
     }
-
-    /// `(record id, reason)` of every image that could not be read so far.
-    pub fn skipped(&self) -> Vec<(String, String)> {
-        self.skipped.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
 }
 
 impl TrainSource for DiskSet {
@@ -93,5 +88,9 @@ impl TrainSource for DiskSet {
 
     fn image_size(&self) -> usize {
         self.preprocess.image_size
+    }
+
+    fn skipped(&self) -> Vec<(String, String)> {
+        self.skipped.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }

@@ -48,6 +48,10 @@ pub trait TrainSource: Sync {
     /// be read (an unreadable image is left out and reported by the source, never fatal).
     fn load(&self, indices: &[usize]) -> Result<(Vec<f32>, Vec<usize>)>;
     fn image_size(&self) -> usize;
+    /// `(example id, reason)` of every image that could not be read so far.
+    fn skipped(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
 }
 
 /// One (micro-)batch handed to an objective.

@@ -1,0 +1,182 @@
+//! Recipes run end to end on a tiny on-disk manifest dataset with the bundled model: a killed
+//! run resumed from its checkpoint reaches exactly the weights of an uninterrupted run (FT and
+//! DRM), a corrupt training image is skipped and reported, and bad input — a missing split, a
+//! concept-description file for other classes, an unknown recipe key — is refused before any
+//! work with an error naming it.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use robustft::clip::ClipModel;
+use robustft::experiment::{Event, Experiment, RunSettings};
+use robustft::recipe::Recipe;
+use robustft::rng::SplitMix64;
+
+const CLASSES: [&str; 3] = ["circle", "square", "triangle"];
+
+fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("robustft-experiment-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A manifest dataset of 32×32 images whose colour depends on the class, with noise: train
+/// (12, plus one corrupt file), id_val, id_test and ood_test (6 each).
+fn write_dataset(dir: &Path) {
+    let mut rng = SplitMix64::new(3);
+    let mut manifest = String::from("path,label,split\n");
+    for (split, count) in [("train", 12), ("id_val", 6), ("id_test", 6), ("ood_test", 6)] {
+        for i in 0..count {
+            let label = i % 3;
+            let image = image::RgbImage::from_fn(32, 32, |_, _| {
+                let base = [[200u8, 40, 40], [40, 200, 40], [40, 40, 200]][label];
+                image::Rgb(base.map(|c| (c as f32 + 40.0 * rng.normal()).clamp(0.0, 255.0) as u8))
+            });
+            let path = format!("{split}_{i}.png");
+            image.save(dir.join(&path)).unwrap();
+            manifest.push_str(&format!("{path},{label},{split}\n"));
+        }
+    }
+    std::fs::write(dir.join("broken.png"), b"not a png").unwrap();
+    manifest.push_str("broken.png,0,train\n");
+    std::fs::write(dir.join("manifest.csv"), manifest).unwrap();
+    std::fs::write(dir.join("classes.txt"), CLASSES.join("\n")).unwrap();
+    let descriptions: serde_json::Map<String, serde_json::Value> =
+        CLASSES.iter().map(|c| (c.to_string(), format!("a round or angular {c} outline").into())).collect();
+    std::fs::write(dir.join("cd.json"), serde_json::to_string(&descriptions).unwrap()).unwrap();
+}
+
+fn recipe(data: &Path, method: &str, extra: &[&str]) -> Recipe {
+    let text = format!(
+        "name = \"{method}\"\nseed = 4\n[data]\nformat = \"manifest\"\nroot = \"{}\"\ntemplates = \"shiftworld\"\n\
+         descriptions = \"{}\"\n[method]\nname = \"{method}\"\n[train]\nepochs = 2\nbatch_size = 4\nlr = 1e-3\n\
+         warmup_steps = 2\ncheckpoint_every = 2\n[eval]\nwiseft = [0.5]\n",
+        data.display(),
+        data.join("cd.json").display()
+    );
+    let sets: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    Recipe::parse(&text, "test", &sets).unwrap()
+}
+
+/// Runs a recipe; returns the stage messages.
+fn run(recipe: Recipe, out: &Path, resume: bool, stop_after: Option<u64>) -> robustft::Result<Vec<String>> {
+    let experiment = Experiment::resolve(recipe, &Device::Cpu)?;
+    let mut stages = Vec::new();
+    let settings = RunSettings { out: out.to_path_buf(), resume, stop_after };
+    experiment.run(&settings, &mut |event| {
+        if let Event::Stage(stage) = event {
+            stages.push(stage)
+        }
+    })?;
+    Ok(stages)
+}
+
+fn weights(run_dir: &Path) -> Vec<(String, Vec<f32>)> {
+    let (model, _) = ClipModel::load(run_dir.join("model").to_str().unwrap(), &Device::Cpu).unwrap();
+    let mut tensors: Vec<(String, Vec<f32>)> =
+        model.tensors().into_iter().map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1().unwrap())).collect();
+    let head = run_dir.join("model/head.safetensors");
+    if head.exists() {
+        for (name, t) in candle_core::safetensors::load(head, &Device::Cpu).unwrap() {
+            tensors.push((name, t.flatten_all().unwrap().to_vec1().unwrap()));
+        }
+    }
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    tensors
+}
+
+fn resume_matches_uninterrupted(method: &str) {
+    let dir = scratch(method);
+    write_dataset(&dir);
+    let (whole, killed) = (dir.join("whole"), dir.join("killed"));
+    run(recipe(&dir, method, &[]), &whole, false, None).unwrap();
+    // 13 images (one unreadable) in batches of 4: 4 steps per epoch, 8 in all; stop after 3
+    // (the last checkpoint is step 2), then resume.
+    run(recipe(&dir, method, &[]), &killed, false, Some(3)).unwrap();
+    run(recipe(&dir, method, &[]), &killed, true, None).unwrap();
+    let (a, b) = (weights(&whole.join(method)), weights(&killed.join(method)));
+    assert_eq!(a.len(), b.len());
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert_eq!(x, y, "{method}: `{name}` differs after resume");
+    }
+    let trained = weights(&whole.join(method));
+    let (bundled, _) = ClipModel::load("bundled", &Device::Cpu).unwrap();
+    let moved = bundled.tensors().iter().any(|(name, t)| {
+        let before: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        trained.iter().any(|(n, after)| n == name && *after != before)
+    });
+    assert!(moved, "{method}: training changed no weight");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn ft_resumed_after_a_kill_reaches_the_uninterrupted_weights() {
+    resume_matches_uninterrupted("ft");
+}
+
+#[test]
+fn drm_resumed_after_a_kill_reaches_the_uninterrupted_weights() {
+    resume_matches_uninterrupted("drm");
+}
+
+#[test]
+fn a_corrupt_training_image_is_skipped_and_reported() {
+    let dir = scratch("corrupt");
+    write_dataset(&dir);
+    let stages = run(recipe(&dir, "ft", &["train.epochs=1"]), &dir.join("runs"), false, None).unwrap();
+    assert!(stages.iter().any(|s| s.contains("skipped unreadable image broken.png")), "{stages:?}");
+    let results = std::fs::read_to_string(dir.join("runs/ft/results.jsonl")).unwrap();
+    assert_eq!(results.lines().count(), 6, "3 splits × (FT, WiSE-FT 0.5)");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_resolved_recipe_is_written_before_training() {
+    let dir = scratch("recipe");
+    write_dataset(&dir);
+    let recipe = recipe(&dir, "flyp", &["train.epochs=1"]);
+    run(recipe.clone(), &dir.join("runs"), false, Some(0)).unwrap();
+    let written = std::fs::read_to_string(dir.join("runs/flyp/recipe.toml")).unwrap();
+    assert_eq!(Recipe::parse(&written, "written", &[]).unwrap(), recipe);
+    let other = Recipe::parse(&written, "written", &["train.lr=0.5".to_string()]).unwrap();
+    let err = run(other, &dir.join("runs"), true, None).unwrap_err().to_string();
+    assert!(err.contains("different recipe"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_missing_split_is_named_with_the_available_ones() {
+    let dir = scratch("split");
+    write_dataset(&dir);
+    let err = Experiment::resolve(recipe(&dir, "ft", &["data.eval_splits=[\"ood_tset\"]"]), &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("ood_tset") && err.contains("ood_test"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn descriptions_for_other_classes_are_refused() {
+    let dir = scratch("classes");
+    write_dataset(&dir);
+    std::fs::write(dir.join("cd.json"), r#"{"circle": "round", "square": "four equal sides"}"#).unwrap();
+    let err = Experiment::resolve(recipe(&dir, "drm", &[]), &Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("cd.json"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn every_committed_recipe_parses() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../recipes");
+    let mut count = 0;
+    for group in std::fs::read_dir(&root).unwrap() {
+        for file in std::fs::read_dir(group.unwrap().path()).unwrap() {
+            let path = file.unwrap().path();
+            Recipe::load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            count += 1;
+        }
+    }
+    assert!(count >= 7, "found {count} recipes");
+}
