@@ -447,7 +447,7 @@ fn load_data(recipe: &Recipe, preprocess: &ClipPreprocess) -> Result<(Data, Vec<
             DiskFormat::Manifest => load_manifest_split(&root, split)?,
             DiskFormat::Iwildcam => load_iwildcam_split(&root, split)?,
             DiskFormat::Fmow => load_fmow_split(&root, split)?,
-            DiskFormat::Imagenet => load_imagenet_variant(&root, split)?,
+            DiskFormat::Imagenet => imagenet_split(&root, split)?,
         }))
     };
     let train = load(&d.train_split)?;
@@ -479,8 +479,18 @@ fn disk_split_names(format: DiskFormat, root: &Path) -> Result<Vec<String>> {
         DiskFormat::Manifest => crate::data::manifest_splits(root)?,
         DiskFormat::Iwildcam => fixed(&crate::data::IWILDCAM_SPLITS),
         DiskFormat::Fmow => fixed(&crate::data::FMOW_SPLITS),
-        DiskFormat::Imagenet => fixed(&crate::data::IMAGENET_VARIANTS),
+        DiskFormat::Imagenet => std::iter::once("train").chain(crate::data::IMAGENET_VARIANTS).map(String::from).collect(),
     })
+}
+
+/// ImageNet layouts: `root/train` (the training set, WordNet-id folders) and `root/<variant>`
+/// for each variant (`imagenet` = the validation set, `imagenet-v2`, `-sketch`, `-r`, `-a`,
+/// `objectnet`; layouts in `data/imagenet.rs`).
+fn imagenet_split(root: &Path, split: &str) -> Result<Split> {
+    let variant = if split == "train" { "imagenet" } else { split };
+    let mut loaded = load_imagenet_variant(&root.join(split), variant)?;
+    loaded.name = split.to_string();
+    Ok(loaded)
 }
 
 fn missing_split(split: &str, dataset: &str, available: &[&str]) -> Error {

@@ -49,7 +49,8 @@ pub struct DataRecipe {
     pub suite: Option<String>,
     /// A dataset on disk: `manifest` (a directory with manifest.csv + classes.txt),
     /// `iwildcam`, `fmow` (WILDS root holding iwildcam_v2.0/ or fmow_v1.1/) or `imagenet`
-    /// (a root holding the ImageNet variants' directories).
+    /// (a root holding `train/` and one directory per variant: `imagenet` (val),
+    /// `imagenet-v2`, `imagenet-sketch`, `imagenet-r`, `imagenet-a`, `objectnet`).
     pub format: Option<DiskFormat>,
     /// The dataset's directory (with `format`).
     pub root: Option<PathBuf>,
