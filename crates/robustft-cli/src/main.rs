@@ -39,6 +39,9 @@ enum Command {
     /// Run a recipe: train a method (zero-shot, LP, FT, LP-FT, FLYP, L2-SP, DRM), evaluate it
     /// and its WiSE-FT interpolations on every ID and OOD split.
     Train(commands::train::TrainArgs),
+    /// WiSE-FT of two checkpoints: evaluate (and optionally save) the weight-space
+    /// interpolations (1 − α)·zero-shot + α·fine-tuned over a grid of α.
+    Wiseft(commands::wiseft::WiseftArgs),
     /// Zero-shot classification: image files from class names and prompt templates (or
     /// concept descriptions), one JSON line per image; or, with --suite, a model's zero-shot
     /// metrics on a ShiftWorld suite.
@@ -57,6 +60,7 @@ fn main() -> std::process::ExitCode {
         Command::Shiftworld(args) => commands::shiftworld::run(args),
         Command::Tokenize(args) => commands::tokenize::run(args),
         Command::Train(args) => commands::train::run(args),
+        Command::Wiseft(args) => commands::wiseft::run(args),
         Command::Zeroshot(args) => commands::zeroshot::run(args),
     };
     match outcome {

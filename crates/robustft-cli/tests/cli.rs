@@ -1,16 +1,21 @@
 //! End-to-end tests of the `robustft` binary on the committed fixtures: `embed` reproduces the
 //! reference embeddings of real-format checkpoint directories from PNG files, `tokenize` the
 //! reference token ids, `zeroshot` ranks classes, `describe` writes concept descriptions
-//! through a mock chat endpoint, and bad input gives clear errors.
+//! through a mock chat endpoint, `wiseft` interpolates checkpoints (and their heads) into models
+//! that evaluate as their ends do at α = 0 and 1, and bad input gives clear errors.
 
 #[path = "../../robustft/tests/support/mock_chat.rs"]
 mod mock_chat;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use candle_core::{Device, Tensor};
+use robustft::clip::{ClipConfig, ClipModel};
+use robustft::eval::predictor::{Head, Predictor};
+use robustft::eval::suite::{evaluate_suite, shiftworld_head, PromptKind};
+use robustft::shiftworld::build_suite;
 use serde_json::Value;
 
 fn root() -> PathBuf {
@@ -302,5 +307,202 @@ fn describe_failures_are_clear_and_write_no_output() {
         describe_command(&classes, &out, &server.url).arg("--prompt").arg(&template).output().unwrap();
     let stderr = String::from_utf8_lossy(&failed.stderr);
     assert!(stderr.contains(&template.display().to_string()) && stderr.contains("{class}"), "{stderr}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// An empty scratch directory for one test.
+fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("robustft-wiseft-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn bundled() -> ClipModel {
+    ClipModel::load("bundled", &Device::Cpu).unwrap().0
+}
+
+/// Writes an HF-layout checkpoint `dir/name`; returns its path.
+fn write_checkpoint(dir: &Path, name: &str, config: &ClipConfig, tensors: &[(String, Tensor)]) -> String {
+    let path = dir.join(name);
+    robustft::clip::checkpoint::save_hf(&path, config, tensors, &HashMap::new()).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+/// `(split, top1)` of the rows at `alpha` (every row when `alpha` is `None`).
+fn top1_at(rows: &[Value], alpha: Option<f64>) -> Vec<(String, f64)> {
+    rows.iter()
+        .filter(|row| alpha.is_none() || row["wiseft_alpha"].as_f64() == alpha)
+        .map(|row| (row["split"].as_str().unwrap().to_string(), row["top1"].as_f64().unwrap()))
+        .collect()
+}
+
+/// The `__metadata__` of a safetensors file (an 8-byte little-endian header length, then the
+/// JSON header).
+fn safetensors_metadata(path: &Path) -> Value {
+    let bytes = std::fs::read(path).unwrap();
+    let length = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    serde_json::from_slice::<Value>(&bytes[8..8 + length]).unwrap()["__metadata__"].clone()
+}
+
+#[test]
+fn wiseft_sweeps_from_the_zero_shot_model_to_the_fine_tuned_one() {
+    let dir = scratch("sweep");
+    let zero_shot = bundled();
+    let other = ClipModel::random(zero_shot.config.clone(), 7, &Device::Cpu).unwrap();
+    let finetuned = write_checkpoint(&dir, "finetuned", &other.config, &other.tensors());
+    let (saved, results) = (dir.join("saved"), dir.join("results.jsonl"));
+    let common = ["--zeroshot", "bundled", "--finetuned", &finetuned, "--suite", "spurious", "--json"];
+    let mut args = vec!["wiseft", "--alpha", "0,0.5,1", "--save", saved.to_str().unwrap()];
+    args.extend(["--results", results.to_str().unwrap()]);
+    let sweep = json_lines(&robustft(&[args, common.to_vec()].concat()));
+    assert_eq!(sweep.len(), 9, "three splits at each of three α");
+    assert!(sweep.iter().all(|row| row["method"] == "wiseft" && row["prompts"] == "shiftworld"));
+    // α = 0 is the zero-shot model with the head rebuilt from its own text tower: plain
+    // zero-shot evaluation.
+    let plain = json_lines(&robustft(&["eval", "--suite", "spurious", "--json"]));
+    assert_eq!(top1_at(&sweep, Some(0.0)), top1_at(&plain, None));
+    assert_ne!(top1_at(&sweep, Some(1.0)), top1_at(&sweep, Some(0.0)), "the two ends differ");
+    // Excluding every parameter takes the fine-tuned model whole, whatever α.
+    let excluded =
+        json_lines(&robustft(&[&["wiseft", "--alpha", "0", "--exclude", ".*"], &common[..]].concat()));
+    assert_eq!(top1_at(&excluded, Some(0.0)), top1_at(&sweep, Some(1.0)));
+
+    let (a, b): (HashMap<_, _>, HashMap<_, _>) =
+        (zero_shot.tensors().into_iter().collect(), other.tensors().into_iter().collect());
+    for alpha in [0.0, 0.5, 1.0] {
+        let checkpoint = saved.join(format!("alpha_{alpha}"));
+        let (model, _) = ClipModel::load(checkpoint.to_str().unwrap(), &Device::Cpu).unwrap();
+        for (name, got) in model.tensors() {
+            let want = ((&a[&name] * (1.0 - alpha)).unwrap() + (&b[&name] * alpha).unwrap()).unwrap();
+            let error = (got - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+            assert!(error.to_scalar::<f32>().unwrap() <= 1e-6, "{name} at α = {alpha}");
+        }
+        let metadata = safetensors_metadata(&checkpoint.join("model.safetensors"));
+        assert_eq!(metadata["robustft.wiseft.zeroshot"], "bundled");
+        assert_eq!(metadata["robustft.wiseft.finetuned"], finetuned.as_str());
+        assert_eq!(metadata["robustft.wiseft.alpha"], alpha.to_string());
+        assert!(!checkpoint.join("head.safetensors").exists(), "no trained head, none saved");
+    }
+    let appended: Vec<Value> = std::fs::read_to_string(&results)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(appended, sweep);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn wiseft_interpolates_a_trained_head_with_the_zero_shot_head() {
+    let dir = scratch("head");
+    let model = bundled();
+    let finetuned = write_checkpoint(&dir, "finetuned", &model.config, &model.tensors());
+    let zero_shot = Head::from(&shiftworld_head(&model, PromptKind::Default).unwrap());
+    // A stand-in for a trained head: the zero-shot rows moved one class on, with a bias.
+    let rows = &zero_shot.weight;
+    let weight = Tensor::cat(&[rows.narrow(0, 1, 9).unwrap(), rows.narrow(0, 0, 1).unwrap()], 0).unwrap();
+    let bias =
+        Tensor::from_vec((0..10).map(|k| k as f32 / 10.0).collect::<Vec<_>>(), 10, &Device::Cpu).unwrap();
+    let trained = Head { weight, bias: Some(bias) };
+    trained.save(&Path::new(&finetuned).join("head.safetensors"), HashMap::new()).unwrap();
+    let saved = dir.join("saved");
+    let args = ["wiseft", "--zeroshot", "bundled", "--finetuned", &finetuned, "--alpha", "0.5"];
+    let sweep = json_lines(&robustft(
+        &[&args[..], &["--suite", "spurious", "--json", "--save", saved.to_str().unwrap()]].concat(),
+    ));
+    // Both ends share the bundled towers, so the model predicts with the interpolated head alone.
+    let head = zero_shot.lerp(&trained, 0.5).unwrap();
+    let expected: Vec<(String, f64)> =
+        evaluate_suite(&model, &build_suite("spurious", 0).unwrap(), &Predictor::single(head.clone()))
+            .unwrap()
+            .into_iter()
+            .map(|(split, p)| (split, robustft::eval::metrics::top1(&p.labels, &p.preds())))
+            .collect();
+    assert_eq!(top1_at(&sweep, Some(0.5)), expected);
+    let written = Head::load(&saved.join("alpha_0.5/head.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(written.weight.to_vec2::<f32>().unwrap(), head.weight.to_vec2::<f32>().unwrap());
+    assert_eq!(written.bias.unwrap().to_vec1::<f32>().unwrap(), head.bias.unwrap().to_vec1::<f32>().unwrap());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn wiseft_on_a_dataset_matches_zero_shot_eval_at_alpha_0() {
+    let dir = scratch("dataset");
+    let mut manifest = String::from("path,label,split\n");
+    for (image, label) in png_paths().iter().zip(["circle", "square", "circle"]) {
+        manifest.push_str(&format!("{image},{label},test\n"));
+    }
+    std::fs::write(dir.join("manifest.csv"), manifest).unwrap();
+    std::fs::write(dir.join("classes.txt"), "circle\nsquare\n").unwrap();
+    let dataset = dir.to_str().unwrap();
+    let plain = json_lines(&robustft(&["eval", "--dataset", dataset, "--json"]));
+    let sweep = json_lines(&robustft(&[
+        "wiseft",
+        "--zeroshot",
+        "bundled",
+        "--finetuned",
+        "bundled",
+        "--alpha",
+        "0",
+        "--dataset",
+        dataset,
+        "--json",
+    ]));
+    // The same model, the same default templates (openai_imagenet): the same probabilities.
+    for key in ["split", "prompts", "top1", "ece", "n"] {
+        assert_eq!(sweep[0][key], plain[0][key], "{key}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn wiseft_refuses_mismatched_checkpoints_and_bad_grids() {
+    let dir = scratch("errors");
+    let model = bundled();
+    let (config, tensors) = (model.config.clone(), model.tensors());
+    let wiseft_error = |finetuned: &str, extra: &[&str]| {
+        let args = ["wiseft", "--zeroshot", "bundled", "--finetuned", finetuned, "--suite", "spurious"];
+        stderr_of(&[&args[..], extra].concat())
+    };
+
+    let mut deeper = config.clone();
+    deeper.text.layers += 1;
+    let other = ClipModel::random(deeper.clone(), 0, &Device::Cpu).unwrap();
+    let path = write_checkpoint(&dir, "deeper", &deeper, &other.tensors());
+    let err = wiseft_error(&path, &[]);
+    assert!(err.contains("bundled") && err.contains(&path) && err.contains("text.layers"), "{err}");
+
+    let missing = "text_model.final_layer_norm.bias";
+    let fewer: Vec<_> = tensors.iter().filter(|(name, _)| name != missing).cloned().collect();
+    let path = write_checkpoint(&dir, "fewer", &config, &fewer);
+    let err = wiseft_error(&path, &[]);
+    assert!(err.contains(missing) && err.contains(&path), "{err}");
+
+    let reshaped = "text_model.final_layer_norm.weight";
+    let wider = Tensor::ones(config.text.width + 1, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let mut other_shape = tensors.clone();
+    other_shape.iter_mut().find(|(name, _)| name == reshaped).unwrap().1 = wider;
+    let path = write_checkpoint(&dir, "reshaped", &config, &other_shape);
+    let err = wiseft_error(&path, &[]);
+    assert!(err.contains(reshaped) && err.contains("shape"), "{err}");
+
+    let path = write_checkpoint(&dir, "three_classes", &config, &tensors);
+    let weight = Tensor::zeros((3, config.embed_dim), candle_core::DType::F32, &Device::Cpu).unwrap();
+    Head { weight, bias: None }.save(&Path::new(&path).join("head.safetensors"), HashMap::new()).unwrap();
+    let err = wiseft_error(&path, &[]);
+    assert!(err.contains("head.safetensors") && err.contains("[3,") && err.contains("10 classes"), "{err}");
+
+    for (alpha, reason) in [
+        ("1.5", "outside [0, 1]"),
+        ("0:1:0", "must be positive"),
+        ("1:0:0.5", "below the start"),
+        ("0,x", "`x`"),
+    ] {
+        let err = wiseft_error("bundled", &["--alpha", alpha]);
+        assert!(err.contains("--alpha") && err.contains(reason), "{alpha}: {err}");
+    }
+    let err = wiseft_error("bundled", &["--exclude", "text_model.("]);
+    assert!(err.contains("--exclude") && err.contains("regex"), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
 }

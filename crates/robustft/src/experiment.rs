@@ -301,9 +301,7 @@ impl Experiment {
         }
         self.model.save_hf(&tmp, &metadata)?;
         if let Outcome::Head(head) = outcome {
-            let mut tensors = vec![("head.weight".to_string(), head.weight.clone())];
-            tensors.extend(head.bias.iter().map(|b| ("head.bias".to_string(), b.clone())));
-            crate::clip::checkpoint::write_safetensors(&tmp.join("head.safetensors"), &tensors, metadata)?;
+            head.save(&tmp.join("head.safetensors"), metadata)?;
         }
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(crate::train::run_dir::io_error(&dir))?;

@@ -2,12 +2,12 @@
 //! manifest directory such as `robustft shiftworld generate` writes) or of a ShiftWorld suite
 //! rendered in memory, with per-split metrics, result rows and per-example predictions.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Context;
 use robustft::clip::preprocess::ClipPreprocess;
-use robustft::data::{load_manifest_split, manifest_splits};
+use robustft::clip::ClipModel;
+use robustft::data::{load_manifest_split, manifest_splits, Split};
 use robustft::eval::dataset::{evaluate_split, write_predictions_csv, SplitEvaluation};
 use robustft::eval::evaluate::{append_rows, ResultRow, RowContext};
 use robustft::eval::predictor::{Head, Predictor};
@@ -15,7 +15,7 @@ use robustft::eval::suite::{zeroshot_suite_rows, PromptKind};
 use robustft::shiftworld::build_suite;
 use robustft::zeroshot::{tokenizer_for, ZeroShotHead};
 
-use super::{ModelArgs, PromptArgs};
+use super::{ModelArgs, PromptArgs, DATASET_TEMPLATES};
 
 /// Prints one table row (or, with --json, one JSON line) per split: top-1, top-5, macro-F1
 /// over classes present in the split, worst-group accuracy, ECE.
@@ -93,27 +93,15 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
 
 fn dataset_rows(
     args: &EvalArgs,
-    model: &robustft::clip::ClipModel,
-    dir: &std::path::Path,
+    model: &ClipModel,
+    dir: &Path,
     preprocess: String,
 ) -> anyhow::Result<Vec<ResultRow>> {
-    let names = manifest_splits(dir)?;
-    let splits = names
-        .iter()
-        .map(|name| load_manifest_split(dir, name).map(Arc::new))
-        .collect::<Result<Vec<_>, _>>()?;
-    let classes = &splits.first().context("the manifest has no splits")?.classes;
-    let (prompts, prompt_set) = args.prompts_from.prompts(classes)?;
+    let splits = load_dataset(dir)?;
+    let (prompts, prompt_set) = args.prompts_from.prompts(&splits[0].classes, DATASET_TEMPLATES)?;
     let head = ZeroShotHead::build(model, &tokenizer_for(model)?, &prompts)?;
-    let evaluations: Vec<SplitEvaluation> = splits
-        .into_iter()
-        .map(|split| evaluate_split(model, split, &Predictor::single(Head::from(&head))))
-        .collect::<Result<_, _>>()?;
-    for evaluation in &evaluations {
-        for (path, reason) in &evaluation.skipped {
-            eprintln!("warning: skipped {} in split {}: {reason}", path.display(), evaluation.split);
-        }
-    }
+    let evaluations = evaluate_dataset(model, &splits, &Predictor::single(Head::from(&head)))?;
+    report_skipped(&evaluations);
     if let Some(path) = &args.save_predictions {
         write_predictions_csv(path, &evaluations)?;
     }
@@ -126,5 +114,42 @@ fn dataset_rows(
         preprocess,
         wiseft_alpha: None,
     };
-    Ok(evaluations.iter().map(|e| ResultRow::score(&context, &e.split, &e.predictions, &["Other"])).collect())
+    Ok(dataset_result_rows(&context, &evaluations))
+}
+
+/// Every split of a manifest dataset directory (manifest.csv + classes.txt), in manifest order.
+pub fn load_dataset(dir: &Path) -> anyhow::Result<Vec<Arc<Split>>> {
+    let splits = manifest_splits(dir)?
+        .iter()
+        .map(|name| load_manifest_split(dir, name).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()?;
+    anyhow::ensure!(!splits.is_empty(), "the manifest of {} has no splits", dir.display());
+    Ok(splits)
+}
+
+/// The predictions of `model` + `predictor` on every split.
+pub fn evaluate_dataset(
+    model: &ClipModel,
+    splits: &[Arc<Split>],
+    predictor: &Predictor,
+) -> anyhow::Result<Vec<SplitEvaluation>> {
+    Ok(splits
+        .iter()
+        .map(|split| evaluate_split(model, split.clone(), predictor))
+        .collect::<Result<_, _>>()?)
+}
+
+/// Reports on stderr every image an evaluation skipped.
+pub fn report_skipped(evaluations: &[SplitEvaluation]) {
+    for evaluation in evaluations {
+        for (path, reason) in &evaluation.skipped {
+            eprintln!("warning: skipped {} in split {}: {reason}", path.display(), evaluation.split);
+        }
+    }
+}
+
+/// One result row per split; the catch-all group "Other" (iWildCam's empty images) is left out
+/// of worst-group accuracy.
+pub fn dataset_result_rows(context: &RowContext, evaluations: &[SplitEvaluation]) -> Vec<ResultRow> {
+    evaluations.iter().map(|e| ResultRow::score(context, &e.split, &e.predictions, &["Other"])).collect()
 }

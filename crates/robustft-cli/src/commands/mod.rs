@@ -9,6 +9,7 @@ pub mod pretrain;
 pub mod shiftworld;
 pub mod tokenize;
 pub mod train;
+pub mod wiseft;
 pub mod zeroshot;
 
 use anyhow::Context;
@@ -57,20 +58,21 @@ pub fn load_images(
     Ok(Tensor::from_vec(pixels, (paths.len(), 3, size, size), device)?)
 }
 
+/// The template set of a zero-shot head on a dataset on disk or image files, when none is named.
+pub const DATASET_TEMPLATES: &str = "openai_imagenet";
+
+/// The template set of a zero-shot head on a ShiftWorld suite, when none is named.
+pub const SUITE_TEMPLATES: &str = "shiftworld";
+
 /// How a zero-shot head's prompts are chosen.
 #[derive(clap::Args, Debug)]
 pub struct PromptArgs {
     /// Prompt templates with a "{}" placeholder for the class name: a bundled set
     /// (openai_imagenet, iwildcam, fmow, simple, drm_iwildcam, drm_fmow, drm_imagenet,
     /// shiftworld) or a file with one template per line. Each class's prompt embeddings are
-    /// averaged.
-    #[arg(
-        long,
-        default_value = "openai_imagenet",
-        value_name = "NAME|FILE",
-        conflicts_with = "descriptions"
-    )]
-    pub templates: String,
+    /// averaged. [default: shiftworld on a ShiftWorld suite, otherwise openai_imagenet]
+    #[arg(long, value_name = "NAME|FILE", conflicts_with = "descriptions")]
+    pub templates: Option<String>,
 
     /// Use concept descriptions instead of templates: a JSON file in the DRM paper's formats
     /// (index- or name-keyed; one sentence or a list of sentences per class).
@@ -79,17 +81,23 @@ pub struct PromptArgs {
 }
 
 impl PromptArgs {
-    /// Each class's prompts, and the name of the prompt set (for result rows).
-    pub fn prompts(&self, classes: &[String]) -> anyhow::Result<(Vec<Vec<String>>, String)> {
+    /// Each class's prompts, and the name of the prompt set (for result rows); without
+    /// --templates or --descriptions, the template set `default_templates`.
+    pub fn prompts(
+        &self,
+        classes: &[String],
+        default_templates: &str,
+    ) -> anyhow::Result<(Vec<Vec<String>>, String)> {
         if let Some(path) = &self.descriptions {
             let descriptions = robustft::prompts::ConceptDescriptions::load(path, classes)?;
             return Ok((descriptions.per_class().to_vec(), path.display().to_string()));
         }
-        let templates: Vec<String> = match robustft::prompts::template_set(&self.templates) {
+        let name = self.templates.as_deref().unwrap_or(default_templates);
+        let templates: Vec<String> = match robustft::prompts::template_set(name) {
             Some(set) => set.iter().map(|t| t.to_string()).collect(),
-            None => robustft::prompts::load_templates(std::path::Path::new(&self.templates))?,
+            None => robustft::prompts::load_templates(std::path::Path::new(name))?,
         };
-        Ok((robustft::prompts::class_prompts(classes, &templates), self.templates.clone()))
+        Ok((robustft::prompts::class_prompts(classes, &templates), name.to_string()))
     }
 }
 

@@ -12,7 +12,7 @@ use robustft::shiftworld::build_suite;
 use robustft::zeroshot::{probabilities, tokenizer_for, top_k, ZeroShotHead};
 use serde_json::json;
 
-use super::{load_images, ModelArgs, PromptArgs};
+use super::{load_images, ModelArgs, PromptArgs, DATASET_TEMPLATES};
 
 /// Images encoded per image-tower call.
 const IMAGE_BATCH: usize = 32;
@@ -80,7 +80,7 @@ pub fn run(args: ZeroshotArgs) -> anyhow::Result<()> {
 
 fn run_images(args: &ZeroshotArgs) -> anyhow::Result<()> {
     let classes = load_class_names(args.classes.as_deref().unwrap_or_default())?;
-    let (prompts, _) = args.prompts_from.prompts(&classes)?;
+    let (prompts, _) = args.prompts_from.prompts(&classes, DATASET_TEMPLATES)?;
     let (model, device) = args.model.load()?;
     let tokenizer = tokenizer_for(&model)?;
     let head =

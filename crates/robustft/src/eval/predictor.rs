@@ -5,10 +5,17 @@
 //! (zero-shot, LP, FT); DRM's inference (methods.md §1, step 5, DRM `src/eval_helper.py`) is
 //! `β · softmax(z_df) + (1 − β) · softmax(z_cd)`, mixed in probability space, with a dataset's
 //! logit projection (ImageNet-R/-A, ObjectNet) applied to each head **before** its softmax.
+//! A trained head is stored beside its model as `head.safetensors` (`head.weight`
+//! `[classes, embed_dim]`, optional `head.bias` `[classes]`).
 
-use candle_core::Tensor;
+use std::collections::HashMap;
+use std::path::Path;
 
+use candle_core::{DType, Device, Tensor};
+
+use crate::clip::checkpoint::write_safetensors;
 use crate::clip::layers::{l2_normalize, softmax_last_dim};
+use crate::clip::CheckpointError;
 use crate::data::LogitProjection;
 use crate::error::{Error, Result};
 use crate::zeroshot::ZeroShotHead;
@@ -49,6 +56,36 @@ impl Head {
             }
         };
         Ok(Head { weight, bias })
+    }
+
+    /// Writes the head as `head.weight` (and `head.bias`) with `metadata`, atomically.
+    pub fn save(&self, path: &Path, metadata: HashMap<String, String>) -> Result<()> {
+        let mut tensors = vec![("head.weight".to_string(), self.weight.clone())];
+        tensors.extend(self.bias.iter().map(|b| ("head.bias".to_string(), b.clone())));
+        Ok(write_safetensors(path, &tensors, metadata)?)
+    }
+
+    /// Reads a head written by [`Head::save`]: `head.weight` `[classes, dim]` and an optional
+    /// `head.bias` `[classes]`, nothing else.
+    pub fn load(path: &Path, device: &Device) -> Result<Head> {
+        let mut tensors = candle_core::safetensors::load(path, device)
+            .map_err(|e| CheckpointError::from(e).in_file(path))?;
+        let invalid = |reason: String| Error::Invalid { what: format!("head {}", path.display()), reason };
+        let weight =
+            tensors.remove("head.weight").ok_or_else(|| invalid("has no `head.weight` tensor".into()))?;
+        let bias = tensors.remove("head.bias");
+        if let Some(key) = tensors.keys().next() {
+            return Err(invalid(format!("unexpected tensor `{key}`")));
+        }
+        let classes = match weight.dims() {
+            [classes, _] => *classes,
+            dims => return Err(invalid(format!("`head.weight` has shape {dims:?}, not [classes, dim]"))),
+        };
+        if let Some(dims) = bias.as_ref().map(Tensor::dims).filter(|dims| *dims != [classes]) {
+            return Err(invalid(format!("`head.bias` has shape {dims:?}, not [{classes}]")));
+        }
+        let f32 = |t: Tensor| t.to_dtype(DType::F32);
+        Ok(Head { weight: f32(weight)?, bias: bias.map(f32).transpose()? })
     }
 }
 
@@ -121,7 +158,7 @@ mod tests {
     use super::*;
 
     fn head(rows: &[[f32; 2]]) -> Head {
-        Head { weight: Tensor::new(rows, &Device::Cpu).unwrap(), bias: None }
+        Head { weight: Tensor::from_vec(rows.concat(), (rows.len(), 2), &Device::Cpu).unwrap(), bias: None }
     }
 
     #[test]
@@ -162,6 +199,44 @@ mod tests {
         let mid = a.lerp(&b, 0.5).unwrap();
         assert_eq!(mid.weight.to_vec2::<f32>().unwrap(), vec![vec![2.0, 0.0]]);
         assert_eq!(mid.bias.unwrap().to_vec1::<f32>().unwrap(), vec![1.0]);
+    }
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("robustft-head-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("head.safetensors")
+    }
+
+    #[test]
+    fn a_saved_head_loads_back() {
+        let path = scratch("roundtrip");
+        let saved = Head {
+            bias: Some(Tensor::new(&[0.5f32, -1.0], &Device::Cpu).unwrap()),
+            ..head(&[[1.0, 2.0], [3.0, 4.0]])
+        };
+        saved.save(&path, HashMap::new()).unwrap();
+        let loaded = Head::load(&path, &Device::Cpu).unwrap();
+        assert_eq!(loaded.weight.to_vec2::<f32>().unwrap(), vec![vec![1.0, 2.0], vec![3.0, 4.0]]);
+        assert_eq!(loaded.bias.unwrap().to_vec1::<f32>().unwrap(), vec![0.5, -1.0]);
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_malformed_head_file_is_refused_naming_the_file() {
+        let path = scratch("malformed");
+        let bias = Tensor::new(&[1.0f32, 2.0, 3.0], &Device::Cpu).unwrap();
+        let one_class = head(&[[1.0, 0.0]]).weight;
+        let cases = [
+            (vec![("weights".to_string(), bias.clone())], "no `head.weight`"),
+            (vec![("head.weight".to_string(), bias.clone())], "not [classes, dim]"),
+            (vec![("head.weight".to_string(), one_class), ("head.bias".to_string(), bias)], "not [1]"),
+        ];
+        for (tensors, reason) in cases {
+            write_safetensors(&path, &tensors, HashMap::new()).unwrap();
+            let err = Head::load(&path, &Device::Cpu).unwrap_err().to_string();
+            assert!(err.contains(reason) && err.contains("head.safetensors"), "{err}");
+        }
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 
     #[test]

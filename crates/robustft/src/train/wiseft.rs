@@ -14,21 +14,17 @@ pub fn interpolate(
     alpha: f64,
     exclude: &dyn Fn(&str) -> bool,
 ) -> Result<Vec<(String, Tensor)>> {
-    if zero_shot.len() != finetuned.len() {
-        return Err(Error::Invalid {
-            what: "WiSE-FT".into(),
-            reason: format!("the models have {} and {} parameters", zero_shot.len(), finetuned.len()),
-        });
+    let finetuned_names: std::collections::HashSet<&str> =
+        finetuned.iter().map(|(k, _)| k.as_str()).collect();
+    if let Some((name, _)) = zero_shot.iter().find(|(k, _)| !finetuned_names.contains(k.as_str())) {
+        return Err(missing(name, "fine-tuned"));
     }
     let lookup: std::collections::HashMap<&str, &Tensor> =
         zero_shot.iter().map(|(k, t)| (k.as_str(), t)).collect();
     finetuned
         .iter()
         .map(|(name, ft)| {
-            let zs = lookup.get(name.as_str()).ok_or_else(|| Error::Invalid {
-                what: format!("WiSE-FT parameter `{name}`"),
-                reason: "missing from the zero-shot model".into(),
-            })?;
+            let zs = lookup.get(name.as_str()).ok_or_else(|| missing(name, "zero-shot"))?;
             if zs.dims() != ft.dims() {
                 return Err(Error::Invalid {
                     what: format!("WiSE-FT parameter `{name}`"),
@@ -39,6 +35,14 @@ pub fn interpolate(
             Ok((name.clone(), mixed))
         })
         .collect()
+}
+
+/// A parameter one of the two models lacks.
+fn missing(name: &str, model: &str) -> Error {
+    Error::Invalid {
+        what: format!("WiSE-FT parameter `{name}`"),
+        reason: format!("missing from the {model} model"),
+    }
 }
 
 /// `(1 − α)·a + α·b`.
@@ -77,6 +81,9 @@ mod tests {
         assert!(err.contains("`w`") && err.contains("shapes differ"), "{err}");
         let renamed = vec![("v".to_string(), zs[0].1.clone())];
         let err = interpolate(&zs, &renamed, 0.5, &|_| false).unwrap_err().to_string();
-        assert!(err.contains("`v`"), "{err}");
+        assert!(err.contains("`w`") && err.contains("fine-tuned"), "{err}");
+        let extra = [zs.clone(), renamed].concat();
+        let err = interpolate(&zs, &extra, 0.5, &|_| false).unwrap_err().to_string();
+        assert!(err.contains("`v`") && err.contains("zero-shot"), "{err}");
     }
 }
