@@ -25,7 +25,8 @@ pub fn demo_recipes(seed: u64, quick: bool) -> Result<Vec<Recipe>> {
     let mut recipes = Vec::new();
     for suite in DEMO_SUITES {
         for (method, text) in DEMO_METHODS {
-            let mut sets = vec![format!("name={suite}-{method}"), format!("data.suite={suite}"), format!("seed={seed}")];
+            let mut sets =
+                vec![format!("name={suite}-{method}"), format!("data.suite={suite}"), format!("seed={seed}")];
             if quick {
                 sets.push("train.epochs=1".into());
                 if method != "zeroshot" {
@@ -60,7 +61,8 @@ fn metric(row: &ResultRow, name: &str) -> Option<f64> {
 
 /// The mean of `name` over the rows of splits matching `is_split`.
 fn mean_over(rows: &[&ResultRow], name: &str, is_split: impl Fn(&str) -> bool) -> Option<f64> {
-    let values: Vec<f64> = rows.iter().filter(|r| is_split(&r.split)).filter_map(|r| metric(r, name)).collect();
+    let values: Vec<f64> =
+        rows.iter().filter(|r| is_split(&r.split)).filter_map(|r| metric(r, name)).collect();
     (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
 }
 
@@ -106,8 +108,10 @@ pub fn summarize(rows: &[ResultRow], command: &str) -> Report {
             }
             if let Some((id, ood)) = id_ood(&own, lead) {
                 plot.points.push(Point { method: method.to_string(), id, ood });
-                let mut points: Vec<(f64, f64, f64)> =
-                    alphas.iter().filter_map(|&a| id_ood(&of(Some(a)), lead).map(|(i, o)| (a, i, o))).collect();
+                let mut points: Vec<(f64, f64, f64)> = alphas
+                    .iter()
+                    .filter_map(|&a| id_ood(&of(Some(a)), lead).map(|(i, o)| (a, i, o)))
+                    .collect();
                 if !points.is_empty() {
                     points.push((1.0, id, ood));
                     plot.curves.push(Curve { method: method.to_string(), points });
@@ -116,7 +120,12 @@ pub fn summarize(rows: &[ResultRow], command: &str) -> Report {
         }
         plots.push(plot);
     }
-    Report { title: "robustft demo: robust fine-tuning on ShiftWorld".into(), command: command.into(), table, plots }
+    Report {
+        title: "robustft demo: robust fine-tuning on ShiftWorld".into(),
+        command: command.into(),
+        table,
+        plots,
+    }
 }
 
 fn table_row(suite: &str, method: &str, rows: &[&ResultRow]) -> TableRow {

@@ -93,7 +93,11 @@ impl Experiment {
         let preprocess = ClipPreprocess::openai(model.config.vision.image_size);
         let (data, classes) = load_data(&recipe, &preprocess)?;
         let is_suite = matches!(data.eval, EvalSplits::Suite(_));
-        let templates = recipe.data.templates.clone().unwrap_or(if is_suite { "shiftworld" } else { "openai_imagenet" }.into());
+        let templates = recipe
+            .data
+            .templates
+            .clone()
+            .unwrap_or(if is_suite { "shiftworld" } else { "openai_imagenet" }.into());
         let prompts = class_prompts(&classes, &resolve_templates(&templates)?);
         let descriptions = match recipe.data.descriptions.as_deref() {
             None => None,
@@ -222,8 +226,13 @@ impl Experiment {
         let (val_x, val_y) = features(&self.model, self.val_source()?)?;
         events(Event::Stage("fitting the linear probe (L-BFGS)".into()));
         let options = LbfgsOptions { max_iter: self.recipe.lp.max_iter, ..LbfgsOptions::default() };
-        let selection =
-            select_c((&train_x, &train_y), (&val_x, &val_y), self.classes.len(), &self.recipe.lp.c_grid, &options)?;
+        let selection = select_c(
+            (&train_x, &train_y),
+            (&val_x, &val_y),
+            self.classes.len(),
+            &self.recipe.lp.c_grid,
+            &options,
+        )?;
         let c = selection.c;
         let accuracy = selection.sweep.iter().find(|(grid_c, _)| *grid_c == c).map_or(f64::NAN, |s| s.1);
         events(Event::Stage(format!("linear probe: C = {c} (ID validation top-1 {accuracy:.3})")));
@@ -255,8 +264,11 @@ impl Experiment {
                 .iter()
                 .map(|split| {
                     let evaluation = evaluate_split(model, split.clone(), predictor)?;
-                    let skipped: Vec<(String, String)> =
-                        evaluation.skipped.iter().map(|(p, r)| (p.display().to_string(), r.clone())).collect();
+                    let skipped: Vec<(String, String)> = evaluation
+                        .skipped
+                        .iter()
+                        .map(|(p, r)| (p.display().to_string(), r.clone()))
+                        .collect();
                     report_skipped(&format!("split {}", evaluation.split), &skipped, events);
                     Ok((evaluation.split, evaluation.predictions))
                 })
@@ -324,15 +336,20 @@ impl Experiment {
             Ok(Flyp { class_prompts: self.prompts.clone(), tokenizer: tokenizer_for(&self.model)? })
         };
         let objective: Box<dyn Objective> = match self.recipe.method.name {
-            MethodName::Ft | MethodName::L2sp => Box::new(CrossEntropy { head: TrainableHead::new(zero_shot)? }),
-            MethodName::LpFt => Box::new(CrossEntropy { head: TrainableHead::new(&self.linear_probe(events)?)? }),
+            MethodName::Ft | MethodName::L2sp => {
+                Box::new(CrossEntropy { head: TrainableHead::new(zero_shot)? })
+            }
+            MethodName::LpFt => {
+                Box::new(CrossEntropy { head: TrainableHead::new(&self.linear_probe(events)?)? })
+            }
             MethodName::Flyp => Box::new(flyp()?),
             MethodName::Drm => {
                 events(Event::Stage("core predictions p_c of the pre-trained model".into()));
                 let descriptions = ClassTexts::new(&self.model, &tokenizer, self.descriptions()?)?;
-                let core = core_predictions(&self.model, source.as_ref(), &descriptions, self.recipe.drm.affinity)?;
+                let core =
+                    core_predictions(&self.model, source.as_ref(), &descriptions, self.recipe.drm.affinity)?;
                 let erm = match self.recipe.drm.erm {
-                    ErmKind::Flyp => Erm::Flyp(flyp()?),
+                    ErmKind::Flyp => Erm::Flyp(Box::new(flyp()?)),
                     ErmKind::Ce => Erm::Ce(ClassTexts::new(&self.model, &tokenizer, &self.prompts)?),
                 };
                 let drm = Drm {
@@ -355,9 +372,15 @@ impl Experiment {
             metadata: HashMap::from([("robustft.recipe".to_string(), self.recipe.to_toml())]),
         };
         let options = self.train_options();
-        train(&self.model, objective.as_ref(), source.as_ref(), &options, pretrained, &checkpointing, &mut |r| {
-            events(Event::Step(r))
-        })?;
+        train(
+            &self.model,
+            objective.as_ref(),
+            source.as_ref(),
+            &options,
+            pretrained,
+            &checkpointing,
+            &mut |r| events(Event::Step(r)),
+        )?;
         Ok(match self.recipe.method.name {
             MethodName::Flyp => Outcome::Rebuilt,
             MethodName::Drm => Outcome::Mixture,
@@ -420,7 +443,8 @@ fn load_data(recipe: &Recipe, preprocess: &ClipPreprocess) -> Result<(Data, Vec<
             suite.split(split).ok_or_else(|| missing_split(split, &format!("suite {name}"), &available))
         };
         let train: Arc<dyn TrainSource> = Arc::new(render_split(find(&d.train_split)?, preprocess));
-        let val = suite.split(&d.val_split).map(|s| Arc::new(render_split(s, preprocess)) as Arc<dyn TrainSource>);
+        let val =
+            suite.split(&d.val_split).map(|s| Arc::new(render_split(s, preprocess)) as Arc<dyn TrainSource>);
         let wanted: Vec<String> = match d.eval_splits.is_empty() {
             true => available.iter().filter(|s| **s != d.train_split).map(|s| s.to_string()).collect(),
             false => d.eval_splits.clone(),
@@ -433,7 +457,10 @@ fn load_data(recipe: &Recipe, preprocess: &ClipPreprocess) -> Result<(Data, Vec<
     let format = d.format.expect("checked at parse");
     let root = d.root.clone().expect("checked at parse");
     if !root.exists() {
-        return Err(Error::Invalid { what: format!("data.root {}", root.display()), reason: "does not exist".into() });
+        return Err(Error::Invalid {
+            what: format!("data.root {}", root.display()),
+            reason: "does not exist".into(),
+        });
     }
     let available = disk_split_names(format, &root)?;
     let load = |split: &str| -> Result<Arc<Split>> {
@@ -477,7 +504,9 @@ fn disk_split_names(format: DiskFormat, root: &Path) -> Result<Vec<String>> {
         DiskFormat::Manifest => crate::data::manifest_splits(root)?,
         DiskFormat::Iwildcam => fixed(&crate::data::IWILDCAM_SPLITS),
         DiskFormat::Fmow => fixed(&crate::data::FMOW_SPLITS),
-        DiskFormat::Imagenet => std::iter::once("train").chain(crate::data::IMAGENET_VARIANTS).map(String::from).collect(),
+        DiskFormat::Imagenet => {
+            std::iter::once("train").chain(crate::data::IMAGENET_VARIANTS).map(String::from).collect()
+        }
     })
 }
 

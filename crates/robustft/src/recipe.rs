@@ -231,10 +231,8 @@ impl Recipe {
         let bad = |reason: String| Error::Invalid { what: format!("recipe {source}"), reason };
         let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| bad(e.to_string()))?;
         for assignment in overrides {
-            apply_override(&mut table, assignment).map_err(|reason| Error::Invalid {
-                what: format!("--set {assignment}"),
-                reason,
-            })?;
+            apply_override(&mut table, assignment)
+                .map_err(|reason| Error::Invalid { what: format!("--set {assignment}"), reason })?;
         }
         let recipe: Recipe = table.try_into().map_err(|e: toml::de::Error| bad(e.to_string()))?;
         recipe.check().map_err(bad)?;
@@ -264,13 +262,13 @@ impl Recipe {
         if !(0.0..=1.0).contains(&self.drm.beta) {
             return Err(format!("drm.beta = {} is outside [0, 1]", self.drm.beta));
         }
-        if self.lp.c_grid.is_empty() || self.lp.c_grid.iter().any(|c| !(*c > 0.0)) {
+        if self.lp.c_grid.is_empty() || self.lp.c_grid.iter().any(|c| c.is_nan() || *c <= 0.0) {
             return Err("lp.c_grid must hold positive values".into());
         }
         if self.train.epochs == 0 && !matches!(self.method.name, MethodName::Zeroshot | MethodName::Lp) {
             return Err("train.epochs must be at least 1".into());
         }
-        if self.method.name == MethodName::L2sp && !(self.train.l2sp > 0.0) {
+        if self.method.name == MethodName::L2sp && (self.train.l2sp.is_nan() || self.train.l2sp <= 0.0) {
             return Err("method l2sp needs train.l2sp > 0 (the strength λ)".into());
         }
         Ok(())
@@ -314,7 +312,8 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_named() {
-        let err = Recipe::parse(&format!("{MINIMAL}[train]\nlearning_rate = 1.0\n"), "test", &[]).unwrap_err();
+        let err =
+            Recipe::parse(&format!("{MINIMAL}[train]\nlearning_rate = 1.0\n"), "test", &[]).unwrap_err();
         assert!(err.to_string().contains("learning_rate"), "{err}");
     }
 

@@ -63,7 +63,8 @@ fn run(options: &TrainOptions, tag: &str) -> (Vec<f32>, Vec<(String, Vec<f32>)>)
     let root = std::env::temp_dir().join(format!("robustft-supervised-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let run = RunDir::new(&root);
-    let checkpointing = Checkpointing { run: &run, resume: false, stop_after: None, metadata: HashMap::new() };
+    let checkpointing =
+        Checkpointing { run: &run, resume: false, stop_after: None, metadata: HashMap::new() };
     let mut losses = Vec::new();
     let anchor = model.params.snapshot().unwrap();
     train(&model, &objective, &toy_data(64), options, &anchor, &checkpointing, &mut |r: &StepReport| {
@@ -71,12 +72,10 @@ fn run(options: &TrainOptions, tag: &str) -> (Vec<f32>, Vec<(String, Vec<f32>)>)
     })
     .unwrap();
     std::fs::remove_dir_all(&root).unwrap();
-    let mut weights: Vec<(String, Vec<f32>)> = model
-        .tensors()
-        .into_iter()
-        .map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1().unwrap()))
-        .collect();
-    weights.push(("head".into(), objective.head.weight.as_tensor().flatten_all().unwrap().to_vec1().unwrap()));
+    let mut weights: Vec<(String, Vec<f32>)> =
+        model.tensors().into_iter().map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1().unwrap())).collect();
+    weights
+        .push(("head".into(), objective.head.weight.as_tensor().flatten_all().unwrap().to_vec1().unwrap()));
     (losses, weights)
 }
 

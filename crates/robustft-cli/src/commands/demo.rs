@@ -36,13 +36,20 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let recipes = demo_recipes(args.seed, args.quick)?;
     let mut rows = Vec::new();
     for (k, recipe) in recipes.into_iter().enumerate() {
-        eprintln!("== [{}/10] {} ({:.1} min so far)", k + 1, recipe.name, started.elapsed().as_secs_f64() / 60.0);
+        eprintln!(
+            "== [{}/10] {} ({:.1} min so far)",
+            k + 1,
+            recipe.name,
+            started.elapsed().as_secs_f64() / 60.0
+        );
         let name = recipe.name.clone();
-        let experiment = Experiment::resolve(recipe, &Device::Cpu).with_context(|| format!("demo recipe {name}"))?;
+        let experiment =
+            Experiment::resolve(recipe, &Device::Cpu).with_context(|| format!("demo recipe {name}"))?;
         let settings = RunSettings { out: args.out.clone(), resume: false, stop_after: None };
         rows.extend(run_with_progress(&experiment, &settings).with_context(|| format!("demo run {name}"))?);
     }
-    let lines: String = rows.iter().map(|r| serde_json::to_string(r).map(|s| s + "\n")).collect::<Result<_, _>>()?;
+    let lines: String =
+        rows.iter().map(|r| serde_json::to_string(r).map(|s| s + "\n")).collect::<Result<_, _>>()?;
     std::fs::write(args.out.join("results.jsonl"), lines)
         .with_context(|| format!("cannot write {}", args.out.join("results.jsonl").display()))?;
     let command = format!("robustft demo --seed {}{}", args.seed, if args.quick { " --quick" } else { "" });

@@ -30,7 +30,11 @@ pub struct SplitEvaluation {
 
 /// Runs `predictor` (heads in the model's class space; the split's projection is applied to
 /// each head's logits) over every image of `split`.
-pub fn evaluate_split(model: &ClipModel, split: Arc<Split>, predictor: &Predictor) -> Result<SplitEvaluation> {
+pub fn evaluate_split(
+    model: &ClipModel,
+    split: Arc<Split>,
+    predictor: &Predictor,
+) -> Result<SplitEvaluation> {
     let preprocess = ClipPreprocess::openai(model.config.vision.image_size);
     let size = preprocess.image_size;
     let transform: Transform =

@@ -110,12 +110,19 @@ impl Predictor {
     /// DRM's mixture: `β · softmax(z_df) + (1 − β) · softmax(z_cd)`.
     pub fn mixture(df: Head, cd: Head, beta: f64) -> Result<Self> {
         if !(0.0..=1.0).contains(&beta) {
-            return Err(Error::Invalid { what: format!("beta = {beta}"), reason: "must lie in [0, 1]".into() });
+            return Err(Error::Invalid {
+                what: format!("beta = {beta}"),
+                reason: "must lie in [0, 1]".into(),
+            });
         }
         if df.num_classes() != cd.num_classes() {
             return Err(Error::Invalid {
                 what: "the DRM heads".into(),
-                reason: format!("{} default-prompt vs {} description classes", df.num_classes(), cd.num_classes()),
+                reason: format!(
+                    "{} default-prompt vs {} description classes",
+                    df.num_classes(),
+                    cd.num_classes()
+                ),
             });
         }
         Ok(Self { heads: vec![(beta, df), (1.0 - beta, cd)] })
@@ -181,7 +188,10 @@ mod tests {
     #[test]
     fn projection_comes_before_the_softmax() {
         let features = Tensor::new(&[[1.0f32, 0.0]], &Device::Cpu).unwrap();
-        let three = Head { weight: Tensor::new(&[[1.0f32, 0.0], [0.0, 1.0], [2.0, 0.0]], &Device::Cpu).unwrap(), bias: None };
+        let three = Head {
+            weight: Tensor::new(&[[1.0f32, 0.0], [0.0, 1.0], [2.0, 0.0]], &Device::Cpu).unwrap(),
+            bias: None,
+        };
         let p = Predictor::single(three)
             .probabilities(&features, Some(&LogitProjection::Subset(vec![2, 1])))
             .unwrap()

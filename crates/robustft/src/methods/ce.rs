@@ -9,7 +9,7 @@ use crate::clip::ClipModel;
 use crate::error::Result;
 use crate::eval::predictor::Head;
 use crate::losses::cross_entropy;
-use crate::train::supervised::{Objective, TrainBatch, Tower};
+use crate::train::supervised::{Objective, Tower, TrainBatch};
 
 /// A trainable copy of a [`Head`].
 pub struct TrainableHead {
@@ -25,7 +25,10 @@ impl TrainableHead {
 
     /// The current values as a head (the variables themselves: logits keep their graph).
     pub fn head(&self) -> Head {
-        Head { weight: self.weight.as_tensor().clone(), bias: self.bias.as_ref().map(|b| b.as_tensor().clone()) }
+        Head {
+            weight: self.weight.as_tensor().clone(),
+            bias: self.bias.as_ref().map(|b| b.as_tensor().clone()),
+        }
     }
 
     /// `features` `[n, embed_dim]` -> `[n, classes]`, with a graph back to the head.

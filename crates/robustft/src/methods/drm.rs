@@ -53,7 +53,7 @@ pub enum Wrm {
 /// The ERM term.
 pub enum Erm {
     /// FLYP's contrastive loss with default-prompt captions.
-    Flyp(Flyp),
+    Flyp(Box<Flyp>),
     /// CE through the default-prompt head of the current towers.
     Ce(ClassTexts),
 }
@@ -124,7 +124,10 @@ pub fn core_predictions(
         readable.extend(kept);
     }
     if readable.is_empty() {
-        return Err(Error::Invalid { what: "DRM's core predictions".into(), reason: "no training image could be read".into() });
+        return Err(Error::Invalid {
+            what: "DRM's core predictions".into(),
+            reason: "no training image could be read".into(),
+        });
     }
     let scale = pretrained.logit_scale().exp()?.to_scalar::<f32>()?;
     let rows = core_distribution(&affinities, k, scale, norm);

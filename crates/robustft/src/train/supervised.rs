@@ -136,7 +136,10 @@ impl TrainOptions {
             return invalid("train.batch_size", "must be at least 1".into());
         }
         if self.accumulation == 0 || self.accumulation > self.batch_size {
-            return invalid("train.accumulation", format!("must lie in 1..={} (the batch size)", self.batch_size));
+            return invalid(
+                "train.accumulation",
+                format!("must lie in 1..={} (the batch size)", self.batch_size),
+            );
         }
         if examples == 0 {
             return invalid("the training split", "has no examples".into());
@@ -256,7 +259,11 @@ pub fn train(
 }
 
 /// `(name, var, decay)` of every parameter the run updates.
-fn trained_params(model: &ClipModel, objective: &dyn Objective, options: &TrainOptions) -> Vec<(String, Var, bool)> {
+fn trained_params(
+    model: &ClipModel,
+    objective: &dyn Objective,
+    options: &TrainOptions,
+) -> Vec<(String, Var, bool)> {
     let mut params: Vec<(String, Var, bool)> = model
         .params
         .iter()
@@ -364,7 +371,11 @@ pub fn add_l2sp(
 /// Scales the gradients so their global L2 norm is at most `max_norm`
 /// (`clip_grad_norm_`: factor `max_norm / (norm + 1e-6)` when below 1); returns the norm
 /// before clipping.
-pub fn clip_gradients(grads: &mut GradStore, params: &[(String, Var, bool)], max_norm: Option<f64>) -> Result<f64> {
+pub fn clip_gradients(
+    grads: &mut GradStore,
+    params: &[(String, Var, bool)],
+    max_norm: Option<f64>,
+) -> Result<f64> {
     let mut squares = 0f64;
     for (_, var, _) in params {
         if let Some(g) = grads.get(var.as_tensor()) {
