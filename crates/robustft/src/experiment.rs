@@ -164,7 +164,6 @@ impl Experiment {
             grad_clip: t.grad_clip,
             accumulation: t.accumulation,
             freeze: t.freeze.clone(),
-            l2sp: t.l2sp,
             seed: self.recipe.seed,
             checkpoint_every: t.checkpoint_every,
         }
@@ -372,9 +371,11 @@ impl Experiment {
             metadata: HashMap::from([("robustft.recipe".to_string(), self.recipe.to_toml())]),
         };
         let options = self.train_options();
+        let mut constraint = crate::constraints::build(&self.recipe.constraint)?;
         train(
             &self.model,
             objective.as_ref(),
+            constraint.as_mut(),
             source.as_ref(),
             &options,
             pretrained,

@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod clip;
+pub mod constraints;
 pub mod data;
 pub mod demo;
 pub mod device;

@@ -30,6 +30,8 @@ pub struct Recipe {
     #[serde(default)]
     pub train: TrainRecipe,
     #[serde(default)]
+    pub constraint: ConstraintRecipe,
+    #[serde(default)]
     pub lp: LpRecipe,
     #[serde(default)]
     pub drm: DrmRecipe,
@@ -134,8 +136,6 @@ pub struct TrainRecipe {
     pub grad_clip: Option<f64>,
     pub accumulation: usize,
     pub freeze: Vec<Tower>,
-    /// L2-SP strength λ (method `l2sp`; also usable with any other method).
-    pub l2sp: f64,
     pub checkpoint_every: u64,
 }
 
@@ -153,10 +153,35 @@ impl Default for TrainRecipe {
             grad_clip: None,
             accumulation: 1,
             freeze: Vec::new(),
-            l2sp: 0.0,
             checkpoint_every: 0,
         }
     }
+}
+
+/// The optimiser-side constraint toward the pre-trained weights (`crate::constraints`); any
+/// method can take one (method `l2sp` is FT with the `l2sp` constraint).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConstraintRecipe {
+    pub name: ConstraintName,
+    /// Strength: L2-SP's λ.
+    pub lambda: f64,
+    /// Regexes of parameter names left unconstrained (a new head is never anchored).
+    pub exclude: Vec<String>,
+}
+
+impl Default for ConstraintRecipe {
+    fn default() -> Self {
+        Self { name: ConstraintName::None, lambda: 0.0, exclude: Vec::new() }
+    }
+}
+
+/// The constraints a recipe can name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConstraintName {
+    None,
+    L2sp,
 }
 
 /// Linear-probe settings.
@@ -268,8 +293,13 @@ impl Recipe {
         if self.train.epochs == 0 && !matches!(self.method.name, MethodName::Zeroshot | MethodName::Lp) {
             return Err("train.epochs must be at least 1".into());
         }
-        if self.method.name == MethodName::L2sp && (self.train.l2sp.is_nan() || self.train.l2sp <= 0.0) {
-            return Err("method l2sp needs train.l2sp > 0 (the strength λ)".into());
+        if self.method.name == MethodName::L2sp && self.constraint.name != ConstraintName::L2sp {
+            return Err("method l2sp needs constraint.name = \"l2sp\" (and constraint.lambda > 0)".into());
+        }
+        if self.constraint.name == ConstraintName::L2sp
+            && (self.constraint.lambda.is_nan() || self.constraint.lambda <= 0.0)
+        {
+            return Err("constraint l2sp needs constraint.lambda > 0 (the strength λ)".into());
         }
         Ok(())
     }

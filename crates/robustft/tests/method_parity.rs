@@ -15,12 +15,13 @@ use std::path::PathBuf;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use robustft::clip::ClipModel;
+use robustft::constraints::l2sp::add_l2sp;
 use robustft::data::LogitProjection;
 use robustft::eval::predictor::{Head, Predictor};
 use robustft::losses::clip_contrastive_loss;
 use robustft::methods::drm::{core_distribution, wrm_loss, AffinityNorm, Wrm};
 use robustft::methods::ClassTexts;
-use robustft::train::supervised::{add_l2sp, clip_gradients};
+use robustft::train::supervised::clip_gradients;
 use robustft::zeroshot::tokenizer_for;
 use serde::Deserialize;
 
@@ -314,7 +315,7 @@ fn l2sp_adds_the_gradient_of_the_squared_distance_to_the_anchor() {
             .iter()
             .filter_map(|(name, p)| p.theta0.as_ref().map(|t| (name.clone(), t.tensor())))
             .collect();
-        let anchor: HashMap<&str, &Tensor> = anchors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let anchor: HashMap<String, Tensor> = anchors.iter().cloned().collect();
         add_l2sp(&mut grads, &params, &anchor, case.lambda).unwrap();
         for (name, var, _) in &params {
             // Python: theta float64 leaves; loss = sum_p (theta_p * base_grad_p).sum()

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
 use robustft::clip::{Activation, ClipConfig, ClipModel, TextConfig, VisionConfig};
+use robustft::constraints::Unconstrained;
 use robustft::eval::predictor::Head;
 use robustft::methods::ce::{CrossEntropy, TrainableHead};
 use robustft::rng::SplitMix64;
@@ -47,7 +48,6 @@ fn options(epochs: usize, accumulation: usize, freeze: Vec<Tower>) -> TrainOptio
         grad_clip: Some(10.0),
         accumulation,
         freeze,
-        l2sp: 0.0,
         seed: 3,
         checkpoint_every: 0,
     }
@@ -67,9 +67,16 @@ fn run(options: &TrainOptions, tag: &str) -> (Vec<f32>, Vec<(String, Vec<f32>)>)
         Checkpointing { run: &run, resume: false, stop_after: None, metadata: HashMap::new() };
     let mut losses = Vec::new();
     let anchor = model.params.snapshot().unwrap();
-    train(&model, &objective, &toy_data(64), options, &anchor, &checkpointing, &mut |r: &StepReport| {
-        losses.push(r.loss)
-    })
+    train(
+        &model,
+        &objective,
+        &mut Unconstrained,
+        &toy_data(64),
+        options,
+        &anchor,
+        &checkpointing,
+        &mut |r: &StepReport| losses.push(r.loss),
+    )
     .unwrap();
     std::fs::remove_dir_all(&root).unwrap();
     let mut weights: Vec<(String, Vec<f32>)> =

@@ -5,11 +5,10 @@
 //! * AdamW with the usual parameter groups (no decay on norms, biases, embeddings, logit
 //!   scale), cosine schedule with linear warm-up (FLYP `src/models/utils.py: cosine_lr`);
 //! * per-tower freezing ([`Tower`]): frozen parameters are left out of the optimiser;
-//! * L2-SP (methods.md §2.7): the gradient of `(λ/2)‖θ − θ₀‖²` over the pre-trained
-//!   parameters, `λ(θ − θ₀)`, is added to each trained parameter's gradient (not to a new
-//!   head's), which equals adding the penalty to the loss without building it in the graph;
-//! * gradient clipping by global L2 norm, as `torch.nn.utils.clip_grad_norm_` (applied after
-//!   L2-SP, as a loss-term penalty would be);
+//! * a [`Constraint`] toward the pre-trained weights (L2-SP, SPD, FTP, ...; `crate::constraints`):
+//!   its gradient changes come before clipping (as a loss-term penalty would), its weight
+//!   changes after the AdamW step, and its state is checkpointed;
+//! * gradient clipping by global L2 norm, as `torch.nn.utils.clip_grad_norm_`;
 //! * gradient accumulation: a batch is split into `accumulation` micro-batches whose losses are
 //!   weighted by their share of the batch and whose gradients are summed — identical to the
 //!   full batch for per-example losses (CE); a contrastive loss sees fewer negatives per
@@ -30,12 +29,16 @@ use super::run_dir::{io_error, load_extra, RunDir};
 use super::schedule::CosineSchedule;
 use super::state::TrainerState;
 use crate::clip::ClipModel;
+use crate::constraints::{Constraint, StepContext};
 use crate::data::epoch_order;
 use crate::error::{Error, Result};
 use crate::optim::{decays_by_default, AdamW, AdamWConfig};
 
 /// Trainer-state metadata key holding the run's options, checked on resume.
 const OPTIONS_KEY: &str = "train_options";
+
+/// Prefix of the constraint's state in a checkpoint's extra tensors.
+const CONSTRAINT_PREFIX: &str = "constraint.";
 
 /// Labelled training images, decoded on demand.
 pub trait TrainSource: Sync {
@@ -117,8 +120,6 @@ pub struct TrainOptions {
     /// Micro-batches per optimiser step.
     pub accumulation: usize,
     pub freeze: Vec<Tower>,
-    /// L2-SP strength λ (0: off).
-    pub l2sp: f64,
     pub seed: u64,
     /// Optimiser steps between checkpoints (0: at the end of every epoch).
     pub checkpoint_every: u64,
@@ -177,11 +178,14 @@ pub struct Checkpointing<'a> {
     pub metadata: HashMap<String, String>,
 }
 
-/// Trains `model` (and the objective's extra parameters) in place; `anchor` is the frozen
-/// pre-trained copy that L2-SP pulls towards. Returns the number of steps taken in this call.
+/// Trains `model` (and the objective's extra parameters) in place under `constraint`; `anchor`
+/// is the frozen pre-trained copy the constraint pulls towards. Returns the number of steps
+/// taken in this call.
+#[allow(clippy::too_many_arguments)]
 pub fn train(
     model: &ClipModel,
     objective: &dyn Objective,
+    constraint: &mut dyn Constraint,
     source: &dyn TrainSource,
     options: &TrainOptions,
     anchor: &[(String, Tensor)],
@@ -192,13 +196,13 @@ pub fn train(
     let run = checkpointing.run;
     run.create()?;
     let params = trained_params(model, objective, options);
-    let anchor: HashMap<&str, &Tensor> = anchor.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let anchor: HashMap<String, Tensor> = anchor.iter().cloned().collect();
     let adamw = AdamWConfig { lr: options.lr, weight_decay: options.weight_decay, ..Default::default() };
     let mut optimizer = AdamW::new(params.clone(), adamw)?;
     let fingerprint = serde_json::to_string(options).expect("serialisable");
     let mut state = TrainerState { step: 0, meta: [(OPTIONS_KEY.to_string(), fingerprint.clone())].into() };
     if let Some(dir) = checkpointing.resume.then(|| run.latest_checkpoint()).flatten() {
-        state = restore(&dir, model, &params, &mut optimizer)?;
+        state = restore(&dir, model, &params, &mut optimizer, constraint)?;
         if state.meta.get(OPTIONS_KEY) != Some(&fingerprint) {
             return Err(Error::Invalid {
                 what: format!("--resume from {}", run.root.display()),
@@ -233,9 +237,19 @@ pub fn train(
         let lr = schedule.lr(state.step);
         optimizer.set_lr(lr);
         let (loss, mut grads, seen) = accumulate(model, objective, source, indices, epoch, options)?;
-        add_l2sp(&mut grads, &params, &anchor, options.l2sp)?;
+        constraint.adjust_gradients(&mut grads, &params, &anchor)?;
         let grad_norm = clip_gradients(&mut grads, &params, options.grad_clip)?;
+        let previous = snapshot_if(constraint.needs_previous(), &params)?;
         optimizer.step(&grads)?;
+        let context = StepContext {
+            params: &params,
+            anchor: &anchor,
+            grads: &grads,
+            previous: &previous,
+            lr,
+            step: state.step + 1,
+        };
+        constraint.after_step(&context)?;
         objective.after_step(model)?;
         state.step += 1;
         let report = StepReport {
@@ -251,7 +265,7 @@ pub fn train(
             .map_err(io_error(&run.metrics()))?;
         progress(&report);
         if state.step % every == 0 || state.step == total {
-            let extra = extra_tensors(objective);
+            let extra = extra_tensors(objective, constraint)?;
             run.save_checkpoint(model, &extra, &state, &optimizer, &checkpointing.metadata)?;
         }
     }
@@ -274,8 +288,20 @@ fn trained_params(
     params
 }
 
-fn extra_tensors(objective: &dyn Objective) -> Vec<(String, Tensor)> {
-    objective.extra_params().into_iter().map(|(name, var, _)| (name, var.as_tensor().clone())).collect()
+/// The objective's extra parameters and the constraint's state (`constraint.`-prefixed).
+fn extra_tensors(objective: &dyn Objective, constraint: &dyn Constraint) -> Result<Vec<(String, Tensor)>> {
+    let mut extra: Vec<(String, Tensor)> =
+        objective.extra_params().into_iter().map(|(name, var, _)| (name, var.as_tensor().clone())).collect();
+    extra.extend(constraint.state()?.into_iter().map(|(name, t)| (format!("{CONSTRAINT_PREFIX}{name}"), t)));
+    Ok(extra)
+}
+
+/// Copies of the parameters' values, when a constraint needs them.
+fn snapshot_if(needed: bool, params: &[(String, Var, bool)]) -> Result<HashMap<String, Tensor>> {
+    if !needed {
+        return Ok(HashMap::new());
+    }
+    params.iter().map(|(name, var, _)| Ok((name.clone(), var.as_tensor().copy()?))).collect()
 }
 
 /// Loads a checkpoint's weights into the live parameters and restores the optimiser.
@@ -284,6 +310,7 @@ fn restore(
     model: &ClipModel,
     params: &[(String, Var, bool)],
     optimizer: &mut AdamW,
+    constraint: &mut dyn Constraint,
 ) -> Result<TrainerState> {
     let (saved, _) = ClipModel::load(dir.to_str().unwrap_or_default(), model.device())?;
     for (name, var) in model.params.iter() {
@@ -297,6 +324,13 @@ fn restore(
         })?;
         var.set(tensor)?;
     }
+    let constraint_state: HashMap<String, Tensor> = extra
+        .iter()
+        .filter_map(|(name, t)| {
+            name.strip_prefix(CONSTRAINT_PREFIX).map(|local| (local.to_string(), t.clone()))
+        })
+        .collect();
+    constraint.restore(&constraint_state)?;
     Ok(TrainerState::load(dir, optimizer)?)
 }
 
@@ -343,29 +377,6 @@ fn accumulate(
         reason: "none of its images could be read".into(),
     })?;
     Ok((total_loss, grads, kept.len()))
-}
-
-/// Adds `λ(θ − θ₀)` (the gradient of `(λ/2)‖θ − θ₀‖²`) to the gradient of every trained
-/// parameter with an entry in `anchor` (the pre-trained ones; a new head has none).
-pub fn add_l2sp(
-    grads: &mut GradStore,
-    params: &[(String, Var, bool)],
-    anchor: &HashMap<&str, &Tensor>,
-    lambda: f64,
-) -> Result<()> {
-    if lambda == 0.0 {
-        return Ok(());
-    }
-    for (name, var, _) in params {
-        let Some(reference) = anchor.get(name.as_str()) else { continue };
-        let pull = ((var.as_tensor() - *reference)? * lambda)?;
-        let grad = match grads.get(var.as_tensor()) {
-            Some(g) => (g + pull)?,
-            None => pull,
-        };
-        grads.insert(var.as_tensor(), grad);
-    }
-    Ok(())
 }
 
 /// Scales the gradients so their global L2 norm is at most `max_norm`
