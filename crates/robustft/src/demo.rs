@@ -1,7 +1,7 @@
-//! The demo: the headline comparison on ShiftWorld with the bundled model — zero-shot, FT,
-//! LP-FT, FLYP and DRM, each with its WiSE-FT curve, on the `spurious` and `domains` suites —
-//! run from the committed recipes in `recipes/shiftworld/` (embedded here, so the demo needs no
-//! files), summarised as a table and an ID-vs-OOD report.
+//! The demo and method comparisons: a matrix of recipes × ShiftWorld suites × seeds run with the
+//! bundled model, summarised as a table (mean ± std over seeds) and an ID-vs-OOD report. The
+//! demo's default recipes — zero-shot, FT, LP-FT, FLYP and DRM, each with its WiSE-FT curve —
+//! are the committed `recipes/shiftworld/` files, embedded here so the demo needs no files.
 
 use crate::error::Result;
 use crate::eval::evaluate::ResultRow;
@@ -11,36 +11,54 @@ use crate::recipe::Recipe;
 /// The suites the demo runs on.
 pub const DEMO_SUITES: [&str; 2] = ["spurious", "domains"];
 
-/// The demo's methods and their recipes.
-pub const DEMO_METHODS: [(&str, &str); 5] = [
-    ("zeroshot", include_str!("../../../recipes/shiftworld/zeroshot.toml")),
-    ("ft", include_str!("../../../recipes/shiftworld/ft.toml")),
-    ("lp_ft", include_str!("../../../recipes/shiftworld/lp_ft.toml")),
-    ("flyp", include_str!("../../../recipes/shiftworld/flyp.toml")),
-    ("drm", include_str!("../../../recipes/shiftworld/drm.toml")),
-];
-
-/// The demo's recipes for `seed`; `quick` trains one epoch and evaluates one WiSE-FT point.
-pub fn demo_recipes(seed: u64, quick: bool) -> Result<Vec<Recipe>> {
-    let mut recipes = Vec::new();
-    for suite in DEMO_SUITES {
-        for (method, text) in DEMO_METHODS {
-            let mut sets =
-                vec![format!("name={suite}-{method}"), format!("data.suite={suite}"), format!("seed={seed}")];
-            if quick {
-                sets.push("train.epochs=1".into());
-                if method != "zeroshot" {
-                    sets.push("eval.wiseft=[0.5]".into());
-                }
-            }
-            recipes.push(Recipe::parse(text, &format!("recipes/shiftworld/{method}.toml"), &sets)?);
-        }
-    }
-    Ok(recipes)
+/// A recipe text and where it came from.
+pub struct RecipeText {
+    pub source: String,
+    pub text: String,
 }
 
-/// The metric a suite's plot and table lead with: top-1 on `spurious`, macro-F1 otherwise
-/// (`domains` is class-imbalanced; iWildCam's convention).
+/// The demo's recipes: zero-shot, FT, LP-FT, FLYP, DRM.
+pub fn demo_recipes() -> Vec<RecipeText> {
+    [
+        ("zeroshot", include_str!("../../../recipes/shiftworld/zeroshot.toml")),
+        ("ft", include_str!("../../../recipes/shiftworld/ft.toml")),
+        ("lp_ft", include_str!("../../../recipes/shiftworld/lp_ft.toml")),
+        ("flyp", include_str!("../../../recipes/shiftworld/flyp.toml")),
+        ("drm", include_str!("../../../recipes/shiftworld/drm.toml")),
+    ]
+    .into_iter()
+    .map(|(name, text)| RecipeText { source: format!("recipes/shiftworld/{name}.toml"), text: text.into() })
+    .collect()
+}
+
+/// Every (suite, seed, recipe) run, named `<suite>-<recipe name>-s<seed>`; `quick` trains one
+/// epoch and evaluates one WiSE-FT point.
+pub fn matrix(recipes: &[RecipeText], suites: &[String], seeds: &[u64], quick: bool) -> Result<Vec<Recipe>> {
+    let mut runs = Vec::new();
+    for suite in suites {
+        for &seed in seeds {
+            for recipe in recipes {
+                let base = Recipe::parse(&recipe.text, &recipe.source, &[])?;
+                let mut sets = vec![
+                    format!("name={suite}-{}-s{seed}", base.name),
+                    format!("data.suite={suite}"),
+                    format!("seed={seed}"),
+                ];
+                if quick {
+                    sets.push("train.epochs=1".into());
+                    if !base.eval.wiseft.is_empty() {
+                        sets.push("eval.wiseft=[0.5]".into());
+                    }
+                }
+                runs.push(Recipe::parse(&recipe.text, &recipe.source, &sets)?);
+            }
+        }
+    }
+    Ok(runs)
+}
+
+/// The metric a suite's plot leads with: top-1 on `spurious`, macro-F1 otherwise (`domains` is
+/// class-imbalanced; iWildCam's convention).
 fn lead_metric(suite: &str) -> &'static str {
     if suite == "spurious" {
         "top1"
@@ -59,36 +77,60 @@ fn metric(row: &ResultRow, name: &str) -> Option<f64> {
     }
 }
 
-/// The mean of `name` over the rows of splits matching `is_split`.
-fn mean_over(rows: &[&ResultRow], name: &str, is_split: impl Fn(&str) -> bool) -> Option<f64> {
-    let values: Vec<f64> =
-        rows.iter().filter(|r| is_split(&r.split)).filter_map(|r| metric(r, name)).collect();
-    (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+/// Mean and population standard deviation.
+fn mean_std(values: &[f64]) -> Option<(f64, f64)> {
+    if values.is_empty() {
+        return None;
+    }
+    let mean = values.iter().sum::<f64>() / values.len() as f64;
+    let variance = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / values.len() as f64;
+    Some((mean, variance.sqrt()))
 }
 
-/// (ID, OOD) of the lead metric: `id_test`, and the mean over the `ood_*` splits.
-fn id_ood(rows: &[&ResultRow], name: &str) -> Option<(f64, f64)> {
-    Some((mean_over(rows, name, |s| s == "id_test")?, mean_over(rows, name, |s| s.starts_with("ood_"))?))
+/// One seed's value of `name`: `id_test`, or the mean over the `ood_*` splits.
+fn per_seed(rows: &[&ResultRow], name: &str, ood: bool) -> Vec<f64> {
+    let mut seeds: Vec<u64> = rows.iter().map(|r| r.seed).collect();
+    seeds.sort_unstable();
+    seeds.dedup();
+    seeds
+        .iter()
+        .filter_map(|&seed| {
+            let values: Vec<f64> = rows
+                .iter()
+                .filter(|r| r.seed == seed)
+                .filter(|r| if ood { r.split.starts_with("ood_") } else { r.split == "id_test" })
+                .filter_map(|r| metric(r, name))
+                .collect();
+            mean_std(&values).map(|(mean, _)| mean)
+        })
+        .collect()
 }
 
-/// The report of the demo's result rows (each row's dataset is `shiftworld/<suite>`).
-pub fn summarize(rows: &[ResultRow], command: &str) -> Report {
+/// The report of result rows from [`matrix`] runs (each row's dataset is `shiftworld/<suite>`),
+/// methods in first-seen order.
+pub fn summarize(rows: &[ResultRow], suites: &[String], command: &str) -> Report {
+    let mut methods: Vec<&str> = Vec::new();
+    for row in rows {
+        if !methods.contains(&row.method.as_str()) {
+            methods.push(&row.method);
+        }
+    }
     let mut table = Vec::new();
     let mut plots = Vec::new();
-    for suite in DEMO_SUITES {
+    for suite in suites {
         let dataset = format!("shiftworld/{suite}");
         let lead = lead_metric(suite);
         let mut plot = SuitePlot {
-            suite: suite.to_string(),
+            suite: suite.clone(),
             id_metric: format!("ID {lead}"),
             ood_metric: format!("OOD {lead}"),
             points: Vec::new(),
             curves: Vec::new(),
         };
-        for (method, _) in DEMO_METHODS {
+        for method in &methods {
             let of = |alpha: Option<f64>| -> Vec<&ResultRow> {
                 rows.iter()
-                    .filter(|r| r.dataset == dataset && r.method == method && r.wiseft_alpha == alpha)
+                    .filter(|r| r.dataset == dataset && r.method == *method && r.wiseft_alpha == alpha)
                     .collect()
             };
             let own = of(None);
@@ -97,55 +139,76 @@ pub fn summarize(rows: &[ResultRow], command: &str) -> Report {
             }
             let mut alphas: Vec<f64> = rows
                 .iter()
-                .filter(|r| r.dataset == dataset && r.method == method)
+                .filter(|r| r.dataset == dataset && r.method == *method)
                 .filter_map(|r| r.wiseft_alpha)
                 .collect();
             alphas.sort_by(f64::total_cmp);
             alphas.dedup();
             table.push(table_row(suite, method, &own));
-            if let Some(&mid) = alphas.iter().find(|a| **a == 0.5) {
-                table.push(table_row(suite, &format!("{method} + WiSE-FT 0.5"), &of(Some(mid))));
+            if alphas.contains(&0.5) {
+                table.push(table_row(suite, &format!("{method} + WiSE-FT 0.5"), &of(Some(0.5))));
             }
-            if let Some((id, ood)) = id_ood(&own, lead) {
+            let point = |rows: &[&ResultRow]| -> Option<(f64, f64)> {
+                Some((mean_std(&per_seed(rows, lead, false))?.0, mean_std(&per_seed(rows, lead, true))?.0))
+            };
+            if let Some((id, ood)) = point(&own) {
                 plot.points.push(Point { method: method.to_string(), id, ood });
-                let mut points: Vec<(f64, f64, f64)> = alphas
-                    .iter()
-                    .filter_map(|&a| id_ood(&of(Some(a)), lead).map(|(i, o)| (a, i, o)))
-                    .collect();
-                if !points.is_empty() {
-                    points.push((1.0, id, ood));
-                    plot.curves.push(Curve { method: method.to_string(), points });
+                let mut curve: Vec<(f64, f64, f64)> =
+                    alphas.iter().filter_map(|&a| point(&of(Some(a))).map(|(i, o)| (a, i, o))).collect();
+                if !curve.is_empty() {
+                    curve.push((1.0, id, ood));
+                    plot.curves.push(Curve { method: method.to_string(), points: curve });
                 }
             }
         }
         plots.push(plot);
     }
     Report {
-        title: "robustft demo: robust fine-tuning on ShiftWorld".into(),
+        title: "robustft: robust fine-tuning on ShiftWorld".into(),
         command: command.into(),
         table,
         plots,
     }
 }
 
+/// ID and OOD cells of one method (mean over seeds, with the std when there are several).
 fn table_row(suite: &str, method: &str, rows: &[&ResultRow]) -> TableRow {
-    let cell = |label: &str, name: &str, ood: bool| {
-        let value = if ood {
-            mean_over(rows, name, |s| s.starts_with("ood_"))
-        } else {
-            mean_over(rows, name, |s| s == "id_test")
-        };
-        (label.to_string(), value)
-    };
-    TableRow {
-        suite: suite.to_string(),
-        method: method.to_string(),
-        cells: vec![
-            cell("ID top-1", "top1", false),
-            cell("OOD top-1", "top1", true),
-            cell("ID macro-F1", "f1_macro", false),
-            cell("OOD macro-F1", "f1_macro", true),
-            cell("OOD worst-group", "worst_group_acc", true),
-        ],
+    let columns = [
+        ("ID top-1", "top1", false),
+        ("OOD top-1", "top1", true),
+        ("ID macro-F1", "f1_macro", false),
+        ("OOD macro-F1", "f1_macro", true),
+        ("OOD worst-group", "worst_group_acc", true),
+    ];
+    let (mut cells, mut spread) = (Vec::new(), Vec::new());
+    for (label, name, ood) in columns {
+        let values = per_seed(rows, name, ood);
+        let stats = mean_std(&values);
+        cells.push((label.to_string(), stats.map(|s| s.0)));
+        if let (Some((_, std)), true) = (stats, values.len() > 1) {
+            spread.push((label.to_string(), std));
+        }
+    }
+    TableRow { suite: suite.to_string(), method: method.to_string(), cells, spread }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_recipes_make_ten_runs_with_distinct_names() {
+        let runs = matrix(&demo_recipes(), &["spurious".into(), "domains".into()], &[7], true).unwrap();
+        let mut names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), 10);
+        assert!(runs.iter().all(|r| r.seed == 7 && r.train.epochs == 1));
+    }
+
+    #[test]
+    fn mean_and_population_std() {
+        assert_eq!(mean_std(&[0.5, 0.7]), Some((0.6, 0.09999999999999998)));
+        assert_eq!(mean_std(&[]), None);
     }
 }

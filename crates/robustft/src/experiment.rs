@@ -290,7 +290,7 @@ impl Experiment {
         let context = RowContext {
             model: recipe.model.clone(),
             dataset,
-            method: recipe.method.name.as_str().into(),
+            method: recipe.label(),
             prompts,
             seed: recipe.seed,
             preprocess: self.preprocess.id(),

@@ -264,6 +264,20 @@ impl Recipe {
         Ok(recipe)
     }
 
+    /// The method as result rows name it: the method, and its constraint when there is one
+    /// beyond what the method implies (`flyp+ftp`, `drm+spd`).
+    pub fn label(&self) -> String {
+        let method = self.method.name.as_str();
+        match self.constraint.name {
+            ConstraintName::None => method.to_string(),
+            ConstraintName::L2sp if self.method.name == MethodName::L2sp => method.to_string(),
+            other => format!(
+                "{method}+{}",
+                serde_json::to_value(other).expect("serialisable").as_str().unwrap_or("?")
+            ),
+        }
+    }
+
     /// The recipe as TOML text (what the run directory keeps).
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("a recipe serialises")

@@ -28,7 +28,7 @@ fn plot(suite: &str, methods: &[&str], sweep: usize) -> SuitePlot {
 
 fn row(suite: &str, method: &str, cells: &[(&str, Option<f64>)]) -> TableRow {
     let cells = cells.iter().map(|(c, v)| (c.to_string(), *v)).collect();
-    TableRow { suite: suite.into(), method: method.into(), cells }
+    TableRow { suite: suite.into(), method: method.into(), cells, spread: Vec::new() }
 }
 
 fn report() -> Report {

@@ -42,12 +42,14 @@ pub struct SuitePlot {
     pub curves: Vec<Curve>,
 }
 
-/// One row of the results table: named metric cells, `None` where a metric is missing.
+/// One row of the results table: named metric cells, `None` where a metric is missing, and
+/// optionally each cell's standard deviation over seeds (shown as `mean ± std`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct TableRow {
     pub suite: String,
     pub method: String,
     pub cells: Vec<(String, Option<f64>)>,
+    pub spread: Vec<(String, f64)>,
 }
 
 /// The whole report; `command` is the command line that produced it, shown on the page.
@@ -245,11 +247,14 @@ fn columns(rows: &[TableRow]) -> Vec<&str> {
     names
 }
 
-/// A row's value in `column` as a percentage with one decimal, `-` when missing.
+/// A row's value in `column` as a percentage with one decimal (`mean ± std` when the row has a
+/// spread for it), `-` when missing.
 fn percent_cell(row: &TableRow, column: &str) -> String {
-    match row.cells.iter().find(|(name, _)| name == column).and_then(|(_, value)| *value) {
-        Some(value) => format!("{:.1}", value * 100.0),
-        None => "-".into(),
+    let spread = row.spread.iter().find(|(name, _)| name == column).map(|(_, std)| *std);
+    match (row.cells.iter().find(|(name, _)| name == column).and_then(|(_, value)| *value), spread) {
+        (Some(value), Some(std)) => format!("{:.1} ± {:.1}", value * 100.0, std * 100.0),
+        (Some(value), None) => format!("{:.1}", value * 100.0),
+        (None, _) => "-".into(),
     }
 }
 
