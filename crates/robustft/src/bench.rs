@@ -3,6 +3,9 @@
 //! (forward, a 1000-class linear head with cross-entropy, backward, AdamW over the image tower
 //! and the head). `bench/pytorch_bench.py` runs the identical workload in PyTorch so the two
 //! can be compared side by side (`bench/run.sh`).
+//!
+//! [`method_step_ms`] times the training steps of a whole method (objective + constraint) from a
+//! recipe, to measure a method's overhead over plain fine-tuning on the same data.
 
 use std::time::Instant;
 
@@ -109,4 +112,24 @@ pub fn peak_rss_mb() -> f64 {
         .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
         .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Wall time (ms) of each of the first `steps` training steps of `recipe`, run in `out`
+/// (interrupted after `steps`: nothing is evaluated).
+pub fn method_step_ms(
+    recipe: crate::recipe::Recipe,
+    steps: u64,
+    out: &std::path::Path,
+) -> crate::Result<Vec<f64>> {
+    let experiment = crate::experiment::Experiment::resolve(recipe, &Device::Cpu)?;
+    let settings =
+        crate::experiment::RunSettings { out: out.to_path_buf(), resume: false, stop_after: Some(steps) };
+    let batch = experiment.recipe.train.batch_size as f64;
+    let mut times = Vec::new();
+    experiment.run(&settings, &mut |event| {
+        if let crate::experiment::Event::Step(report) = event {
+            times.push(1000.0 * batch / report.images_per_s);
+        }
+    })?;
+    Ok(times)
 }

@@ -55,7 +55,8 @@ pub struct RunSettings {
     /// Runs are written to `<out>/<recipe name>/`.
     pub out: PathBuf,
     pub resume: bool,
-    /// Stop training after this many steps (simulates an interruption).
+    /// Stop training after this many steps, as an interruption would: nothing is evaluated
+    /// or saved beyond the checkpoints (tests, benchmarks).
     pub stop_after: Option<u64>,
 }
 
@@ -128,9 +129,12 @@ impl Experiment {
         let method = self.recipe.method.name;
         let outcome = match method {
             MethodName::Zeroshot => Outcome::Head(zero_shot.clone()),
-            MethodName::Lp => Outcome::Head(self.linear_probe(events)?),
+            MethodName::Lp => Outcome::Head(self.linear_probe(&settings.out, events)?),
             _ => self.fine_tune(&run, settings, &pretrained, &zero_shot, events)?,
         };
+        if settings.stop_after.is_some() {
+            return Ok(Vec::new());
+        }
         report_skipped("training", &self.data.train.skipped(), events);
         events(Event::Stage("evaluating".into()));
         let predictor = self.predictor(&self.model, &outcome)?;
@@ -219,10 +223,12 @@ impl Experiment {
     }
 
     /// The linear probe on frozen, normalised features; C chosen on ID validation.
-    fn linear_probe(&self, events: &mut dyn FnMut(Event)) -> Result<Head> {
+    fn linear_probe(&self, out: &Path, events: &mut dyn FnMut(Event)) -> Result<Head> {
         events(Event::Stage("features for the linear probe".into()));
-        let (train_x, train_y) = features(&self.model, self.data.train.as_ref())?;
-        let (val_x, val_y) = features(&self.model, self.val_source()?)?;
+        let cache = out.join("cache");
+        let (train_x, train_y) =
+            self.cached_features(self.data.train.as_ref(), &self.recipe.data.train_split, &cache)?;
+        let (val_x, val_y) = self.cached_features(self.val_source()?, &self.recipe.data.val_split, &cache)?;
         events(Event::Stage("fitting the linear probe (L-BFGS)".into()));
         let options = LbfgsOptions { max_iter: self.recipe.lp.max_iter, ..LbfgsOptions::default() };
         let selection = select_c(
@@ -320,6 +326,48 @@ impl Experiment {
         std::fs::rename(&tmp, &dir).map_err(crate::train::run_dir::io_error(&tmp))
     }
 
+    /// Frozen, normalised features of a split, computed once and kept in `cache` under a key
+    /// naming the model (spec and a checksum of its weights), the data, the split and the
+    /// preprocessing.
+    fn cached_features(
+        &self,
+        source: &dyn TrainSource,
+        split: &str,
+        cache: &Path,
+    ) -> Result<(Vec<f32>, Vec<u32>)> {
+        let mut checksum = 0f64;
+        for (_, tensor) in self.model.tensors() {
+            checksum += tensor.to_dtype(candle_core::DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+        }
+        let data = &self.recipe.data;
+        let dataset = match &data.suite {
+            Some(suite) => format!("shiftworld/{suite}/seed{}", self.recipe.seed),
+            None => data.root.as_deref().unwrap_or(Path::new("")).display().to_string(),
+        };
+        let key = format!(
+            "{}|{checksum:e}|{dataset}|{split}|{}|{}",
+            self.recipe.model,
+            self.preprocess.id(),
+            source.len()
+        );
+        let path = cache.join(format!("features-{:016x}.safetensors", crate::rng::fnv1a(key.as_bytes())));
+        if let Ok(tensors) = candle_core::safetensors::load(&path, &Device::Cpu) {
+            if let (Some(x), Some(y)) = (tensors.get("features"), tensors.get("labels")) {
+                return Ok((x.flatten_all()?.to_vec1()?, y.to_dtype(candle_core::DType::U32)?.to_vec1()?));
+            }
+        }
+        let (x, y) = features(&self.model, source)?;
+        let n = y.len();
+        let tensors = vec![
+            ("features".to_string(), Tensor::from_slice(&x, (n, x.len() / n.max(1)), &Device::Cpu)?),
+            ("labels".to_string(), Tensor::from_slice(&y, n, &Device::Cpu)?), // stored as f32 (exact below 2^24)
+        ];
+        std::fs::create_dir_all(cache).map_err(crate::train::run_dir::io_error(cache))?;
+        let metadata = HashMap::from([("robustft.features".to_string(), key)]);
+        crate::clip::checkpoint::write_safetensors(&path, &tensors, metadata)?;
+        Ok((x, y))
+    }
+
     /// Trains the model (FT, L2-SP, LP-FT, FLYP, DRM) and says how it predicts.
     fn fine_tune(
         &self,
@@ -338,9 +386,9 @@ impl Experiment {
             MethodName::Ft | MethodName::L2sp => {
                 Box::new(CrossEntropy { head: TrainableHead::new(zero_shot)? })
             }
-            MethodName::LpFt => {
-                Box::new(CrossEntropy { head: TrainableHead::new(&self.linear_probe(events)?)? })
-            }
+            MethodName::LpFt => Box::new(CrossEntropy {
+                head: TrainableHead::new(&self.linear_probe(&settings.out, events)?)?,
+            }),
             MethodName::Flyp => Box::new(flyp()?),
             MethodName::Drm => {
                 events(Event::Stage("core predictions p_c of the pre-trained model".into()));

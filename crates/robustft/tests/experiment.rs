@@ -180,3 +180,21 @@ fn every_committed_recipe_parses() {
     }
     assert!(count >= 7, "found {count} recipes");
 }
+
+#[test]
+fn linear_probe_features_are_cached_and_reused() {
+    let dir = scratch("cache");
+    write_dataset(&dir);
+    let out = dir.join("runs");
+    let lp = |name: &str| recipe(&dir, "lp", &[&format!("name={name}")]);
+    run(lp("first"), &out, false, None).unwrap();
+    let cached: Vec<_> = std::fs::read_dir(out.join("cache")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(cached.len(), 2, "train and id_val features: {cached:?}");
+    let stamps: Vec<_> = cached.iter().map(|p| std::fs::metadata(p).unwrap().modified().unwrap()).collect();
+    run(lp("second"), &out, false, None).unwrap();
+    let again: Vec<_> = cached.iter().map(|p| std::fs::metadata(p).unwrap().modified().unwrap()).collect();
+    assert_eq!(stamps, again, "the second run read the cache instead of rewriting it");
+    let results = |name: &str| std::fs::read_to_string(out.join(name).join("results.jsonl")).unwrap();
+    assert_eq!(results("first"), results("second"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -35,6 +35,17 @@ pub struct BenchArgs {
     /// Where to compute: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: DeviceChoice,
+
+    /// Instead of the image tower: time the training steps of these recipes (a method's
+    /// objective + constraint), in turn, --rounds times, and print each recipe's median step
+    /// time (the first 2 steps of a round are warm-up); --steps is the steps per round.
+    #[arg(long, value_name = "FILE.toml", num_args = 1..)]
+    recipes: Vec<std::path::PathBuf>,
+
+    /// Rounds over the recipes (with --recipes): alternating recipes spreads machine noise
+    /// over all of them.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -44,6 +55,9 @@ enum Mode {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if !args.recipes.is_empty() {
+        return bench_recipes(&args);
+    }
     let config = match args.arch.as_str() {
         "shiftworld" => shiftworld_model(),
         name => ClipConfig::preset(name).with_context(|| {
@@ -63,5 +77,35 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let device = args.device.open()?;
     let report = bench::run(&args.arch, config, mode, args.batch, args.steps, args.warmup, &device)?;
     println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// Median step time of each recipe's method, alternating recipes over rounds.
+fn bench_recipes(args: &BenchArgs) -> anyhow::Result<()> {
+    let out = std::env::temp_dir().join(format!("robustft-bench-{}", std::process::id()));
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); args.recipes.len()];
+    for round in 0..args.rounds {
+        for (k, path) in args.recipes.iter().enumerate() {
+            let sets = ["train.epochs=100".to_string(), "eval.wiseft=[]".to_string()];
+            let recipe = robustft::recipe::Recipe::load(path, &sets)?;
+            eprintln!("round {} / {}: {}", round + 1, args.rounds, recipe.label());
+            let steps = bench::method_step_ms(recipe, args.steps as u64 + 2, &out)?;
+            times[k].extend(steps.into_iter().skip(2));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    for (path, mut samples) in args.recipes.iter().zip(times) {
+        samples.sort_by(f64::total_cmp);
+        let median = samples.get(samples.len() / 2).copied().unwrap_or(f64::NAN);
+        let recipe = robustft::recipe::Recipe::load(path, &[])?;
+        let line = serde_json::json!({
+            "recipe": path.display().to_string(),
+            "method": recipe.label(),
+            "batch": recipe.train.batch_size,
+            "steps": samples.len(),
+            "median_step_ms": median,
+        });
+        println!("{line}");
+    }
     Ok(())
 }

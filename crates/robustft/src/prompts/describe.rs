@@ -238,13 +238,7 @@ fn quoted(body: &str) -> String {
 
 /// FNV-1a 64 of endpoint, model and prompt (separated by NUL), as 16 hex digits.
 fn cache_key(endpoint: &str, model: &str, prompt: &str) -> String {
-    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0100_0000_01b3;
-    let bytes = [endpoint.as_bytes(), b"\0", model.as_bytes(), b"\0", prompt.as_bytes()];
-    let hash = bytes
-        .iter()
-        .flat_map(|part| part.iter())
-        .fold(OFFSET_BASIS, |hash, &byte| (hash ^ u64::from(byte)).wrapping_mul(PRIME));
+    let hash = crate::rng::fnv1a([endpoint, model, prompt].join("\0").as_bytes());
     format!("{hash:016x}")
 }
 

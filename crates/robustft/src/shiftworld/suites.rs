@@ -11,7 +11,7 @@ use super::scene::{
     CorruptionKind, Lighting, Pattern, Scene, Shape, Style, MAX_SEVERITY,
 };
 use super::{ShiftWorldError, CLASSES};
-use crate::rng::SplitMix64;
+use crate::rng::{fnv1a, SplitMix64};
 
 /// Suite names accepted by [`build_suite`].
 pub const SUITE_NAMES: [&str; 4] = ["spurious", "rendition", "corruption", "domains"];
@@ -107,11 +107,6 @@ fn id_splits(sizes: &SplitSizes) -> [(&'static str, usize); 3] {
     [("train", sizes.train), ("id_val", sizes.id_val), ("id_test", sizes.id_test)]
 }
 
-/// FNV-1a of a string: a stable, platform-independent hash for seeding.
-fn fnv1a(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
-}
-
 impl SuiteBuilder<'_> {
     /// Generates split `name` of `size` examples: example `i` is `make(rng_i, i)`.
     fn split(
@@ -120,7 +115,10 @@ impl SuiteBuilder<'_> {
         size: usize,
         make: impl Fn(&mut SplitMix64, usize) -> Example + Sync,
     ) -> SuiteSplit {
-        let base = SplitMix64::new(self.seed ^ fnv1a(self.suite).rotate_left(17) ^ fnv1a(name)).next_u64();
+        let base = SplitMix64::new(
+            self.seed ^ fnv1a(self.suite.as_bytes()).rotate_left(17) ^ fnv1a(name.as_bytes()),
+        )
+        .next_u64();
         let examples = (0..size)
             .into_par_iter()
             .map(|i| {
