@@ -5,17 +5,18 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use candle_core::Device;
 use robustft::clip::preprocess::ClipPreprocess;
 use robustft::clip::ClipModel;
 use robustft::data::{load_manifest_split, manifest_splits, Split};
 use robustft::eval::dataset::{evaluate_split, write_predictions_csv, SplitEvaluation};
 use robustft::eval::evaluate::{append_rows, ResultRow, RowContext};
 use robustft::eval::predictor::{Head, Predictor};
-use robustft::eval::suite::{zeroshot_suite_rows, PromptKind};
-use robustft::shiftworld::build_suite;
+use robustft::eval::suite::{evaluate_suite, zeroshot_suite_rows, PromptKind};
+use robustft::shiftworld::{build_suite, Suite};
 use robustft::zeroshot::{tokenizer_for, ZeroShotHead};
 
-use super::{ModelArgs, PromptArgs, DATASET_TEMPLATES};
+use super::{print_rows, ModelArgs, PromptArgs, DATASET_TEMPLATES};
 
 /// Prints one table row (or, with --json, one JSON line) per split: top-1, top-5, macro-F1
 /// over classes present in the split, worst-group accuracy, ECE.
@@ -55,40 +56,57 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
-    let (model, _) = args.model.load()?;
+    let (model, device) = args.model.load()?;
     let preprocess = ClipPreprocess::openai(model.config.vision.image_size).id();
+    let head = trained_head(&args.model.model, &device)?;
+    if head.is_some() {
+        eprintln!("evaluating the trained head saved beside the model (head.safetensors)");
+    }
     let rows = match (&args.suite, &args.dataset) {
-        (Some(suite), _) => zeroshot_suite_rows(
-            &model,
-            &args.model.model,
-            &build_suite(suite, args.seed)?,
-            PromptKind::Default,
-        )?,
-        (None, Some(dir)) => dataset_rows(&args, &model, dir, preprocess)?,
+        (Some(suite), _) => {
+            let suite = build_suite(suite, args.seed)?;
+            match &head {
+                Some(head) => suite_rows_with_head(&args, &model, &suite, head)?,
+                None => zeroshot_suite_rows(&model, &args.model.model, &suite, PromptKind::Default)?,
+            }
+        }
+        (None, Some(dir)) => dataset_rows(&args, &model, dir, preprocess, head)?,
         (None, None) => unreachable!("clap requires --dataset or --suite"),
     };
     if let Some(path) = &args.results {
         append_rows(path, &rows)?;
     }
-    if args.json {
-        for row in &rows {
-            println!("{}", serde_json::to_string(row)?);
-        }
-    } else {
-        println!(
-            "{:<24} {:>6} {:>6} {:>8} {:>10} {:>6} {:>6}",
-            "split", "top1", "top5", "f1_macro", "worst_grp", "ece", "n"
-        );
-        for row in &rows {
-            let m = &row.metrics;
-            let worst = m.worst_group_acc.map_or("-".to_string(), |w| format!("{w:.3}"));
-            println!(
-                "{:<24} {:>6.3} {:>6.3} {:>8.3} {:>10} {:>6.3} {:>6}",
-                row.split, m.top1, m.top5, m.f1_macro, worst, m.ece, m.n
-            );
-        }
-    }
-    Ok(())
+    print_rows(&rows, args.json)
+}
+
+/// The head `robustft train` saves beside a head-based method's weights (`head.safetensors`:
+/// FT, LP, LP-FT, L2-SP), if `spec` is such a directory.
+fn trained_head(spec: &str, device: &Device) -> anyhow::Result<Option<Head>> {
+    let path = Path::new(spec).join("head.safetensors");
+    Ok(match path.is_file() {
+        true => Some(Head::load(&path, device)?),
+        false => None,
+    })
+}
+
+/// Rows of a trained head on every evaluation split of a suite.
+fn suite_rows_with_head(
+    args: &EvalArgs,
+    model: &ClipModel,
+    suite: &Suite,
+    head: &Head,
+) -> anyhow::Result<Vec<ResultRow>> {
+    let context = RowContext {
+        model: args.model.model.clone(),
+        dataset: format!("shiftworld/{}", suite.name),
+        method: "trained_head".into(),
+        prompts: "none".into(),
+        seed: suite.seed,
+        preprocess: ClipPreprocess::openai(model.config.vision.image_size).id(),
+        wiseft_alpha: None,
+    };
+    let predictions = evaluate_suite(model, suite, &Predictor::single(head.clone()))?;
+    Ok(predictions.iter().map(|(split, p)| ResultRow::score(&context, split, p, &[])).collect())
 }
 
 fn dataset_rows(
@@ -96,11 +114,21 @@ fn dataset_rows(
     model: &ClipModel,
     dir: &Path,
     preprocess: String,
+    trained: Option<Head>,
 ) -> anyhow::Result<Vec<ResultRow>> {
     let splits = load_dataset(dir)?;
-    let (prompts, prompt_set) = args.prompts_from.prompts(&splits[0].classes, DATASET_TEMPLATES)?;
-    let head = ZeroShotHead::build(model, &tokenizer_for(model)?, &prompts)?;
-    let evaluations = evaluate_dataset(model, &splits, &Predictor::single(Head::from(&head)))?;
+    let (head, method, prompt_set) = match trained {
+        Some(head) => (head, "trained_head", "none".to_string()),
+        None => {
+            let (prompts, prompt_set) = args.prompts_from.prompts(&splits[0].classes, DATASET_TEMPLATES)?;
+            (
+                Head::from(&ZeroShotHead::build(model, &tokenizer_for(model)?, &prompts)?),
+                "zeroshot",
+                prompt_set,
+            )
+        }
+    };
+    let evaluations = evaluate_dataset(model, &splits, &Predictor::single(head))?;
     report_skipped(&evaluations);
     if let Some(path) = &args.save_predictions {
         write_predictions_csv(path, &evaluations)?;
@@ -108,7 +136,7 @@ fn dataset_rows(
     let context = RowContext {
         model: args.model.model.clone(),
         dataset: dir.display().to_string(),
-        method: "zeroshot".into(),
+        method: method.into(),
         prompts: prompt_set,
         seed: 0,
         preprocess,

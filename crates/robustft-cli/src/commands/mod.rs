@@ -110,7 +110,7 @@ pub fn print_rows(rows: &[robustft::eval::evaluate::ResultRow], json: bool) -> a
         return Ok(());
     }
     println!(
-        "{:<10} {:>6} {:<24} {:>6} {:>6} {:>8} {:>10} {:>6} {:>6}",
+        "{:<14} {:>6} {:<24} {:>6} {:>6} {:>8} {:>10} {:>6} {:>6}",
         "method", "alpha", "split", "top1", "top5", "f1_macro", "worst_grp", "ece", "n"
     );
     for row in rows {
@@ -118,7 +118,7 @@ pub fn print_rows(rows: &[robustft::eval::evaluate::ResultRow], json: bool) -> a
         let worst = m.worst_group_acc.map_or("-".to_string(), |w| format!("{w:.3}"));
         let alpha = row.wiseft_alpha.map_or("-".to_string(), |a| format!("{a}"));
         println!(
-            "{:<10} {:>6} {:<24} {:>6.3} {:>6.3} {:>8.3} {:>10} {:>6.3} {:>6}",
+            "{:<14} {:>6} {:<24} {:>6.3} {:>6.3} {:>8.3} {:>10} {:>6.3} {:>6}",
             row.method, alpha, row.split, m.top1, m.top5, m.f1_macro, worst, m.ece, m.n
         );
     }
