@@ -160,3 +160,11 @@ fn write_is_atomic_and_creates_the_directory() {
     assert!(taken.is_dir() && !dir.join(".taken.html.tmp").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_spread_is_shown_as_mean_plus_minus_std() {
+    let mut with_spread = row("spurious", "drm", &[("ID top-1", Some(0.8125)), ("OOD top-1", Some(0.5))]);
+    with_spread.spread = vec![("ID top-1".to_string(), 0.0125)];
+    let markdown = markdown_table(&[with_spread]);
+    assert!(markdown.contains("| 81.2 ± 1.2 | 50.0 |"), "{markdown}");
+}
