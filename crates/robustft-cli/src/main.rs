@@ -32,6 +32,8 @@ enum Command {
     /// Pretrain the tiny ShiftWorld CLIP from scratch (contrastive loss, checkpoints,
     /// --resume).
     Pretrain(commands::pretrain::PretrainArgs),
+    /// Gather results.jsonl files into a table (mean ± std over seeds) and report.html.
+    Report(commands::report::ReportArgs),
     /// Generate ShiftWorld benchmark suites on disk or look at pretraining samples.
     Shiftworld(commands::shiftworld::ShiftworldArgs),
     /// Print the CLIP BPE token ids of each text, one JSON array per line.
@@ -57,6 +59,7 @@ fn main() -> std::process::ExitCode {
         Command::Embed(args) => commands::embed::run(args),
         Command::Eval(args) => commands::eval::run(args),
         Command::Pretrain(args) => commands::pretrain::run(args),
+        Command::Report(args) => commands::report::run(args),
         Command::Shiftworld(args) => commands::shiftworld::run(args),
         Command::Tokenize(args) => commands::tokenize::run(args),
         Command::Train(args) => commands::train::run(args),

@@ -4,12 +4,13 @@
 //! writes `OUT/results.jsonl` and `OUT/report.html` (table + ID-vs-OOD scatter per suite).
 //! With `--recipes` and `--seeds` it compares any recipes over several seeds (mean ± std).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
 use candle_core::Device;
 use robustft::demo::{demo_recipes, matrix, summarize, RecipeText, DEMO_SUITES};
+use robustft::eval::evaluate::ResultRow;
 use robustft::eval::report::markdown_table;
 use robustft::experiment::{Experiment, RunSettings};
 
@@ -66,19 +67,22 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         let settings = RunSettings { out: args.out.clone(), resume: false, stop_after: None };
         rows.extend(run_with_progress(&experiment, &settings).with_context(|| format!("run {name}"))?);
     }
-    let results = args.out.join("results.jsonl");
+    write_summary(&rows, &args.suites, &args.out)?;
+    eprintln!("in {:.1} min", started.elapsed().as_secs_f64() / 60.0);
+    Ok(())
+}
+
+/// Writes `out/results.jsonl` and `out/report.html` and prints the markdown table.
+pub fn write_summary(rows: &[ResultRow], suites: &[String], out: &Path) -> anyhow::Result<()> {
+    let results = out.join("results.jsonl");
     let lines: String =
         rows.iter().map(|r| serde_json::to_string(r).map(|s| s + "\n")).collect::<Result<_, _>>()?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     std::fs::write(&results, lines).with_context(|| format!("cannot write {}", results.display()))?;
-    let report = summarize(&rows, &args.suites, &command_line());
-    report.write(&args.out.join("report.html"))?;
+    let report = summarize(rows, suites, &command_line());
+    report.write(&out.join("report.html"))?;
     println!("{}", markdown_table(&report.table));
-    let minutes = started.elapsed().as_secs_f64() / 60.0;
-    eprintln!(
-        "wrote {} and {} in {minutes:.1} min",
-        results.display(),
-        args.out.join("report.html").display()
-    );
+    eprintln!("wrote {} and {}", results.display(), out.join("report.html").display());
     Ok(())
 }
 

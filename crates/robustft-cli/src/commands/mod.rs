@@ -6,6 +6,7 @@ pub mod describe;
 pub mod embed;
 pub mod eval;
 pub mod pretrain;
+pub mod report;
 pub mod shiftworld;
 pub mod tokenize;
 pub mod train;

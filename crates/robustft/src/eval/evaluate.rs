@@ -42,7 +42,7 @@ pub fn predict(
 }
 
 /// One `results.jsonl` row.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ResultRow {
     pub model: String,
     pub dataset: String,
@@ -52,7 +52,7 @@ pub struct ResultRow {
     pub seed: u64,
     pub preprocess: String,
     /// The WiSE-FT mixing weight of the evaluated model, when it is an interpolation.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wiseft_alpha: Option<f64>,
     #[serde(flatten)]
     pub metrics: SplitMetrics,
