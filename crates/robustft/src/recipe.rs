@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::constraints::digrap::Conflict;
 use crate::error::{Error, Result};
 use crate::methods::drm::{AffinityNorm, Wrm};
 use crate::train::supervised::Tower;
@@ -164,15 +165,27 @@ impl Default for TrainRecipe {
 #[serde(deny_unknown_fields, default)]
 pub struct ConstraintRecipe {
     pub name: ConstraintName,
-    /// Strength: L2-SP's λ.
+    /// Strength: L2-SP's λ; DiGraP's weight of the regulariser gradient λ(θ − θ₀) added after
+    /// the projection (0: off).
     pub lambda: f64,
     /// Regexes of parameter names left unconstrained (a new head is never anchored).
     pub exclude: Vec<String>,
+    /// Learning rate of a constraint's own learned per-layer quantities, each by a scalar Adam
+    /// (DiGraP's projection strength ω).
+    pub mu: f64,
+    /// DiGraP: which sign of ⟨g, θ − θ₀⟩ is a conflict.
+    pub conflict: Conflict,
 }
 
 impl Default for ConstraintRecipe {
     fn default() -> Self {
-        Self { name: ConstraintName::None, lambda: 0.0, exclude: Vec::new() }
+        Self {
+            name: ConstraintName::None,
+            lambda: 0.0,
+            exclude: Vec::new(),
+            mu: 1e-2,
+            conflict: Conflict::Opposed,
+        }
     }
 }
 
@@ -182,6 +195,7 @@ impl Default for ConstraintRecipe {
 pub enum ConstraintName {
     None,
     L2sp,
+    Digrap,
 }
 
 /// Linear-probe settings.
@@ -315,8 +329,28 @@ impl Recipe {
         {
             return Err("constraint l2sp needs constraint.lambda > 0 (the strength λ)".into());
         }
+        if self.constraint.name == ConstraintName::Digrap {
+            check_digrap(&self.constraint)?;
+        }
         Ok(())
     }
+}
+
+/// DiGraP needs a positive learning rate μ for ω and a regulariser weight λ ≥ 0.
+fn check_digrap(constraint: &ConstraintRecipe) -> std::result::Result<(), String> {
+    if !(constraint.mu.is_finite() && constraint.mu > 0.0) {
+        return Err(format!(
+            "constraint digrap needs constraint.mu > 0 (ω's learning rate), not {}",
+            constraint.mu
+        ));
+    }
+    if !(constraint.lambda.is_finite() && constraint.lambda >= 0.0) {
+        return Err(format!(
+            "constraint digrap needs constraint.lambda ≥ 0 (the regulariser gradient's weight), not {}",
+            constraint.lambda
+        ));
+    }
+    Ok(())
 }
 
 /// Sets `a.b.c = value` in a TOML table.
@@ -374,6 +408,24 @@ mod tests {
     fn round_trips_through_toml() {
         let recipe = Recipe::parse(MINIMAL, "test", &["drm.wrm=\"reweighted\"".to_string()]).unwrap();
         assert_eq!(Recipe::parse(&recipe.to_toml(), "again", &[]).unwrap(), recipe);
+    }
+
+    #[test]
+    fn digrap_options_are_read_and_checked() {
+        let sets = |extra: &[&str]| {
+            let mut all = vec!["constraint.name=\"digrap\"".to_string()];
+            all.extend(extra.iter().map(|s| s.to_string()));
+            Recipe::parse(MINIMAL, "test", &all)
+        };
+        let recipe = sets(&["constraint.mu=0.05", "constraint.conflict=\"aligned\""]).unwrap();
+        assert_eq!((recipe.constraint.mu, recipe.constraint.conflict), (0.05, Conflict::Aligned));
+        assert_eq!(sets(&[]).unwrap().constraint.conflict, Conflict::Opposed);
+        let err = sets(&["constraint.mu=0.0"]).unwrap_err().to_string();
+        assert!(err.contains("constraint.mu > 0"), "{err}");
+        let err = sets(&["constraint.lambda=-1.0"]).unwrap_err().to_string();
+        assert!(err.contains("constraint.lambda ≥ 0"), "{err}");
+        let err = sets(&["constraint.conflict=\"sideways\""]).unwrap_err().to_string();
+        assert!(err.contains("sideways"), "{err}");
     }
 
     #[test]

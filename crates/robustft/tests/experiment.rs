@@ -1,6 +1,7 @@
 //! Recipes run end to end on a tiny on-disk manifest dataset with the bundled model: a killed
-//! run resumed from its checkpoint reaches exactly the weights of an uninterrupted run (FT and
-//! DRM), a corrupt training image is skipped and reported, and bad input — a missing split, a
+//! run resumed from its checkpoint reaches exactly the weights of an uninterrupted run (FT, DRM,
+//! and both under the DiGraP constraint, whose learned state must be restored), a corrupt
+//! training image is skipped and reported, and bad input — a missing split, a
 //! concept-description file for other classes, an unknown recipe key — is refused before any
 //! work with an error naming it.
 
@@ -87,27 +88,36 @@ fn weights(run_dir: &Path) -> Vec<(String, Vec<f32>)> {
 }
 
 fn resume_matches_uninterrupted(method: &str) {
-    let dir = scratch(method);
+    let (dir, _) = resumed_run_matches(method, method, &[]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Runs `method` with `extra` overrides as run `name`, uninterrupted and killed then resumed,
+/// and checks both reach the same, trained weights; returns the scratch directory (for the
+/// caller to remove) and the uninterrupted run's directory.
+fn resumed_run_matches(name: &str, method: &str, extra: &[&str]) -> (PathBuf, PathBuf) {
+    let dir = scratch(name);
     write_dataset(&dir);
     let (whole, killed) = (dir.join("whole"), dir.join("killed"));
-    run(recipe(&dir, method, &[]), &whole, false, None).unwrap();
+    let name_set = format!("name=\"{name}\"");
+    let sets: Vec<&str> = extra.iter().copied().chain([name_set.as_str()]).collect();
+    run(recipe(&dir, method, &sets), &whole, false, None).unwrap();
     // 13 images (one unreadable) in batches of 4: 4 steps per epoch, 8 in all; stop after 3
     // (the last checkpoint is step 2), then resume.
-    run(recipe(&dir, method, &[]), &killed, false, Some(3)).unwrap();
-    run(recipe(&dir, method, &[]), &killed, true, None).unwrap();
-    let (a, b) = (weights(&whole.join(method)), weights(&killed.join(method)));
+    run(recipe(&dir, method, &sets), &killed, false, Some(3)).unwrap();
+    run(recipe(&dir, method, &sets), &killed, true, None).unwrap();
+    let (a, b) = (weights(&whole.join(name)), weights(&killed.join(name)));
     assert_eq!(a.len(), b.len());
-    for ((name, x), (_, y)) in a.iter().zip(&b) {
-        assert_eq!(x, y, "{method}: `{name}` differs after resume");
+    for ((tensor, x), (_, y)) in a.iter().zip(&b) {
+        assert_eq!(x, y, "{name}: `{tensor}` differs after resume");
     }
-    let trained = weights(&whole.join(method));
     let (bundled, _) = ClipModel::load("bundled", &Device::Cpu).unwrap();
-    let moved = bundled.tensors().iter().any(|(name, t)| {
+    let moved = bundled.tensors().iter().any(|(tensor, t)| {
         let before: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-        trained.iter().any(|(n, after)| n == name && *after != before)
+        a.iter().any(|(n, after)| n == tensor && *after != before)
     });
-    assert!(moved, "{method}: training changed no weight");
-    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(moved, "{name}: training changed no weight");
+    (dir, whole.join(name))
 }
 
 #[test]
@@ -118,6 +128,41 @@ fn ft_resumed_after_a_kill_reaches_the_uninterrupted_weights() {
 #[test]
 fn drm_resumed_after_a_kill_reaches_the_uninterrupted_weights() {
     resume_matches_uninterrupted("drm");
+}
+
+/// DiGraP's largest learned strength ω in a run's checkpoint.
+fn largest_digrap_omega(run_dir: &Path) -> f32 {
+    let extra =
+        candle_core::safetensors::load(run_dir.join("checkpoint/extra.safetensors"), &Device::Cpu).unwrap();
+    let omegas = extra.iter().filter(|(name, _)| name.starts_with("constraint.omega."));
+    omegas
+        .map(|(_, t)| t.to_dtype(candle_core::DType::F32).unwrap().to_vec1::<f32>().unwrap()[0])
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn ft_with_digrap_resumed_after_a_kill_reaches_the_uninterrupted_weights() {
+    // checkpoints every 3 steps: the run resumes from step 3, after ω's first update (ω, its
+    // moments, the last projections and the step must all be restored)
+    let digrap = ["constraint.name=\"digrap\"", "constraint.mu=0.5", "train.checkpoint_every=3"];
+    let (dir, run_dir) = resumed_run_matches("ft_digrap", "ft", &digrap);
+    assert!(largest_digrap_omega(&run_dir) > 0.0, "DiGraP learned no strength");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn drm_with_digrap_resumed_after_a_kill_reaches_the_uninterrupted_weights() {
+    let digrap = [
+        "constraint.name=\"digrap\"",
+        "constraint.mu=0.5",
+        "constraint.lambda=0.1",
+        "train.checkpoint_every=3",
+    ];
+    let (dir, run_dir) = resumed_run_matches("drm_digrap", "drm", &digrap);
+    assert!(largest_digrap_omega(&run_dir) > 0.0, "DiGraP learned no strength");
+    let results = std::fs::read_to_string(run_dir.join("results.jsonl")).unwrap();
+    assert_eq!(results.lines().count(), 6, "3 splits × (DRM + DiGraP, WiSE-FT 0.5)");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

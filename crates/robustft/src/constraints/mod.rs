@@ -6,8 +6,9 @@
 //! FTP). Its state (learned radii, moments) is saved in every checkpoint so a resumed run is
 //! bit-exact.
 //!
-//! Implemented here: [`l2sp::L2Sp`] (methods.md §2.7).
+//! Implemented here: [`l2sp::L2Sp`] (methods.md §2.7), [`digrap::Digrap`] (§3.6).
 
+pub mod digrap;
 pub mod l2sp;
 
 use std::collections::HashMap;
@@ -81,6 +82,12 @@ pub fn build(recipe: &ConstraintRecipe) -> Result<Box<dyn Constraint>> {
     Ok(match recipe.name {
         ConstraintName::None => Box::new(Unconstrained),
         ConstraintName::L2sp => Box::new(l2sp::L2Sp { lambda: recipe.lambda, exclude }),
+        ConstraintName::Digrap => Box::new(digrap::Digrap::new(digrap::DigrapOptions {
+            mu: recipe.mu,
+            lambda: recipe.lambda,
+            conflict: recipe.conflict,
+            exclude,
+        })),
     })
 }
 
