@@ -7,7 +7,8 @@
 //!
 //! Methods (methods.md §2, §1b): `zeroshot`; `lp` (logistic regression on frozen features, C
 //! chosen on ID validation); `ft` (CE, head from the zero-shot head); `l2sp` (`ft` + the L2-SP
-//! constraint); `lp_ft` (`lp`, then `ft` from the LP head); `flyp`; `drm`. WiSE-FT
+//! constraint); `lp_ft` (`lp`, then `ft` from the LP head); `flyp`; `drm`; any trained method
+//! takes a recipe's `[constraint]` (L2-SP, SPD, FTP; result rows then name it, `flyp+ftp`). WiSE-FT
 //! interpolates every parameter of both towers between the pre-trained and the trained model
 //! and, for head-based methods, the head between the zero-shot head and the trained head; FLYP
 //! and DRM rebuild their heads from the interpolated towers.
@@ -34,7 +35,7 @@ use crate::methods::flyp::Flyp;
 use crate::methods::linear_probe::{select_c, LbfgsOptions};
 use crate::methods::ClassTexts;
 use crate::prompts::{class_prompts, load_templates, template_set, ConceptDescriptions};
-use crate::recipe::{DiskFormat, ErmKind, MethodName, Recipe};
+use crate::recipe::{ConstraintName, DiskFormat, ErmKind, MethodName, Recipe};
 use crate::shiftworld::{build_suite, Suite, CLASSES};
 use crate::train::images::DiskSet;
 use crate::train::run_dir::RunDir;
@@ -290,7 +291,7 @@ impl Experiment {
         let context = RowContext {
             model: recipe.model.clone(),
             dataset,
-            method: recipe.method.name.as_str().into(),
+            method: method_label(recipe),
             prompts,
             seed: recipe.seed,
             preprocess: self.preprocess.id(),
@@ -363,7 +364,7 @@ impl Experiment {
             }
             MethodName::Zeroshot | MethodName::Lp => unreachable!("no fine-tuning"),
         };
-        events(Event::Stage(format!("training {}", self.recipe.method.name.as_str())));
+        events(Event::Stage(format!("training {}", method_label(&self.recipe))));
         let checkpointing = Checkpointing {
             run,
             resume: settings.resume,
@@ -387,6 +388,18 @@ impl Experiment {
             MethodName::Drm => Outcome::Mixture,
             _ => Outcome::Head(trained_head(objective.as_ref())),
         })
+    }
+}
+
+/// The method as result rows name it: a constraint other than the method's own is appended
+/// (`flyp+ftp`, `drm+spd`, `ft+spd`).
+fn method_label(recipe: &Recipe) -> String {
+    let (method, constraint) = (recipe.method.name, recipe.constraint.name);
+    match (method, constraint) {
+        (_, ConstraintName::None)
+        | (MethodName::Zeroshot | MethodName::Lp, _)
+        | (MethodName::L2sp, ConstraintName::L2sp) => method.as_str().into(),
+        _ => format!("{}+{}", method.as_str(), constraint.as_str()),
     }
 }
 

@@ -164,15 +164,19 @@ impl Default for TrainRecipe {
 #[serde(deny_unknown_fields, default)]
 pub struct ConstraintRecipe {
     pub name: ConstraintName,
-    /// Strength: L2-SP's λ.
+    /// Strength: L2-SP's λ; SPD's λ (1 projects the candidate back onto the previous distance).
     pub lambda: f64,
     /// Regexes of parameter names left unconstrained (a new head is never anchored).
     pub exclude: Vec<String>,
+    /// FTP: factor on positive hyper-gradients of the radii (the annealing factor).
+    pub k: f64,
+    /// FTP: learning rate of the radii's Adam.
+    pub mu: f64,
 }
 
 impl Default for ConstraintRecipe {
     fn default() -> Self {
-        Self { name: ConstraintName::None, lambda: 0.0, exclude: Vec::new() }
+        Self { name: ConstraintName::None, lambda: 0.0, exclude: Vec::new(), k: 1.0, mu: 1e-2 }
     }
 }
 
@@ -182,6 +186,19 @@ impl Default for ConstraintRecipe {
 pub enum ConstraintName {
     None,
     L2sp,
+    Spd,
+    Ftp,
+}
+
+impl ConstraintName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::L2sp => "l2sp",
+            Self::Spd => "spd",
+            Self::Ftp => "ftp",
+        }
+    }
 }
 
 /// Linear-probe settings.
@@ -301,6 +318,48 @@ impl Recipe {
         {
             return Err("constraint l2sp needs constraint.lambda > 0 (the strength λ)".into());
         }
+        match self.constraint.name {
+            ConstraintName::Spd => self.check_spd(),
+            ConstraintName::Ftp => self.check_ftp(),
+            ConstraintName::None | ConstraintName::L2sp => Ok(()),
+        }
+    }
+
+    /// SPD replaces AdamW's weight decay by its selective decay toward θ₀.
+    fn check_spd(&self) -> std::result::Result<(), String> {
+        let lambda = self.constraint.lambda;
+        if !(lambda.is_finite() && lambda > 0.0) {
+            return Err(format!(
+                "constraint spd needs constraint.lambda > 0 (the decay strength λ; 1 is a full projection), \
+                 not {lambda}"
+            ));
+        }
+        if self.train.weight_decay != 0.0 {
+            return Err(format!(
+                "constraint spd replaces AdamW's weight decay by its selective decay toward the \
+                 pre-trained weights (strength constraint.lambda): set train.weight_decay = 0, not {}",
+                self.train.weight_decay
+            ));
+        }
+        Ok(())
+    }
+
+    /// FTP learns its radii: `k` and `mu` are its knobs, `lambda` is not used.
+    fn check_ftp(&self) -> std::result::Result<(), String> {
+        let c = &self.constraint;
+        if !(c.k.is_finite() && c.k >= 0.0) {
+            return Err(format!("constraint.k = {} must be a finite number ≥ 0", c.k));
+        }
+        if !(c.mu.is_finite() && c.mu > 0.0) {
+            return Err(format!("constraint.mu = {} must be a finite number > 0", c.mu));
+        }
+        if c.lambda != 0.0 {
+            return Err(format!(
+                "constraint ftp learns its radii and takes no constraint.lambda (= {}); its knobs are \
+                 constraint.k and constraint.mu",
+                c.lambda
+            ));
+        }
         Ok(())
     }
 }
@@ -360,6 +419,27 @@ mod tests {
     fn round_trips_through_toml() {
         let recipe = Recipe::parse(MINIMAL, "test", &["drm.wrm=\"reweighted\"".to_string()]).unwrap();
         assert_eq!(Recipe::parse(&recipe.to_toml(), "again", &[]).unwrap(), recipe);
+    }
+
+    #[test]
+    fn spd_refuses_a_weight_decay_it_would_double() {
+        let sets =
+            |wd: &str| ["constraint.name=\"spd\"", "constraint.lambda=1.0", wd].map(String::from).to_vec();
+        let err = Recipe::parse(MINIMAL, "test", &sets("train.weight_decay=0.1")).unwrap_err();
+        assert!(err.to_string().contains("train.weight_decay = 0"), "{err}");
+        let recipe = Recipe::parse(MINIMAL, "test", &sets("train.weight_decay=0.0")).unwrap();
+        assert_eq!((recipe.constraint.name, recipe.constraint.lambda), (ConstraintName::Spd, 1.0));
+    }
+
+    #[test]
+    fn ftp_defaults_to_k_1_and_mu_1e_2_and_refuses_a_lambda() {
+        let recipe = Recipe::parse(MINIMAL, "test", &["constraint.name=\"ftp\"".to_string()]).unwrap();
+        assert_eq!((recipe.constraint.k, recipe.constraint.mu), (1.0, 1e-2));
+        let sets = ["constraint.name=\"ftp\"", "constraint.lambda=0.5"].map(String::from);
+        let err = Recipe::parse(MINIMAL, "test", &sets).unwrap_err();
+        assert!(err.to_string().contains("constraint.lambda"), "{err}");
+        let sets = ["constraint.name=\"ftp\"", "constraint.mu=0"].map(String::from);
+        assert!(Recipe::parse(MINIMAL, "test", &sets).unwrap_err().to_string().contains("constraint.mu"));
     }
 
     #[test]

@@ -6,9 +6,12 @@
 //! FTP). Its state (learned radii, moments) is saved in every checkpoint so a resumed run is
 //! bit-exact.
 //!
-//! Implemented here: [`l2sp::L2Sp`] (methods.md §2.7).
+//! Implemented here: [`l2sp::L2Sp`] (methods.md §2.7), [`spd::Spd`] (§3.5) and [`ftp::Ftp`]
+//! (§3.2).
 
+pub mod ftp;
 pub mod l2sp;
+pub mod spd;
 
 use std::collections::HashMap;
 
@@ -81,6 +84,8 @@ pub fn build(recipe: &ConstraintRecipe) -> Result<Box<dyn Constraint>> {
     Ok(match recipe.name {
         ConstraintName::None => Box::new(Unconstrained),
         ConstraintName::L2sp => Box::new(l2sp::L2Sp { lambda: recipe.lambda, exclude }),
+        ConstraintName::Spd => Box::new(spd::Spd { lambda: recipe.lambda, exclude }),
+        ConstraintName::Ftp => Box::new(ftp::Ftp::new(recipe.k, recipe.mu, exclude)),
     })
 }
 
