@@ -7,7 +7,8 @@
 //!
 //! Methods (methods.md §2, §1b): `zeroshot`; `lp` (logistic regression on frozen features, C
 //! chosen on ID validation); `ft` (CE, head from the zero-shot head); `l2sp` (`ft` + the L2-SP
-//! constraint); `lp_ft` (`lp`, then `ft` from the LP head); `flyp`; `drm`. WiSE-FT
+//! constraint); `lp_ft` (`lp`, then `ft` from the LP head); `flyp`; `drm`; any trained method
+//! takes a recipe's `[constraint]` (L2-SP, SPD, FTP; result rows then name it, `flyp+ftp`). WiSE-FT
 //! interpolates every parameter of both towers between the pre-trained and the trained model
 //! and, for head-based methods, the head between the zero-shot head and the trained head; FLYP
 //! and DRM rebuild their heads from the interpolated towers.
@@ -411,7 +412,7 @@ impl Experiment {
             }
             MethodName::Zeroshot | MethodName::Lp => unreachable!("no fine-tuning"),
         };
-        events(Event::Stage(format!("training {}", self.recipe.method.name.as_str())));
+        events(Event::Stage(format!("training {}", self.recipe.label())));
         let checkpointing = Checkpointing {
             run,
             resume: settings.resume,

@@ -233,6 +233,8 @@ impl candle_core::InplaceOp2 for HostUpdate<'_> {
         let h = self.hyper;
         let decay = (1.0 - h.lr * self.weight_decay) as f32;
         let (b1, b2) = (h.beta1 as f32, h.beta2 as f32);
+        // 1 − β in f64, as PyTorch passes it (0.001, not 1 − 0.999f32 = 0.00099998713).
+        let (c1, c2) = ((1.0 - h.beta1) as f32, (1.0 - h.beta2) as f32);
         let step_size = (h.lr / h.bias_correction1) as f32;
         let (sqrt_bc2, eps) = (h.sqrt_bias_correction2 as f32, h.eps as f32);
         param[p0..p1]
@@ -242,8 +244,8 @@ impl candle_core::InplaceOp2 for HostUpdate<'_> {
             .for_each(|((p, g), (m, v))| {
                 for i in 0..p.len() {
                     let gi = g[i];
-                    m[i] = b1 * m[i] + (1.0 - b1) * gi;
-                    v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
+                    m[i] = b1 * m[i] + c1 * gi;
+                    v[i] = b2 * v[i] + c2 * gi * gi;
                     let denom = v[i].sqrt() / sqrt_bc2 + eps;
                     p[i] = p[i] * decay - step_size * (m[i] / denom);
                 }

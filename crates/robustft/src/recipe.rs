@@ -165,13 +165,15 @@ impl Default for TrainRecipe {
 #[serde(deny_unknown_fields, default)]
 pub struct ConstraintRecipe {
     pub name: ConstraintName,
-    /// Strength: L2-SP's λ; DiGraP's weight of the regulariser gradient λ(θ − θ₀) added after
-    /// the projection (0: off).
+    /// Strength: L2-SP's λ; SPD's λ (1 projects the candidate back onto the previous distance);
+    /// DiGraP's weight of the regulariser gradient λ(θ − θ₀) added after the projection (0: off).
     pub lambda: f64,
     /// Regexes of parameter names left unconstrained (a new head is never anchored).
     pub exclude: Vec<String>,
+    /// FTP: factor on positive hyper-gradients of the radii (the annealing factor).
+    pub k: f64,
     /// Learning rate of a constraint's own learned per-layer quantities, each by a scalar Adam
-    /// (DiGraP's projection strength ω).
+    /// (FTP's radii, DiGraP's projection strength ω).
     pub mu: f64,
     /// DiGraP: which sign of ⟨g, θ − θ₀⟩ is a conflict.
     pub conflict: Conflict,
@@ -183,6 +185,7 @@ impl Default for ConstraintRecipe {
             name: ConstraintName::None,
             lambda: 0.0,
             exclude: Vec::new(),
+            k: 1.0,
             mu: 1e-2,
             conflict: Conflict::Opposed,
         }
@@ -195,7 +198,21 @@ impl Default for ConstraintRecipe {
 pub enum ConstraintName {
     None,
     L2sp,
+    Spd,
+    Ftp,
     Digrap,
+}
+
+impl ConstraintName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::L2sp => "l2sp",
+            Self::Spd => "spd",
+            Self::Ftp => "ftp",
+            Self::Digrap => "digrap",
+        }
+    }
 }
 
 /// Linear-probe settings.
@@ -278,17 +295,16 @@ impl Recipe {
         Ok(recipe)
     }
 
-    /// The method as result rows name it: the method, and its constraint when there is one
-    /// beyond what the method implies (`flyp+ftp`, `drm+spd`).
+    /// The method as result rows name it: the method, and its constraint when it has one beyond
+    /// what the method implies (`flyp+ftp`, `drm+spd`; zero-shot and LP train nothing to
+    /// constrain).
     pub fn label(&self) -> String {
-        let method = self.method.name.as_str();
-        match self.constraint.name {
-            ConstraintName::None => method.to_string(),
-            ConstraintName::L2sp if self.method.name == MethodName::L2sp => method.to_string(),
-            other => format!(
-                "{method}+{}",
-                serde_json::to_value(other).expect("serialisable").as_str().unwrap_or("?")
-            ),
+        let (method, constraint) = (self.method.name, self.constraint.name);
+        match (method, constraint) {
+            (_, ConstraintName::None)
+            | (MethodName::Zeroshot | MethodName::Lp, _)
+            | (MethodName::L2sp, ConstraintName::L2sp) => method.as_str().into(),
+            _ => format!("{}+{}", method.as_str(), constraint.as_str()),
         }
     }
 
@@ -329,8 +345,48 @@ impl Recipe {
         {
             return Err("constraint l2sp needs constraint.lambda > 0 (the strength λ)".into());
         }
-        if self.constraint.name == ConstraintName::Digrap {
-            check_digrap(&self.constraint)?;
+        match self.constraint.name {
+            ConstraintName::Spd => self.check_spd(),
+            ConstraintName::Ftp => self.check_ftp(),
+            ConstraintName::Digrap => check_digrap(&self.constraint),
+            ConstraintName::None | ConstraintName::L2sp => Ok(()),
+        }
+    }
+
+    /// SPD replaces AdamW's weight decay by its selective decay toward θ₀.
+    fn check_spd(&self) -> std::result::Result<(), String> {
+        let lambda = self.constraint.lambda;
+        if !(lambda.is_finite() && lambda > 0.0) {
+            return Err(format!(
+                "constraint spd needs constraint.lambda > 0 (the decay strength λ; 1 is a full projection), \
+                 not {lambda}"
+            ));
+        }
+        if self.train.weight_decay != 0.0 {
+            return Err(format!(
+                "constraint spd replaces AdamW's weight decay by its selective decay toward the \
+                 pre-trained weights (strength constraint.lambda): set train.weight_decay = 0, not {}",
+                self.train.weight_decay
+            ));
+        }
+        Ok(())
+    }
+
+    /// FTP learns its radii: `k` and `mu` are its knobs, `lambda` is not used.
+    fn check_ftp(&self) -> std::result::Result<(), String> {
+        let c = &self.constraint;
+        if !(c.k.is_finite() && c.k >= 0.0) {
+            return Err(format!("constraint.k = {} must be a finite number ≥ 0", c.k));
+        }
+        if !(c.mu.is_finite() && c.mu > 0.0) {
+            return Err(format!("constraint.mu = {} must be a finite number > 0", c.mu));
+        }
+        if c.lambda != 0.0 {
+            return Err(format!(
+                "constraint ftp learns its radii and takes no constraint.lambda (= {}); its knobs are \
+                 constraint.k and constraint.mu",
+                c.lambda
+            ));
         }
         Ok(())
     }
@@ -426,6 +482,27 @@ mod tests {
         assert!(err.contains("constraint.lambda ≥ 0"), "{err}");
         let err = sets(&["constraint.conflict=\"sideways\""]).unwrap_err().to_string();
         assert!(err.contains("sideways"), "{err}");
+    }
+
+    #[test]
+    fn spd_refuses_a_weight_decay_it_would_double() {
+        let sets =
+            |wd: &str| ["constraint.name=\"spd\"", "constraint.lambda=1.0", wd].map(String::from).to_vec();
+        let err = Recipe::parse(MINIMAL, "test", &sets("train.weight_decay=0.1")).unwrap_err();
+        assert!(err.to_string().contains("train.weight_decay = 0"), "{err}");
+        let recipe = Recipe::parse(MINIMAL, "test", &sets("train.weight_decay=0.0")).unwrap();
+        assert_eq!((recipe.constraint.name, recipe.constraint.lambda), (ConstraintName::Spd, 1.0));
+    }
+
+    #[test]
+    fn ftp_defaults_to_k_1_and_mu_1e_2_and_refuses_a_lambda() {
+        let recipe = Recipe::parse(MINIMAL, "test", &["constraint.name=\"ftp\"".to_string()]).unwrap();
+        assert_eq!((recipe.constraint.k, recipe.constraint.mu), (1.0, 1e-2));
+        let sets = ["constraint.name=\"ftp\"", "constraint.lambda=0.5"].map(String::from);
+        let err = Recipe::parse(MINIMAL, "test", &sets).unwrap_err();
+        assert!(err.to_string().contains("constraint.lambda"), "{err}");
+        let sets = ["constraint.name=\"ftp\"", "constraint.mu=0"].map(String::from);
+        assert!(Recipe::parse(MINIMAL, "test", &sets).unwrap_err().to_string().contains("constraint.mu"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Recipes run end to end on a tiny on-disk manifest dataset with the bundled model: a killed
 //! run resumed from its checkpoint reaches exactly the weights of an uninterrupted run (FT, DRM,
-//! and both under the DiGraP constraint, whose learned state must be restored), a corrupt
+//! and both under the DiGraP constraint, whose learned state must be restored; FLYP + FTP,
+//! DRM + SPD, which also differ from their plain methods), a corrupt
 //! training image is skipped and reported, and bad input — a missing split, a
 //! concept-description file for other classes, an unknown recipe key — is refused before any
 //! work with an error naming it.
@@ -150,6 +151,37 @@ fn ft_with_digrap_resumed_after_a_kill_reaches_the_uninterrupted_weights() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `method` under the constraint set by `constraint` (recipe overrides): a killed and resumed
+/// run reaches the uninterrupted weights (FTP's radii and previous offsets go through the
+/// checkpoint), the weights move, and differently from the same recipe without the constraint;
+/// the result rows name the combination.
+fn constrained_run_resumes_and_differs_from_the_plain_method(
+    method: &str,
+    constraint: &[&str],
+    plain: &[&str],
+) {
+    let dir = scratch(&format!("{method}-constrained"));
+    write_dataset(&dir);
+    let (whole, killed, unconstrained) = (dir.join("whole"), dir.join("killed"), dir.join("plain"));
+    run(recipe(&dir, method, constraint), &whole, false, None).unwrap();
+    run(recipe(&dir, method, constraint), &killed, false, Some(3)).unwrap();
+    run(recipe(&dir, method, constraint), &killed, true, None).unwrap();
+    run(recipe(&dir, method, plain), &unconstrained, false, None).unwrap();
+    let trained = weights(&whole.join(method));
+    assert_eq!(trained, weights(&killed.join(method)), "{method}: weights differ after resume");
+    let (bundled, _) = ClipModel::load("bundled", &Device::Cpu).unwrap();
+    let moved = bundled.tensors().iter().any(|(name, t)| {
+        let before: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        trained.iter().any(|(n, after)| n == name && *after != before)
+    });
+    assert!(moved, "{method}: training changed no weight");
+    assert_ne!(trained, weights(&unconstrained.join(method)), "{method}: the constraint changed nothing");
+    let results = std::fs::read_to_string(whole.join(method).join("results.jsonl")).unwrap();
+    let label = constraint.iter().find_map(|s| s.strip_prefix("constraint.name=")).unwrap().trim_matches('"');
+    assert!(results.contains(&format!("\"method\":\"{method}+{label}\"")), "{results}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn drm_with_digrap_resumed_after_a_kill_reaches_the_uninterrupted_weights() {
     let digrap = [
@@ -163,6 +195,17 @@ fn drm_with_digrap_resumed_after_a_kill_reaches_the_uninterrupted_weights() {
     let results = std::fs::read_to_string(run_dir.join("results.jsonl")).unwrap();
     assert_eq!(results.lines().count(), 6, "3 splits × (DRM + DiGraP, WiSE-FT 0.5)");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn flyp_with_ftp_resumes_exactly_and_differs_from_flyp() {
+    constrained_run_resumes_and_differs_from_the_plain_method("flyp", &["constraint.name=\"ftp\""], &[]);
+}
+
+#[test]
+fn drm_with_spd_resumes_exactly_and_differs_from_drm_without_weight_decay() {
+    let spd = ["constraint.name=\"spd\"", "constraint.lambda=1.0", "train.weight_decay=0.0"];
+    constrained_run_resumes_and_differs_from_the_plain_method("drm", &spd, &["train.weight_decay=0.0"]);
 }
 
 #[test]

@@ -6,10 +6,13 @@
 //! FTP). Its state (learned radii, moments) is saved in every checkpoint so a resumed run is
 //! bit-exact.
 //!
-//! Implemented here: [`l2sp::L2Sp`] (methods.md §2.7), [`digrap::Digrap`] (§3.6).
+//! Implemented here: [`l2sp::L2Sp`] (methods.md §2.7), [`spd::Spd`] (§3.5), [`ftp::Ftp`]
+//! (§3.2) and [`digrap::Digrap`] (§3.6).
 
 pub mod digrap;
+pub mod ftp;
 pub mod l2sp;
+pub mod spd;
 
 use std::collections::HashMap;
 
@@ -88,6 +91,8 @@ pub fn build(recipe: &ConstraintRecipe) -> Result<Box<dyn Constraint>> {
             conflict: recipe.conflict,
             exclude,
         })),
+        ConstraintName::Spd => Box::new(spd::Spd { lambda: recipe.lambda, exclude }),
+        ConstraintName::Ftp => Box::new(ftp::Ftp::new(recipe.k, recipe.mu, exclude)),
     })
 }
 
