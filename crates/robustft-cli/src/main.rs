@@ -38,8 +38,9 @@ enum Command {
     Shiftworld(commands::shiftworld::ShiftworldArgs),
     /// Print the CLIP BPE token ids of each text, one JSON array per line.
     Tokenize(commands::tokenize::TokenizeArgs),
-    /// Run a recipe: train a method (zero-shot, LP, FT, LP-FT, FLYP, L2-SP, DRM), evaluate it
-    /// and its WiSE-FT interpolations on every ID and OOD split.
+    /// Run a recipe: train a method (zero-shot, LP, FT, LP-FT, FLYP, L2-SP, DRM; m²-mix and
+    /// function-space terms), evaluate it (optionally through VRF) and its WiSE-FT
+    /// interpolations on every ID and OOD split.
     Train(commands::train::TrainArgs),
     /// WiSE-FT of two checkpoints: evaluate (and optionally save) the weight-space
     /// interpolations (1 − α)·zero-shot + α·fine-tuned over a grid of α.

@@ -12,6 +12,16 @@
 //! interpolates every parameter of both towers between the pre-trained and the trained model
 //! and, for head-based methods, the head between the zero-shot head and the trained head; FLYP
 //! and DRM rebuild their heads from the interpolated towers.
+//!
+//! Objective terms: `[m2mix]` adds m²-mix's hard negatives to FLYP's contrastive loss (method
+//! `flyp`, or `drm` with the FLYP ERM term; [`crate::methods::m2mix`]); `[fsr]` wraps the CE
+//! objective of `ft`, `lp_ft`, `l2sp` in function-space regularisation
+//! ([`crate::methods::fsr`]).
+//!
+//! With `eval.predictor = "vrf"` (head-based methods), every evaluated model — the trained one
+//! and each WiSE-FT interpolation — predicts through VRF ([`crate::methods::vrf`]): its
+//! zero-shot failures are found on the training split and its temperature on ID validation,
+//! against the pre-trained model with the zero-shot head.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,15 +37,18 @@ use crate::error::{Error, Result};
 use crate::eval::dataset::evaluate_split;
 use crate::eval::evaluate::{ResultRow, RowContext};
 use crate::eval::metrics::Predictions;
-use crate::eval::predictor::{Head, Predictor};
+use crate::eval::predictor::{Head, ImagePredictor, Predictor};
 use crate::eval::suite::{evaluate_suite, render_split};
 use crate::methods::ce::{CrossEntropy, TrainableHead};
 use crate::methods::drm::{core_predictions, Drm, Erm};
 use crate::methods::flyp::Flyp;
+use crate::methods::fsr::{FunctionSpace, HeadObjective, OodSimulator};
 use crate::methods::linear_probe::{select_c, LbfgsOptions};
+use crate::methods::m2mix::M2Mix;
+use crate::methods::vrf::{Vrf, ZeroShotSide};
 use crate::methods::ClassTexts;
 use crate::prompts::{class_prompts, load_templates, template_set, ConceptDescriptions};
-use crate::recipe::{DiskFormat, ErmKind, MethodName, Recipe};
+use crate::recipe::{DiskFormat, ErmKind, MethodName, PredictorKind, Recipe};
 use crate::shiftworld::{build_suite, Suite, CLASSES};
 use crate::train::images::DiskSet;
 use crate::train::run_dir::RunDir;
@@ -114,6 +127,9 @@ impl Experiment {
         }
         let experiment = Self { recipe, data, classes, prompts, descriptions, model, preprocess };
         experiment.train_options().validate(experiment.data.train.len())?;
+        if experiment.recipe.eval.predictor == PredictorKind::Vrf {
+            experiment.val_source("VRF's temperature calibration")?;
+        }
         Ok(experiment)
     }
 
@@ -137,9 +153,10 @@ impl Experiment {
             return Ok(Vec::new());
         }
         report_skipped("training", &self.data.train.skipped(), events);
+        let vrf = self.vrf_zero_shot_side(&pretrained, &zero_shot, events)?;
         events(Event::Stage("evaluating".into()));
-        let predictor = self.predictor(&self.model, &outcome)?;
-        let mut rows = self.score(None, &self.evaluate(&self.model, &predictor, events)?);
+        let predictor = self.image_predictor(&self.model, &outcome, vrf.as_ref(), events)?;
+        let mut rows = self.score(None, &self.evaluate(&self.model, predictor.as_ref(), events)?);
         let alphas = self.recipe.eval.wiseft.iter().filter(|&&a| a < 1.0 && method != MethodName::Zeroshot);
         for &alpha in alphas {
             events(Event::Stage(format!("evaluating WiSE-FT α = {alpha}")));
@@ -149,8 +166,8 @@ impl Experiment {
                 Outcome::Head(head) => Outcome::Head(zero_shot.lerp(head, alpha)?),
                 rebuilt => rebuilt.clone(),
             };
-            let predictor = self.predictor(&model, &outcome)?;
-            rows.extend(self.score(Some(alpha), &self.evaluate(&model, &predictor, events)?));
+            let predictor = self.image_predictor(&model, &outcome, vrf.as_ref(), events)?;
+            rows.extend(self.score(Some(alpha), &self.evaluate(&model, predictor.as_ref(), events)?));
         }
         self.save_outputs(&run, &outcome, &rows)?;
         Ok(rows)
@@ -223,13 +240,94 @@ impl Experiment {
         })
     }
 
+    /// A head-based objective, wrapped in function-space regularisation when the recipe asks
+    /// for it (the frozen reference model is built from the `pretrained` tensors).
+    fn head_objective<O: HeadObjective + 'static>(
+        &self,
+        objective: O,
+        pretrained: &[(String, Tensor)],
+    ) -> Result<Box<dyn Objective>> {
+        let fsr = &self.recipe.fsr;
+        if !fsr.enabled() {
+            return Ok(Box::new(objective));
+        }
+        let reference =
+            ClipModel::from_tensors(self.model.config.clone(), pretrained.to_vec(), self.model.device())?;
+        let simulator = OodSimulator {
+            noise_std: fsr.noise_std,
+            contrast: fsr.contrast,
+            erase_prob: fsr.erase_prob,
+            erase_area: fsr.erase_area,
+            seed: self.recipe.seed,
+        };
+        Ok(Box::new(FunctionSpace {
+            inner: objective,
+            reference,
+            simulator,
+            lambda1: fsr.lambda1,
+            lambda2: fsr.lambda2,
+            distance: fsr.distance,
+        }))
+    }
+
+    /// m²-mix's term, when the recipe gives it a weight.
+    fn m2mix(&self) -> Option<M2Mix> {
+        let m = &self.recipe.m2mix;
+        (m.weight > 0.0).then_some(M2Mix {
+            weight: m.weight,
+            beta: m.beta,
+            tau: m.tau,
+            tau_use: m.tau_use,
+            schedule: m.schedule,
+            seed: self.recipe.seed,
+        })
+    }
+
+    /// The predictor evaluation runs for `model`: the method's own, or VRF over its head
+    /// (when `zero_shot`, VRF's zero-shot side, is given).
+    fn image_predictor<'a>(
+        &self,
+        model: &ClipModel,
+        outcome: &Outcome,
+        zero_shot: Option<&'a ZeroShotSide>,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<Box<dyn ImagePredictor + 'a>> {
+        let (Some(zero_shot), Outcome::Head(head)) = (zero_shot, outcome) else {
+            return Ok(Box::new(self.predictor(model, outcome)?));
+        };
+        let (train, val) = (self.data.train.as_ref(), self.val_source("VRF's temperature calibration")?);
+        let vrf = &self.recipe.vrf;
+        let vrf = Vrf::fit(zero_shot, model, head.clone(), train, val, vrf.a, vrf.b)?;
+        events(Event::Stage(vrf.fit.summary()));
+        Ok(Box::new(vrf))
+    }
+
+    /// VRF's zero-shot side (the pre-trained model and the zero-shot head), when the recipe
+    /// evaluates with VRF.
+    fn vrf_zero_shot_side(
+        &self,
+        pretrained: &[(String, Tensor)],
+        zero_shot: &Head,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<Option<ZeroShotSide>> {
+        if self.recipe.eval.predictor != PredictorKind::Vrf {
+            return Ok(None);
+        }
+        events(Event::Stage("VRF: the zero-shot model on the training and validation splits".into()));
+        let model =
+            ClipModel::from_tensors(self.model.config.clone(), pretrained.to_vec(), self.model.device())?;
+        let val = self.val_source("VRF's temperature calibration")?;
+        Ok(Some(ZeroShotSide::new(model, zero_shot.clone(), self.data.train.as_ref(), val)?))
+    }
+
     /// The linear probe on frozen, normalised features; C chosen on ID validation.
     fn linear_probe(&self, out: &Path, events: &mut dyn FnMut(Event)) -> Result<Head> {
         events(Event::Stage("features for the linear probe".into()));
         let cache = out.join("cache");
         let (train_x, train_y) =
             self.cached_features(self.data.train.as_ref(), &self.recipe.data.train_split, &cache)?;
-        let (val_x, val_y) = self.cached_features(self.val_source()?, &self.recipe.data.val_split, &cache)?;
+        let (val_x, val_y) =
+            self.cached_features(self.val_source("the linear probe")?, &self.recipe.data.val_split, &cache)?;
         events(Event::Stage("fitting the linear probe (L-BFGS)".into()));
         let options = LbfgsOptions { max_iter: self.recipe.lp.max_iter, ..LbfgsOptions::default() };
         let selection = select_c(
@@ -250,10 +348,11 @@ impl Experiment {
         })
     }
 
-    fn val_source(&self) -> Result<&dyn TrainSource> {
+    /// The ID validation split, which `user` needs.
+    fn val_source(&self, user: &str) -> Result<&dyn TrainSource> {
         self.data.val.as_deref().ok_or_else(|| Error::Invalid {
             what: format!("recipe {}", self.recipe.name),
-            reason: format!("the linear probe needs the validation split `{}`", self.recipe.data.val_split),
+            reason: format!("{user} needs the validation split `{}`", self.recipe.data.val_split),
         })
     }
 
@@ -261,7 +360,7 @@ impl Experiment {
     fn evaluate(
         &self,
         model: &ClipModel,
-        predictor: &Predictor,
+        predictor: &dyn ImagePredictor,
         events: &mut dyn FnMut(Event),
     ) -> Result<Vec<(String, Predictions)>> {
         match &self.data.eval {
@@ -381,15 +480,20 @@ impl Experiment {
         let source = self.data.train.clone();
         let tokenizer = tokenizer_for(&self.model)?;
         let flyp = || -> Result<Flyp> {
-            Ok(Flyp { class_prompts: self.prompts.clone(), tokenizer: tokenizer_for(&self.model)? })
+            Ok(Flyp {
+                class_prompts: self.prompts.clone(),
+                tokenizer: tokenizer_for(&self.model)?,
+                m2mix: self.m2mix(),
+            })
         };
         let objective: Box<dyn Objective> = match self.recipe.method.name {
             MethodName::Ft | MethodName::L2sp => {
-                Box::new(CrossEntropy { head: TrainableHead::new(zero_shot)? })
+                self.head_objective(CrossEntropy { head: TrainableHead::new(zero_shot)? }, pretrained)?
             }
-            MethodName::LpFt => Box::new(CrossEntropy {
-                head: TrainableHead::new(&self.linear_probe(&settings.out, events)?)?,
-            }),
+            MethodName::LpFt => {
+                let head = TrainableHead::new(&self.linear_probe(&settings.out, events)?)?;
+                self.head_objective(CrossEntropy { head }, pretrained)?
+            }
             MethodName::Flyp => Box::new(flyp()?),
             MethodName::Drm => {
                 events(Event::Stage("core predictions p_c of the pre-trained model".into()));

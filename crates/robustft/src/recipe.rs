@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 use crate::constraints::digrap::Conflict;
 use crate::error::{Error, Result};
 use crate::methods::drm::{AffinityNorm, Wrm};
+use crate::methods::fsr::FsrDistance;
+use crate::methods::m2mix::{MixSchedule, TauUse};
 use crate::train::supervised::Tower;
 
 /// A whole run.
@@ -38,6 +40,12 @@ pub struct Recipe {
     pub drm: DrmRecipe,
     #[serde(default)]
     pub eval: EvalRecipe,
+    #[serde(default)]
+    pub vrf: VrfRecipe,
+    #[serde(default)]
+    pub m2mix: M2mixRecipe,
+    #[serde(default)]
+    pub fsr: FsrRecipe,
 }
 
 fn bundled() -> String {
@@ -263,11 +271,177 @@ pub struct EvalRecipe {
     /// WiSE-FT mixing weights evaluated after training (1 is the fine-tuned model itself,
     /// always evaluated).
     pub wiseft: Vec<f64>,
+    /// How the trained model predicts: its method's own predictor, or VRF's per-sample mixture
+    /// of the fine-tuned and zero-shot models (head-based methods; `[vrf]`).
+    pub predictor: PredictorKind,
 }
 
 impl Default for EvalRecipe {
     fn default() -> Self {
-        Self { wiseft: vec![0.5] }
+        Self { wiseft: vec![0.5], predictor: PredictorKind::Method }
+    }
+}
+
+/// The predictors a recipe can name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PredictorKind {
+    /// The method's own head (or DRM's mixture).
+    Method,
+    /// Variance Reduction Fine-tuning ([`crate::methods::vrf`]).
+    Vrf,
+}
+
+/// VRF's sample weight `w = σ(−(d − a)/b)` over the squared distance `d` to the k-th nearest
+/// zero-shot failure (methods.md §3.4; the defaults are the released ImageNet ViT-B/16 values).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VrfRecipe {
+    pub a: f64,
+    pub b: f64,
+}
+
+impl Default for VrfRecipe {
+    fn default() -> Self {
+        Self { a: 1.5, b: 0.6 }
+    }
+}
+
+impl VrfRecipe {
+    fn check(&self, predictor: PredictorKind, method: MethodName) -> std::result::Result<(), String> {
+        if predictor != PredictorKind::Vrf {
+            return Ok(());
+        }
+        if !matches!(method, MethodName::Ft | MethodName::LpFt | MethodName::L2sp) {
+            return Err(format!(
+                "eval.predictor = \"vrf\" needs a head-based fine-tuning method (ft, lp_ft, l2sp), not {}",
+                method.as_str()
+            ));
+        }
+        if !(self.a.is_finite() && self.b > 0.0 && self.b.is_finite()) {
+            return Err(format!("vrf.a must be finite and vrf.b positive (a = {}, b = {})", self.a, self.b));
+        }
+        Ok(())
+    }
+}
+
+/// m²-mix's extra contrastive term ([`crate::methods::m2mix`]; methods.md §3.1); a weight of 0
+/// turns it off.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct M2mixRecipe {
+    /// w_mix: the term's weight.
+    pub weight: f64,
+    /// β_m: the mixing ratio λ ~ Beta(β_m, β_m), one draw per step.
+    pub beta: f64,
+    /// τ_m of the mixed negatives' logits.
+    pub tau: f64,
+    /// Whether the negatives' cosines are divided by τ_m (default) or multiplied by it.
+    pub tau_use: TauUse,
+    /// The term's weight over training: constant, or divided by (epoch + 1).
+    pub schedule: MixSchedule,
+}
+
+impl Default for M2mixRecipe {
+    fn default() -> Self {
+        Self { weight: 0.0, beta: 0.5, tau: 0.01, tau_use: TauUse::Divide, schedule: MixSchedule::Constant }
+    }
+}
+
+impl M2mixRecipe {
+    fn check(&self, method: MethodName, erm: ErmKind) -> std::result::Result<(), String> {
+        if !(self.weight >= 0.0 && self.weight.is_finite()) {
+            return Err(format!("m2mix.weight = {} must be a finite number ≥ 0", self.weight));
+        }
+        if self.weight == 0.0 {
+            return Ok(());
+        }
+        if !(method == MethodName::Flyp || (method == MethodName::Drm && erm == ErmKind::Flyp)) {
+            return Err(format!(
+                "m2mix needs a contrastive objective (method flyp, or drm with drm.erm = \"flyp\"), not {}",
+                method.as_str()
+            ));
+        }
+        let positive = |x: f64| x > 0.0 && x.is_finite();
+        if !(positive(self.beta) && positive(self.tau)) {
+            return Err(format!("m2mix.beta and m2mix.tau must be positive ({}, {})", self.beta, self.tau));
+        }
+        Ok(())
+    }
+}
+
+/// Function-space regularisation ([`crate::methods::fsr`]; methods.md §3.3): both strengths 0
+/// turn it off.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FsrRecipe {
+    /// λ₁: distance between the fine-tuned and the pre-trained model on the simulated-OOD view.
+    pub lambda1: f64,
+    /// λ₂: distance between the model's outputs on the simulated-OOD view and on the clean one.
+    pub lambda2: f64,
+    pub distance: FsrDistance,
+    /// Standard deviation of the Gaussian pixel noise (in normalised pixel units).
+    pub noise_std: f64,
+    /// Range of the per-image contrast factor.
+    pub contrast: [f64; 2],
+    /// Probability that an image gets an erased rectangle.
+    pub erase_prob: f64,
+    /// Range of the erased rectangle's area, as a fraction of the image.
+    pub erase_area: [f64; 2],
+}
+
+impl Default for FsrRecipe {
+    fn default() -> Self {
+        Self {
+            lambda1: 0.0,
+            lambda2: 0.0,
+            distance: FsrDistance::Kl,
+            noise_std: 0.2,
+            contrast: [0.5, 1.5],
+            erase_prob: 0.5,
+            erase_area: [0.02, 0.25],
+        }
+    }
+}
+
+impl FsrRecipe {
+    /// Whether the regulariser is on.
+    pub fn enabled(&self) -> bool {
+        self.lambda1 > 0.0 || self.lambda2 > 0.0
+    }
+
+    fn check(&self, method: MethodName) -> std::result::Result<(), String> {
+        let non_negative = |x: f64| x >= 0.0 && x.is_finite();
+        if !non_negative(self.lambda1) || !non_negative(self.lambda2) {
+            return Err(format!(
+                "fsr.lambda1 and fsr.lambda2 must be ≥ 0 ({}, {})",
+                self.lambda1, self.lambda2
+            ));
+        }
+        if !self.enabled() {
+            return Ok(());
+        }
+        if !matches!(method, MethodName::Ft | MethodName::LpFt | MethodName::L2sp) {
+            return Err(format!(
+                "fsr needs a cross-entropy method with a head (ft, lp_ft, l2sp), not {}",
+                method.as_str()
+            ));
+        }
+        let [c0, c1] = self.contrast;
+        let [e0, e1] = self.erase_area;
+        if !non_negative(self.noise_std) {
+            return Err(format!("fsr.noise_std = {} must be ≥ 0", self.noise_std));
+        }
+        if !(c0 > 0.0 && c0 <= c1 && c1.is_finite()) {
+            return Err(format!("fsr.contrast = [{c0}, {c1}] must be an interval of positive factors"));
+        }
+        if !(0.0..=1.0).contains(&self.erase_prob) {
+            return Err(format!("fsr.erase_prob = {} is outside [0, 1]", self.erase_prob));
+        }
+        if !(e0 > 0.0 && e0 <= e1 && e1 <= 1.0) {
+            return Err(format!("fsr.erase_area = [{e0}, {e1}] must be an interval within (0, 1]"));
+        }
+        Ok(())
     }
 }
 
@@ -295,16 +469,16 @@ impl Recipe {
         Ok(recipe)
     }
 
-    /// The method as result rows name it: the method, and its constraint when it has one beyond
-    /// what the method implies (`flyp+ftp`, `drm+spd`; zero-shot and LP train nothing to
-    /// constrain).
+    /// The method as result rows name it: the method, its objective terms and predictor
+    /// (`ft+fsr`, `flyp+m2mix`, `ft+vrf`), and its constraint when it has one beyond what the
+    /// method implies (`flyp+ftp`, `drm+spd`; zero-shot and LP train nothing to constrain).
     pub fn label(&self) -> String {
         let (method, constraint) = (self.method.name, self.constraint.name);
         match (method, constraint) {
             (_, ConstraintName::None)
             | (MethodName::Zeroshot | MethodName::Lp, _)
-            | (MethodName::L2sp, ConstraintName::L2sp) => method.as_str().into(),
-            _ => format!("{}+{}", method.as_str(), constraint.as_str()),
+            | (MethodName::L2sp, ConstraintName::L2sp) => self.method_terms(),
+            _ => format!("{}+{}", self.method_terms(), constraint.as_str()),
         }
     }
 
@@ -345,12 +519,31 @@ impl Recipe {
         {
             return Err("constraint l2sp needs constraint.lambda > 0 (the strength λ)".into());
         }
+        self.vrf.check(self.eval.predictor, self.method.name)?;
+        self.m2mix.check(self.method.name, self.drm.erm)?;
+        self.fsr.check(self.method.name)?;
         match self.constraint.name {
             ConstraintName::Spd => self.check_spd(),
             ConstraintName::Ftp => self.check_ftp(),
             ConstraintName::Digrap => check_digrap(&self.constraint),
             ConstraintName::None | ConstraintName::L2sp => Ok(()),
         }
+    }
+
+    /// The method with the objective terms and predictor that change it (`ft+fsr`,
+    /// `flyp+m2mix`, `ft+vrf`).
+    fn method_terms(&self) -> String {
+        let mut label = self.method.name.as_str().to_string();
+        if self.fsr.enabled() {
+            label.push_str("+fsr");
+        }
+        if self.m2mix.weight > 0.0 {
+            label.push_str("+m2mix");
+        }
+        if self.eval.predictor == PredictorKind::Vrf {
+            label.push_str("+vrf");
+        }
+        label
     }
 
     /// SPD replaces AdamW's weight decay by its selective decay toward θ₀.
@@ -509,5 +702,36 @@ mod tests {
     fn data_needs_exactly_one_source() {
         let both = "name = \"t\"\n[data]\nsuite = \"spurious\"\nformat = \"manifest\"\nroot = \"x\"\n[method]\nname = \"ft\"\n";
         assert!(Recipe::parse(both, "test", &[]).unwrap_err().to_string().contains("either"));
+    }
+
+    #[test]
+    fn method_terms_round_trip_and_name_the_rows() {
+        let sets = ["fsr.lambda1=0.5", "fsr.distance=\"l2\"", "eval.predictor=\"vrf\"", "vrf.a=1.0"]
+            .map(String::from);
+        let recipe = Recipe::parse(MINIMAL, "test", &sets).unwrap();
+        assert_eq!(Recipe::parse(&recipe.to_toml(), "again", &[]).unwrap(), recipe);
+        assert_eq!(recipe.label(), "ft+fsr+vrf");
+        let flyp =
+            ["method.name=\"flyp\"", "m2mix.weight=0.01", "m2mix.tau_use=\"multiply\""].map(String::from);
+        let recipe = Recipe::parse(MINIMAL, "test", &flyp).unwrap();
+        assert_eq!((recipe.label().as_str(), recipe.m2mix.tau_use), ("flyp+m2mix", TauUse::Multiply));
+    }
+
+    #[test]
+    fn out_of_range_term_settings_are_refused_naming_the_key() {
+        let cases = [
+            (vec!["eval.predictor=\"vrf\"", "vrf.b=0.0"], "vrf.b"),
+            (vec!["method.name=\"flyp\"", "m2mix.weight=0.1", "m2mix.tau=-1.0"], "m2mix.tau"),
+            (vec!["m2mix.weight=-0.1"], "m2mix.weight"),
+            (vec!["fsr.lambda2=-1.0"], "fsr.lambda2"),
+            (vec!["fsr.lambda1=1.0", "fsr.contrast=[1.5, 0.5]"], "fsr.contrast"),
+            (vec!["fsr.lambda1=1.0", "fsr.erase_area=[0.1, 1.5]"], "fsr.erase_area"),
+            (vec!["fsr.lambda1=1.0", "fsr.erase_prob=2.0"], "fsr.erase_prob"),
+        ];
+        for (sets, key) in cases {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            let err = Recipe::parse(MINIMAL, "test", &sets).unwrap_err().to_string();
+            assert!(err.contains(key), "{sets:?}: {err}");
+        }
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use candle_core::Tensor;
 
 use super::metrics::Predictions;
-use super::predictor::Predictor;
+use super::predictor::ImagePredictor;
 use crate::clip::preprocess::ClipPreprocess;
 use crate::clip::ClipModel;
 use crate::data::{Loader, LoaderConfig, Split, Transform};
@@ -33,7 +33,7 @@ pub struct SplitEvaluation {
 pub fn evaluate_split(
     model: &ClipModel,
     split: Arc<Split>,
-    predictor: &Predictor,
+    predictor: &dyn ImagePredictor,
 ) -> Result<SplitEvaluation> {
     let preprocess = ClipPreprocess::openai(model.config.vision.image_size);
     let size = preprocess.image_size;
@@ -47,8 +47,8 @@ pub fn evaluate_split(
             continue;
         }
         let pixels = Tensor::from_vec(batch.pixels, (batch.indices.len(), 3, size, size), model.device())?;
-        let features = model.no_grad().encode_image(&pixels)?;
-        probs.extend(predictor.probabilities(&features, split.projection.as_ref())?.to_vec2::<f32>()?);
+        let probabilities = predictor.image_probabilities(model, &pixels, split.projection.as_ref())?;
+        probs.extend(probabilities.to_vec2::<f32>()?);
         for &i in &batch.indices {
             let record = &split.records[i];
             ids.push(record.id.clone());

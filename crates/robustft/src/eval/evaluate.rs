@@ -11,6 +11,7 @@ use std::path::Path;
 use candle_core::Tensor;
 
 use super::metrics::{split_metrics, Predictions, SplitMetrics};
+use super::predictor::ImagePredictor;
 use crate::clip::ClipModel;
 use crate::error::{Error, Result};
 
@@ -22,17 +23,16 @@ pub struct LabelledBatch {
     pub groups: Vec<String>,
 }
 
-/// Collects the predictor's probabilities over all batches.
+/// Collects the predictor's probabilities of `model` over all batches.
 pub fn predict(
     model: &ClipModel,
-    probabilities: &dyn Fn(&Tensor) -> Result<Tensor>,
+    predictor: &dyn ImagePredictor,
     batches: impl IntoIterator<Item = Result<LabelledBatch>>,
 ) -> Result<Predictions> {
     let (mut labels, mut probs, mut groups) = (Vec::new(), Vec::new(), Vec::new());
     for batch in batches {
         let batch = batch?;
-        let features = model.no_grad().encode_image(&batch.pixels)?;
-        probs.extend(probabilities(&features)?.to_vec2::<f32>()?);
+        probs.extend(predictor.image_probabilities(model, &batch.pixels, None)?.to_vec2::<f32>()?);
         labels.extend(batch.labels);
         groups.extend(batch.groups);
     }

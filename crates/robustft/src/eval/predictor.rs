@@ -7,6 +7,11 @@
 //! logit projection (ImageNet-R/-A, ObjectNet) applied to each head **before** its softmax.
 //! A trained head is stored beside its model as `head.safetensors` (`head.weight`
 //! `[classes, embed_dim]`, optional `head.bias` `[classes]`).
+//!
+//! Evaluation asks an [`ImagePredictor`] for the probabilities of preprocessed images under the
+//! evaluated model: a [`Predictor`] reads that model's image features only; a predictor that
+//! also needs another model's features (VRF's zero-shot side, `crate::methods::vrf`) encodes
+//! the images with it too.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -15,7 +20,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::clip::checkpoint::write_safetensors;
 use crate::clip::layers::{l2_normalize, softmax_last_dim};
-use crate::clip::CheckpointError;
+use crate::clip::{CheckpointError, ClipModel};
 use crate::data::LogitProjection;
 use crate::error::{Error, Result};
 use crate::zeroshot::ZeroShotHead;
@@ -149,8 +154,31 @@ impl Predictor {
     }
 }
 
+/// How evaluation turns a batch of preprocessed images into class probabilities.
+pub trait ImagePredictor {
+    /// `pixels` `[n, 3, s, s]` -> probabilities `[n, classes']` under the evaluated `model` (no
+    /// gradient), with the split's logit `projection` applied before every softmax.
+    fn image_probabilities(
+        &self,
+        model: &ClipModel,
+        pixels: &Tensor,
+        projection: Option<&LogitProjection>,
+    ) -> Result<Tensor>;
+}
+
+impl ImagePredictor for Predictor {
+    fn image_probabilities(
+        &self,
+        model: &ClipModel,
+        pixels: &Tensor,
+        projection: Option<&LogitProjection>,
+    ) -> Result<Tensor> {
+        self.probabilities(&model.no_grad().encode_image(pixels)?, projection)
+    }
+}
+
 /// Applies a logit projection, if any, row by row.
-fn project(logits: Tensor, projection: Option<&LogitProjection>) -> Result<Tensor> {
+pub fn project(logits: Tensor, projection: Option<&LogitProjection>) -> Result<Tensor> {
     let Some(projection) = projection else { return Ok(logits) };
     let device = logits.device().clone();
     let rows: Vec<Vec<f32>> = logits.to_vec2::<f32>()?.iter().map(|row| projection.apply(row)).collect();

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use super::evaluate::{predict, LabelledBatch, ResultRow, RowContext};
 use super::metrics::Predictions;
-use super::predictor::{Head, Predictor};
+use super::predictor::{Head, ImagePredictor, Predictor};
 use crate::clip::preprocess::ClipPreprocess;
 use crate::clip::ClipModel;
 use crate::error::Result;
@@ -119,7 +119,7 @@ pub fn zeroshot_suite_rows(
 pub fn evaluate_suite(
     model: &ClipModel,
     suite: &Suite,
-    predictor: &Predictor,
+    predictor: &dyn ImagePredictor,
 ) -> Result<Vec<(String, Predictions)>> {
     evaluation_splits(suite)
         .map(|split| Ok((split.name.clone(), predict_examples(model, predictor, &split.examples)?)))
@@ -127,10 +127,13 @@ pub fn evaluate_suite(
 }
 
 /// Predictions of `predictor` on rendered `examples`.
-fn predict_examples(model: &ClipModel, predictor: &Predictor, examples: &[Example]) -> Result<Predictions> {
+fn predict_examples(
+    model: &ClipModel,
+    predictor: &dyn ImagePredictor,
+    examples: &[Example],
+) -> Result<Predictions> {
     let preprocess = ClipPreprocess::openai(model.config.vision.image_size);
-    let probabilities = |features: &Tensor| predictor.probabilities(features, None);
-    predict(model, &probabilities, suite_batches(examples, &preprocess, model.device()))
+    predict(model, predictor, suite_batches(examples, &preprocess, model.device()))
 }
 
 /// Renders and preprocesses a whole split into memory (for training).

@@ -42,6 +42,13 @@ pub struct CrossEntropy {
     pub head: TrainableHead,
 }
 
+impl CrossEntropy {
+    /// The mean CE of image `features` `[n, embed_dim]` against class indices `labels`.
+    pub fn loss_from_features(&self, features: &Tensor, labels: &Tensor) -> Result<Tensor> {
+        Ok(cross_entropy(&self.head.logits(features)?, labels)?)
+    }
+}
+
 impl Objective for CrossEntropy {
     fn trains(&self, name: &str) -> bool {
         Tower::of(name) == Tower::Image
@@ -56,7 +63,6 @@ impl Objective for CrossEntropy {
     }
 
     fn loss(&self, model: &ClipModel, batch: &TrainBatch) -> Result<Tensor> {
-        let logits = self.head.logits(&model.encode_image(&batch.images)?)?;
-        Ok(cross_entropy(&logits, &batch.labels)?)
+        self.loss_from_features(&model.encode_image(&batch.images)?, &batch.labels)
     }
 }

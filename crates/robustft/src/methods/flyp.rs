@@ -6,6 +6,9 @@
 //! every step, as in CLIP training. Evaluation uses the zero-shot head rebuilt from the current
 //! text tower over all templates.
 //!
+//! An optional [`M2Mix`] term (methods.md §3.1) adds m²-mix's hard negatives to the
+//! contrastive loss, wherever FLYP's loss is used (FLYP itself, DRM's FLYP ERM term).
+//!
 //! Captions: FLYP writes each iWildCam image once per template; here example `i` of epoch `e`
 //! takes template `(i + e) mod m` of its class, so every template is used over the epochs and a
 //! step's captions stay a pure function of the step (deterministic resume).
@@ -16,6 +19,7 @@ use crate::clip::tokenizer::Tokenizer;
 use crate::clip::ClipModel;
 use crate::error::Result;
 use crate::losses::clip_contrastive_loss;
+use crate::methods::m2mix::M2Mix;
 use crate::train::contrastive::clamp_logit_scale;
 use crate::train::supervised::{Objective, TrainBatch};
 
@@ -24,6 +28,8 @@ pub struct Flyp {
     /// `class_prompts[k]`: class k's name in every template.
     pub class_prompts: Vec<Vec<String>>,
     pub tokenizer: Tokenizer,
+    /// m²-mix's extra term, when the recipe asks for it.
+    pub m2mix: Option<M2Mix>,
 }
 
 impl Flyp {
@@ -39,7 +45,8 @@ impl Flyp {
             .collect()
     }
 
-    /// The contrastive loss of `image_features` against the batch's captions.
+    /// The contrastive loss of `image_features` against the batch's captions (plus m²-mix's
+    /// term).
     pub fn loss_from_features(
         &self,
         model: &ClipModel,
@@ -49,7 +56,12 @@ impl Flyp {
         let captions = self.captions(&batch.labels.to_vec1::<u32>()?, &batch.indices, batch.epoch);
         let ids = self.tokenizer.tokenize_batch(&captions, model.config.text.context_length)?;
         let text = model.encode_text(&Tensor::new(ids, model.device())?)?;
-        Ok(clip_contrastive_loss(image_features, &text, &model.logit_scale())?)
+        let scale = model.logit_scale();
+        let loss = clip_contrastive_loss(image_features, &text, &scale)?;
+        match &self.m2mix {
+            Some(mix) => Ok((loss + mix.loss(image_features, &text, &scale, batch.epoch, batch.step)?)?),
+            None => Ok(loss),
+        }
     }
 }
 

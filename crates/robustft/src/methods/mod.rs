@@ -6,12 +6,21 @@
 //!   the trainer's L2-SP constraint); methods.md §2.3, §2.4, §2.7.
 //! * [`flyp`]: FLYP's contrastive loss over (image, class-prompt caption) pairs; §0.2, §2.5.
 //! * [`drm`]: Dual Risk Minimization; §1, §1b.
+//! * [`m2mix`]: m²-mix's geodesic hard negatives, a term of FLYP's contrastive loss (and so of
+//!   DRM's FLYP ERM); §3.1.
+//! * [`fsr`]: function-space regularisation on simulated-OOD views, a wrapper around a
+//!   head-based CE objective; §3.3.
 //! * [`linear_probe`]: multinomial logistic regression on frozen features (L-BFGS); §2.2.
+//! * [`vrf`]: VRF's per-sample mixture of the fine-tuned and zero-shot models, a predictor
+//!   over any head-based fine-tuning; §3.4.
 
 pub mod ce;
 pub mod drm;
 pub mod flyp;
+pub mod fsr;
 pub mod linear_probe;
+pub mod m2mix;
+pub mod vrf;
 
 use candle_core::Tensor;
 

@@ -66,6 +66,9 @@ pub struct TrainBatch {
     /// The examples' indices into the source.
     pub indices: Vec<usize>,
     pub epoch: usize,
+    /// The optimiser step this batch is for, from 0 (seeds an objective's randomness, so a
+    /// resumed run draws the same values).
+    pub step: u64,
 }
 
 /// The loss part of a method.
@@ -236,7 +239,8 @@ pub fn train(
         let indices = &order.1[position..(position + options.batch_size).min(source.len())];
         let lr = schedule.lr(state.step);
         optimizer.set_lr(lr);
-        let (loss, mut grads, seen) = accumulate(model, objective, source, indices, epoch, options)?;
+        let (loss, mut grads, seen) =
+            accumulate(model, objective, source, indices, epoch, state.step, options)?;
         constraint.adjust_gradients(&mut grads, &params, &anchor)?;
         let grad_norm = clip_gradients(&mut grads, &params, options.grad_clip)?;
         let previous = snapshot_if(constraint.needs_previous(), &params)?;
@@ -342,6 +346,7 @@ fn accumulate(
     source: &dyn TrainSource,
     indices: &[usize],
     epoch: usize,
+    step: u64,
     options: &TrainOptions,
 ) -> Result<(f32, GradStore, usize)> {
     let (pixels, kept) = source.load(indices)?;
@@ -362,6 +367,7 @@ fn accumulate(
             labels: Tensor::new(labels, model.device())?,
             indices: chunk_indices.to_vec(),
             epoch,
+            step,
         };
         let share = chunk_indices.len() as f64 / kept.len() as f64;
         let loss = (objective.loss(model, &batch)? * share)?;

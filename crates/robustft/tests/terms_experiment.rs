@@ -1,0 +1,243 @@
+//! Recipes with VRF's predictor and with the m²-mix and function-space objective terms run end
+//! to end on a tiny on-disk manifest dataset with the bundled model:
+//!
+//! * every evaluated model predicts through VRF and the result rows say so, and VRF's weight
+//!   sends the prediction to the right model (a weight of 1 everywhere predicts as FT, 0 as
+//!   the zero-shot model); a recipe that cannot use VRF is refused before any work;
+//! * FLYP + m²-mix, DRM (FLYP ERM) + m²-mix and FT + function-space regularisation (KL and L2)
+//!   train to weights that differ from the plain method's, and a run killed after 3 steps and
+//!   resumed reaches exactly the weights of an uninterrupted one (their randomness is seeded by
+//!   the step).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use robustft::clip::ClipModel;
+use robustft::experiment::{Event, Experiment, RunSettings};
+use robustft::recipe::Recipe;
+use robustft::rng::SplitMix64;
+
+const CLASSES: [&str; 3] = ["circle", "square", "triangle"];
+
+fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("robustft-terms-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A manifest dataset of 32×32 images whose colour depends on the class, with noise: train
+/// (24), id_val, id_test and ood_test (9 each; the OOD images are darker and noisier).
+fn write_dataset(dir: &Path) {
+    let mut rng = SplitMix64::new(5);
+    let mut manifest = String::from("path,label,split\n");
+    for (split, count, brightness, noise) in [
+        ("train", 24, 1.0, 40.0),
+        ("id_val", 9, 1.0, 40.0),
+        ("id_test", 9, 1.0, 40.0),
+        ("ood_test", 9, 0.6, 70.0),
+    ] {
+        for i in 0..count {
+            let label = i % 3;
+            let image = image::RgbImage::from_fn(32, 32, |_, _| {
+                let base = [[200f32, 40.0, 40.0], [40.0, 200.0, 40.0], [40.0, 40.0, 200.0]][label];
+                image::Rgb(base.map(|c| (c * brightness + noise * rng.normal()).clamp(0.0, 255.0) as u8))
+            });
+            let path = format!("{split}_{i}.png");
+            image.save(dir.join(&path)).unwrap();
+            manifest.push_str(&format!("{path},{label},{split}\n"));
+        }
+    }
+    std::fs::write(dir.join("manifest.csv"), manifest).unwrap();
+    std::fs::write(dir.join("classes.txt"), CLASSES.join("\n")).unwrap();
+    let descriptions: serde_json::Map<String, serde_json::Value> =
+        CLASSES.iter().map(|c| (c.to_string(), format!("a round or angular {c} outline").into())).collect();
+    std::fs::write(dir.join("cd.json"), serde_json::to_string(&descriptions).unwrap()).unwrap();
+}
+
+fn recipe(data: &Path, name: &str, method: &str, extra: &[&str]) -> Recipe {
+    let text = format!(
+        "name = \"{name}\"\nseed = 4\n[data]\nformat = \"manifest\"\nroot = \"{}\"\ntemplates = \"shiftworld\"\n\
+         descriptions = \"{}\"\n[method]\nname = \"{method}\"\n[train]\nepochs = 2\nbatch_size = 8\nlr = 1e-3\nwarmup_steps = 2\n\
+         checkpoint_every = 2\n[eval]\nwiseft = [0.5]\n",
+        data.display(),
+        data.join("cd.json").display()
+    );
+    let sets: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    Recipe::parse(&text, "test", &sets).unwrap()
+}
+
+/// Runs a recipe; returns the stage messages and the result rows.
+fn run(recipe: Recipe, out: &Path) -> (Vec<String>, Vec<serde_json::Value>) {
+    run_with(recipe, RunSettings { out: out.to_path_buf(), resume: false, stop_after: None })
+}
+
+fn run_with(recipe: Recipe, settings: RunSettings) -> (Vec<String>, Vec<serde_json::Value>) {
+    let (name, out, interrupted) = (recipe.name.clone(), settings.out.clone(), settings.stop_after.is_some());
+    let experiment = Experiment::resolve(recipe, &Device::Cpu).unwrap();
+    let mut stages = Vec::new();
+    experiment
+        .run(&settings, &mut |event| {
+            if let Event::Stage(stage) = event {
+                stages.push(stage)
+            }
+        })
+        .unwrap();
+    if interrupted {
+        return (stages, Vec::new()); // an interrupted run evaluates nothing
+    }
+    let results = std::fs::read_to_string(out.join(name).join("results.jsonl")).unwrap();
+    (stages, results.lines().map(|line| serde_json::from_str(line).unwrap()).collect())
+}
+
+/// `(split, wiseft α or -1) -> top1` of result rows.
+fn top1s(rows: &[serde_json::Value]) -> HashMap<(String, i64), f64> {
+    rows.iter()
+        .map(|row| {
+            let alpha = row["wiseft_alpha"].as_f64().map_or(-1, |a| (a * 100.0) as i64);
+            ((row["split"].as_str().unwrap().to_string(), alpha), row["top1"].as_f64().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn vrf_evaluates_every_model_through_its_mixture() {
+    let dir = scratch("vrf");
+    write_dataset(&dir);
+    let (stages, rows) = run(recipe(&dir, "vrf", "ft", &["eval.predictor=\"vrf\""]), &dir.join("runs"));
+    assert_eq!(rows.len(), 6, "3 splits × (FT, WiSE-FT 0.5)");
+    assert!(rows.iter().all(|row| row["method"] == "ft+vrf"), "{rows:?}");
+    let fits: Vec<&String> = stages.iter().filter(|s| s.contains("zero-shot failures among 24")).collect();
+    assert_eq!(fits.len(), 2, "one VRF fit per evaluated model: {stages:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn vrf_weight_selects_the_fine_tuned_or_the_zero_shot_model() {
+    let dir = scratch("vrf-extremes");
+    write_dataset(&dir);
+    let out = dir.join("runs");
+    let (_, ft) = run(recipe(&dir, "ft", "ft", &[]), &out);
+    let (_, zeroshot) = run(recipe(&dir, "zeroshot", "zeroshot", &[]), &out);
+    // a = ±1000: w = σ(−(d − a)/b) is 1 (a ≫ d ∈ [0, 4]) or 0 for every image; the
+    // temperatures rescale logits and leave each model's argmax, hence top-1, unchanged.
+    let vrf = |name: &str, a: &str| {
+        let sets = ["eval.predictor=\"vrf\"".to_string(), format!("vrf.a={a}")];
+        let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+        run(recipe(&dir, name, "ft", &sets), &out).1
+    };
+    let (all_ft, all_zero_shot) = (top1s(&vrf("vrf-ft", "1000.0")), top1s(&vrf("vrf-zs", "-1000.0")));
+    let (ft, zeroshot) = (top1s(&ft), top1s(&zeroshot));
+    for ((split, alpha), top1) in &all_ft {
+        assert_eq!(*top1, ft[&(split.clone(), *alpha)], "w = 1 on {split} (α {alpha}) must predict as FT");
+        assert_eq!(
+            all_zero_shot[&(split.clone(), *alpha)],
+            zeroshot[&(split.clone(), -1)],
+            "w = 0 on {split}"
+        );
+    }
+    let differs = all_ft.iter().any(|(key, top1)| *top1 != all_zero_shot[key]);
+    assert!(differs, "FT and zero-shot agree everywhere: the test cannot tell them apart");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn vrf_is_refused_for_a_method_without_a_trained_head() {
+    let dir = scratch("vrf-refused");
+    write_dataset(&dir);
+    let text = recipe(&dir, "x", "flyp", &[]).to_toml();
+    let err = Recipe::parse(&text, "test", &["eval.predictor=\"vrf\"".to_string()]).unwrap_err().to_string();
+    assert!(err.contains("vrf") && err.contains("flyp"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Every trained tensor of a finished run (the towers and, when there is one, the head).
+fn weights(run_dir: &Path) -> Vec<(String, Vec<f32>)> {
+    let (model, _) = ClipModel::load(run_dir.join("model").to_str().unwrap(), &Device::Cpu).unwrap();
+    let mut tensors: Vec<(String, Vec<f32>)> =
+        model.tensors().into_iter().map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1().unwrap())).collect();
+    let head = run_dir.join("model/head.safetensors");
+    if head.exists() {
+        for (name, t) in candle_core::safetensors::load(head, &Device::Cpu).unwrap() {
+            tensors.push((name, t.flatten_all().unwrap().to_vec1().unwrap()));
+        }
+    }
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    tensors
+}
+
+/// Trains `method` with the term `sets` three ways — plain, with the term, and with the term
+/// killed after 3 steps then resumed — and checks the term changes the weights and the resumed
+/// run reaches the uninterrupted one's weights exactly; returns the term's result rows.
+fn term_changes_training_and_resumes_exactly(
+    tag: &str,
+    method: &str,
+    sets: &[&str],
+) -> Vec<serde_json::Value> {
+    let dir = scratch(tag);
+    write_dataset(&dir);
+    let out = dir.join("runs");
+    let sets: Vec<&str> = ["eval.wiseft=[]"].iter().chain(sets).copied().collect();
+    let sets = sets.as_slice();
+    run(recipe(&dir, "plain", method, &sets[..1]), &out);
+    let (_, rows) = run(recipe(&dir, "term", method, sets), &out);
+    // 24 images in batches of 8: 3 steps per epoch, 6 in all; stop after 3 (the last
+    // checkpoint is step 2), then resume.
+    let killed = |resume, stop_after| RunSettings { out: dir.join("killed"), resume, stop_after };
+    run_with(recipe(&dir, "term", method, sets), killed(false, Some(3)));
+    run_with(recipe(&dir, "term", method, sets), killed(true, None));
+    let (plain, term, resumed) =
+        (weights(&out.join("plain")), weights(&out.join("term")), weights(&dir.join("killed/term")));
+    assert_eq!(term.len(), resumed.len());
+    for ((name, x), (_, y)) in term.iter().zip(&resumed) {
+        assert_eq!(x, y, "{tag}: `{name}` differs after resume");
+    }
+    assert!(plain.iter().zip(&term).any(|((_, x), (_, y))| x != y), "{tag}: the term changed no weight");
+    std::fs::remove_dir_all(&dir).unwrap();
+    rows
+}
+
+#[test]
+fn flyp_with_m2mix_trains_differently_and_resumes_exactly() {
+    let rows = term_changes_training_and_resumes_exactly("m2mix", "flyp", &["m2mix.weight=0.5"]);
+    assert!(rows.iter().all(|row| row["method"] == "flyp+m2mix"), "{rows:?}");
+}
+
+#[test]
+fn drm_with_m2mix_on_its_flyp_term_trains_differently_and_resumes_exactly() {
+    let sets = ["m2mix.weight=0.5", "m2mix.schedule=\"inverse_epoch\"", "m2mix.tau_use=\"multiply\""];
+    let rows = term_changes_training_and_resumes_exactly("drm-m2mix", "drm", &sets);
+    assert!(rows.iter().all(|row| row["method"] == "drm+m2mix"), "{rows:?}");
+}
+
+#[test]
+fn ft_with_function_space_regularisation_trains_differently_and_resumes_exactly() {
+    let rows =
+        term_changes_training_and_resumes_exactly("fsr", "ft", &["fsr.lambda1=1.0", "fsr.lambda2=0.5"]);
+    assert!(rows.iter().all(|row| row["method"] == "ft+fsr"), "{rows:?}");
+}
+
+#[test]
+fn lp_ft_with_feature_space_regularisation_trains_differently_and_resumes_exactly() {
+    let sets = ["fsr.lambda1=1.0", "fsr.distance=\"l2\""];
+    let rows = term_changes_training_and_resumes_exactly("fsr-l2", "lp_ft", &sets);
+    assert!(rows.iter().all(|row| row["method"] == "lp_ft+fsr"), "{rows:?}");
+}
+
+#[test]
+fn terms_are_refused_for_objectives_they_do_not_fit() {
+    let dir = scratch("terms-refused");
+    let text = recipe(&dir, "x", "ft", &[]).to_toml();
+    let refuse = |sets: &[&str]| {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        Recipe::parse(&text, "test", &sets).unwrap_err().to_string()
+    };
+    let err = refuse(&["m2mix.weight=0.1"]);
+    assert!(err.contains("m2mix") && err.contains("contrastive"), "{err}");
+    let err = refuse(&["method.name=\"drm\"", "drm.erm=\"ce\"", "m2mix.weight=0.1"]);
+    assert!(err.contains("drm"), "{err}");
+    let err = refuse(&["method.name=\"flyp\"", "fsr.lambda1=1.0"]);
+    assert!(err.contains("fsr") && err.contains("flyp"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
