@@ -25,43 +25,9 @@ use robustft::train::supervised::clip_gradients;
 use robustft::zeroshot::tokenizer_for;
 use serde::Deserialize;
 
-/// A JSON number or nested list of numbers: a tensor of any rank.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Nested {
-    Scalar(f64),
-    List(Vec<Nested>),
-}
-
-impl Nested {
-    fn shape(&self) -> Vec<usize> {
-        match self {
-            Nested::Scalar(_) => vec![],
-            Nested::List(items) => {
-                let mut shape = vec![items.len()];
-                shape.extend(items.first().map(Nested::shape).unwrap_or_default());
-                shape
-            }
-        }
-    }
-
-    fn values(&self) -> Vec<f64> {
-        match self {
-            Nested::Scalar(x) => vec![*x],
-            Nested::List(items) => items.iter().flat_map(Nested::values).collect(),
-        }
-    }
-
-    /// The float32 tensor (inputs are written as float32 values).
-    fn tensor(&self) -> Tensor {
-        let values: Vec<f32> = self.values().iter().map(|&x| x as f32).collect();
-        Tensor::from_vec(values, self.shape(), &Device::Cpu).unwrap()
-    }
-
-    fn var(&self) -> Var {
-        Var::from_tensor(&self.tensor()).unwrap()
-    }
-}
+#[path = "support/nested.rs"]
+mod nested;
+use nested::Nested;
 
 /// max |got − want| over a tensor of `want`'s shape.
 fn max_diff(got: &Tensor, want: &Nested) -> f64 {

@@ -10,7 +10,7 @@
 //! except the confidences and temperatures (float64, 1e-9). Measured maxima are noted beside
 //! each bound.
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use robustft::data::LogitProjection;
 use robustft::methods::fsr::{function_space_penalty, FsrDistance};
 use robustft::methods::m2mix::{m2mix_loss, NegativeScale, TauUse};
@@ -20,46 +20,9 @@ use robustft::methods::vrf::{
 };
 use serde::Deserialize;
 
-/// A JSON number or nested list of numbers: a tensor of any rank.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Nested {
-    Scalar(f64),
-    List(Vec<Nested>),
-}
-
-impl Nested {
-    fn shape(&self) -> Vec<usize> {
-        match self {
-            Nested::Scalar(_) => vec![],
-            Nested::List(items) => {
-                let mut shape = vec![items.len()];
-                shape.extend(items.first().map(Nested::shape).unwrap_or_default());
-                shape
-            }
-        }
-    }
-
-    fn values(&self) -> Vec<f64> {
-        match self {
-            Nested::Scalar(x) => vec![*x],
-            Nested::List(items) => items.iter().flat_map(Nested::values).collect(),
-        }
-    }
-
-    fn f32s(&self) -> Vec<f32> {
-        self.values().iter().map(|&x| x as f32).collect()
-    }
-
-    /// The float32 tensor (inputs are written as float32 values).
-    fn tensor(&self) -> Tensor {
-        Tensor::from_vec(self.f32s(), self.shape(), &Device::Cpu).unwrap()
-    }
-
-    fn var(&self) -> Var {
-        Var::from_tensor(&self.tensor()).unwrap()
-    }
-}
+#[path = "support/nested.rs"]
+mod nested;
+use nested::Nested;
 
 fn scalar(t: &Tensor) -> f64 {
     t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()

@@ -1,0 +1,48 @@
+//! Reading the reference fixtures' tensors: a JSON number or nested list of numbers (any rank),
+//! as written by `scripts/fixtures/*.py` (inputs as the shortest decimals of float32 values).
+
+#![allow(dead_code)] // each test crate uses its own subset
+
+use candle_core::{Device, Tensor, Var};
+use serde::Deserialize;
+
+/// A JSON number or nested list of numbers: a tensor of any rank.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub enum Nested {
+    Scalar(f64),
+    List(Vec<Nested>),
+}
+
+impl Nested {
+    pub fn shape(&self) -> Vec<usize> {
+        match self {
+            Nested::Scalar(_) => vec![],
+            Nested::List(items) => {
+                let mut shape = vec![items.len()];
+                shape.extend(items.first().map(Nested::shape).unwrap_or_default());
+                shape
+            }
+        }
+    }
+
+    pub fn values(&self) -> Vec<f64> {
+        match self {
+            Nested::Scalar(x) => vec![*x],
+            Nested::List(items) => items.iter().flat_map(Nested::values).collect(),
+        }
+    }
+
+    pub fn f32s(&self) -> Vec<f32> {
+        self.values().iter().map(|&x| x as f32).collect()
+    }
+
+    /// The float32 tensor (inputs are written as float32 values).
+    pub fn tensor(&self) -> Tensor {
+        Tensor::from_vec(self.f32s(), self.shape(), &Device::Cpu).unwrap()
+    }
+
+    pub fn var(&self) -> Var {
+        Var::from_tensor(&self.tensor()).unwrap()
+    }
+}
