@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/fixtures/setup_venv.sh
-for gen in scripts/fixtures/*.py; do
+for gen in scripts/fixtures/[!_]*.py; do
   echo "== $gen" >&2
   .venv/bin/python "$gen"
 done
