@@ -12,41 +12,24 @@ use candle_core::Device;
 use robustft::clip::ClipModel;
 use robustft::experiment::{Event, Experiment, RunSettings};
 use robustft::recipe::Recipe;
-use robustft::rng::SplitMix64;
 
-const CLASSES: [&str; 3] = ["circle", "square", "triangle"];
+#[path = "support/dataset.rs"]
+mod dataset;
+use dataset::SplitSpec;
 
 fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("robustft-experiment-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    dataset::scratch("experiment", tag)
 }
 
-/// A manifest dataset of 32×32 images whose colour depends on the class, with noise: train
-/// (12, plus one corrupt file), id_val, id_test and ood_test (6 each).
+/// Train (12, plus one corrupt file), id_val, id_test and ood_test (6 each).
 fn write_dataset(dir: &Path) {
-    let mut rng = SplitMix64::new(3);
-    let mut manifest = String::from("path,label,split\n");
-    for (split, count) in [("train", 12), ("id_val", 6), ("id_test", 6), ("ood_test", 6)] {
-        for i in 0..count {
-            let label = i % 3;
-            let image = image::RgbImage::from_fn(32, 32, |_, _| {
-                let base = [[200u8, 40, 40], [40, 200, 40], [40, 40, 200]][label];
-                image::Rgb(base.map(|c| (c as f32 + 40.0 * rng.normal()).clamp(0.0, 255.0) as u8))
-            });
-            let path = format!("{split}_{i}.png");
-            image.save(dir.join(&path)).unwrap();
-            manifest.push_str(&format!("{path},{label},{split}\n"));
-        }
-    }
-    std::fs::write(dir.join("broken.png"), b"not a png").unwrap();
-    manifest.push_str("broken.png,0,train\n");
-    std::fs::write(dir.join("manifest.csv"), manifest).unwrap();
-    std::fs::write(dir.join("classes.txt"), CLASSES.join("\n")).unwrap();
-    let descriptions: serde_json::Map<String, serde_json::Value> =
-        CLASSES.iter().map(|c| (c.to_string(), format!("a round or angular {c} outline").into())).collect();
-    std::fs::write(dir.join("cd.json"), serde_json::to_string(&descriptions).unwrap()).unwrap();
+    let splits = [
+        SplitSpec("train", 12, 1.0, 40.0),
+        SplitSpec("id_val", 6, 1.0, 40.0),
+        SplitSpec("id_test", 6, 1.0, 40.0),
+        SplitSpec("ood_test", 6, 1.0, 40.0),
+    ];
+    dataset::write_dataset(dir, 3, &splits, true);
 }
 
 fn recipe(data: &Path, method: &str, extra: &[&str]) -> Recipe {
