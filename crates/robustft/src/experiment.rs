@@ -175,20 +175,7 @@ impl Experiment {
 
     /// The optimisation settings of the recipe.
     pub fn train_options(&self) -> TrainOptions {
-        let t = &self.recipe.train;
-        TrainOptions {
-            epochs: t.epochs,
-            batch_size: t.batch_size,
-            lr: t.lr,
-            min_lr: t.min_lr,
-            warmup_steps: t.warmup_steps,
-            weight_decay: t.weight_decay,
-            grad_clip: t.grad_clip,
-            accumulation: t.accumulation,
-            freeze: t.freeze.clone(),
-            seed: self.recipe.seed,
-            checkpoint_every: t.checkpoint_every,
-        }
+        TrainOptions { seed: self.recipe.seed, ..self.recipe.train.clone() }
     }
 
     /// Writes the resolved recipe; on resume, insists the run directory holds the same one.

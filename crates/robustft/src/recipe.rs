@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::methods::drm::{AffinityNorm, Wrm};
 use crate::methods::fsr::FsrDistance;
 use crate::methods::m2mix::{MixSchedule, TauUse};
-use crate::train::supervised::Tower;
+use crate::train::supervised::TrainOptions;
 
 /// A whole run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -31,7 +31,7 @@ pub struct Recipe {
     pub data: DataRecipe,
     pub method: MethodRecipe,
     #[serde(default)]
-    pub train: TrainRecipe,
+    pub train: TrainOptions,
     #[serde(default)]
     pub constraint: ConstraintRecipe,
     #[serde(default)]
@@ -128,41 +128,6 @@ impl MethodName {
             Self::Flyp => "flyp",
             Self::L2sp => "l2sp",
             Self::Drm => "drm",
-        }
-    }
-}
-
-/// Optimisation settings (see [`crate::train::supervised::TrainOptions`]).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TrainRecipe {
-    pub epochs: usize,
-    pub batch_size: usize,
-    pub lr: f64,
-    pub min_lr: f64,
-    pub warmup_steps: u64,
-    pub weight_decay: f64,
-    pub grad_clip: Option<f64>,
-    pub accumulation: usize,
-    pub freeze: Vec<Tower>,
-    pub checkpoint_every: u64,
-}
-
-impl Default for TrainRecipe {
-    /// FLYP's iWildCam settings, scaled to a short run: 10 epochs, batch 256, lr 1e-5,
-    /// weight decay 0.1, 500 warm-up steps.
-    fn default() -> Self {
-        Self {
-            epochs: 10,
-            batch_size: 256,
-            lr: 1e-5,
-            min_lr: 0.0,
-            warmup_steps: 500,
-            weight_decay: 0.1,
-            grad_clip: None,
-            accumulation: 1,
-            freeze: Vec::new(),
-            checkpoint_every: 0,
         }
     }
 }
@@ -633,7 +598,7 @@ mod tests {
     fn defaults_fill_a_minimal_recipe() {
         let recipe = Recipe::parse(MINIMAL, "test", &[]).unwrap();
         assert_eq!(recipe.model, "bundled");
-        assert_eq!(recipe.train, TrainRecipe::default());
+        assert_eq!(recipe.train, TrainOptions::default());
         assert_eq!(recipe.data.val_split, "id_val");
     }
 

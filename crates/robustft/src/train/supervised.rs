@@ -109,8 +109,9 @@ impl Tower {
     }
 }
 
-/// The optimisation settings of a run.
+/// The optimisation settings of a run (a recipe's `[train]` table, strict, with defaults).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct TrainOptions {
     pub epochs: usize,
     pub batch_size: usize,
@@ -123,9 +124,31 @@ pub struct TrainOptions {
     /// Micro-batches per optimiser step.
     pub accumulation: usize,
     pub freeze: Vec<Tower>,
+    /// Orders the data; set from the recipe's top-level `seed`, not from `[train]`.
+    #[serde(skip)]
     pub seed: u64,
     /// Optimiser steps between checkpoints (0: at the end of every epoch).
     pub checkpoint_every: u64,
+}
+
+impl Default for TrainOptions {
+    /// FLYP's iWildCam settings, scaled to a short run: 10 epochs, batch 256, lr 1e-5,
+    /// weight decay 0.1, 500 warm-up steps.
+    fn default() -> Self {
+        Self {
+            epochs: 10,
+            batch_size: 256,
+            lr: 1e-5,
+            min_lr: 0.0,
+            warmup_steps: 500,
+            weight_decay: 0.1,
+            grad_clip: None,
+            accumulation: 1,
+            freeze: Vec::new(),
+            seed: 0,
+            checkpoint_every: 0,
+        }
+    }
 }
 
 impl TrainOptions {
@@ -202,7 +225,8 @@ pub fn train(
     let anchor: HashMap<String, Tensor> = anchor.iter().cloned().collect();
     let adamw = AdamWConfig { lr: options.lr, weight_decay: options.weight_decay, ..Default::default() };
     let mut optimizer = AdamW::new(params.clone(), adamw)?;
-    let fingerprint = serde_json::to_string(options).expect("serialisable");
+    let fingerprint =
+        format!("{} seed {}", serde_json::to_string(options).expect("serialisable"), options.seed);
     let mut state = TrainerState { step: 0, meta: [(OPTIONS_KEY.to_string(), fingerprint.clone())].into() };
     if let Some(dir) = checkpointing.resume.then(|| run.latest_checkpoint()).flatten() {
         state = restore(&dir, model, &params, &mut optimizer, constraint)?;
