@@ -52,6 +52,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    robustft::allocator::keep_freed_memory();
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Bench(args) => commands::bench::run(args),

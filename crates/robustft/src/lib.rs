@@ -3,6 +3,7 @@
 //! The library holds everything testable; the `robustft` binary is a thin layer over it.
 //! See `docs/design.md` for the architecture.
 
+pub mod allocator;
 pub mod bench;
 pub mod clip;
 pub mod constraints;
