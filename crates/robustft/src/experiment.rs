@@ -8,7 +8,8 @@
 //! Methods (methods.md §2, §1b): `zeroshot`; `lp` (logistic regression on frozen features, C
 //! chosen on ID validation); `ft` (CE, head from the zero-shot head); `l2sp` (`ft` + the L2-SP
 //! constraint); `lp_ft` (`lp`, then `ft` from the LP head); `flyp`; `drm`; any trained method
-//! takes a recipe's `[constraint]` (L2-SP, SPD, FTP; result rows then name it, `flyp+ftp`). WiSE-FT
+//! takes a recipe's `[constraint]` (L2-SP, SPD, FTP, TPGM, DiGraP; result rows then name it,
+//! `flyp+ftp`; TPGM learns on batches of the validation split `data.val_split`). WiSE-FT
 //! interpolates every parameter of both towers between the pre-trained and the trained model
 //! and, for head-based methods, the head between the zero-shot head and the trained head; FLYP
 //! and DRM rebuild their heads from the interpolated towers.
@@ -48,11 +49,13 @@ use crate::methods::m2mix::M2Mix;
 use crate::methods::vrf::{Vrf, ZeroShotSide};
 use crate::methods::ClassTexts;
 use crate::prompts::{class_prompts, load_templates, template_set, ConceptDescriptions};
-use crate::recipe::{DiskFormat, ErmKind, MethodName, PredictorKind, Recipe};
+use crate::recipe::{ConstraintName, DiskFormat, ErmKind, MethodName, PredictorKind, Recipe};
 use crate::shiftworld::{build_suite, Suite, CLASSES};
 use crate::train::images::DiskSet;
 use crate::train::run_dir::RunDir;
-use crate::train::supervised::{train, Checkpointing, Objective, StepReport, TrainOptions, TrainSource};
+use crate::train::supervised::{
+    train, Checkpointing, Objective, StepReport, TrainOptions, TrainSource, ValidationData,
+};
 use crate::train::wiseft::interpolate;
 use crate::zeroshot::{tokenizer_for, ZeroShotHead};
 
@@ -129,6 +132,9 @@ impl Experiment {
         experiment.train_options().validate(experiment.data.train.len())?;
         if experiment.recipe.eval.predictor == PredictorKind::Vrf {
             experiment.val_source("VRF's temperature calibration")?;
+        }
+        if experiment.recipe.constraint.name == ConstraintName::Tpgm {
+            experiment.val_source("constraint tpgm (its radii are learned on validation batches)")?;
         }
         Ok(experiment)
     }
@@ -512,11 +518,16 @@ impl Experiment {
         };
         let options = self.train_options();
         let mut constraint = crate::constraints::build(&self.recipe.constraint)?;
+        let validation = self.data.val.as_deref().map(|source| ValidationData {
+            source,
+            batch_size: self.recipe.constraint.val_batch_size.unwrap_or(options.batch_size),
+        });
         train(
             &self.model,
             objective.as_ref(),
             constraint.as_mut(),
             source.as_ref(),
+            validation,
             &options,
             pretrained,
             &checkpointing,

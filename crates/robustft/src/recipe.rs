@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::constraints::digrap::Conflict;
+use crate::constraints::tpgm::TpgmNorm;
 use crate::error::{Error, Result};
 use crate::methods::drm::{AffinityNorm, Wrm};
 use crate::methods::fsr::FsrDistance;
@@ -146,10 +147,18 @@ pub struct ConstraintRecipe {
     /// FTP: factor on positive hyper-gradients of the radii (the annealing factor).
     pub k: f64,
     /// Learning rate of a constraint's own learned per-layer quantities, each by a scalar Adam
-    /// (FTP's radii, DiGraP's projection strength ω).
+    /// (FTP's and TPGM's radii, DiGraP's projection strength ω).
     pub mu: f64,
     /// DiGraP: which sign of ⟨g, θ − θ₀⟩ is a conflict.
     pub conflict: Conflict,
+    /// TPGM: optimiser steps between updates of the radii on validation batches.
+    pub every: u64,
+    /// TPGM: Adam steps on the radii per update, each on its own validation batch.
+    pub proj_steps: u64,
+    /// TPGM: the distance from θ₀, per output row (`mars`) or per tensor (`l2`).
+    pub norm: TpgmNorm,
+    /// TPGM: examples per validation batch (default: `train.batch_size`).
+    pub val_batch_size: Option<usize>,
 }
 
 impl Default for ConstraintRecipe {
@@ -161,6 +170,10 @@ impl Default for ConstraintRecipe {
             k: 1.0,
             mu: 1e-2,
             conflict: Conflict::Opposed,
+            every: 1,
+            proj_steps: 1,
+            norm: TpgmNorm::Mars,
+            val_batch_size: None,
         }
     }
 }
@@ -173,6 +186,7 @@ pub enum ConstraintName {
     L2sp,
     Spd,
     Ftp,
+    Tpgm,
     Digrap,
 }
 
@@ -183,6 +197,7 @@ impl ConstraintName {
             Self::L2sp => "l2sp",
             Self::Spd => "spd",
             Self::Ftp => "ftp",
+            Self::Tpgm => "tpgm",
             Self::Digrap => "digrap",
         }
     }
@@ -490,6 +505,7 @@ impl Recipe {
         match self.constraint.name {
             ConstraintName::Spd => self.check_spd(),
             ConstraintName::Ftp => self.check_ftp(),
+            ConstraintName::Tpgm => check_tpgm(&self.constraint),
             ConstraintName::Digrap => check_digrap(&self.constraint),
             ConstraintName::None | ConstraintName::L2sp => Ok(()),
         }
@@ -548,6 +564,30 @@ impl Recipe {
         }
         Ok(())
     }
+}
+
+/// TPGM learns its radii on validation batches: `mu`, `every`, `proj_steps` and the batch size
+/// must be positive; it takes no `lambda`.
+fn check_tpgm(c: &ConstraintRecipe) -> std::result::Result<(), String> {
+    if !(c.mu.is_finite() && c.mu > 0.0) {
+        return Err(format!(
+            "constraint tpgm needs constraint.mu > 0 (the radii's learning rate), not {}",
+            c.mu
+        ));
+    }
+    if c.every == 0 || c.proj_steps == 0 || c.val_batch_size == Some(0) {
+        return Err("constraint tpgm needs constraint.every, constraint.proj_steps and \
+                    constraint.val_batch_size of at least 1"
+            .into());
+    }
+    if c.lambda != 0.0 {
+        return Err(format!(
+            "constraint tpgm learns its radii and takes no constraint.lambda (= {}); its knobs are \
+             constraint.mu, every, proj_steps, norm and val_batch_size",
+            c.lambda
+        ));
+    }
+    Ok(())
 }
 
 /// DiGraP needs a positive learning rate μ for ω and a regulariser weight λ ≥ 0.
@@ -661,6 +701,34 @@ mod tests {
         assert!(err.to_string().contains("constraint.lambda"), "{err}");
         let sets = ["constraint.name=\"ftp\"", "constraint.mu=0"].map(String::from);
         assert!(Recipe::parse(MINIMAL, "test", &sets).unwrap_err().to_string().contains("constraint.mu"));
+    }
+
+    #[test]
+    fn tpgm_reads_its_keys_and_refuses_zero_counts_and_a_lambda() {
+        let sets = |extra: &[&str]| {
+            let mut all = vec!["constraint.name=\"tpgm\"".to_string()];
+            all.extend(extra.iter().map(|s| s.to_string()));
+            Recipe::parse(MINIMAL, "test", &all)
+        };
+        let defaults = sets(&[]).unwrap().constraint;
+        assert_eq!((defaults.every, defaults.proj_steps, defaults.norm), (1, 1, TpgmNorm::Mars));
+        let keys = [
+            "constraint.every=10",
+            "constraint.proj_steps=2",
+            "constraint.norm=\"l2\"",
+            "constraint.val_batch_size=8",
+        ];
+        let recipe = sets(&keys).unwrap();
+        let c = &recipe.constraint;
+        assert_eq!((c.every, c.proj_steps, c.norm, c.val_batch_size), (10, 2, TpgmNorm::L2, Some(8)));
+        assert_eq!(Recipe::parse(&recipe.to_toml(), "again", &[]).unwrap(), recipe);
+        assert_eq!(recipe.label(), "ft+tpgm");
+        for bad in ["constraint.every=0", "constraint.proj_steps=0", "constraint.val_batch_size=0"] {
+            let err = sets(&[bad]).unwrap_err().to_string();
+            assert!(err.contains(bad.split('=').next().unwrap()), "{bad}: {err}");
+        }
+        assert!(sets(&["constraint.lambda=0.1"]).unwrap_err().to_string().contains("constraint.lambda"));
+        assert!(sets(&["constraint.norm=\"l1\""]).unwrap_err().to_string().contains("l1"));
     }
 
     #[test]

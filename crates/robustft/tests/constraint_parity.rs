@@ -117,6 +117,7 @@ impl Run {
             previous: &previous,
             lr: case.lr,
             step: step as u64,
+            validation: None,
         };
         self.constraint.after_step(&context).unwrap();
     }

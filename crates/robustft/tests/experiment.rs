@@ -1,10 +1,10 @@
 //! Recipes run end to end on a tiny on-disk manifest dataset with the bundled model: a killed
 //! run resumed from its checkpoint reaches exactly the weights of an uninterrupted run (FT, DRM,
 //! and both under the DiGraP constraint, whose learned state must be restored; FLYP + FTP,
-//! DRM + SPD, which also differ from their plain methods), a corrupt
+//! DRM + SPD, FT + TPGM, which also differ from their plain methods), a corrupt
 //! training image is skipped and reported, and bad input — a missing split, a
-//! concept-description file for other classes, an unknown recipe key — is refused before any
-//! work with an error naming it.
+//! concept-description file for other classes, an unknown recipe key, TPGM without a validation
+//! split — is refused before any work with an error naming it.
 
 use std::path::{Path, PathBuf};
 
@@ -189,6 +189,30 @@ fn flyp_with_ftp_resumes_exactly_and_differs_from_flyp() {
 fn drm_with_spd_resumes_exactly_and_differs_from_drm_without_weight_decay() {
     let spd = ["constraint.name=\"spd\"", "constraint.lambda=1.0", "train.weight_decay=0.0"];
     constrained_run_resumes_and_differs_from_the_plain_method("drm", &spd, &["train.weight_decay=0.0"]);
+}
+
+#[test]
+fn ft_with_tpgm_resumes_exactly_and_differs_from_ft() {
+    // radii updated at steps 1, 4 and 7, two Adam steps each on batches of 4 of the 6 id_val
+    // images: the resumed run (from step 2) must draw the same batches and restore γ's moments
+    let tpgm = [
+        "constraint.name=\"tpgm\"",
+        "constraint.every=3",
+        "constraint.proj_steps=2",
+        "constraint.val_batch_size=4",
+        "constraint.mu=0.05",
+    ];
+    constrained_run_resumes_and_differs_from_the_plain_method("ft", &tpgm, &[]);
+}
+
+#[test]
+fn tpgm_without_a_validation_split_is_refused_naming_it() {
+    let dir = scratch("tpgm-no-val");
+    write_dataset(&dir);
+    let sets = ["constraint.name=\"tpgm\"", "data.val_split=\"held_out\""];
+    let err = Experiment::resolve(recipe(&dir, "ft", &sets), &Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("tpgm") && err.contains("`held_out`"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -72,6 +72,7 @@ fn run(options: &TrainOptions, tag: &str) -> (Vec<f32>, Vec<(String, Vec<f32>)>)
         &objective,
         &mut Unconstrained,
         &toy_data(64),
+        None,
         options,
         &anchor,
         &checkpointing,

@@ -138,14 +138,19 @@ impl Constraint for Ftp {
     }
 }
 
-/// n = Σ_{all dims but 0} |c| + 1e-8, keeping the reduced dimensions (shape `[rows, 1, ...]`);
-/// a 1-d tensor gives `[1]`, a 0-d one `[]`.
+/// n = Σ_{all dims but 0} |c| + 1e-8 (see [`row_l1_sums`]).
 fn row_l1_norms(offset: &Tensor) -> Result<Tensor> {
+    Ok((row_l1_sums(offset)? + NORM_EPS)?)
+}
+
+/// Σ_{all dims but 0} |c|, keeping the reduced dimensions (shape `[rows, 1, ...]`); a 1-d
+/// tensor gives `[1]`, a 0-d one `[]` (PyTorch's `sum` over an empty `dim` tuple reduces
+/// everything).
+pub(super) fn row_l1_sums(offset: &Tensor) -> Result<Tensor> {
     let magnitude = offset.abs()?;
-    let sums = match offset.rank() {
+    Ok(match offset.rank() {
         0 => magnitude,
         1 => magnitude.sum_keepdim(0)?,
         rank => magnitude.sum_keepdim((1..rank).collect::<Vec<_>>())?,
-    };
-    Ok((sums + NORM_EPS)?)
+    })
 }

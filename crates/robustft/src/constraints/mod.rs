@@ -3,16 +3,17 @@
 //! and combines with any objective (DRM + SPD, FLYP + FTP, ...). A constraint may change the
 //! gradients before the AdamW step ([`Constraint::adjust_gradients`]: L2-SP, DiGraP) and/or
 //! the weights after it ([`Constraint::after_step`], seeing the weights before the step: SPD,
-//! FTP). Its state (learned radii, moments) is saved in every checkpoint so a resumed run is
-//! bit-exact.
+//! FTP; or a held-out [`Validation`] loss at weights it sets: TPGM). Its state (learned radii,
+//! moments) is saved in every checkpoint so a resumed run is bit-exact.
 //!
 //! Implemented here: [`l2sp::L2Sp`] (methods.md §2.7), [`spd::Spd`] (§3.5), [`ftp::Ftp`]
-//! (§3.2) and [`digrap::Digrap`] (§3.6).
+//! (§3.2), [`tpgm::Tpgm`] (§3.2) and [`digrap::Digrap`] (§3.6).
 
 pub mod digrap;
 pub mod ftp;
 pub mod l2sp;
 pub mod spd;
+pub mod tpgm;
 
 use std::collections::HashMap;
 
@@ -39,6 +40,16 @@ pub struct StepContext<'a> {
     pub lr: f64,
     /// The optimiser step just taken, from 1.
     pub step: u64,
+    /// The run's objective on held-out batches, when the trainer has a validation split.
+    pub validation: Option<&'a dyn Validation>,
+}
+
+/// A held-out loss a constraint can learn from (TPGM's radii): the run's own objective on a
+/// validation batch, at the parameters' current values.
+pub trait Validation {
+    /// The gradients, by parameter, of the loss on validation batch number `draw` (0, 1, …;
+    /// the same `draw` gives the same batch, so a resumed run sees the same ones).
+    fn gradients(&self, draw: u64) -> Result<GradStore>;
 }
 
 /// An optimiser-side constraint toward the pre-trained weights.
@@ -93,6 +104,13 @@ pub fn build(recipe: &ConstraintRecipe) -> Result<Box<dyn Constraint>> {
         })),
         ConstraintName::Spd => Box::new(spd::Spd { lambda: recipe.lambda, exclude }),
         ConstraintName::Ftp => Box::new(ftp::Ftp::new(recipe.k, recipe.mu, exclude)),
+        ConstraintName::Tpgm => Box::new(tpgm::Tpgm::new(tpgm::TpgmOptions {
+            mu: recipe.mu,
+            every: recipe.every,
+            proj_steps: recipe.proj_steps,
+            norm: recipe.norm,
+            exclude,
+        })),
     })
 }
 

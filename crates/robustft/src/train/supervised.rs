@@ -7,7 +7,11 @@
 //! * per-tower freezing ([`Tower`]): frozen parameters are left out of the optimiser;
 //! * a [`Constraint`] toward the pre-trained weights (L2-SP, SPD, FTP, ...; `crate::constraints`):
 //!   its gradient changes come before clipping (as a loss-term penalty would), its weight
-//!   changes after the AdamW step, and its state is checkpointed;
+//!   changes after the AdamW step, and its state is checkpointed; a constraint that learns on
+//!   held-out data (TPGM) gets the objective's loss on [`ValidationData`] batches, drawn like
+//!   training batches from their own seeded order (epoch `e` of the validation split visits
+//!   `epoch_order(n, (seed ⊕ salt) + e)` in chunks), so they too are a pure function of the
+//!   seed and the draw;
 //! * gradient clipping by global L2 norm, as `torch.nn.utils.clip_grad_norm_`;
 //! * gradient accumulation: a batch is split into `accumulation` micro-batches whose losses are
 //!   weighted by their share of the batch and whose gradients are summed — identical to the
@@ -29,7 +33,7 @@ use super::run_dir::{io_error, load_extra, RunDir};
 use super::schedule::CosineSchedule;
 use super::state::TrainerState;
 use crate::clip::ClipModel;
-use crate::constraints::{Constraint, StepContext};
+use crate::constraints::{Constraint, StepContext, Validation};
 use crate::data::epoch_order;
 use crate::error::{Error, Result};
 use crate::optim::{decays_by_default, AdamW, AdamWConfig};
@@ -39,6 +43,9 @@ const OPTIONS_KEY: &str = "train_options";
 
 /// Prefix of the constraint's state in a checkpoint's extra tensors.
 const CONSTRAINT_PREFIX: &str = "constraint.";
+
+/// Mixed into the seed of the validation batches' order, so it differs from the training order.
+const VALIDATION_SALT: u64 = 0x7661_6c69_6461_7465;
 
 /// Labelled training images, decoded on demand.
 pub trait TrainSource: Sync {
@@ -55,6 +62,13 @@ pub trait TrainSource: Sync {
     fn skipped(&self) -> Vec<(String, String)> {
         Vec::new()
     }
+}
+
+/// Held-out examples a constraint may learn from, `batch_size` at a time.
+#[derive(Clone, Copy)]
+pub struct ValidationData<'a> {
+    pub source: &'a dyn TrainSource,
+    pub batch_size: usize,
 }
 
 /// One (micro-)batch handed to an objective.
@@ -205,14 +219,15 @@ pub struct Checkpointing<'a> {
 }
 
 /// Trains `model` (and the objective's extra parameters) in place under `constraint`; `anchor`
-/// is the frozen pre-trained copy the constraint pulls towards. Returns the number of steps
-/// taken in this call.
+/// is the frozen pre-trained copy the constraint pulls towards, `validation` the held-out data
+/// a constraint may learn from. Returns the number of steps taken in this call.
 #[allow(clippy::too_many_arguments)]
 pub fn train(
     model: &ClipModel,
     objective: &dyn Objective,
     constraint: &mut dyn Constraint,
     source: &dyn TrainSource,
+    validation: Option<ValidationData<'_>>,
     options: &TrainOptions,
     anchor: &[(String, Tensor)],
     checkpointing: &Checkpointing<'_>,
@@ -263,12 +278,14 @@ pub fn train(
         let indices = &order.1[position..(position + options.batch_size).min(source.len())];
         let lr = schedule.lr(state.step);
         optimizer.set_lr(lr);
-        let (loss, mut grads, seen) =
-            accumulate(model, objective, source, indices, epoch, state.step, options)?;
+        let batch = BatchSpec { indices, epoch, step: state.step, split: "training" };
+        let (loss, mut grads, seen) = accumulate(model, objective, source, &batch, options.accumulation)?;
         constraint.adjust_gradients(&mut grads, &params, &anchor)?;
         let grad_norm = clip_gradients(&mut grads, &params, options.grad_clip)?;
         let previous = snapshot_if(constraint.needs_previous(), &params)?;
         optimizer.step(&grads)?;
+        let held_out =
+            validation.map(|data| HeldOut { model, objective, data, seed: options.seed, step: state.step });
         let context = StepContext {
             params: &params,
             anchor: &anchor,
@@ -276,6 +293,7 @@ pub fn train(
             previous: &previous,
             lr,
             step: state.step + 1,
+            validation: held_out.as_ref().map(|h| h as &dyn Validation),
         };
         constraint.after_step(&context)?;
         objective.after_step(model)?;
@@ -362,21 +380,60 @@ fn restore(
     Ok(TrainerState::load(dir, optimizer)?)
 }
 
+/// The run's objective on validation batches at the model's current weights.
+struct HeldOut<'a> {
+    model: &'a ClipModel,
+    objective: &'a dyn Objective,
+    data: ValidationData<'a>,
+    seed: u64,
+    /// The optimiser step being taken, from 0 (as [`TrainBatch::step`]).
+    step: u64,
+}
+
+impl Validation for HeldOut<'_> {
+    fn gradients(&self, draw: u64) -> Result<GradStore> {
+        let source = self.data.source;
+        let n = source.len();
+        if n == 0 || self.data.batch_size == 0 {
+            return Err(Error::Invalid {
+                what: "the validation split".into(),
+                reason: format!("cannot give batches of {} from {n} examples", self.data.batch_size),
+            });
+        }
+        let size = self.data.batch_size.min(n);
+        let per_epoch = n.div_ceil(size) as u64;
+        let epoch = draw / per_epoch;
+        let order = epoch_order(n, Some((self.seed ^ VALIDATION_SALT).wrapping_add(epoch)));
+        let start = (draw % per_epoch) as usize * size;
+        let indices = &order[start..(start + size).min(n)];
+        let batch = BatchSpec { indices, epoch: epoch as usize, step: self.step, split: "validation" };
+        Ok(accumulate(self.model, self.objective, source, &batch, 1)?.1)
+    }
+}
+
+/// Which examples a batch holds, and when it is drawn.
+struct BatchSpec<'a> {
+    indices: &'a [usize],
+    epoch: usize,
+    step: u64,
+    /// Names the split in errors.
+    split: &'a str,
+}
+
 /// Loss and summed gradients of a batch over `accumulation` micro-batches; returns the
 /// batch's mean loss, the gradients and the number of images seen.
 fn accumulate(
     model: &ClipModel,
     objective: &dyn Objective,
     source: &dyn TrainSource,
-    indices: &[usize],
-    epoch: usize,
-    step: u64,
-    options: &TrainOptions,
+    batch: &BatchSpec<'_>,
+    accumulation: usize,
 ) -> Result<(f32, GradStore, usize)> {
+    let BatchSpec { indices, epoch, step, split } = *batch;
     let (pixels, kept) = source.load(indices)?;
     let size = source.image_size();
     let per_image = 3 * size * size;
-    let micro = kept.len().div_ceil(options.accumulation).max(1);
+    let micro = kept.len().div_ceil(accumulation).max(1);
     let (mut total_loss, mut grads): (f32, Option<GradStore>) = (0.0, None);
     for (chunk, chunk_indices) in kept.chunks(micro).enumerate() {
         let start = chunk * micro;
@@ -403,7 +460,7 @@ fn accumulate(
         }
     }
     let grads = grads.ok_or_else(|| Error::Invalid {
-        what: format!("a training batch of epoch {epoch}"),
+        what: format!("a {split} batch of epoch {epoch}"),
         reason: "none of its images could be read".into(),
     })?;
     Ok((total_loss, grads, kept.len()))
