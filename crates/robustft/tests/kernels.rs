@@ -196,3 +196,69 @@ fn other_dtypes_fall_back_to_primitive_ops() {
     let deviation = (fused - expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
     assert!(deviation < 1e-12, "f64 LayerNorm deviates by {deviation}");
 }
+
+/// Multi-head attention from primitive ops: split heads, `softmax(q kᵀ / √d + mask) v`, merge.
+fn reference_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (b, t, width) = q.dims3()?;
+    let head_dim = width / heads;
+    let split_heads = |y: &Tensor| y.reshape((b, t, heads, head_dim))?.transpose(1, 2)?.contiguous();
+    let scores = (split_heads(q)? * (head_dim as f64).powf(-0.5))?.matmul(&split_heads(k)?.t()?)?;
+    let probabilities = match mask {
+        Some(m) => reference::masked_softmax_last_dim(&scores, m)?,
+        None => reference::softmax_last_dim(&scores)?,
+    };
+    probabilities.matmul(&split_heads(v)?)?.transpose(1, 2)?.reshape((b, t, width))
+}
+
+/// (batch, tokens, width, heads, causal): single tokens and heads, head widths 1 and 3, the
+/// text tower's causal mask, and ViT-B/32's 50 tokens × 12 heads of 64.
+const ATTENTION_CASES: [(usize, usize, usize, usize, bool); 7] = [
+    (1, 1, 8, 2, false),
+    (3, 7, 12, 4, false),
+    (2, 5, 7, 7, true),
+    (2, 17, 128, 4, false),
+    (16, 17, 128, 4, true),
+    (2, 50, 768, 12, false),
+    (3, 77, 64, 2, true),
+];
+
+#[test]
+fn attention_matches_primitive_ops() {
+    for (seed, (b, t, width, heads, causal)) in ATTENTION_CASES.into_iter().enumerate() {
+        let mask = causal.then(|| causal_mask(t, &Device::Cpu).unwrap());
+        let inputs: Vec<Tensor> =
+            (0..3).map(|i| random(&[b, t, width], (10 * seed + i) as u64, 1.5, 0.0)).collect();
+        assert_parity(
+            |x| kernels::attention(&x[0], &x[1], &x[2], heads, mask.as_ref()),
+            |x| reference_attention(&x[0], &x[1], &x[2], heads, mask.as_ref()),
+            &inputs,
+            &format!("attention b={b} t={t} width={width} heads={heads} causal={causal}"),
+        );
+    }
+}
+
+#[test]
+fn attention_with_a_trainable_mask_passes_it_gradients() {
+    let (b, t, width, heads) = (2, 6, 12, 3);
+    let mut inputs: Vec<Tensor> = (0..3).map(|i| random(&[b, t, width], 70 + i, 1.0, 0.0)).collect();
+    inputs.push(random(&[t, t], 80, 1.0, 0.0));
+    assert_parity(
+        |x| kernels::attention(&x[0], &x[1], &x[2], heads, Some(&x[3])),
+        |x| reference_attention(&x[0], &x[1], &x[2], heads, Some(&x[3])),
+        &inputs,
+        "attention with a trainable mask",
+    );
+}
+
+#[test]
+fn attention_rejects_a_width_that_does_not_split_into_heads() {
+    let x = random(&[1, 3, 10], 1, 1.0, 0.0);
+    let err = kernels::attention(&x, &x, &x, 4, None).unwrap_err();
+    assert!(err.to_string().contains("does not split into 4 heads"), "{err}");
+}

@@ -146,21 +146,8 @@ impl SelfAttention {
     /// `residual + attention(x)` with `x`, `residual`: `[b, t, width]` and `mask`: optional
     /// additive `[t, t]`.
     pub fn forward_residual(&self, x: &Tensor, mask: Option<&Tensor>, residual: &Tensor) -> Result<Tensor> {
-        let (b, t, width) = x.dims3()?;
-        let head_dim = width / self.heads;
-        let split_heads = |y: Tensor| -> Result<Tensor> {
-            y.reshape((b, t, self.heads, head_dim))?.transpose(1, 2)?.contiguous()
-        };
-        let q = split_heads((self.q.forward(x)? * (head_dim as f64).powf(-0.5))?)?;
-        let k = split_heads(self.k.forward(x)?)?;
-        let v = split_heads(self.v.forward(x)?)?;
-        let scores = q.matmul(&k.t()?)?;
-        let probabilities = match mask {
-            Some(m) => kernels::masked_softmax_last_dim(&scores, m)?,
-            None => softmax_last_dim(&scores)?,
-        };
-        let attended = probabilities.matmul(&v)?;
-        let merged = attended.transpose(1, 2)?.reshape((b, t, width))?;
+        let (q, k, v) = (self.q.forward(x)?, self.k.forward(x)?, self.v.forward(x)?);
+        let merged = kernels::attention(&q, &k, &v, self.heads, mask)?;
         self.out.forward_residual(&merged, residual)
     }
 }

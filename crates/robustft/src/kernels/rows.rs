@@ -53,7 +53,7 @@ pub(super) fn map_row_blocks<T: Send>(
 }
 
 /// Rows per parallel block: enough for `MIN_TASK_ELEMENTS` elements, at least one.
-fn rows_per_block(width: usize) -> usize {
+pub(super) fn rows_per_block(width: usize) -> usize {
     (MIN_TASK_ELEMENTS / width.max(1)).max(1)
 }
 

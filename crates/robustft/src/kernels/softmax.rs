@@ -32,7 +32,7 @@ pub fn masked_softmax_last_dim(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
 
 /// Softmax of one row in place: `y ← exp(y − max y) / Σ exp(y − max y)`.
 #[inline(always)]
-fn softmax_row_in_place(y: &mut [f32]) {
+pub(super) fn softmax_row_in_place(y: &mut [f32]) {
     let max = y.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     y.iter_mut().for_each(|v| *v = (*v - max).exp());
     let inverse_sum = 1.0 / lane_sum(y, |v| v);
