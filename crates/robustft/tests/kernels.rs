@@ -197,23 +197,20 @@ fn other_dtypes_fall_back_to_primitive_ops() {
     assert!(deviation < 1e-12, "f64 LayerNorm deviates by {deviation}");
 }
 
-/// Multi-head attention from primitive ops: split heads, `softmax(q kᵀ / √d + mask) v`, merge.
-fn reference_attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    heads: usize,
-    mask: Option<&Tensor>,
-) -> Result<Tensor> {
-    let (b, t, width) = q.dims3()?;
-    let head_dim = width / heads;
-    let split_heads = |y: &Tensor| y.reshape((b, t, heads, head_dim))?.transpose(1, 2)?.contiguous();
-    let scores = (split_heads(q)? * (head_dim as f64).powf(-0.5))?.matmul(&split_heads(k)?.t()?)?;
+/// Multi-head attention from primitive ops on the packed `[b, t, 3·width]` q/k/v: split
+/// heads, `softmax(q kᵀ / √d + mask) v`, merge.
+fn reference_attention(qkv: &Tensor, heads: usize, mask: Option<&Tensor>) -> Result<Tensor> {
+    let (b, t, packed) = qkv.dims3()?;
+    let (width, head_dim) = (packed / 3, packed / 3 / heads);
+    let split_heads = |part: usize| {
+        qkv.narrow(2, part * width, width)?.reshape((b, t, heads, head_dim))?.transpose(1, 2)?.contiguous()
+    };
+    let scores = (split_heads(0)? * (head_dim as f64).powf(-0.5))?.matmul(&split_heads(1)?.t()?)?;
     let probabilities = match mask {
         Some(m) => reference::masked_softmax_last_dim(&scores, m)?,
         None => reference::softmax_last_dim(&scores)?,
     };
-    probabilities.matmul(&split_heads(v)?)?.transpose(1, 2)?.reshape((b, t, width))
+    probabilities.matmul(&split_heads(2)?)?.transpose(1, 2)?.reshape((b, t, width))
 }
 
 /// (batch, tokens, width, heads, causal): single tokens and heads, head widths 1 and 3, the
@@ -232,12 +229,11 @@ const ATTENTION_CASES: [(usize, usize, usize, usize, bool); 7] = [
 fn attention_matches_primitive_ops() {
     for (seed, (b, t, width, heads, causal)) in ATTENTION_CASES.into_iter().enumerate() {
         let mask = causal.then(|| causal_mask(t, &Device::Cpu).unwrap());
-        let inputs: Vec<Tensor> =
-            (0..3).map(|i| random(&[b, t, width], (10 * seed + i) as u64, 1.5, 0.0)).collect();
+        let qkv = random(&[b, t, 3 * width], seed as u64, 1.5, 0.0);
         assert_parity(
-            |x| kernels::attention(&x[0], &x[1], &x[2], heads, mask.as_ref()),
-            |x| reference_attention(&x[0], &x[1], &x[2], heads, mask.as_ref()),
-            &inputs,
+            |x| kernels::attention(&x[0], heads, mask.as_ref()),
+            |x| reference_attention(&x[0], heads, mask.as_ref()),
+            &[qkv],
             &format!("attention b={b} t={t} width={width} heads={heads} causal={causal}"),
         );
     }
@@ -246,11 +242,10 @@ fn attention_matches_primitive_ops() {
 #[test]
 fn attention_with_a_trainable_mask_passes_it_gradients() {
     let (b, t, width, heads) = (2, 6, 12, 3);
-    let mut inputs: Vec<Tensor> = (0..3).map(|i| random(&[b, t, width], 70 + i, 1.0, 0.0)).collect();
-    inputs.push(random(&[t, t], 80, 1.0, 0.0));
+    let inputs = [random(&[b, t, 3 * width], 70, 1.0, 0.0), random(&[t, t], 80, 1.0, 0.0)];
     assert_parity(
-        |x| kernels::attention(&x[0], &x[1], &x[2], heads, Some(&x[3])),
-        |x| reference_attention(&x[0], &x[1], &x[2], heads, Some(&x[3])),
+        |x| kernels::attention(&x[0], heads, Some(&x[1])),
+        |x| reference_attention(&x[0], heads, Some(&x[1])),
         &inputs,
         "attention with a trainable mask",
     );
@@ -258,7 +253,21 @@ fn attention_with_a_trainable_mask_passes_it_gradients() {
 
 #[test]
 fn attention_rejects_a_width_that_does_not_split_into_heads() {
-    let x = random(&[1, 3, 10], 1, 1.0, 0.0);
-    let err = kernels::attention(&x, &x, &x, 4, None).unwrap_err();
+    let qkv = random(&[1, 3, 30], 1, 1.0, 0.0);
+    let err = kernels::attention(&qkv, 4, None).unwrap_err();
     assert!(err.to_string().contains("does not split into 4 heads"), "{err}");
+}
+
+#[test]
+fn bias_add_matches_primitive_ops() {
+    for (seed, shape) in shapes().enumerate() {
+        let width = *shape.last().unwrap();
+        let inputs = [random(&shape, seed as u64, 1.0, 0.0), random(&[width], 300 + seed as u64, 1.0, 0.0)];
+        assert_parity(
+            |t| kernels::bias_add(&t[0], &t[1]),
+            |t| reference::bias_add(&t[0], &t[1]),
+            &inputs,
+            &format!("bias_add {shape:?}"),
+        );
+    }
 }

@@ -46,9 +46,24 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = self.project(x)?;
         match &self.bias {
-            Some(b) => y.broadcast_add(b),
+            Some(b) => kernels::bias_add(&y, b),
             None => Ok(y),
         }
+    }
+
+    /// The linear map whose outputs are those of `parts` side by side: weights stacked by
+    /// rows, biases concatenated (zeros for a part without bias). Gradients flow back to
+    /// every part's parameters.
+    fn stacked(parts: &[&Linear]) -> Result<Self> {
+        let weights: Vec<&Tensor> = parts.iter().map(|p| &p.weight).collect();
+        let biases = parts
+            .iter()
+            .map(|p| match &p.bias {
+                Some(b) => Ok(b.clone()),
+                None => Tensor::zeros(p.weight.dim(0)?, p.weight.dtype(), p.weight.device()),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { weight: Tensor::cat(&weights, 0)?, bias: Some(Tensor::cat(&biases, 0)?) })
     }
 
     /// `activation(x Wᵀ + b)`, the bias add fused into the activation.
@@ -118,7 +133,8 @@ pub fn causal_mask(t: usize, device: &Device) -> Result<Tensor> {
 }
 
 /// Multi-head self-attention with separate q/k/v projections (HF layout; OpenCLIP's fused
-/// `in_proj_weight` is split at load time).
+/// `in_proj_weight` is split at load time), run as one stacked projection per forward pass
+/// and the fused attention kernel ([`kernels::attention`]).
 #[derive(Clone, Debug)]
 pub struct SelfAttention {
     q: Linear,
@@ -146,8 +162,8 @@ impl SelfAttention {
     /// `residual + attention(x)` with `x`, `residual`: `[b, t, width]` and `mask`: optional
     /// additive `[t, t]`.
     pub fn forward_residual(&self, x: &Tensor, mask: Option<&Tensor>, residual: &Tensor) -> Result<Tensor> {
-        let (q, k, v) = (self.q.forward(x)?, self.k.forward(x)?, self.v.forward(x)?);
-        let merged = kernels::attention(&q, &k, &v, self.heads, mask)?;
+        let qkv = Linear::stacked(&[&self.q, &self.k, &self.v])?.forward(x)?;
+        let merged = kernels::attention(&qkv, self.heads, mask)?;
         self.out.forward_residual(&merged, residual)
     }
 }

@@ -35,6 +35,11 @@ pub fn bias_activation(x: &Tensor, bias: &Tensor, activation: Activation) -> Res
     }
 }
 
+/// `x + bias`, `bias` over the last dimension.
+pub fn bias_add(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    x.broadcast_add(bias)
+}
+
 /// `x + bias + residual`, `bias` over the last dimension, `residual` shaped like `x`.
 pub fn bias_residual(x: &Tensor, bias: &Tensor, residual: &Tensor) -> Result<Tensor> {
     residual + x.broadcast_add(bias)?
