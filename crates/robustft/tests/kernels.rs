@@ -3,7 +3,7 @@
 //! backprop of a randomly weighted sum of the output) on awkward shapes, on both sides of the
 //! kernels' serial/parallel threshold, including masked softmax with `-inf` entries.
 
-use candle_core::{Device, Result, Tensor, Var};
+use candle_core::{DType, Device, Result, Tensor, Var};
 use robustft::clip::config::Activation;
 use robustft::clip::layers::causal_mask;
 use robustft::kernels::{self, reference};
@@ -188,13 +188,45 @@ fn bias_residual_matches_primitive_ops() {
 
 #[test]
 fn other_dtypes_fall_back_to_primitive_ops() {
-    let x = random(&[3, 7], 1, 2.0, 1.0).to_dtype(candle_core::DType::F64).unwrap();
-    let (w, b) = (Tensor::ones(7, candle_core::DType::F64, &Device::Cpu).unwrap(), x.get(0).unwrap());
-    let fused = kernels::layer_norm(&x, &w, &b, 1e-5).unwrap();
-    assert_eq!(fused.dtype(), candle_core::DType::F64);
-    let expected = reference::layer_norm(&x, &w, &b, 1e-5).unwrap();
-    let deviation = (fused - expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
-    assert!(deviation < 1e-12, "f64 LayerNorm deviates by {deviation}");
+    let f64s = |shape: &[usize], seed: u64| random(shape, seed, 1.0, 0.5).to_dtype(DType::F64).unwrap();
+    let (x, w, b, mask) = (f64s(&[2, 5, 12], 1), f64s(&[12], 2), f64s(&[12], 3), f64s(&[5, 12], 4));
+    let causal = causal_mask(5, &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap();
+    let qkv = f64s(&[2, 5, 36], 5);
+    let cases: [(&str, Tensor, Tensor); 7] = [
+        (
+            "layer_norm",
+            kernels::layer_norm(&x, &w, &b, 1e-5).unwrap(),
+            reference::layer_norm(&x, &w, &b, 1e-5).unwrap(),
+        ),
+        ("softmax", kernels::softmax_last_dim(&x).unwrap(), reference::softmax_last_dim(&x).unwrap()),
+        (
+            "masked softmax",
+            kernels::masked_softmax_last_dim(&x, &mask).unwrap(),
+            reference::masked_softmax_last_dim(&x, &mask).unwrap(),
+        ),
+        (
+            "bias_activation",
+            kernels::bias_activation(&x, &b, Activation::QuickGelu).unwrap(),
+            reference::bias_activation(&x, &b, Activation::QuickGelu).unwrap(),
+        ),
+        ("bias_add", kernels::bias_add(&x, &b).unwrap(), reference::bias_add(&x, &b).unwrap()),
+        (
+            "bias_residual",
+            kernels::bias_residual(&x, &b, &x).unwrap(),
+            reference::bias_residual(&x, &b, &x).unwrap(),
+        ),
+        (
+            "attention",
+            kernels::attention(&qkv, 3, Some(&causal)).unwrap(),
+            reference_attention(&qkv, 3, Some(&causal)).unwrap(),
+        ),
+    ];
+    for (name, fallback, expected) in cases {
+        assert_eq!(fallback.dtype(), DType::F64, "{name}");
+        let deviation =
+            (fallback - expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+        assert!(deviation < 1e-12, "f64 {name} deviates from its primitive-op formulation by {deviation}");
+    }
 }
 
 /// Multi-head attention from primitive ops on the packed `[b, t, 3·width]` q/k/v: split
