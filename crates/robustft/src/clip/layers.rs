@@ -56,24 +56,21 @@ impl Linear {
     /// every part's parameters.
     fn stacked(parts: &[&Linear]) -> Result<Self> {
         let weights: Vec<&Tensor> = parts.iter().map(|p| &p.weight).collect();
-        let biases = parts
-            .iter()
-            .map(|p| match &p.bias {
-                Some(b) => Ok(b.clone()),
-                None => Tensor::zeros(p.weight.dim(0)?, p.weight.dtype(), p.weight.device()),
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let biases = parts.iter().map(|p| p.bias_or_zeros()).collect::<Result<Vec<_>>>()?;
         Ok(Self { weight: Tensor::cat(&weights, 0)?, bias: Some(Tensor::cat(&biases, 0)?) })
+    }
+
+    /// The bias, or zeros of the output width for a projection without one.
+    fn bias_or_zeros(&self) -> Result<Tensor> {
+        match &self.bias {
+            Some(b) => Ok(b.clone()),
+            None => Tensor::zeros(self.weight.dim(0)?, self.weight.dtype(), self.weight.device()),
+        }
     }
 
     /// `activation(x Wᵀ + b)`, the bias add fused into the activation.
     pub fn forward_activated(&self, x: &Tensor, activation: Activation) -> Result<Tensor> {
-        let y = self.project(x)?;
-        let bias = match &self.bias {
-            Some(b) => b.clone(),
-            None => Tensor::zeros(self.weight.dim(0)?, y.dtype(), y.device())?,
-        };
-        kernels::bias_activation(&y, &bias, activation)
+        kernels::bias_activation(&self.project(x)?, &self.bias_or_zeros()?, activation)
     }
 
     /// `residual + x Wᵀ + b`, the bias and residual adds fused.

@@ -6,8 +6,9 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::reference;
-use super::rows::rows_with_column_sums;
-use super::rows::{contiguous_f32, fused_applies, lane_sum, lane_sum2, map_row_blocks, rows_and_width};
+use super::rows::{
+    contiguous_f32, fused_applies, lane_sum, lane_sum2, map_row_blocks, rows_and_width, rows_with_column_sums,
+};
 
 /// LayerNorm of `x` (`[..., width]`) with `weight` and `bias` (`[width]`).
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
