@@ -3,8 +3,10 @@
 //! block of OpenAI CLIP (`clip/model.py: ResidualAttentionBlock`; HF `CLIPEncoderLayer`).
 //!
 //! Every op here has a backward pass. candle-nn's fused `layer_norm` and `softmax_last_dim`
-//! have none (gradients silently stop there), so LayerNorm and the attention softmax are
-//! written from differentiable primitives; the gradient parity test against PyTorch
+//! have none (gradients silently stop there), so LayerNorm, the attention softmax, the MLP
+//! activation and the residual adds run through this crate's fused kernels
+//! ([`crate::kernels`], custom ops with backward passes, falling back to differentiable
+//! primitives off the CPU); the gradient parity test against PyTorch
 //! (`tests/model_parity.rs`) guards this.
 
 use candle_core::{Device, Result, Tensor, D};
@@ -12,6 +14,8 @@ use candle_core::{Device, Result, Tensor, D};
 use super::config::Activation;
 use super::params::WeightView;
 use super::CheckpointError;
+use crate::kernels;
+pub use crate::kernels::softmax_last_dim;
 
 /// Fetches the tensor of parameter `name` from `params`.
 pub(crate) fn param(params: WeightView<'_>, name: &str) -> std::result::Result<Tensor, CheckpointError> {
@@ -40,21 +44,57 @@ impl Linear {
 
     /// `x`: `[..., in]` -> `[..., out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.project(x)?;
+        match &self.bias {
+            Some(b) => kernels::bias_add(&y, b),
+            None => Ok(y),
+        }
+    }
+
+    /// The linear map whose outputs are those of `parts` side by side: weights stacked by
+    /// rows, biases concatenated (zeros for a part without bias). Gradients flow back to
+    /// every part's parameters.
+    fn stacked(parts: &[&Linear]) -> Result<Self> {
+        let weights: Vec<&Tensor> = parts.iter().map(|p| &p.weight).collect();
+        let biases = parts.iter().map(|p| p.bias_or_zeros()).collect::<Result<Vec<_>>>()?;
+        Ok(Self { weight: Tensor::cat(&weights, 0)?, bias: Some(Tensor::cat(&biases, 0)?) })
+    }
+
+    /// The bias, or zeros of the output width for a projection without one.
+    fn bias_or_zeros(&self) -> Result<Tensor> {
+        match &self.bias {
+            Some(b) => Ok(b.clone()),
+            None => Tensor::zeros(self.weight.dim(0)?, self.weight.dtype(), self.weight.device()),
+        }
+    }
+
+    /// `activation(x Wᵀ + b)`, the bias add fused into the activation.
+    pub fn forward_activated(&self, x: &Tensor, activation: Activation) -> Result<Tensor> {
+        kernels::bias_activation(&self.project(x)?, &self.bias_or_zeros()?, activation)
+    }
+
+    /// `residual + x Wᵀ + b`, the bias and residual adds fused.
+    pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let y = self.project(x)?;
+        match &self.bias {
+            Some(b) => kernels::bias_residual(&y, b, residual),
+            None => residual + y,
+        }
+    }
+
+    /// `x Wᵀ` without the bias: `[..., in]` -> `[..., out]`.
+    fn project(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims();
         let fan_in = dims[dims.len() - 1];
         let rows = x.elem_count() / fan_in;
         let y = x.reshape((rows, fan_in))?.matmul(&self.weight.t()?)?;
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().expect("x has at least one dimension") = self.weight.dim(0)?;
         y.reshape(out_dims)
     }
 }
 
-/// LayerNorm over the last dimension, from differentiable primitives.
+/// LayerNorm over the last dimension (the fused kernel of [`kernels::layer_norm`]).
 #[derive(Clone, Debug)]
 pub struct LayerNorm {
     weight: Tensor,
@@ -77,26 +117,8 @@ impl LayerNorm {
 
     /// `x`: `[..., width]` -> same shape.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
-        let variance = centred.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = centred.broadcast_div(&(variance + self.eps)?.sqrt()?)?;
-        normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+        kernels::layer_norm(x, &self.weight, &self.bias, self.eps)
     }
-}
-
-/// Applies the block's MLP activation.
-pub fn activate(x: &Tensor, activation: Activation) -> Result<Tensor> {
-    match activation {
-        Activation::QuickGelu => x.mul(&candle_nn::ops::sigmoid(&(x * 1.702)?)?),
-        Activation::Gelu => x.gelu_erf(),
-    }
-}
-
-/// Softmax over the last dimension, from differentiable primitives.
-pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    let shifted = x.broadcast_sub(&x.max_keepdim(D::Minus1)?.detach())?;
-    let exp = shifted.exp()?;
-    exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)
 }
 
 /// The additive causal mask of the text tower: `[t, t]`, 0 on and below the diagonal,
@@ -108,7 +130,8 @@ pub fn causal_mask(t: usize, device: &Device) -> Result<Tensor> {
 }
 
 /// Multi-head self-attention with separate q/k/v projections (HF layout; OpenCLIP's fused
-/// `in_proj_weight` is split at load time).
+/// `in_proj_weight` is split at load time), run as one stacked projection per forward pass
+/// and the fused attention kernel ([`kernels::attention`]).
 #[derive(Clone, Debug)]
 pub struct SelfAttention {
     q: Linear,
@@ -133,24 +156,12 @@ impl SelfAttention {
         })
     }
 
-    /// `x`: `[b, t, width]`, `mask`: optional additive `[t, t]` -> `[b, t, width]`.
-    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let (b, t, width) = x.dims3()?;
-        let head_dim = width / self.heads;
-        let split_heads = |y: Tensor| -> Result<Tensor> {
-            y.reshape((b, t, self.heads, head_dim))?.transpose(1, 2)?.contiguous()
-        };
-        let q = split_heads((self.q.forward(x)? * (head_dim as f64).powf(-0.5))?)?;
-        let k = split_heads(self.k.forward(x)?)?;
-        let v = split_heads(self.v.forward(x)?)?;
-        let scores = q.matmul(&k.t()?)?;
-        let scores = match mask {
-            Some(m) => scores.broadcast_add(m)?,
-            None => scores,
-        };
-        let attended = softmax_last_dim(&scores)?.matmul(&v)?;
-        let merged = attended.transpose(1, 2)?.reshape((b, t, width))?;
-        self.out.forward(&merged)
+    /// `residual + attention(x)` with `x`, `residual`: `[b, t, width]` and `mask`: optional
+    /// additive `[t, t]`.
+    pub fn forward_residual(&self, x: &Tensor, mask: Option<&Tensor>, residual: &Tensor) -> Result<Tensor> {
+        let qkv = Linear::stacked(&[&self.q, &self.k, &self.v])?.forward(x)?;
+        let merged = kernels::attention(&qkv, self.heads, mask)?;
+        self.out.forward_residual(&merged, residual)
     }
 }
 
@@ -185,9 +196,9 @@ impl ResidualBlock {
 
     /// `x`: `[b, t, width]` -> same shape.
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let x = (x + self.attn.forward(&self.ln1.forward(x)?, mask)?)?;
-        let hidden = activate(&self.fc1.forward(&self.ln2.forward(&x)?)?, self.activation)?;
-        x + self.fc2.forward(&hidden)?
+        let x = self.attn.forward_residual(&self.ln1.forward(x)?, mask, x)?;
+        let hidden = self.fc1.forward_activated(&self.ln2.forward(&x)?, self.activation)?;
+        self.fc2.forward_residual(&hidden, &x)
     }
 }
 

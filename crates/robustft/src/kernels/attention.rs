@@ -1,0 +1,294 @@
+//! Fused multi-head scaled dot-product attention (Vaswani et al. 2017, `softmax(q kᵀ / √d +
+//! mask) v` per head) over a packed `[b, t, 3·width]` q/k/v projection (one matmul with the
+//! three weight matrices stacked).
+//!
+//! The kernel reads each head's columns of q, k and v in place and writes its output straight
+//! into the merged `[b, t, width]` layout, so no head split, transpose or `contiguous` copy is
+//! materialised and no `[b, heads, t, t]` score tensor is kept for the backward pass. Per
+//! batch element and head it runs two strided `gemm` calls around an in-place (masked)
+//! softmax; the backward recomputes the probabilities and writes the packed `d(qkv)` with five
+//! more (`dP = dO vᵀ`, `dS = P ⊙ (dP − rowsum(dP ⊙ P))`, `dq = dS k / √d`, `dk = dSᵀ q / √d`,
+//! `dv = Pᵀ dO`). Batch elements run in parallel.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+
+use super::rows::{contiguous_f32, fused_applies, lane_sum2, rows_per_block};
+use super::softmax::{masked_softmax_last_dim, softmax_last_dim, softmax_row_in_place};
+
+/// Attention of the packed `qkv` (`[b, t, 3·width]`: q, k, v side by side; `heads` heads of
+/// `width / heads` columns each) with an optional additive `mask` (`[t, t]`) ->
+/// `[b, t, width]`, heads merged.
+///
+/// A mask that is itself trained (tracks gradients) goes through the unfused path, as do
+/// tensors off the CPU or not f32.
+pub fn attention(qkv: &Tensor, heads: usize, mask: Option<&Tensor>) -> Result<Tensor> {
+    let geometry = Geometry::of(qkv, heads)?;
+    let constant_mask = mask.is_none_or(|m| !m.track_op() && fused_applies(&[m]));
+    if !constant_mask || !fused_applies(&[qkv]) {
+        return unfused_attention(qkv, geometry, mask);
+    }
+    let mask = mask.map(|m| mask_rows(m, geometry.tokens)).transpose()?;
+    qkv.contiguous()?.apply_op1(Attention { geometry, mask })
+}
+
+/// The head-split formulation from tensor ops (with the softmax kernels).
+fn unfused_attention(qkv: &Tensor, geometry: Geometry, mask: Option<&Tensor>) -> Result<Tensor> {
+    let Geometry { batch, tokens, width, heads, head_dim, scale } = geometry;
+    let split_heads = |part: usize| {
+        let y = qkv.narrow(2, part * width, width)?;
+        y.reshape((batch, tokens, heads, head_dim))?.transpose(1, 2)?.contiguous()
+    };
+    let scores = (split_heads(0)? * f64::from(scale))?.matmul(&split_heads(1)?.t()?)?;
+    let probabilities = match mask {
+        Some(m) => masked_softmax_last_dim(&scores, m)?,
+        None => softmax_last_dim(&scores)?,
+    };
+    probabilities.matmul(&split_heads(2)?)?.transpose(1, 2)?.reshape((batch, tokens, width))
+}
+
+/// The `[t, t]` mask as row-major values.
+fn mask_rows(mask: &Tensor, tokens: usize) -> Result<Vec<f32>> {
+    if mask.dims() != [tokens, tokens] {
+        candle_core::bail!("attention: mask of shape {:?} does not fit {tokens} tokens", mask.dims());
+    }
+    mask.flatten_all()?.to_vec1()
+}
+
+/// The sizes of one attention call.
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    batch: usize,
+    tokens: usize,
+    width: usize,
+    heads: usize,
+    head_dim: usize,
+    scale: f32,
+}
+
+/// Which third of a packed q/k/v row.
+#[derive(Clone, Copy, Debug)]
+enum Part {
+    Query = 0,
+    Key = 1,
+    Value = 2,
+}
+
+impl Geometry {
+    fn of(qkv: &Tensor, heads: usize) -> Result<Self> {
+        let (batch, tokens, packed) = qkv.dims3()?;
+        if packed % 3 != 0 {
+            candle_core::bail!("attention: packed q/k/v width {packed} is not a multiple of 3");
+        }
+        let width = packed / 3;
+        if heads == 0 || width % heads != 0 {
+            candle_core::bail!("attention: width {width} does not split into {heads} heads");
+        }
+        let head_dim = width / heads;
+        Ok(Self { batch, tokens, width, heads, head_dim, scale: (head_dim as f32).powf(-0.5) })
+    }
+
+    /// Elements of one batch element's `[t, width]` output block.
+    fn out_block_len(&self) -> usize {
+        self.tokens * self.width
+    }
+
+    /// Elements of one batch element's `[t, 3·width]` packed input block.
+    fn packed_block_len(&self) -> usize {
+        3 * self.out_block_len()
+    }
+
+    /// Head `h`'s `[t, head_dim]` columns of an output block.
+    fn out_head(&self, h: usize) -> View {
+        View {
+            offset: h * self.head_dim,
+            rows: self.tokens,
+            cols: self.head_dim,
+            row_stride: self.width,
+            col_stride: 1,
+        }
+    }
+
+    /// Head `h`'s `[t, head_dim]` columns of `part` in a packed block.
+    fn packed_head(&self, part: Part, h: usize) -> View {
+        let offset = part as usize * self.width + h * self.head_dim;
+        View { offset, row_stride: 3 * self.width, ..self.out_head(h) }
+    }
+
+    /// A dense row-major `[t, t]` matrix.
+    fn square(&self) -> View {
+        View { offset: 0, rows: self.tokens, cols: self.tokens, row_stride: self.tokens, col_stride: 1 }
+    }
+
+    /// Batch elements per parallel task.
+    fn batches_per_task(&self) -> usize {
+        rows_per_block(self.packed_block_len())
+    }
+}
+
+/// A strided matrix inside a slice: element `(r, c)` at `offset + r·row_stride + c·col_stride`.
+#[derive(Clone, Copy, Debug)]
+struct View {
+    offset: usize,
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl View {
+    fn transposed(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            ..self
+        }
+    }
+
+    /// Whether every element lies inside a slice of `len` elements (`rows`, `cols` ≥ 1).
+    fn fits(&self, len: usize) -> bool {
+        self.offset + (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride < len
+    }
+}
+
+/// `dst[d] = scale · lhs[l] · rhs[r]`, overwriting `d` (single-threaded `gemm`).
+fn matmul_into(dst: &mut [f32], d: View, lhs: &[f32], l: View, rhs: &[f32], r: View, scale: f32) {
+    assert!(l.rows == d.rows && r.cols == d.cols && l.cols == r.rows, "attention: matmul shapes");
+    assert!(d.fits(dst.len()) && l.fits(lhs.len()) && r.fits(rhs.len()), "attention: matmul bounds");
+    // SAFETY: the assertions keep every strided access inside its slice, and `dst` is a
+    // unique borrow, so it aliases neither input; `read_dst = false` never reads `dst`.
+    unsafe {
+        gemm(
+            d.rows,
+            d.cols,
+            l.cols,
+            dst.as_mut_ptr().add(d.offset),
+            d.col_stride as isize,
+            d.row_stride as isize,
+            false,
+            lhs.as_ptr().add(l.offset),
+            l.col_stride as isize,
+            l.row_stride as isize,
+            rhs.as_ptr().add(r.offset),
+            r.col_stride as isize,
+            r.row_stride as isize,
+            0.0,
+            scale,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
+    }
+}
+
+/// `probabilities ← softmax(scale · q_h k_hᵀ + mask)` for head `h` of one packed block.
+fn head_probabilities(g: &Geometry, h: usize, qkv: &[f32], mask: Option<&[f32]>, probabilities: &mut [f32]) {
+    let (q, k) = (g.packed_head(Part::Query, h), g.packed_head(Part::Key, h));
+    matmul_into(probabilities, g.square(), qkv, q, qkv, k.transposed(), g.scale);
+    for (i, row) in probabilities.chunks_exact_mut(g.tokens).enumerate() {
+        if let Some(mask) = mask {
+            row.iter_mut().zip(&mask[i * g.tokens..(i + 1) * g.tokens]).for_each(|(s, &m)| *s += m);
+        }
+        softmax_row_in_place(row);
+    }
+}
+
+/// Packed `qkv` -> merged-head attention output.
+struct Attention {
+    geometry: Geometry,
+    mask: Option<Vec<f32>>,
+}
+
+impl CustomOp1 for Attention {
+    fn name(&self) -> &'static str {
+        "attention"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let qkv = contiguous_f32(storage, layout, self.name())?;
+        let g = self.geometry;
+        let (n_in, n_out) = (g.packed_block_len(), g.out_block_len());
+        let mut out = vec![0f32; g.batch * n_out];
+        out.par_chunks_mut(n_out).enumerate().with_min_len(g.batches_per_task()).for_each_init(
+            || vec![0f32; g.tokens * g.tokens],
+            |probabilities, (b, out)| {
+                let qkv = &qkv[b * n_in..(b + 1) * n_in];
+                for h in 0..g.heads {
+                    head_probabilities(&g, h, qkv, self.mask.as_deref(), probabilities);
+                    let v = g.packed_head(Part::Value, h);
+                    matmul_into(out, g.out_head(h), probabilities, g.square(), qkv, v, 1.0);
+                }
+            },
+        );
+        Ok((CpuStorage::F32(out), Shape::from((g.batch, g.tokens, g.width))))
+    }
+
+    fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(qkv.apply_op2_no_bwd(&grad.contiguous()?, &AttentionBackward { forward: self })?))
+    }
+}
+
+/// `(qkv, dout)` -> the packed `d(qkv)` of [`Attention`].
+struct AttentionBackward<'a> {
+    forward: &'a Attention,
+}
+
+impl candle_core::CustomOp2 for AttentionBackward<'_> {
+    fn name(&self) -> &'static str {
+        "attention-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        qkv_storage: &CpuStorage,
+        qkv_layout: &Layout,
+        grad_storage: &CpuStorage,
+        grad_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let qkv = contiguous_f32(qkv_storage, qkv_layout, self.name())?;
+        let dout = contiguous_f32(grad_storage, grad_layout, self.name())?;
+        let g = self.forward.geometry;
+        let (n_in, n_out) = (g.packed_block_len(), g.out_block_len());
+        let mut dqkv = vec![0f32; qkv.len()];
+        dqkv.par_chunks_mut(n_in).enumerate().with_min_len(g.batches_per_task()).for_each_init(
+            || (vec![0f32; g.tokens * g.tokens], vec![0f32; g.tokens * g.tokens]),
+            |(probabilities, dscores), (b, dqkv)| {
+                let (qkv, dout) = (&qkv[b * n_in..(b + 1) * n_in], &dout[b * n_out..(b + 1) * n_out]);
+                for h in 0..g.heads {
+                    self.head_backward(h, qkv, dout, probabilities, dscores, dqkv);
+                }
+            },
+        );
+        Ok((CpuStorage::F32(dqkv), qkv_layout.shape().clone()))
+    }
+}
+
+impl AttentionBackward<'_> {
+    /// Head `h` of one batch element: writes its q, k and v columns of `dqkv`.
+    fn head_backward(
+        &self,
+        h: usize,
+        qkv: &[f32],
+        dout: &[f32],
+        probabilities: &mut [f32],
+        dscores: &mut [f32],
+        dqkv: &mut [f32],
+    ) {
+        let g = &self.forward.geometry;
+        let square = g.square();
+        let [q, k, v] = [Part::Query, Part::Key, Part::Value].map(|part| g.packed_head(part, h));
+        head_probabilities(g, h, qkv, self.forward.mask.as_deref(), probabilities);
+        matmul_into(dqkv, v, probabilities, square.transposed(), dout, g.out_head(h), 1.0);
+        matmul_into(dscores, square, dout, g.out_head(h), qkv, v.transposed(), 1.0);
+        for (ds, p) in dscores.chunks_exact_mut(g.tokens).zip(probabilities.chunks_exact(g.tokens)) {
+            let dp_dot_p = lane_sum2(ds, p, |d, p| d * p);
+            ds.iter_mut().zip(p).for_each(|(d, &p)| *d = p * (*d - dp_dot_p));
+        }
+        matmul_into(dqkv, q, dscores, square, qkv, k, g.scale);
+        matmul_into(dqkv, k, dscores, square.transposed(), qkv, q, g.scale);
+    }
+}

@@ -1,0 +1,146 @@
+//! Fused bias adds of linear layers: `x + bias` (one pass, where candle's broadcast add and
+//! its row-reducing backward make strided passes), and `x + bias + residual`, the output
+//! projection and the second MLP linear of a pre-LN transformer block (`x + attn(ln1(x))`,
+//! `x + mlp(ln2(x))`) in one pass instead of two. The backward passes the gradient through to
+//! `x` (and `residual`) and sums it over the rows for `bias` in one parallel pass.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+
+use super::reference;
+use super::rows::{column_sums, contiguous_f32, fused_applies, map_row_blocks, rows_and_width};
+
+/// `x + bias` with `x`: `[..., width]` and `bias`: `[width]`.
+pub fn bias_add(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    if !fused_applies(&[x, bias]) {
+        return reference::bias_add(x, bias);
+    }
+    let (_, width) = rows_and_width(x)?;
+    if bias.dims() != [width] {
+        candle_core::bail!("bias_add: bias {:?} does not fit x {:?}", bias.dims(), x.dims());
+    }
+    x.contiguous()?.apply_op2(&bias.contiguous()?, BiasAdd)
+}
+
+/// `x + bias + residual` with `x`, `residual`: `[..., width]` and `bias`: `[width]`.
+pub fn bias_residual(x: &Tensor, bias: &Tensor, residual: &Tensor) -> Result<Tensor> {
+    if !fused_applies(&[x, bias, residual]) {
+        return reference::bias_residual(x, bias, residual);
+    }
+    let (_, width) = rows_and_width(x)?;
+    if bias.dims() != [width] || residual.dims() != x.dims() {
+        candle_core::bail!(
+            "bias_residual: bias {:?} and residual {:?} do not fit x {:?}",
+            bias.dims(),
+            residual.dims(),
+            x.dims()
+        );
+    }
+    x.contiguous()?.apply_op3(&bias.contiguous()?, &residual.contiguous()?, BiasResidual)
+}
+
+/// The gradient of `bias` in `x + bias (+ residual)`: `grad` summed over its rows.
+fn bias_grad(grad: &Tensor) -> Result<Tensor> {
+    grad.contiguous()?.apply_op1_no_bwd(&ColumnSums)
+}
+
+struct BiasAdd;
+
+impl CustomOp2 for BiasAdd {
+    fn name(&self) -> &'static str {
+        "bias-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(xs, xl, self.name())?;
+        let bias = contiguous_f32(bs, bl, self.name())?;
+        let width = bias.len();
+        let mut out = vec![0f32; x.len()];
+        map_row_blocks(&mut out, width, |first_row, block| {
+            let x_block = &x[first_row * width..first_row * width + block.len()];
+            for (y, x) in block.chunks_exact_mut(width).zip(x_block.chunks_exact(width)) {
+                y.iter_mut().zip(x.iter().zip(bias)).for_each(|(y, (&x, &b))| *y = x + b);
+            }
+        });
+        Ok((CpuStorage::F32(out), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.clone()), Some(bias_grad(grad)?)))
+    }
+}
+
+struct BiasResidual;
+
+impl CustomOp3 for BiasResidual {
+    fn name(&self) -> &'static str {
+        "bias-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+        rs: &CpuStorage,
+        rl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(xs, xl, self.name())?;
+        let bias = contiguous_f32(bs, bl, self.name())?;
+        let residual = contiguous_f32(rs, rl, self.name())?;
+        let width = bias.len();
+        let mut out = vec![0f32; x.len()];
+        map_row_blocks(&mut out, width, |first_row, block| {
+            let offset = first_row * width;
+            let (x_block, r_block) =
+                (&x[offset..offset + block.len()], &residual[offset..offset + block.len()]);
+            let rows = block
+                .chunks_exact_mut(width)
+                .zip(x_block.chunks_exact(width).zip(r_block.chunks_exact(width)));
+            for (y, (x, r)) in rows {
+                for (((y, &x), &r), &b) in y.iter_mut().zip(x).zip(r).zip(bias) {
+                    *y = x + b + r;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _bias: &Tensor,
+        _residual: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.clone()), Some(bias_grad(grad)?), Some(grad.clone())))
+    }
+}
+
+/// `[..., width]` -> `[width]`: the sum over all rows.
+struct ColumnSums;
+
+impl CustomOp1 for ColumnSums {
+    fn name(&self) -> &'static str {
+        "column-sums"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(storage, layout, self.name())?;
+        let width = layout.dims().last().copied().unwrap_or(1);
+        Ok((CpuStorage::F32(column_sums(x, width)), Shape::from(width)))
+    }
+}

@@ -1,0 +1,24 @@
+//! Fused CPU kernels for the hot path of the CLIP transformer, as candle custom ops with
+//! backward passes: LayerNorm, softmax over the last dimension (optionally with an additive
+//! mask fused in), bias add (alone, + MLP activation, + residual add), and multi-head
+//! attention read from a packed q/k/v projection and written in the merged-head layout.
+//!
+//! Each public function runs its fused kernel on contiguous f32 CPU tensors (one pass per row
+//! instead of one pass and one allocation per primitive op, parallel over blocks of rows) and
+//! otherwise falls back to the primitive-op formulation in [`reference`] (attention: to the
+//! head-split formulation with the softmax kernels), so CUDA and other dtypes keep working
+//! with the same values and gradients.
+
+mod activation;
+mod attention;
+mod bias;
+mod layer_norm;
+pub mod reference;
+mod rows;
+mod softmax;
+
+pub use activation::bias_activation;
+pub use attention::attention;
+pub use bias::{bias_add, bias_residual};
+pub use layer_norm::layer_norm;
+pub use softmax::{masked_softmax_last_dim, softmax_last_dim};

@@ -1,0 +1,305 @@
+//! Parity of the fused CPU kernels (`robustft::kernels`) with their primitive-op formulations
+//! (`robustft::kernels::reference`): forward values and the gradients of every input (candle
+//! backprop of a randomly weighted sum of the output) on awkward shapes, on both sides of the
+//! kernels' serial/parallel threshold, including masked softmax with `-inf` entries.
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+use robustft::clip::config::Activation;
+use robustft::clip::layers::causal_mask;
+use robustft::kernels::{self, reference};
+use robustft::rng::SplitMix64;
+
+/// Largest deviation allowed, relative to the largest magnitude of the reference or 1,
+/// whichever is larger (inputs and loss weights are O(1), so values far below 1, such as a
+/// GELU slope near its zero where two O(1) terms cancel, are held to 1e-5 absolute).
+const TOLERANCE: f32 = 1e-5;
+
+/// Row counts and widths that exercise tails of the 16-lane sums, single rows and columns,
+/// CLIP's widths, and blocks large enough to be split across threads (50 × 768, 256 × 129).
+const ROWS: [usize; 5] = [1, 3, 17, 50, 256];
+const WIDTHS: [usize; 5] = [1, 7, 64, 129, 768];
+
+fn shapes() -> impl Iterator<Item = Vec<usize>> {
+    let matrices = ROWS.into_iter().flat_map(|r| WIDTHS.into_iter().map(move |w| vec![r, w]));
+    matrices.chain([vec![2, 25, 64], vec![4, 3, 17, 17]])
+}
+
+fn random(shape: &[usize], seed: u64, scale: f32, offset: f32) -> Tensor {
+    let mut rng = SplitMix64::new(seed);
+    let values: Vec<f32> = (0..shape.iter().product()).map(|_| offset + scale * rng.normal()).collect();
+    Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+}
+
+/// The output of `f` at `inputs` and the gradients of `Σ w ⊙ f(inputs)` (random `w`) for each.
+fn value_and_grads(f: impl Fn(&[Tensor]) -> Result<Tensor>, inputs: &[Tensor]) -> (Vec<f32>, Vec<Vec<f32>>) {
+    let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+    let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let out = f(&tensors).unwrap();
+    let weights = random(out.dims(), 99, 1.0, 0.0);
+    let grads = (&out * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+    let grads = tensors.iter().map(|t| flat(grads.get(t).expect("every input gets a gradient"))).collect();
+    (flat(&out), grads)
+}
+
+fn flat(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+fn assert_close(actual: &[f32], expected: &[f32], what: &str) {
+    assert_eq!(actual.len(), expected.len(), "{what}: length");
+    let scale = expected.iter().filter(|v| v.is_finite()).fold(1f32, |m, v| m.max(v.abs()));
+    for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
+        let ok = if e.is_finite() { (a - e).abs() <= TOLERANCE * scale } else { a.to_bits() == e.to_bits() };
+        assert!(ok, "{what}: element {i} is {a}, reference {e} (scale {scale})");
+    }
+}
+
+/// Compares `fused` with `unfused` at `inputs`: outputs and every input's gradient.
+fn assert_parity(
+    fused: impl Fn(&[Tensor]) -> Result<Tensor>,
+    unfused: impl Fn(&[Tensor]) -> Result<Tensor>,
+    inputs: &[Tensor],
+    what: &str,
+) {
+    let (value, grads) = value_and_grads(fused, inputs);
+    let (expected_value, expected_grads) = value_and_grads(unfused, inputs);
+    assert_close(&value, &expected_value, &format!("{what} forward"));
+    for (i, (g, e)) in grads.iter().zip(&expected_grads).enumerate() {
+        assert_close(g, e, &format!("{what} gradient of input {i}"));
+    }
+}
+
+#[test]
+fn layer_norm_matches_primitive_ops() {
+    for (seed, shape) in shapes().enumerate() {
+        let width = *shape.last().unwrap();
+        // An offset mean keeps the two-pass variance honest (a one-pass E[x²] − E[x]² would lose digits).
+        let inputs = [
+            random(&shape, seed as u64, 2.0, 3.0),
+            random(&[width], 1000 + seed as u64, 0.5, 1.0),
+            random(&[width], 2000 + seed as u64, 0.5, 0.0),
+        ];
+        assert_parity(
+            |t| kernels::layer_norm(&t[0], &t[1], &t[2], 1e-5),
+            |t| reference::layer_norm(&t[0], &t[1], &t[2], 1e-5),
+            &inputs,
+            &format!("layer_norm {shape:?}"),
+        );
+    }
+}
+
+#[test]
+fn softmax_matches_primitive_ops() {
+    for (seed, shape) in shapes().enumerate() {
+        let inputs = [random(&shape, seed as u64, 3.0, 0.0)];
+        assert_parity(
+            |t| kernels::softmax_last_dim(&t[0]),
+            |t| reference::softmax_last_dim(&t[0]),
+            &inputs,
+            &format!("softmax {shape:?}"),
+        );
+    }
+}
+
+#[test]
+fn causally_masked_softmax_matches_primitive_ops() {
+    for (seed, (batch, t)) in [(1, 1), (3, 7), (2, 17), (8, 77), (64, 17)].into_iter().enumerate() {
+        let mask = causal_mask(t, &Device::Cpu).unwrap();
+        let scores = random(&[batch, 4, t, t], seed as u64, 3.0, 0.0);
+        assert_parity(
+            |x| kernels::masked_softmax_last_dim(&x[0], &mask),
+            |x| reference::masked_softmax_last_dim(&x[0], &mask),
+            &[scores],
+            &format!("causal softmax [{batch}, 4, {t}, {t}]"),
+        );
+    }
+}
+
+#[test]
+fn masked_softmax_gives_zero_probability_to_minus_infinity_entries() {
+    let mask = causal_mask(5, &Device::Cpu).unwrap();
+    let probabilities = kernels::masked_softmax_last_dim(&random(&[2, 5, 5], 3, 1.0, 0.0), &mask).unwrap();
+    let rows: Vec<Vec<Vec<f32>>> = probabilities.to_vec3().unwrap();
+    for row in rows.iter().flatten() {
+        let total: f32 = row.iter().sum();
+        assert!((total - 1.0).abs() < 1e-6, "row {row:?} sums to {total}");
+    }
+    for (i, row) in rows[1].iter().enumerate() {
+        assert!(row[i + 1..].iter().all(|&p| p == 0.0), "row {i} attends to the future: {row:?}");
+        assert!(row[..=i].iter().all(|&p| p > 0.0), "row {i} ignores the past: {row:?}");
+    }
+}
+
+#[test]
+fn masked_softmax_passes_gradients_to_a_trainable_mask() {
+    for (seed, shape) in [vec![1, 3, 3], vec![5, 17, 17], vec![2, 3, 50, 129]].into_iter().enumerate() {
+        let mask_shape = &shape[shape.len() - 2..];
+        let inputs = [random(&shape, seed as u64, 2.0, 0.0), random(mask_shape, 50 + seed as u64, 1.0, 0.0)];
+        assert_parity(
+            |t| kernels::masked_softmax_last_dim(&t[0], &t[1]),
+            |t| reference::masked_softmax_last_dim(&t[0], &t[1]),
+            &inputs,
+            &format!("masked softmax {shape:?}"),
+        );
+    }
+}
+
+#[test]
+fn masked_softmax_rejects_a_mask_of_the_wrong_shape() {
+    let scores = random(&[2, 4, 4], 1, 1.0, 0.0);
+    let err = kernels::masked_softmax_last_dim(&scores, &causal_mask(3, &Device::Cpu).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("does not fit"), "{err}");
+}
+
+#[test]
+fn bias_activation_matches_primitive_ops() {
+    for activation in [Activation::QuickGelu, Activation::Gelu] {
+        for (seed, shape) in shapes().enumerate() {
+            let width = *shape.last().unwrap();
+            let inputs =
+                [random(&shape, seed as u64, 2.0, 0.0), random(&[width], 500 + seed as u64, 1.0, 0.0)];
+            assert_parity(
+                |t| kernels::bias_activation(&t[0], &t[1], activation),
+                |t| reference::bias_activation(&t[0], &t[1], activation),
+                &inputs,
+                &format!("bias_activation {activation:?} {shape:?}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn bias_residual_matches_primitive_ops() {
+    for (seed, shape) in shapes().enumerate() {
+        let width = *shape.last().unwrap();
+        let inputs = [
+            random(&shape, seed as u64, 1.0, 0.0),
+            random(&[width], 700 + seed as u64, 1.0, 0.0),
+            random(&shape, 900 + seed as u64, 1.0, 0.0),
+        ];
+        assert_parity(
+            |t| kernels::bias_residual(&t[0], &t[1], &t[2]),
+            |t| reference::bias_residual(&t[0], &t[1], &t[2]),
+            &inputs,
+            &format!("bias_residual {shape:?}"),
+        );
+    }
+}
+
+#[test]
+fn other_dtypes_fall_back_to_primitive_ops() {
+    let f64s = |shape: &[usize], seed: u64| random(shape, seed, 1.0, 0.5).to_dtype(DType::F64).unwrap();
+    let (x, w, b, mask) = (f64s(&[2, 5, 12], 1), f64s(&[12], 2), f64s(&[12], 3), f64s(&[5, 12], 4));
+    let causal = causal_mask(5, &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap();
+    let qkv = f64s(&[2, 5, 36], 5);
+    let cases: [(&str, Tensor, Tensor); 7] = [
+        (
+            "layer_norm",
+            kernels::layer_norm(&x, &w, &b, 1e-5).unwrap(),
+            reference::layer_norm(&x, &w, &b, 1e-5).unwrap(),
+        ),
+        ("softmax", kernels::softmax_last_dim(&x).unwrap(), reference::softmax_last_dim(&x).unwrap()),
+        (
+            "masked softmax",
+            kernels::masked_softmax_last_dim(&x, &mask).unwrap(),
+            reference::masked_softmax_last_dim(&x, &mask).unwrap(),
+        ),
+        (
+            "bias_activation",
+            kernels::bias_activation(&x, &b, Activation::QuickGelu).unwrap(),
+            reference::bias_activation(&x, &b, Activation::QuickGelu).unwrap(),
+        ),
+        ("bias_add", kernels::bias_add(&x, &b).unwrap(), reference::bias_add(&x, &b).unwrap()),
+        (
+            "bias_residual",
+            kernels::bias_residual(&x, &b, &x).unwrap(),
+            reference::bias_residual(&x, &b, &x).unwrap(),
+        ),
+        (
+            "attention",
+            kernels::attention(&qkv, 3, Some(&causal)).unwrap(),
+            reference_attention(&qkv, 3, Some(&causal)).unwrap(),
+        ),
+    ];
+    for (name, fallback, expected) in cases {
+        assert_eq!(fallback.dtype(), DType::F64, "{name}");
+        let deviation =
+            (fallback - expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+        assert!(deviation < 1e-12, "f64 {name} deviates from its primitive-op formulation by {deviation}");
+    }
+}
+
+/// Multi-head attention from primitive ops on the packed `[b, t, 3·width]` q/k/v: split
+/// heads, `softmax(q kᵀ / √d + mask) v`, merge.
+fn reference_attention(qkv: &Tensor, heads: usize, mask: Option<&Tensor>) -> Result<Tensor> {
+    let (b, t, packed) = qkv.dims3()?;
+    let (width, head_dim) = (packed / 3, packed / 3 / heads);
+    let split_heads = |part: usize| {
+        qkv.narrow(2, part * width, width)?.reshape((b, t, heads, head_dim))?.transpose(1, 2)?.contiguous()
+    };
+    let scores = (split_heads(0)? * (head_dim as f64).powf(-0.5))?.matmul(&split_heads(1)?.t()?)?;
+    let probabilities = match mask {
+        Some(m) => reference::masked_softmax_last_dim(&scores, m)?,
+        None => reference::softmax_last_dim(&scores)?,
+    };
+    probabilities.matmul(&split_heads(2)?)?.transpose(1, 2)?.reshape((b, t, width))
+}
+
+/// (batch, tokens, width, heads, causal): single tokens and heads, head widths 1 and 3, the
+/// text tower's causal mask, and ViT-B/32's 50 tokens × 12 heads of 64.
+const ATTENTION_CASES: [(usize, usize, usize, usize, bool); 7] = [
+    (1, 1, 8, 2, false),
+    (3, 7, 12, 4, false),
+    (2, 5, 7, 7, true),
+    (2, 17, 128, 4, false),
+    (16, 17, 128, 4, true),
+    (2, 50, 768, 12, false),
+    (3, 77, 64, 2, true),
+];
+
+#[test]
+fn attention_matches_primitive_ops() {
+    for (seed, (b, t, width, heads, causal)) in ATTENTION_CASES.into_iter().enumerate() {
+        let mask = causal.then(|| causal_mask(t, &Device::Cpu).unwrap());
+        let qkv = random(&[b, t, 3 * width], seed as u64, 1.5, 0.0);
+        assert_parity(
+            |x| kernels::attention(&x[0], heads, mask.as_ref()),
+            |x| reference_attention(&x[0], heads, mask.as_ref()),
+            &[qkv],
+            &format!("attention b={b} t={t} width={width} heads={heads} causal={causal}"),
+        );
+    }
+}
+
+#[test]
+fn attention_with_a_trainable_mask_passes_it_gradients() {
+    let (b, t, width, heads) = (2, 6, 12, 3);
+    let inputs = [random(&[b, t, 3 * width], 70, 1.0, 0.0), random(&[t, t], 80, 1.0, 0.0)];
+    assert_parity(
+        |x| kernels::attention(&x[0], heads, Some(&x[1])),
+        |x| reference_attention(&x[0], heads, Some(&x[1])),
+        &inputs,
+        "attention with a trainable mask",
+    );
+}
+
+#[test]
+fn attention_rejects_a_width_that_does_not_split_into_heads() {
+    let qkv = random(&[1, 3, 30], 1, 1.0, 0.0);
+    let err = kernels::attention(&qkv, 4, None).unwrap_err();
+    assert!(err.to_string().contains("does not split into 4 heads"), "{err}");
+}
+
+#[test]
+fn bias_add_matches_primitive_ops() {
+    for (seed, shape) in shapes().enumerate() {
+        let width = *shape.last().unwrap();
+        let inputs = [random(&shape, seed as u64, 1.0, 0.0), random(&[width], 300 + seed as u64, 1.0, 0.0)];
+        assert_parity(
+            |t| kernels::bias_add(&t[0], &t[1]),
+            |t| reference::bias_add(&t[0], &t[1]),
+            &inputs,
+            &format!("bias_add {shape:?}"),
+        );
+    }
+}
