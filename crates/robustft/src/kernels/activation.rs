@@ -6,7 +6,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::reference;
-use super::rows::{contiguous_f32, fused_applies, map_row_blocks, rows_and_width, rows_with_column_sums};
+use super::rows::{contiguous_f32, fused_applies, map_with_bias, rows_and_width, rows_with_column_sums};
 use crate::clip::config::Activation;
 
 /// QuickGELU's sigmoid gain.
@@ -59,16 +59,7 @@ impl CustomOp2 for BiasActivation {
     ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(xs, xl, self.name())?;
         let bias = contiguous_f32(bs, bl, self.name())?;
-        let width = bias.len();
-        let mut out = vec![0f32; x.len()];
-        map_row_blocks(&mut out, width, |first_row, block| {
-            let x_block = &x[first_row * width..first_row * width + block.len()];
-            for (y, x) in block.chunks_exact_mut(width).zip(x_block.chunks_exact(width)) {
-                for ((y, &x), &b) in y.iter_mut().zip(x).zip(bias) {
-                    *y = activation_and_slope(self.activation, x + b).0;
-                }
-            }
-        });
+        let out = map_with_bias(x, bias, |x, b| activation_and_slope(self.activation, x + b).0);
         Ok((CpuStorage::F32(out), xl.shape().clone()))
     }
 

@@ -7,7 +7,9 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::reference;
-use super::rows::{column_sums, contiguous_f32, fused_applies, map_row_blocks, rows_and_width};
+use super::rows::{
+    column_sums, contiguous_f32, fused_applies, map_row_blocks, map_with_bias, rows_and_width,
+};
 
 /// `x + bias` with `x`: `[..., width]` and `bias`: `[width]`.
 pub fn bias_add(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
@@ -59,14 +61,7 @@ impl CustomOp2 for BiasAdd {
     ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(xs, xl, self.name())?;
         let bias = contiguous_f32(bs, bl, self.name())?;
-        let width = bias.len();
-        let mut out = vec![0f32; x.len()];
-        map_row_blocks(&mut out, width, |first_row, block| {
-            let x_block = &x[first_row * width..first_row * width + block.len()];
-            for (y, x) in block.chunks_exact_mut(width).zip(x_block.chunks_exact(width)) {
-                y.iter_mut().zip(x.iter().zip(bias)).for_each(|(y, (&x, &b))| *y = x + b);
-            }
-        });
+        let out = map_with_bias(x, bias, |x, b| x + b);
         Ok((CpuStorage::F32(out), xl.shape().clone()))
     }
 

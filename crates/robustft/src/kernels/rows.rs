@@ -52,6 +52,20 @@ pub(super) fn map_row_blocks<T: Send>(
     out.par_chunks_mut(block_len).enumerate().map(|(i, block)| f(i * rows_per_block, block)).collect()
 }
 
+/// `f(x, b)` for every element `x` of the rows of `x` (`bias.len()` wide) and its column's `b`,
+/// by parallel blocks of rows.
+pub(super) fn map_with_bias(x: &[f32], bias: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Vec<f32> {
+    let width = bias.len();
+    let mut out = vec![0f32; x.len()];
+    map_row_blocks(&mut out, width, |first_row, block| {
+        let x_block = &x[first_row * width..first_row * width + block.len()];
+        for (y, x) in block.chunks_exact_mut(width).zip(x_block.chunks_exact(width)) {
+            y.iter_mut().zip(x.iter().zip(bias)).for_each(|(y, (&x, &b))| *y = f(x, b));
+        }
+    });
+    out
+}
+
 /// Rows per parallel block: enough for `MIN_TASK_ELEMENTS` elements, at least one.
 pub(super) fn rows_per_block(width: usize) -> usize {
     (MIN_TASK_ELEMENTS / width.max(1)).max(1)
