@@ -35,6 +35,7 @@ def parse_args():
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--json", action="store_true", help="one JSON line instead of text")
     return p.parse_args()
 
 
@@ -83,12 +84,17 @@ def main():
     for _ in range(args.steps):
         step()
     seconds = time.perf_counter() - start
-    print(json.dumps({
+    report = {
         "arch": args.arch, "mode": args.mode, "batch": args.batch, "steps": args.steps,
         "images_per_s": args.batch * args.steps / seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "engine": f"pytorch {torch.__version__}",
-    }))
+    }
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print("{arch} {mode} batch {batch}: {images_per_s:.2f} images/s over {steps} steps, "
+              "peak RSS {peak_rss_mb:.0f} MB ({engine})".format(**report))
 
 
 if __name__ == "__main__":

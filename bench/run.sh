@@ -25,8 +25,8 @@ ours, theirs = (json.loads(line) for line in sys.argv[1:])
 print("ratio robustft/pytorch {}: {:.2f}x images/s".format(ours["mode"], ours["images_per_s"] / theirs["images_per_s"]))'
 for spec in "infer $infer_batch" "train $train_batch"; do
   set -- $spec
-  ours=$(target/release/robustft bench --arch "$arch" --mode "$1" --batch "$2" --steps "$steps")
-  theirs=$(.venv/bin/python bench/pytorch_bench.py --arch "$arch" --mode "$1" --batch "$2" --steps "$steps" 2>/dev/null)
+  ours=$(target/release/robustft bench --arch "$arch" --mode "$1" --batch "$2" --steps "$steps" --json)
+  theirs=$(.venv/bin/python bench/pytorch_bench.py --arch "$arch" --mode "$1" --batch "$2" --steps "$steps" --json 2>/dev/null)
   echo "$ours"
   echo "$theirs"
   python3 -c "$ratio" "$ours" "$theirs"

@@ -506,3 +506,22 @@ fn wiseft_refuses_mismatched_checkpoints_and_bad_grids() {
     assert!(err.contains("--exclude") && err.contains("regex"), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn bench_prints_text_or_one_json_line_with_the_requested_shape() {
+    let args = ["bench", "--arch", "shiftworld", "--mode", "train", "--batch", "3", "--steps", "2"];
+    let text = robustft(&args);
+    assert!(text.status.success(), "failed: {}", String::from_utf8_lossy(&text.stderr));
+    let line = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        line.starts_with("shiftworld train batch 3: ") && line.contains(" images/s over 2 steps"),
+        "{line}"
+    );
+
+    let report = stdout_json(&robustft(&[&args[..], &["--json"]].concat()));
+    assert_eq!(report["arch"], "shiftworld");
+    assert_eq!(report["mode"], "train");
+    assert_eq!(report["batch"], 3);
+    assert_eq!(report["steps"], 2);
+    assert!(report["images_per_s"].as_f64().unwrap() > 0.0 && report["peak_rss_mb"].as_f64().unwrap() > 0.0);
+}

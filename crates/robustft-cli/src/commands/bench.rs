@@ -1,5 +1,5 @@
-//! `robustft bench`: image-tower throughput, one JSON line (compare with
-//! `bench/pytorch_bench.py`, or run both with `bench/run.sh`).
+//! `robustft bench`: image-tower throughput, a line of text or (`--json`) one JSON line
+//! (compare with `bench/pytorch_bench.py`, or run both with `bench/run.sh`).
 
 use anyhow::Context;
 use robustft::bench::{self, BenchMode};
@@ -7,7 +7,8 @@ use robustft::clip::ClipConfig;
 use robustft::device::DeviceChoice;
 use robustft::pretrain::shiftworld_model;
 
-/// Prints `{"arch","mode","batch","steps","images_per_s","peak_rss_mb","engine"}`.
+/// Prints a line of text, or with `--json`
+/// `{"arch","mode","batch","steps","images_per_s","peak_rss_mb","engine"}`.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// Architecture, randomly initialised: a preset (ViT-B-32, ViT-B-16, ViT-L-14,
@@ -46,12 +47,25 @@ pub struct BenchArgs {
     /// over all of them.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+
+    /// Print one JSON line per result instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 enum Mode {
     Train,
     Infer,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Train => "train",
+            Mode::Infer => "infer",
+        }
+    }
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -76,7 +90,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     let device = args.device.open()?;
     let report = bench::run(&args.arch, config, mode, args.batch, args.steps, args.warmup, &device)?;
-    println!("{}", serde_json::to_string(&report)?);
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "{} {} batch {}: {:.2} images/s over {} steps, peak RSS {:.0} MB",
+            report.arch,
+            args.mode.name(),
+            report.batch,
+            report.images_per_s,
+            report.steps,
+            report.peak_rss_mb
+        );
+    }
     Ok(())
 }
 
@@ -98,14 +124,23 @@ fn bench_recipes(args: &BenchArgs) -> anyhow::Result<()> {
         samples.sort_by(f64::total_cmp);
         let median = samples.get(samples.len() / 2).copied().unwrap_or(f64::NAN);
         let recipe = robustft::recipe::Recipe::load(path, &[])?;
-        let line = serde_json::json!({
-            "recipe": path.display().to_string(),
-            "method": recipe.label(),
-            "batch": recipe.train.batch_size,
-            "steps": samples.len(),
-            "median_step_ms": median,
-        });
-        println!("{line}");
+        if args.json {
+            let line = serde_json::json!({
+                "recipe": path.display().to_string(),
+                "method": recipe.label(),
+                "batch": recipe.train.batch_size,
+                "steps": samples.len(),
+                "median_step_ms": median,
+            });
+            println!("{line}");
+        } else {
+            println!(
+                "{}: median step {median:.1} ms over {} steps (batch {})",
+                recipe.label(),
+                samples.len(),
+                recipe.train.batch_size
+            );
+        }
     }
     Ok(())
 }
