@@ -3,7 +3,7 @@
 //! demo's default recipes — zero-shot, FT, LP-FT, FLYP and DRM, each with its WiSE-FT curve —
 //! are the committed `recipes/shiftworld/` files, embedded here so the demo needs no files.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::eval::evaluate::ResultRow;
 use crate::eval::report::{Curve, Point, Report, SuitePlot, TableRow};
 use crate::recipe::Recipe;
@@ -34,6 +34,7 @@ pub fn demo_recipes() -> Vec<RecipeText> {
 /// Every (suite, seed, recipe) run, named `<suite>-<recipe name>-s<seed>`; `quick` trains one
 /// epoch and evaluates one WiSE-FT point.
 pub fn matrix(recipes: &[RecipeText], suites: &[String], seeds: &[u64], quick: bool) -> Result<Vec<Recipe>> {
+    check_distinct(recipes)?;
     let mut runs = Vec::new();
     for suite in suites {
         for &seed in seeds {
@@ -55,6 +56,28 @@ pub fn matrix(recipes: &[RecipeText], suites: &[String], seeds: &[u64], quick: b
         }
     }
     Ok(runs)
+}
+
+/// Refuses two recipes with the same name (their runs would share directories) or the same
+/// method label (the table would average their rows together).
+fn check_distinct(recipes: &[RecipeText]) -> Result<()> {
+    let mut seen: Vec<(String, String, &str)> = Vec::new();
+    for recipe in recipes {
+        let parsed = Recipe::parse(&recipe.text, &recipe.source, &[])?;
+        let label = parsed.label();
+        let name = parsed.name;
+        if let Some((_, _, other)) = seen.iter().find(|(n, l, _)| *n == name || *l == label) {
+            return Err(Error::Invalid {
+                what: format!("demo recipes {other} and {}", recipe.source),
+                reason: format!(
+                    "both are named `{name}` or run the method `{label}`, so their runs or table rows \
+                     would be merged; run them in separate demos or give them distinct names and methods"
+                ),
+            });
+        }
+        seen.push((name, label, &recipe.source));
+    }
+    Ok(())
 }
 
 /// The metric a suite's plot leads with: top-1 on `spurious`, macro-F1 otherwise (`domains` is
@@ -204,6 +227,19 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), 10);
         assert!(runs.iter().all(|r| r.seed == 7 && r.train.epochs == 1));
+    }
+
+    #[test]
+    fn recipes_of_the_same_method_are_refused_naming_both() {
+        let ft = demo_recipes().into_iter().find(|r| r.source.ends_with("/ft.toml")).unwrap();
+        let renamed = RecipeText {
+            source: "ft_lr3e-5.toml".into(),
+            text: ft.text.replacen("name = \"ft\"", "name = \"ft_lr3e-5\"", 1),
+        };
+        assert_ne!(renamed.text, ft.text);
+        let err = matrix(&[ft, renamed], &["spurious".into()], &[0], true).unwrap_err().to_string();
+        assert!(err.contains("recipes/shiftworld/ft.toml and ft_lr3e-5.toml"), "{err}");
+        assert!(err.contains("`ft`"), "{err}");
     }
 
     #[test]
