@@ -54,7 +54,17 @@ enum Command {
 fn main() -> std::process::ExitCode {
     robustft::allocator::keep_freed_memory();
     let cli = Cli::parse();
-    let outcome = match cli.command {
+    match robustft::threads::run_on_one_pool(|| run(cli.command)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Bench(args) => commands::bench::run(args),
         Command::Demo(args) => commands::demo::run(args),
         Command::Describe(args) => commands::describe::run(args),
@@ -67,12 +77,5 @@ fn main() -> std::process::ExitCode {
         Command::Train(args) => commands::train::run(args),
         Command::Wiseft(args) => commands::wiseft::run(args),
         Command::Zeroshot(args) => commands::zeroshot::run(args),
-    };
-    match outcome {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            std::process::ExitCode::FAILURE
-        }
     }
 }

@@ -22,6 +22,7 @@ pub mod prompts;
 pub mod recipe;
 pub mod rng;
 pub mod shiftworld;
+pub mod threads;
 pub mod train;
 pub mod zeroshot;
 
