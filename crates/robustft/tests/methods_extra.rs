@@ -22,17 +22,10 @@ use serde::Deserialize;
 
 #[path = "support/nested.rs"]
 mod nested;
-use nested::Nested;
+use nested::{max_diff, Nested};
 
 fn scalar(t: &Tensor) -> f64 {
     t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
-}
-
-/// max |got − want| over values of `want`'s shape.
-fn max_diff(got: &Tensor, want: &Nested) -> f64 {
-    assert_eq!(got.dims(), want.shape().as_slice(), "shapes differ");
-    let got = got.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    got.iter().zip(want.values()).map(|(g, w)| (g - w).abs()).fold(0.0, f64::max)
 }
 
 #[derive(Deserialize)]

@@ -15,14 +15,17 @@ use std::collections::{BTreeMap, HashMap};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use robustft::constraints::tpgm::TpgmNorm;
-use robustft::constraints::{build, Constraint, StepContext, Validation};
+use robustft::constraints::{build, StepContext, Validation};
 use robustft::losses::cross_entropy;
 use robustft::recipe::{ConstraintName, ConstraintRecipe};
 use serde::Deserialize;
 
 #[path = "support/nested.rs"]
 mod nested;
-use nested::Nested;
+use nested::{max_diff, Nested};
+#[path = "support/radii.rs"]
+mod radii;
+use radii::radius_error;
 
 #[derive(Deserialize)]
 struct Fixture {
@@ -92,27 +95,6 @@ fn recipe(case: &Case) -> ConstraintRecipe {
         norm: case.norm,
         ..Default::default()
     }
-}
-
-/// max |got − want| over a tensor of `want`'s shape.
-fn max_diff(got: &Tensor, want: &Nested) -> f64 {
-    assert_eq!(got.dims(), want.shape().as_slice(), "shapes differ");
-    let got = got.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    got.iter().zip(want.values()).map(|(g, w)| (g - w).abs()).fold(0.0, f64::max)
-}
-
-/// max |γ − γ_ref| over the projected parameters; the names must agree.
-fn radius_error(constraint: &dyn Constraint, expected: &BTreeMap<String, f64>) -> f64 {
-    let state = constraint.state().unwrap();
-    let radii: BTreeMap<&str, f64> = state
-        .iter()
-        .filter_map(|(key, t)| {
-            key.strip_prefix("gamma.")
-                .map(|name| (name, t.to_dtype(DType::F64).unwrap().to_scalar().unwrap()))
-        })
-        .collect();
-    assert_eq!(radii.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>());
-    radii.iter().map(|(name, gamma)| (gamma - expected[*name]).abs()).fold(0.0, f64::max)
 }
 
 #[test]

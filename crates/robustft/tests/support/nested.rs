@@ -3,7 +3,7 @@
 
 #![allow(dead_code)] // each test crate uses its own subset
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use serde::Deserialize;
 
 /// A JSON number or nested list of numbers: a tensor of any rank.
@@ -45,4 +45,11 @@ impl Nested {
     pub fn var(&self) -> Var {
         Var::from_tensor(&self.tensor()).unwrap()
     }
+}
+
+/// max |got − want| over a tensor of `want`'s shape.
+pub fn max_diff(got: &Tensor, want: &Nested) -> f64 {
+    assert_eq!(got.dims(), want.shape().as_slice(), "shapes differ");
+    let got = got.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    got.iter().zip(want.values()).map(|(g, w)| (g - w).abs()).fold(0.0, f64::max)
 }
