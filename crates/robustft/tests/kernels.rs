@@ -192,7 +192,9 @@ fn other_dtypes_fall_back_to_primitive_ops() {
     let (x, w, b, mask) = (f64s(&[2, 5, 12], 1), f64s(&[12], 2), f64s(&[12], 3), f64s(&[5, 12], 4));
     let causal = causal_mask(5, &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap();
     let qkv = f64s(&[2, 5, 36], 5);
-    let cases: [(&str, Tensor, Tensor); 7] = [
+    let weight = f64s(&[9, 12], 6);
+    let cases: [(&str, Tensor, Tensor); 8] = [
+        ("linear", kernels::linear(&x, &weight).unwrap(), reference::linear(&x, &weight).unwrap()),
         (
             "layer_norm",
             kernels::layer_norm(&x, &w, &b, 1e-5).unwrap(),
@@ -302,4 +304,59 @@ fn bias_add_matches_primitive_ops() {
             &format!("bias_add {shape:?}"),
         );
     }
+}
+
+/// The linear kernel runs candle's own gemm with candle's operand layouts, so its output and
+/// both gradients equal `x.reshape(..).matmul(&w.t())`'s to the bit (not just within the
+/// tolerance), for every leading shape of `x` and output widths across the gemm's tile sizes;
+/// 1400 rows make the weight gradient's reduction span several of the gemm's depth blocks.
+#[test]
+fn linear_equals_the_primitive_matmul_bit_for_bit() {
+    for (seed, shape) in shapes().chain([vec![2, 700, 33]]).enumerate() {
+        let fan_in = *shape.last().unwrap();
+        for fan_out in [1, 7, 48, 129] {
+            let inputs = [
+                random(&shape, seed as u64, 1.0, 0.0),
+                random(&[fan_out, fan_in], 400 + seed as u64, 0.5, 0.0),
+            ];
+            let (value, grads) = value_and_grads(|t| kernels::linear(&t[0], &t[1]), &inputs);
+            let (expected_value, expected_grads) =
+                value_and_grads(|t| reference::linear(&t[0], &t[1]), &inputs);
+            let what = format!("linear {shape:?} -> {fan_out}");
+            assert_bits_equal(&value, &expected_value, &format!("{what} forward"));
+            assert_bits_equal(&grads[0], &expected_grads[0], &format!("{what} input gradient"));
+            assert_bits_equal(&grads[1], &expected_grads[1], &format!("{what} weight gradient"));
+        }
+    }
+}
+
+fn assert_bits_equal(actual: &[f32], expected: &[f32], what: &str) {
+    assert_eq!(actual.len(), expected.len(), "{what}: length");
+    for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
+        assert_eq!(a.to_bits(), e.to_bits(), "{what}: element {i} is {a}, reference {e}");
+    }
+}
+
+/// An input that tracks no gradient (the pixels under the patch embedding) gets none, and
+/// the weight's gradient is unchanged by the skipped product.
+#[test]
+fn linear_skips_the_gradient_of_an_input_that_tracks_none() {
+    let x = random(&[3, 17, 64], 1, 1.0, 0.0);
+    let weight = Var::from_tensor(&random(&[7, 64], 2, 1.0, 0.0)).unwrap();
+    let loss_weights = random(&[3, 17, 7], 3, 1.0, 0.0);
+    let grad_of = |y: Tensor| (y * &loss_weights).unwrap().sum_all().unwrap().backward().unwrap();
+    let grads = grad_of(kernels::linear(&x, weight.as_tensor()).unwrap());
+    assert!(grads.get(&x).is_none(), "a constant input got a gradient");
+    let expected = grad_of(reference::linear(&x, weight.as_tensor()).unwrap());
+    assert_close(
+        &flat(grads.get(weight.as_tensor()).unwrap()),
+        &flat(expected.get(weight.as_tensor()).unwrap()),
+        "weight gradient",
+    );
+}
+
+#[test]
+fn linear_rejects_a_weight_of_the_wrong_width() {
+    let err = kernels::linear(&random(&[4, 8], 1, 1.0, 0.0), &random(&[3, 9], 2, 1.0, 0.0)).unwrap_err();
+    assert!(err.to_string().contains("does not fit"), "{err}");
 }

@@ -84,13 +84,7 @@ impl Linear {
 
     /// `x Wᵀ` without the bias: `[..., in]` -> `[..., out]`.
     fn project(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims();
-        let fan_in = dims[dims.len() - 1];
-        let rows = x.elem_count() / fan_in;
-        let y = x.reshape((rows, fan_in))?.matmul(&self.weight.t()?)?;
-        let mut out_dims = dims.to_vec();
-        *out_dims.last_mut().expect("x has at least one dimension") = self.weight.dim(0)?;
-        y.reshape(out_dims)
+        kernels::linear(x, &self.weight)
     }
 }
 

@@ -9,6 +9,7 @@ use super::config::ClipConfig;
 use super::layers::{param, Encoder, LayerNorm, Linear};
 use super::params::WeightView;
 use super::CheckpointError;
+use crate::kernels;
 
 #[derive(Clone, Debug)]
 pub struct VisionTower {
@@ -70,6 +71,6 @@ impl VisionTower {
             .reshape((b * gh * gw, c * p * p))?;
         let width = self.patch_weight.dim(0)?;
         let kernel = self.patch_weight.reshape((width, c * p * p))?;
-        unfolded.matmul(&kernel.t()?)?.reshape((b, gh * gw, width))
+        kernels::linear(&unfolded, &kernel)?.reshape((b, gh * gw, width))
     }
 }

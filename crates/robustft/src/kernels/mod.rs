@@ -1,7 +1,8 @@
 //! Fused CPU kernels for the hot path of the CLIP transformer, as candle custom ops with
-//! backward passes: LayerNorm, softmax over the last dimension (optionally with an additive
-//! mask fused in), bias add (alone, + MLP activation, + residual add), and multi-head
-//! attention read from a packed q/k/v projection and written in the merged-head layout.
+//! backward passes: the linear projection `x Wᵀ`, LayerNorm, softmax over the last dimension
+//! (optionally with an additive mask fused in), bias add (alone, + MLP activation, + residual
+//! add), and multi-head attention read from a packed q/k/v projection and written in the
+//! merged-head layout.
 //!
 //! Each public function runs its fused kernel on contiguous f32 CPU tensors (one pass per row
 //! instead of one pass and one allocation per primitive op, parallel over blocks of rows) and
@@ -13,6 +14,7 @@ mod activation;
 mod attention;
 mod bias;
 mod layer_norm;
+mod linear;
 pub mod reference;
 mod rows;
 mod softmax;
@@ -21,4 +23,5 @@ pub use activation::bias_activation;
 pub use attention::attention;
 pub use bias::{bias_add, bias_residual};
 pub use layer_norm::layer_norm;
+pub use linear::linear;
 pub use softmax::{masked_softmax_last_dim, softmax_last_dim};

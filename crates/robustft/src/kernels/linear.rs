@@ -1,0 +1,182 @@
+//! The projection of a linear layer, `y = x Wᵀ` over the last dimension of `x` (any leading
+//! shape) with `W`: `[out, in]` as stored by PyTorch's `nn.Linear`, as one custom op over the
+//! `gemm` crate that candle's CPU matmul runs on, called with the operand layouts candle uses
+//! for `x.reshape(..).matmul(&w.t())`, so the values are the same to the bit.
+//!
+//! The primitive-op form puts a reshape, a transpose and a matmul into the graph, and candle's
+//! backprop zero-fills and adds a gradient buffer for every edge between them (the weight's
+//! through a strided transpose). Here the layer is one node: the backward writes
+//! `dx = g W` and `dW = gᵀ x` straight into the layouts of `x` and `W`, skips either when its
+//! input tracks no gradient (the pixels under the patch embedding, a frozen weight), and
+//! outputs are written by gemm without being zero-filled first.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+
+use super::reference;
+use super::rows::{contiguous_f32, fused_applies, rows_and_width};
+
+/// `x Wᵀ` with `x`: `[..., in]` and `weight`: `[out, in]` -> `[..., out]`.
+pub fn linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    if !fused_applies(&[x, weight]) {
+        return reference::linear(x, weight);
+    }
+    let (_, fan_in) = rows_and_width(x)?;
+    if weight.rank() != 2 || weight.dim(1)? != fan_in {
+        candle_core::bail!("linear: weight {:?} does not fit x {:?}", weight.dims(), x.dims());
+    }
+    x.contiguous()?.apply_op2(&weight.contiguous()?, Linear)
+}
+
+/// A row-major f32 matrix, read as itself or transposed.
+struct Matrix<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+}
+
+impl<'a> Matrix<'a> {
+    fn new(data: &'a [f32], cols: usize) -> Self {
+        Self { data, rows: data.len() / cols, cols }
+    }
+
+    /// The matrix as a gemm operand: (pointer, column stride, row stride, rows, columns).
+    fn plain(&self) -> Operand {
+        (self.data.as_ptr(), 1, self.cols as isize, self.rows, self.cols)
+    }
+
+    /// The transposed matrix as a gemm operand.
+    fn transposed(&self) -> Operand {
+        (self.data.as_ptr(), self.cols as isize, 1, self.cols, self.rows)
+    }
+}
+
+/// A gemm operand: pointer, column stride, row stride, rows, columns.
+type Operand = (*const f32, isize, isize, usize, usize);
+
+/// `lhs · rhs` as a new row-major matrix, on candle's thread count.
+fn matmul(lhs: Operand, rhs: Operand) -> Vec<f32> {
+    let (lhs_ptr, lhs_cs, lhs_rs, m, k) = lhs;
+    let (rhs_ptr, rhs_cs, rhs_rs, rhs_rows, n) = rhs;
+    assert_eq!(k, rhs_rows, "matmul: inner dimensions differ");
+    let threads = candle_core::utils::get_num_threads();
+    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    let mut out = Vec::with_capacity(m * n);
+    // SAFETY: the operands cover `m × k` and `k × n` elements of live slices under their
+    // strides (checked by the callers' shapes); gemm writes all `m × n` elements of `out`
+    // without reading them (`read_dst = false`), after which they are initialised.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs_ptr,
+            lhs_cs,
+            lhs_rs,
+            rhs_ptr,
+            rhs_cs,
+            rhs_rs,
+            0f32,
+            1f32,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+        out.set_len(m * n);
+    }
+    out
+}
+
+/// The shape of `x`'s layout with its last dimension replaced by `width`.
+fn with_last_dim(layout: &Layout, width: usize) -> Shape {
+    let mut dims = layout.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = width;
+    }
+    Shape::from(dims)
+}
+
+struct Linear;
+
+impl CustomOp2 for Linear {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (out_features, in_features) = wl.shape().dims2()?;
+        let x = Matrix::new(contiguous_f32(xs, xl, self.name())?, in_features);
+        let weight = Matrix::new(contiguous_f32(ws, wl, self.name())?, in_features);
+        let y = matmul(x.plain(), weight.transposed());
+        Ok((CpuStorage::F32(y), with_last_dim(xl, out_features)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let dx = x.track_op().then(|| grad.apply_op2_no_bwd(weight, &InputGrad)).transpose()?;
+        let dweight = weight.track_op().then(|| grad.apply_op2_no_bwd(x, &WeightGrad)).transpose()?;
+        Ok((dx, dweight))
+    }
+}
+
+/// `(g, W)` -> `g W`: the gradient of the layer's input, shaped like it.
+struct InputGrad;
+
+impl CustomOp2 for InputGrad {
+    fn name(&self) -> &'static str {
+        "linear-input-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (out_features, in_features) = wl.shape().dims2()?;
+        let grad = Matrix::new(contiguous_f32(gs, gl, self.name())?, out_features);
+        let weight = Matrix::new(contiguous_f32(ws, wl, self.name())?, in_features);
+        let dx = matmul(grad.plain(), weight.plain());
+        Ok((CpuStorage::F32(dx), with_last_dim(gl, in_features)))
+    }
+}
+
+/// `(g, x)` -> `gᵀ x` over all rows: the gradient of `W`, `[out, in]`.
+struct WeightGrad;
+
+impl CustomOp2 for WeightGrad {
+    fn name(&self) -> &'static str {
+        "linear-weight-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        xs: &CpuStorage,
+        xl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (out_features, in_features) = (gl.dims()[gl.dims().len() - 1], xl.dims()[xl.dims().len() - 1]);
+        let grad = Matrix::new(contiguous_f32(gs, gl, self.name())?, out_features);
+        let x = Matrix::new(contiguous_f32(xs, xl, self.name())?, in_features);
+        let dweight = matmul(grad.transposed(), x.plain());
+        Ok((CpuStorage::F32(dweight), Shape::from((out_features, in_features))))
+    }
+}
