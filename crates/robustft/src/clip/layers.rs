@@ -44,11 +44,7 @@ impl Linear {
 
     /// `x`: `[..., in]` -> `[..., out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.project(x)?;
-        match &self.bias {
-            Some(b) => kernels::bias_add(&y, b),
-            None => Ok(y),
-        }
+        kernels::linear(x, &self.weight, self.bias.as_ref())
     }
 
     /// The linear map whose outputs are those of `parts` side by side: weights stacked by
@@ -84,7 +80,7 @@ impl Linear {
 
     /// `x Wᵀ` without the bias: `[..., in]` -> `[..., out]`.
     fn project(&self, x: &Tensor) -> Result<Tensor> {
-        kernels::linear(x, &self.weight)
+        kernels::linear(x, &self.weight, None)
     }
 }
 

@@ -71,6 +71,6 @@ impl VisionTower {
             .reshape((b * gh * gw, c * p * p))?;
         let width = self.patch_weight.dim(0)?;
         let kernel = self.patch_weight.reshape((width, c * p * p))?;
-        kernels::linear(&unfolded, &kernel)?.reshape((b, gh * gw, width))
+        kernels::linear(&unfolded, &kernel, None)?.reshape((b, gh * gw, width))
     }
 }

@@ -1,27 +1,13 @@
-//! Fused bias adds of linear layers: `x + bias` (one pass, where candle's broadcast add and
-//! its row-reducing backward make strided passes), and `x + bias + residual`, the output
-//! projection and the second MLP linear of a pre-LN transformer block (`x + attn(ln1(x))`,
-//! `x + mlp(ln2(x))`) in one pass instead of two. The backward passes the gradient through to
-//! `x` (and `residual`) and sums it over the rows for `bias` in one parallel pass.
+//! The fused bias and residual add `x + bias + residual` of the output projection and the
+//! second MLP linear of a pre-LN transformer block (`x + attn(ln1(x))`, `x + mlp(ln2(x))`),
+//! one pass instead of two, and the bias gradient of every linear layer: the output gradient
+//! summed over its rows in one parallel pass (where candle's broadcast add reduces it with
+//! strided passes). The backward passes the gradient through to `x` and `residual`.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::reference;
-use super::rows::{
-    column_sums, contiguous_f32, fused_applies, map_row_blocks, map_with_bias, rows_and_width,
-};
-
-/// `x + bias` with `x`: `[..., width]` and `bias`: `[width]`.
-pub fn bias_add(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    if !fused_applies(&[x, bias]) {
-        return reference::bias_add(x, bias);
-    }
-    let (_, width) = rows_and_width(x)?;
-    if bias.dims() != [width] {
-        candle_core::bail!("bias_add: bias {:?} does not fit x {:?}", bias.dims(), x.dims());
-    }
-    x.contiguous()?.apply_op2(&bias.contiguous()?, BiasAdd)
-}
+use super::rows::{column_sums, contiguous_f32, fused_applies, map_row_blocks, rows_and_width};
 
 /// `x + bias + residual` with `x`, `residual`: `[..., width]` and `bias`: `[width]`.
 pub fn bias_residual(x: &Tensor, bias: &Tensor, residual: &Tensor) -> Result<Tensor> {
@@ -41,39 +27,8 @@ pub fn bias_residual(x: &Tensor, bias: &Tensor, residual: &Tensor) -> Result<Ten
 }
 
 /// The gradient of `bias` in `x + bias (+ residual)`: `grad` summed over its rows.
-fn bias_grad(grad: &Tensor) -> Result<Tensor> {
+pub(super) fn bias_grad(grad: &Tensor) -> Result<Tensor> {
     grad.contiguous()?.apply_op1_no_bwd(&ColumnSums)
-}
-
-struct BiasAdd;
-
-impl CustomOp2 for BiasAdd {
-    fn name(&self) -> &'static str {
-        "bias-add"
-    }
-
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xl: &Layout,
-        bs: &CpuStorage,
-        bl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(xs, xl, self.name())?;
-        let bias = contiguous_f32(bs, bl, self.name())?;
-        let out = map_with_bias(x, bias, |x, b| x + b);
-        Ok((CpuStorage::F32(out), xl.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        _x: &Tensor,
-        _bias: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(grad.clone()), Some(bias_grad(grad)?)))
-    }
 }
 
 struct BiasResidual;

@@ -1,30 +1,39 @@
-//! The projection of a linear layer, `y = x Wᵀ` over the last dimension of `x` (any leading
-//! shape) with `W`: `[out, in]` as stored by PyTorch's `nn.Linear`, as one custom op over the
+//! The projection of a linear layer, `y = x Wᵀ (+ b)` over the last dimension of `x` (any
+//! leading shape) with `W`: `[out, in]` as stored by PyTorch's `nn.Linear`, as one custom op over the
 //! `gemm` crate that candle's CPU matmul runs on, called with the operand layouts candle uses
 //! for `x.reshape(..).matmul(&w.t())`, so the values are the same to the bit.
 //!
 //! The primitive-op form puts a reshape, a transpose and a matmul into the graph, and candle's
 //! backprop zero-fills and adds a gradient buffer for every edge between them (the weight's
 //! through a strided transpose). Here the layer is one node: the backward writes
-//! `dx = g W` and `dW = gᵀ x` straight into the layouts of `x` and `W`, skips either when its
-//! input tracks no gradient (the pixels under the patch embedding, a frozen weight), and
-//! outputs are written by gemm without being zero-filled first.
+//! `dx = g W` and `dW = gᵀ x` straight into the layouts of `x` and `W` (and `db`, the row sum
+//! of `g`), skips either product when its input tracks no gradient (the pixels under the patch
+//! embedding, a frozen weight), and outputs are written by gemm without being zero-filled
+//! first. The bias is added to the product in place, as [`super::bias_residual`] and
+//! [`super::bias_activation`] add theirs (those layers pass no bias here).
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
+use super::bias::bias_grad;
 use super::reference;
-use super::rows::{contiguous_f32, fused_applies, rows_and_width};
+use super::rows::{contiguous_f32, fused_applies, map_row_blocks, rows_and_width};
 
-/// `x Wᵀ` with `x`: `[..., in]` and `weight`: `[out, in]` -> `[..., out]`.
-pub fn linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
-    if !fused_applies(&[x, weight]) {
-        return reference::linear(x, weight);
+/// `x Wᵀ + bias` with `x`: `[..., in]`, `weight`: `[out, in]` and `bias`: `[out]` (or none)
+/// -> `[..., out]`.
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    if !fused_applies(&[x, weight]) || !bias.is_none_or(|b| fused_applies(&[b])) {
+        return reference::linear(x, weight, bias);
     }
     let (_, fan_in) = rows_and_width(x)?;
     if weight.rank() != 2 || weight.dim(1)? != fan_in {
         candle_core::bail!("linear: weight {:?} does not fit x {:?}", weight.dims(), x.dims());
     }
-    x.contiguous()?.apply_op2(&weight.contiguous()?, Linear)
+    let (x, weight) = (x.contiguous()?, weight.contiguous()?);
+    match bias {
+        None => x.apply_op2(&weight, Linear),
+        Some(b) if b.dims() == [weight.dim(0)?] => x.apply_op3(&weight, &b.contiguous()?, LinearWithBias),
+        Some(b) => candle_core::bail!("linear: bias {:?} does not fit weight {:?}", b.dims(), weight.dims()),
+    }
 }
 
 /// A row-major f32 matrix, read as itself or transposed.
@@ -100,6 +109,31 @@ fn with_last_dim(layout: &Layout, width: usize) -> Shape {
     Shape::from(dims)
 }
 
+/// `x Wᵀ` of the op's inputs `x` and `W`, and its shape.
+fn project(
+    op: &'static str,
+    xs: &CpuStorage,
+    xl: &Layout,
+    ws: &CpuStorage,
+    wl: &Layout,
+) -> Result<(Vec<f32>, Shape)> {
+    let (out_features, in_features) = wl.shape().dims2()?;
+    let x = Matrix::new(contiguous_f32(xs, xl, op)?, in_features);
+    let weight = Matrix::new(contiguous_f32(ws, wl, op)?, in_features);
+    Ok((matmul(x.plain(), weight.transposed()), with_last_dim(xl, out_features)))
+}
+
+/// The gradients of `x` and `W` from the output gradient `grad`, each only where it tracks one.
+fn input_and_weight_grads(
+    x: &Tensor,
+    weight: &Tensor,
+    grad: &Tensor,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let dx = x.track_op().then(|| grad.apply_op2_no_bwd(weight, &InputGrad)).transpose()?;
+    let dweight = weight.track_op().then(|| grad.apply_op2_no_bwd(x, &WeightGrad)).transpose()?;
+    Ok((dx, dweight))
+}
+
 struct Linear;
 
 impl CustomOp2 for Linear {
@@ -114,11 +148,8 @@ impl CustomOp2 for Linear {
         ws: &CpuStorage,
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (out_features, in_features) = wl.shape().dims2()?;
-        let x = Matrix::new(contiguous_f32(xs, xl, self.name())?, in_features);
-        let weight = Matrix::new(contiguous_f32(ws, wl, self.name())?, in_features);
-        let y = matmul(x.plain(), weight.transposed());
-        Ok((CpuStorage::F32(y), with_last_dim(xl, out_features)))
+        let (y, shape) = project(self.name(), xs, xl, ws, wl)?;
+        Ok((CpuStorage::F32(y), shape))
     }
 
     fn bwd(
@@ -128,10 +159,48 @@ impl CustomOp2 for Linear {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        input_and_weight_grads(x, weight, &grad.contiguous()?)
+    }
+}
+
+struct LinearWithBias;
+
+impl CustomOp3 for LinearWithBias {
+    fn name(&self) -> &'static str {
+        "linear-with-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (mut y, shape) = project(self.name(), xs, xl, ws, wl)?;
+        let bias = contiguous_f32(bs, bl, self.name())?;
+        map_row_blocks(&mut y, bias.len(), |_, block| {
+            for row in block.chunks_exact_mut(bias.len()) {
+                row.iter_mut().zip(bias).for_each(|(y, &b)| *y += b);
+            }
+        });
+        Ok((CpuStorage::F32(y), shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let dx = x.track_op().then(|| grad.apply_op2_no_bwd(weight, &InputGrad)).transpose()?;
-        let dweight = weight.track_op().then(|| grad.apply_op2_no_bwd(x, &WeightGrad)).transpose()?;
-        Ok((dx, dweight))
+        let (dx, dweight) = input_and_weight_grads(x, weight, &grad)?;
+        let dbias = bias.track_op().then(|| bias_grad(&grad)).transpose()?;
+        Ok((dx, dweight, dbias))
     }
 }
 

@@ -1,8 +1,8 @@
 //! Fused CPU kernels for the hot path of the CLIP transformer, as candle custom ops with
-//! backward passes: the linear projection `x Wᵀ`, LayerNorm, softmax over the last dimension
-//! (optionally with an additive mask fused in), bias add (alone, + MLP activation, + residual
-//! add), and multi-head attention read from a packed q/k/v projection and written in the
-//! merged-head layout.
+//! backward passes: the linear projection `x Wᵀ (+ b)`, LayerNorm, softmax over the last
+//! dimension (optionally with an additive mask fused in), bias add + MLP activation, bias add +
+//! residual add, and multi-head attention read from a packed q/k/v projection and written in
+//! the merged-head layout.
 //!
 //! Each public function runs its fused kernel on contiguous f32 CPU tensors (one pass per row
 //! instead of one pass and one allocation per primitive op, parallel over blocks of rows) and
@@ -21,7 +21,7 @@ mod softmax;
 
 pub use activation::bias_activation;
 pub use attention::attention;
-pub use bias::{bias_add, bias_residual};
+pub use bias::bias_residual;
 pub use layer_norm::layer_norm;
 pub use linear::linear;
 pub use softmax::{masked_softmax_last_dim, softmax_last_dim};

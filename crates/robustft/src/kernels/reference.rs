@@ -35,19 +35,18 @@ pub fn bias_activation(x: &Tensor, bias: &Tensor, activation: Activation) -> Res
     }
 }
 
-/// `x Wᵀ` over the last dimension of `x` (any leading shape), `weight`: `[out, in]`.
-pub fn linear(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+/// `x Wᵀ + bias` over the last dimension of `x` (any leading shape), `weight`: `[out, in]`.
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let dims = x.dims();
     let fan_in = dims[dims.len() - 1];
     let y = x.reshape((x.elem_count() / fan_in, fan_in))?.matmul(&weight.t()?)?;
     let mut out_dims = dims.to_vec();
     out_dims[dims.len() - 1] = weight.dim(0)?;
-    y.reshape(out_dims)
-}
-
-/// `x + bias`, `bias` over the last dimension.
-pub fn bias_add(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    x.broadcast_add(bias)
+    let y = y.reshape(out_dims)?;
+    match bias {
+        Some(b) => y.broadcast_add(b),
+        None => Ok(y),
+    }
 }
 
 /// `x + bias + residual`, `bias` over the last dimension, `residual` shaped like `x`.
