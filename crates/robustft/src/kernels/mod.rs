@@ -12,6 +12,7 @@
 mod activation;
 mod attention;
 mod bias;
+mod exp;
 mod layer_norm;
 pub mod reference;
 mod rows;
