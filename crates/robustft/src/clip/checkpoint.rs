@@ -312,7 +312,7 @@ fn infer_config(
 
 fn heads_for(tower: &str, width: usize, hinted: Option<usize>) -> Result<usize, CheckpointError> {
     let heads = hinted.unwrap_or(width / 64);
-    if heads == 0 || width % heads != 0 {
+    if heads == 0 || !width.is_multiple_of(heads) {
         return Err(CheckpointError::Heads { tower: tower.to_string(), width, heads });
     }
     Ok(heads)

@@ -119,7 +119,7 @@ impl Tpgm {
 
     /// Whether step `step` (from 1) updates the radii on validation batches.
     fn updates_at(&self, step: u64) -> bool {
-        (step - 1) % self.options.every == 0
+        (step - 1).is_multiple_of(self.options.every)
     }
 
     /// The validation batch of iteration `iteration` of the update at `step`; it is also γ's

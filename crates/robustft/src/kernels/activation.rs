@@ -1,16 +1,21 @@
 //! Fused bias add and MLP activation, `activation(x + bias)`, for CLIP's two activations:
 //! QuickGELU `u · σ(1.702 u)` (OpenAI CLIP, `clip/model.py: QuickGELU`) and the exact GELU
 //! `u · Φ(u)` (Hendrycks & Gimpel 2016). One pass forward; the backward recomputes `u` and
-//! yields `du = g · act′(u)` and `dbias = Σ_rows du` in one pass.
+//! yields `du = g · act′(u)` and `dbias = Σ_rows du` in one pass. QuickGELU's exponentials
+//! are taken a chunk of a row at a time by the vectorised `exp`, which equals `f32::exp`.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
+use super::exp::exp_in_place;
 use super::reference;
-use super::rows::{contiguous_f32, fused_applies, map_with_bias, rows_and_width, rows_with_column_sums};
+use super::rows::{contiguous_f32, fused_applies, map_rows, rows_and_width, rows_with_column_sums};
 use crate::clip::config::Activation;
 
 /// QuickGELU's sigmoid gain.
 const QUICK_GELU_GAIN: f32 = 1.702;
+
+/// Elements whose exponentials one stack buffer holds.
+const EXP_CHUNK: usize = 256;
 
 /// `activation(x + bias)` with `x`: `[..., width]`, `bias`: `[width]`.
 pub fn bias_activation(x: &Tensor, bias: &Tensor, activation: Activation) -> Result<Tensor> {
@@ -24,21 +29,49 @@ pub fn bias_activation(x: &Tensor, bias: &Tensor, activation: Activation) -> Res
     x.contiguous()?.apply_op2(&bias.contiguous()?, BiasActivation { activation })
 }
 
-/// The activation and its derivative at `u`.
+/// `pick((activation(u), activation′(u)))` for each `u` of `us`, in place; QuickGELU's
+/// exponentials are taken `EXP_CHUNK` at a time by the vectorised `exp`.
 #[inline(always)]
-fn activation_and_slope(activation: Activation, u: f32) -> (f32, f32) {
+fn activation_in_place(activation: Activation, us: &mut [f32], pick: impl Fn((f32, f32)) -> f32) {
     match activation {
         Activation::QuickGelu => {
-            let s = 1.0 / (1.0 + (-QUICK_GELU_GAIN * u).exp());
-            (u * s, s + QUICK_GELU_GAIN * u * s * (1.0 - s))
+            let mut scratch = [0f32; EXP_CHUNK];
+            for us in us.chunks_mut(EXP_CHUNK) {
+                let exps = sigmoid_exps(us, &mut scratch);
+                us.iter_mut().zip(exps).for_each(|(u, &e)| *u = pick(quick_gelu_and_slope(*u, e)));
+            }
         }
-        Activation::Gelu => {
-            let cdf = 0.5 * (1.0 + candle_core::cpu::erf::erf_f32(u * std::f32::consts::FRAC_1_SQRT_2));
-            let pdf = (-0.5 * u * u).exp()
-                * (0.5 * std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2);
-            (u * cdf, cdf + u * pdf)
-        }
+        Activation::Gelu => us.iter_mut().for_each(|u| *u = pick(gelu_and_slope(*u))),
     }
+}
+
+/// QuickGELU's sigmoid exponentials `exp(−1.702 u)` of `us` (at most `EXP_CHUNK`) in `scratch`.
+fn sigmoid_exps<'a>(us: &[f32], scratch: &'a mut [f32; EXP_CHUNK]) -> &'a [f32] {
+    let exps = &mut scratch[..us.len()];
+    exps.iter_mut().zip(us).for_each(|(e, &u)| *e = -QUICK_GELU_GAIN * u);
+    exp_in_place(exps);
+    exps
+}
+
+/// QuickGELU and its derivative at `u`, given `e = exp(−1.702 u)`.
+#[inline(always)]
+fn quick_gelu_and_slope(u: f32, e: f32) -> (f32, f32) {
+    let s = 1.0 / (1.0 + e);
+    (u * s, s + QUICK_GELU_GAIN * u * s * (1.0 - s))
+}
+
+/// GELU and its derivative at `u`.
+#[inline(always)]
+fn gelu_and_slope(u: f32) -> (f32, f32) {
+    let cdf = 0.5 * (1.0 + candle_core::cpu::erf::erf_f32(u * std::f32::consts::FRAC_1_SQRT_2));
+    let pdf =
+        (-0.5 * u * u).exp() * (0.5 * std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2);
+    (u * cdf, cdf + u * pdf)
+}
+
+/// `y ← x + bias` for one row.
+fn add_bias(y: &mut [f32], x: &[f32], bias: &[f32]) {
+    y.iter_mut().zip(x.iter().zip(bias)).for_each(|(y, (&x, &b))| *y = x + b);
 }
 
 struct BiasActivation {
@@ -59,7 +92,10 @@ impl CustomOp2 for BiasActivation {
     ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(xs, xl, self.name())?;
         let bias = contiguous_f32(bs, bl, self.name())?;
-        let out = map_with_bias(x, bias, |x, b| activation_and_slope(self.activation, x + b).0);
+        let out = map_rows(x, bias.len(), |y, x| {
+            add_bias(y, x, bias);
+            activation_in_place(self.activation, y, |(value, _)| value);
+        });
         Ok((CpuStorage::F32(out), xl.shape().clone()))
     }
 
@@ -111,13 +147,43 @@ impl CustomOp3 for BiasActivationBackward {
                 .chunks_exact_mut(width)
                 .zip(x_block.chunks_exact(width).zip(g_block.chunks_exact(width)));
             for (du, (x, g)) in rows {
-                for ((((du, db), &x), &g), &b) in du.iter_mut().zip(dbias.iter_mut()).zip(x).zip(g).zip(bias)
-                {
-                    *du = g * activation_and_slope(self.activation, x + b).1;
+                add_bias(du, x, bias);
+                activation_in_place(self.activation, du, |(_, slope)| slope);
+                for ((du, db), &g) in du.iter_mut().zip(dbias.iter_mut()).zip(g) {
+                    *du *= g;
                     *db += *du;
                 }
             }
         });
         Ok((CpuStorage::F32(out), Shape::from((rows + 1, width))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pre-activations spanning QuickGELU's saturated tails, its bend, and a NaN.
+    fn pre_activations(len: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| if i == 7 { f32::NAN } else { (i as f32 * 0.731).sin() * 60.0 / (1 + i % 5) as f32 })
+            .collect()
+    }
+
+    #[test]
+    fn quick_gelu_rows_equal_the_elementwise_formula_with_f32_exp() {
+        for len in [0, 1, 17, EXP_CHUNK, EXP_CHUNK + 45, 3 * EXP_CHUNK - 1] {
+            let us = pre_activations(len);
+            let expected: Vec<(f32, f32)> =
+                us.iter().map(|&u| quick_gelu_and_slope(u, (-QUICK_GELU_GAIN * u).exp())).collect();
+            let (mut values, mut slopes) = (us.clone(), us.clone());
+            activation_in_place(Activation::QuickGelu, &mut values, |(value, _)| value);
+            activation_in_place(Activation::QuickGelu, &mut slopes, |(_, slope)| slope);
+            for (i, (&(value, slope), (v, s))) in expected.iter().zip(values.iter().zip(&slopes)).enumerate()
+            {
+                let bits = |x: f32| if x.is_nan() { f32::NAN.to_bits() } else { x.to_bits() };
+                assert_eq!((bits(*v), bits(*s)), (bits(value), bits(slope)), "length {len}, element {i}");
+            }
+        }
     }
 }

@@ -13,6 +13,7 @@
 mod activation;
 mod attention;
 mod bias;
+mod exp;
 mod layer_norm;
 mod linear;
 pub mod reference;

@@ -52,18 +52,23 @@ pub(super) fn map_row_blocks<T: Send>(
     out.par_chunks_mut(block_len).enumerate().map(|(i, block)| f(i * rows_per_block, block)).collect()
 }
 
-/// `f(x, b)` for every element `x` of the rows of `x` (`bias.len()` wide) and its column's `b`,
-/// by parallel blocks of rows.
-pub(super) fn map_with_bias(x: &[f32], bias: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Vec<f32> {
-    let width = bias.len();
+/// `f(y, x)` for every row `x` of `x` (`width` elements) and its output row `y`, by parallel
+/// blocks of rows.
+pub(super) fn map_rows(x: &[f32], width: usize, f: impl Fn(&mut [f32], &[f32]) + Sync + Send) -> Vec<f32> {
     let mut out = vec![0f32; x.len()];
     map_row_blocks(&mut out, width, |first_row, block| {
         let x_block = &x[first_row * width..first_row * width + block.len()];
-        for (y, x) in block.chunks_exact_mut(width).zip(x_block.chunks_exact(width)) {
-            y.iter_mut().zip(x.iter().zip(bias)).for_each(|(y, (&x, &b))| *y = f(x, b));
-        }
+        block.chunks_exact_mut(width).zip(x_block.chunks_exact(width)).for_each(|(y, x)| f(y, x));
     });
     out
+}
+
+/// `f(x, b)` for every element `x` of the rows of `x` (`bias.len()` wide) and its column's `b`,
+/// by parallel blocks of rows.
+pub(super) fn map_with_bias(x: &[f32], bias: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Vec<f32> {
+    map_rows(x, bias.len(), |y, x| {
+        y.iter_mut().zip(x.iter().zip(bias)).for_each(|(y, (&x, &b))| *y = f(x, b))
+    })
 }
 
 /// Rows per parallel block: enough for `MIN_TASK_ELEMENTS` elements, at least one.

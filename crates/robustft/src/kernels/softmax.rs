@@ -1,11 +1,12 @@
 //! Fused softmax over the last dimension, optionally with an additive mask fused in
-//! (`softmax(x + mask)`, the causal attention of CLIP's text tower): one pass per row for the
-//! maximum, one for `exp` and its sum, one to scale. The backward is
+//! (`softmax(x + mask)`, the causal attention of CLIP's text tower): per row the maximum, the
+//! shifted `exp` (vectorised, equal to `f32::exp`), its sum, and the scaling. The backward is
 //! `dx = y ⊙ (g − Σ g ⊙ y)` per row, fused; the mask's gradient (the row sum of `dx` over the
 //! broadcast rows) is only formed when the mask itself tracks gradients.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
+use super::exp::exp_in_place;
 use super::reference;
 use super::rows::{contiguous_f32, fused_applies, lane_sum, lane_sum2, map_row_blocks};
 
@@ -34,7 +35,8 @@ pub fn masked_softmax_last_dim(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
 #[inline(always)]
 pub(super) fn softmax_row_in_place(y: &mut [f32]) {
     let max = y.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    y.iter_mut().for_each(|v| *v = (*v - max).exp());
+    y.iter_mut().for_each(|v| *v -= max);
+    exp_in_place(y);
     let inverse_sum = 1.0 / lane_sum(y, |v| v);
     y.iter_mut().for_each(|v| *v *= inverse_sum);
 }

@@ -184,7 +184,7 @@ impl LogisticRegression {
     }
 
     fn logits_f64(&self, features: &[f32]) -> Result<Vec<f64>> {
-        if self.dim == 0 || features.len() % self.dim != 0 {
+        if self.dim == 0 || !features.len().is_multiple_of(self.dim) {
             return Err(invalid("features", format!("{} values, not rows of {}", features.len(), self.dim)));
         }
         let weight = self.weight.chunks(self.dim);
@@ -224,7 +224,7 @@ struct Problem {
 impl Problem {
     fn new(features: &[f32], labels: &[u32], classes: usize, c: f64) -> Result<Self> {
         let n = labels.len();
-        if n == 0 || features.is_empty() || features.len() % n != 0 {
+        if n == 0 || features.is_empty() || !features.len().is_multiple_of(n) {
             return Err(invalid(
                 "training data",
                 format!("{} feature values for {n} labels", features.len()),

@@ -310,7 +310,7 @@ pub fn train(
         writeln!(metrics, "{}", serde_json::to_string(&report).expect("serialisable"))
             .map_err(io_error(&run.metrics()))?;
         progress(&report);
-        if state.step % every == 0 || state.step == total {
+        if state.step.is_multiple_of(every) || state.step == total {
             let extra = extra_tensors(objective, constraint)?;
             run.save_checkpoint(model, &extra, &state, &optimizer, &checkpointing.metadata)?;
         }
