@@ -63,14 +63,6 @@ pub(super) fn map_rows(x: &[f32], width: usize, f: impl Fn(&mut [f32], &[f32]) +
     out
 }
 
-/// `f(x, b)` for every element `x` of the rows of `x` (`bias.len()` wide) and its column's `b`,
-/// by parallel blocks of rows.
-pub(super) fn map_with_bias(x: &[f32], bias: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Vec<f32> {
-    map_rows(x, bias.len(), |y, x| {
-        y.iter_mut().zip(x.iter().zip(bias)).for_each(|(y, (&x, &b))| *y = f(x, b))
-    })
-}
-
 /// Rows per parallel block: enough for `MIN_TASK_ELEMENTS` elements, at least one.
 pub(super) fn rows_per_block(width: usize) -> usize {
     (MIN_TASK_ELEMENTS / width.max(1)).max(1)
