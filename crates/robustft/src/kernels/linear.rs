@@ -39,40 +39,46 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
 /// A row-major f32 matrix, read as itself or transposed.
 struct Matrix<'a> {
     data: &'a [f32],
-    rows: usize,
     cols: usize,
 }
 
 impl<'a> Matrix<'a> {
     fn new(data: &'a [f32], cols: usize) -> Self {
-        Self { data, rows: data.len() / cols, cols }
+        Self { data, cols }
     }
 
-    /// The matrix as a gemm operand: (pointer, column stride, row stride, rows, columns).
-    fn plain(&self) -> Operand {
-        (self.data.as_ptr(), 1, self.cols as isize, self.rows, self.cols)
+    fn plain(&self) -> Operand<'a> {
+        let rows = self.data.len() / self.cols;
+        Operand { data: self.data, rows, cols: self.cols, row_stride: self.cols, col_stride: 1 }
     }
 
-    /// The transposed matrix as a gemm operand.
-    fn transposed(&self) -> Operand {
-        (self.data.as_ptr(), self.cols as isize, 1, self.cols, self.rows)
+    fn transposed(&self) -> Operand<'a> {
+        let rows = self.data.len() / self.cols;
+        Operand { data: self.data, rows: self.cols, cols: rows, row_stride: 1, col_stride: self.cols }
     }
 }
 
-/// A gemm operand: pointer, column stride, row stride, rows, columns.
-type Operand = (*const f32, isize, isize, usize, usize);
+/// A matrix operand of a product: element `(i, j)` is `data[i · row_stride + j · col_stride]`.
+#[derive(Clone, Copy)]
+pub(super) struct Operand<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
 
-/// `lhs · rhs` as a new row-major matrix, on candle's thread count.
+/// `lhs · rhs` as a new row-major matrix, by candle's gemm on candle's thread count.
 fn matmul(lhs: Operand, rhs: Operand) -> Vec<f32> {
-    let (lhs_ptr, lhs_cs, lhs_rs, m, k) = lhs;
-    let (rhs_ptr, rhs_cs, rhs_rs, rhs_rows, n) = rhs;
-    assert_eq!(k, rhs_rows, "matmul: inner dimensions differ");
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    assert_eq!(k, rhs.rows, "matmul: inner dimensions differ");
     let threads = candle_core::utils::get_num_threads();
     let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     let mut out = Vec::with_capacity(m * n);
-    // SAFETY: the operands cover `m × k` and `k × n` elements of live slices under their
-    // strides (checked by the callers' shapes); gemm writes all `m × n` elements of `out`
-    // without reading them (`read_dst = false`), after which they are initialised.
+    // SAFETY: the operands' slices hold all `m × k` and `k × n` elements under their strides
+    // (they are whole row-major matrices, read as themselves or transposed); gemm writes all
+    // `m × n` elements of `out` without reading them (`read_dst = false`), after which they
+    // are initialised.
     unsafe {
         gemm::gemm(
             m,
@@ -82,12 +88,12 @@ fn matmul(lhs: Operand, rhs: Operand) -> Vec<f32> {
             1,
             n as isize,
             false,
-            lhs_ptr,
-            lhs_cs,
-            lhs_rs,
-            rhs_ptr,
-            rhs_cs,
-            rhs_rs,
+            lhs.data.as_ptr(),
+            lhs.col_stride as isize,
+            lhs.row_stride as isize,
+            rhs.data.as_ptr(),
+            rhs.col_stride as isize,
+            rhs.row_stride as isize,
             0f32,
             1f32,
             false,
