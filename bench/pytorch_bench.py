@@ -4,7 +4,10 @@ Image-tower throughput of a randomly initialised open_clip model (`pretrained=No
 downloaded): `infer` runs `encode_image` under `torch.no_grad()`; `train` runs the forward, a
 1000-class linear head with cross-entropy, backward and a `torch.optim.AdamW` step
 (lr 1e-5, weight decay 0.1 except biases/norms/embeddings) over the image tower and the head.
-Prints one JSON line: {"arch","mode","batch","steps","images_per_s","peak_rss_mb","engine"}.
+`--precision bf16` runs the forward (and loss) under `torch.autocast("cpu", torch.bfloat16)`,
+PyTorch's CPU mixed precision with fp32 master weights, against robustft's bf16 matmuls.
+Prints one JSON line:
+{"arch","mode","batch","steps","precision","images_per_s","peak_rss_mb","engine"}.
 Run it with the fixture venv: `.venv/bin/python bench/pytorch_bench.py --arch ViT-B-32 ...`.
 """
 import argparse
@@ -35,6 +38,8 @@ def parse_args():
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: the forward under CPU autocast to bfloat16")
     p.add_argument("--json", action="store_true", help="one JSON line instead of text")
     return p.parse_args()
 
@@ -43,12 +48,13 @@ def decays(name):
     return not (name.endswith(".bias") or "ln_" in name or "embedding" in name or name == "logit_scale")
 
 
-def make_step(model, mode, batch):
+def make_step(model, mode, batch, precision):
     size = model.visual.image_size[0]
     pixels = torch.randn(batch, 3, size, size)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
     if mode == "infer":
         def infer():
-            with torch.no_grad():
+            with torch.no_grad(), autocast:
                 model.encode_image(pixels)
         return infer
     head = torch.nn.Linear(model.visual.output_dim, HEAD_CLASSES, bias=False)
@@ -62,7 +68,8 @@ def make_step(model, mode, batch):
 
     def train():
         optimizer.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(head(model.encode_image(pixels)), labels)
+        with autocast:
+            loss = torch.nn.functional.cross_entropy(head(model.encode_image(pixels)), labels)
         loss.backward()
         optimizer.step()
     return train
@@ -77,7 +84,7 @@ def main():
     else:
         model = open_clip.create_model(args.arch, pretrained=None)
     model.train(args.mode == "train")
-    step = make_step(model, args.mode, args.batch)
+    step = make_step(model, args.mode, args.batch, args.precision)
     for _ in range(args.warmup):
         step()
     start = time.perf_counter()
@@ -86,6 +93,7 @@ def main():
     seconds = time.perf_counter() - start
     report = {
         "arch": args.arch, "mode": args.mode, "batch": args.batch, "steps": args.steps,
+        "precision": args.precision,
         "images_per_s": args.batch * args.steps / seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "engine": f"pytorch {torch.__version__}",
@@ -93,7 +101,7 @@ def main():
     if args.json:
         print(json.dumps(report))
     else:
-        print("{arch} {mode} batch {batch}: {images_per_s:.2f} images/s over {steps} steps, "
+        print("{arch} {mode} batch {batch} {precision}: {images_per_s:.2f} images/s over {steps} steps, "
               "peak RSS {peak_rss_mb:.0f} MB ({engine})".format(**report))
 
 

@@ -514,14 +514,15 @@ fn bench_prints_text_or_one_json_line_with_the_requested_shape() {
     assert!(text.status.success(), "failed: {}", String::from_utf8_lossy(&text.stderr));
     let line = String::from_utf8_lossy(&text.stdout);
     assert!(
-        line.starts_with("shiftworld train batch 3: ") && line.contains(" images/s over 2 steps"),
+        line.starts_with("shiftworld train batch 3 fp32: ") && line.contains(" images/s over 2 steps"),
         "{line}"
     );
 
-    let report = stdout_json(&robustft(&[&args[..], &["--json"]].concat()));
+    let report = stdout_json(&robustft(&[&args[..], &["--json", "--precision", "bf16"]].concat()));
     assert_eq!(report["arch"], "shiftworld");
     assert_eq!(report["mode"], "train");
     assert_eq!(report["batch"], 3);
     assert_eq!(report["steps"], 2);
+    assert_eq!(report["precision"], "bf16");
     assert!(report["images_per_s"].as_f64().unwrap() > 0.0 && report["peak_rss_mb"].as_f64().unwrap() > 0.0);
 }

@@ -1,8 +1,9 @@
 //! Throughput benchmark of the CLIP image tower, the workload every method's training and
 //! evaluation is dominated by: inference (`encode_image`, no gradient) or a full training step
 //! (forward, a 1000-class linear head with cross-entropy, backward, AdamW over the image tower
-//! and the head). `bench/pytorch_bench.py` runs the identical workload in PyTorch so the two
-//! can be compared side by side (`bench/run.sh`).
+//! and the head), with fp32 or bf16 matmuls ([`MatmulPrecision`]). `bench/pytorch_bench.py`
+//! runs the identical workload in PyTorch (bf16: under CPU autocast) so the two can be compared
+//! side by side (`bench/run.sh`).
 //!
 //! [`method_step_ms`] times the training steps of a whole method (objective + constraint) from a
 //! recipe, to measure a method's overhead over plain fine-tuning on the same data.
@@ -12,6 +13,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor, Var};
 
 use crate::clip::{ClipConfig, ClipModel};
+use crate::kernels::{set_matmul_precision, MatmulPrecision};
 use crate::losses::cross_entropy;
 use crate::optim::{default_groups, AdamW, AdamWConfig};
 use crate::rng::SplitMix64;
@@ -26,6 +28,20 @@ pub enum BenchMode {
     Infer,
 }
 
+/// What one benchmark runs.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    /// The architecture's name, for the report.
+    pub arch: String,
+    pub config: ClipConfig,
+    pub mode: BenchMode,
+    pub batch: usize,
+    /// Timed steps, after `warmup` untimed ones.
+    pub steps: usize,
+    pub warmup: usize,
+    pub precision: MatmulPrecision,
+}
+
 /// One benchmark result, printed as a JSON line.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct BenchReport {
@@ -33,22 +49,18 @@ pub struct BenchReport {
     pub mode: BenchMode,
     pub batch: usize,
     pub steps: usize,
+    pub precision: MatmulPrecision,
     pub images_per_s: f64,
     pub peak_rss_mb: f64,
     pub engine: &'static str,
 }
 
-/// Runs `warmup` untimed and `steps` timed iterations on a randomly initialised model.
-pub fn run(
-    arch: &str,
-    config: ClipConfig,
-    mode: BenchMode,
-    batch: usize,
-    steps: usize,
-    warmup: usize,
-    device: &Device,
-) -> crate::Result<BenchReport> {
-    let model = ClipModel::random(config, 0, device)?;
+/// Runs the workload's untimed and timed iterations on a randomly initialised model (the
+/// matmul precision is set for the process).
+pub fn run(workload: &Workload, device: &Device) -> crate::Result<BenchReport> {
+    let Workload { batch, steps, mode, .. } = *workload;
+    set_matmul_precision(workload.precision);
+    let model = ClipModel::random(workload.config.clone(), 0, device)?;
     let pixels = random_tensor(
         &[batch, 3, model.config.vision.image_size, model.config.vision.image_size],
         1,
@@ -58,7 +70,7 @@ pub fn run(
         BenchMode::Infer => Box::new(|| model.no_grad().encode_image(&pixels).map(|_| ())),
         BenchMode::Train => train_step(&model, &pixels, device)?,
     };
-    for _ in 0..warmup {
+    for _ in 0..workload.warmup {
         step()?;
     }
     let start = Instant::now();
@@ -67,10 +79,11 @@ pub fn run(
     }
     let seconds = start.elapsed().as_secs_f64();
     Ok(BenchReport {
-        arch: arch.to_string(),
+        arch: workload.arch.clone(),
         mode,
         batch,
         steps,
+        precision: workload.precision,
         images_per_s: (batch * steps) as f64 / seconds,
         peak_rss_mb: peak_rss_mb(),
         engine: "robustft",

@@ -40,6 +40,7 @@ use crate::eval::evaluate::{ResultRow, RowContext};
 use crate::eval::metrics::Predictions;
 use crate::eval::predictor::{Head, ImagePredictor, Predictor};
 use crate::eval::suite::{evaluate_suite, render_split};
+use crate::kernels::MatmulPrecision;
 use crate::methods::ce::{CrossEntropy, TrainableHead};
 use crate::methods::drm::{core_predictions, Drm, Erm};
 use crate::methods::flyp::Flyp;
@@ -145,6 +146,7 @@ impl Experiment {
 
     /// Runs the recipe; returns the result rows (also written to `results.jsonl`).
     pub fn run(&self, settings: &RunSettings, events: &mut dyn FnMut(Event)) -> Result<Vec<ResultRow>> {
+        crate::kernels::set_matmul_precision(self.recipe.train.matmul_precision);
         let run = self.run_dir(settings);
         self.write_recipe(&run, settings.resume)?;
         let pretrained = self.model.params.snapshot()?;
@@ -420,8 +422,8 @@ impl Experiment {
     }
 
     /// Frozen, normalised features of a split, computed once and kept in `cache` under a key
-    /// naming the model (spec and a checksum of its weights), the data, the split and the
-    /// preprocessing.
+    /// naming the model (spec and a checksum of its weights), the data, the split, the
+    /// preprocessing and (when not fp32) the matmul precision.
     fn cached_features(
         &self,
         source: &dyn TrainSource,
@@ -437,8 +439,12 @@ impl Experiment {
             Some(suite) => format!("shiftworld/{suite}/seed{}", self.recipe.seed),
             None => data.root.as_deref().unwrap_or(Path::new("")).display().to_string(),
         };
+        let precision = match self.recipe.train.matmul_precision {
+            MatmulPrecision::Fp32 => String::new(),
+            other => format!("|matmul {}", other.name()),
+        };
         let key = format!(
-            "{}|{checksum:e}|{dataset}|{split}|{}|{}",
+            "{}|{checksum:e}|{dataset}|{split}|{}|{}{precision}",
             self.recipe.model,
             self.preprocess.id(),
             source.len()

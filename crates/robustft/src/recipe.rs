@@ -631,6 +631,7 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> std::result::Res
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::MatmulPrecision;
 
     const MINIMAL: &str = "name = \"t\"\n[data]\nsuite = \"spurious\"\n[method]\nname = \"ft\"\n";
 
@@ -662,6 +663,19 @@ mod tests {
     fn round_trips_through_toml() {
         let recipe = Recipe::parse(MINIMAL, "test", &["drm.wrm=\"reweighted\"".to_string()]).unwrap();
         assert_eq!(Recipe::parse(&recipe.to_toml(), "again", &[]).unwrap(), recipe);
+    }
+
+    #[test]
+    fn matmul_precision_is_fp32_unless_set_and_written_only_when_bf16() {
+        let fp32 = Recipe::parse(MINIMAL, "test", &[]).unwrap();
+        assert_eq!(fp32.train.matmul_precision, MatmulPrecision::Fp32);
+        assert!(!fp32.to_toml().contains("matmul_precision"), "{}", fp32.to_toml());
+        let bf16 = Recipe::parse(MINIMAL, "test", &["train.matmul_precision=\"bf16\"".to_string()]).unwrap();
+        assert_eq!(bf16.train.matmul_precision, MatmulPrecision::Bf16);
+        assert_eq!(Recipe::parse(&bf16.to_toml(), "again", &[]).unwrap(), bf16);
+        let err =
+            Recipe::parse(MINIMAL, "test", &["train.matmul_precision=\"fp16\"".to_string()]).unwrap_err();
+        assert!(err.to_string().contains("fp16"), "{err}");
     }
 
     #[test]

@@ -50,6 +50,7 @@ fn options(epochs: usize, accumulation: usize, freeze: Vec<Tower>) -> TrainOptio
         freeze,
         seed: 3,
         checkpoint_every: 0,
+        ..TrainOptions::default()
     }
 }
 

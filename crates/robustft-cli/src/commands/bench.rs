@@ -2,13 +2,14 @@
 //! (compare with `bench/pytorch_bench.py`, or run both with `bench/run.sh`).
 
 use anyhow::Context;
-use robustft::bench::{self, BenchMode};
+use robustft::bench::{self, BenchMode, Workload};
 use robustft::clip::ClipConfig;
 use robustft::device::DeviceChoice;
+use robustft::kernels::MatmulPrecision;
 use robustft::pretrain::shiftworld_model;
 
 /// Prints a line of text, or with `--json`
-/// `{"arch","mode","batch","steps","images_per_s","peak_rss_mb","engine"}`.
+/// `{"arch","mode","batch","steps","precision","images_per_s","peak_rss_mb","engine"}`.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// Architecture, randomly initialised: a preset (ViT-B-32, ViT-B-16, ViT-L-14,
@@ -32,6 +33,12 @@ pub struct BenchArgs {
     /// Untimed steps before timing starts.
     #[arg(long, default_value_t = 1)]
     warmup: usize,
+
+    /// The linear layers' products: fp32, or bf16 (operands rounded to bfloat16, fp32 sums;
+    /// AVX512-BF16 dot products where the CPU has them). Compare with PyTorch's CPU autocast:
+    /// `bench/pytorch_bench.py --precision bf16`.
+    #[arg(long, value_enum, default_value = "fp32")]
+    precision: Precision,
 
     /// Where to compute: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
@@ -57,6 +64,21 @@ pub struct BenchArgs {
 enum Mode {
     Train,
     Infer,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Precision {
+    Fp32,
+    Bf16,
+}
+
+impl Precision {
+    fn setting(self) -> MatmulPrecision {
+        match self {
+            Precision::Fp32 => MatmulPrecision::Fp32,
+            Precision::Bf16 => MatmulPrecision::Bf16,
+        }
+    }
 }
 
 impl Mode {
@@ -89,15 +111,25 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Mode::Infer => BenchMode::Infer,
     };
     let device = args.device.open()?;
-    let report = bench::run(&args.arch, config, mode, args.batch, args.steps, args.warmup, &device)?;
+    let workload = Workload {
+        arch: args.arch.clone(),
+        config,
+        mode,
+        batch: args.batch,
+        steps: args.steps,
+        warmup: args.warmup,
+        precision: args.precision.setting(),
+    };
+    let report = bench::run(&workload, &device)?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "{} {} batch {}: {:.2} images/s over {} steps, peak RSS {:.0} MB",
+            "{} {} batch {} {}: {:.2} images/s over {} steps, peak RSS {:.0} MB",
             report.arch,
             args.mode.name(),
             report.batch,
+            report.precision.name(),
             report.images_per_s,
             report.steps,
             report.peak_rss_mb

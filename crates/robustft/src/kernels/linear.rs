@@ -15,6 +15,8 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::bias::bias_grad;
+use super::matmul_bf16::matmul_bf16;
+use super::precision::{matmul_precision, MatmulPrecision};
 use super::reference;
 use super::rows::{contiguous_f32, fused_applies, map_row_blocks, rows_and_width};
 
@@ -68,8 +70,35 @@ pub(super) struct Operand<'a> {
     pub col_stride: usize,
 }
 
+impl<'a> Operand<'a> {
+    /// Row `i` of an operand whose rows are contiguous (`col_stride` 1), as a slice.
+    pub(super) fn row(&self, i: usize) -> &'a [f32] {
+        assert_eq!(self.col_stride, 1, "row of an operand with strided rows");
+        &self.data[i * self.row_stride..][..self.cols]
+    }
+
+    /// The transpose, as an operand over the same data.
+    pub(super) fn transposed_view(&self) -> Operand<'a> {
+        Operand {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+        }
+    }
+}
+
+/// `lhs · rhs` as a new row-major matrix, in the process's [`matmul_precision`].
+fn product(lhs: Operand, rhs: Operand) -> Vec<f32> {
+    match matmul_precision() {
+        MatmulPrecision::Fp32 => matmul(lhs, rhs),
+        MatmulPrecision::Bf16 => matmul_bf16(lhs, rhs),
+    }
+}
+
 /// `lhs · rhs` as a new row-major matrix, by candle's gemm on candle's thread count.
-fn matmul(lhs: Operand, rhs: Operand) -> Vec<f32> {
+pub(super) fn matmul(lhs: Operand, rhs: Operand) -> Vec<f32> {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert_eq!(k, rhs.rows, "matmul: inner dimensions differ");
     let threads = candle_core::utils::get_num_threads();
@@ -126,7 +155,7 @@ fn project(
     let (out_features, in_features) = wl.shape().dims2()?;
     let x = Matrix::new(contiguous_f32(xs, xl, op)?, in_features);
     let weight = Matrix::new(contiguous_f32(ws, wl, op)?, in_features);
-    Ok((matmul(x.plain(), weight.transposed()), with_last_dim(xl, out_features)))
+    Ok((product(x.plain(), weight.transposed()), with_last_dim(xl, out_features)))
 }
 
 /// The gradients of `x` and `W` from the output gradient `grad`, each only where it tracks one.
@@ -228,7 +257,7 @@ impl CustomOp2 for InputGrad {
         let (out_features, in_features) = wl.shape().dims2()?;
         let grad = Matrix::new(contiguous_f32(gs, gl, self.name())?, out_features);
         let weight = Matrix::new(contiguous_f32(ws, wl, self.name())?, in_features);
-        let dx = matmul(grad.plain(), weight.plain());
+        let dx = product(grad.plain(), weight.plain());
         Ok((CpuStorage::F32(dx), with_last_dim(gl, in_features)))
     }
 }
@@ -251,7 +280,7 @@ impl CustomOp2 for WeightGrad {
         let (out_features, in_features) = (gl.dims()[gl.dims().len() - 1], xl.dims()[xl.dims().len() - 1]);
         let grad = Matrix::new(contiguous_f32(gs, gl, self.name())?, out_features);
         let x = Matrix::new(contiguous_f32(xs, xl, self.name())?, in_features);
-        let dweight = matmul(grad.transposed(), x.plain());
+        let dweight = product(grad.transposed(), x.plain());
         Ok((CpuStorage::F32(dweight), Shape::from((out_features, in_features))))
     }
 }

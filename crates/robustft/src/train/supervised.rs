@@ -36,6 +36,7 @@ use crate::clip::ClipModel;
 use crate::constraints::{Constraint, StepContext, Validation};
 use crate::data::epoch_order;
 use crate::error::{Error, Result};
+use crate::kernels::MatmulPrecision;
 use crate::optim::{decays_by_default, AdamW, AdamWConfig};
 
 /// Trainer-state metadata key holding the run's options, checked on resume.
@@ -143,6 +144,10 @@ pub struct TrainOptions {
     pub seed: u64,
     /// Optimiser steps between checkpoints (0: at the end of every epoch).
     pub checkpoint_every: u64,
+    /// The linear layers' products, for the whole run (training and its evaluations):
+    /// `fp32`, or `bf16` operands with fp32 sums ([`crate::kernels::MatmulPrecision`]).
+    #[serde(skip_serializing_if = "MatmulPrecision::is_fp32")]
+    pub matmul_precision: MatmulPrecision,
 }
 
 impl Default for TrainOptions {
@@ -161,6 +166,7 @@ impl Default for TrainOptions {
             freeze: Vec::new(),
             seed: 0,
             checkpoint_every: 0,
+            matmul_precision: MatmulPrecision::Fp32,
         }
     }
 }

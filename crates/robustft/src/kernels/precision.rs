@@ -1,0 +1,50 @@
+//! The precision of the linear layers' matrix products, one setting for the whole process
+//! like PyTorch's `torch.set_float32_matmul_precision`: `fp32` (the default), or `bf16`, where
+//! both operands of every product of the linear kernel (forward `x Wᵀ`, and the backward's
+//! `g W` and `gᵀ x`) are rounded to bfloat16 and the products are summed in fp32, on the
+//! CPU's AVX512-BF16 dot products where it has them. Weights (the optimiser's master copy),
+//! activations, LayerNorm, softmax, attention scores and losses stay fp32, as under PyTorch's
+//! CPU autocast, which however also stores the linear layers' outputs in bf16 and runs the
+//! attention products in bf16.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// How the linear layers multiply.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MatmulPrecision {
+    /// fp32 products (candle's gemm).
+    #[default]
+    Fp32,
+    /// Operands rounded to bfloat16, products summed in fp32.
+    Bf16,
+}
+
+static PRECISION: AtomicU8 = AtomicU8::new(0);
+
+/// Sets the precision of every later linear-layer product in the process.
+pub fn set_matmul_precision(precision: MatmulPrecision) {
+    PRECISION.store(precision as u8, Ordering::Relaxed);
+}
+
+/// The precision set by [`set_matmul_precision`] (fp32 until then).
+pub fn matmul_precision() -> MatmulPrecision {
+    match PRECISION.load(Ordering::Relaxed) {
+        0 => MatmulPrecision::Fp32,
+        _ => MatmulPrecision::Bf16,
+    }
+}
+
+impl MatmulPrecision {
+    pub fn is_fp32(&self) -> bool {
+        *self == MatmulPrecision::Fp32
+    }
+
+    /// The name used in recipes and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            MatmulPrecision::Fp32 => "fp32",
+            MatmulPrecision::Bf16 => "bf16",
+        }
+    }
+}
