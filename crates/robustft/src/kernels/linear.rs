@@ -70,25 +70,6 @@ pub(super) struct Operand<'a> {
     pub col_stride: usize,
 }
 
-impl<'a> Operand<'a> {
-    /// Row `i` of an operand whose rows are contiguous (`col_stride` 1), as a slice.
-    pub(super) fn row(&self, i: usize) -> &'a [f32] {
-        assert_eq!(self.col_stride, 1, "row of an operand with strided rows");
-        &self.data[i * self.row_stride..][..self.cols]
-    }
-
-    /// The transpose, as an operand over the same data.
-    pub(super) fn transposed_view(&self) -> Operand<'a> {
-        Operand {
-            data: self.data,
-            rows: self.cols,
-            cols: self.rows,
-            row_stride: self.col_stride,
-            col_stride: self.row_stride,
-        }
-    }
-}
-
 /// `lhs · rhs` as a new row-major matrix, in the process's [`matmul_precision`].
 fn product(lhs: Operand, rhs: Operand) -> Vec<f32> {
     match matmul_precision() {
