@@ -1,7 +1,9 @@
 //! The projection of a linear layer, `y = x Wᵀ (+ b)` over the last dimension of `x` (any
-//! leading shape) with `W`: `[out, in]` as stored by PyTorch's `nn.Linear`, as one custom op over the
-//! `gemm` crate that candle's CPU matmul runs on, called with the operand layouts candle uses
-//! for `x.reshape(..).matmul(&w.t())`, so the values are the same to the bit.
+//! leading shape) with `W`: `[out, in]` as stored by PyTorch's `nn.Linear`, as one custom op
+//! over the `gemm` crate that candle's CPU matmul runs on, called with the operand layouts
+//! candle uses for `x.reshape(..).matmul(&w.t())`, so the values are the same to the bit. In
+//! bf16 precision ([`super::MatmulPrecision::Bf16`]) the same three products run on
+//! [`super::matmul_bf16`]'s bfloat16 operands with fp32 sums instead.
 //!
 //! The primitive-op form puts a reshape, a transpose and a matmul into the graph, and candle's
 //! backprop zero-fills and adds a gradient buffer for every edge between them (the weight's

@@ -1,14 +1,15 @@
 //! Fused CPU kernels for the hot path of the CLIP transformer, as candle custom ops with
-//! backward passes: the linear projection `x Wᵀ (+ b)`, LayerNorm, softmax over the last
-//! dimension (optionally with an additive mask fused in), bias add + MLP activation, bias add +
-//! residual add, and multi-head attention read from a packed q/k/v projection and written in
-//! the merged-head layout.
+//! backward passes: the linear projection `x Wᵀ (+ b)` (in fp32, or in bf16 with fp32 sums:
+//! [`MatmulPrecision`]), LayerNorm, softmax over the last dimension (optionally with an
+//! additive mask fused in), bias add + MLP activation, bias add + residual add, and multi-head
+//! attention read from a packed q/k/v projection and written in the merged-head layout; a
+//! vectorised `exp` equal to glibc's serves the softmax and QuickGELU.
 //!
 //! Each public function runs its fused kernel on contiguous f32 CPU tensors (one pass per row
 //! instead of one pass and one allocation per primitive op, parallel over blocks of rows) and
-//! otherwise falls back to the primitive-op formulation in [`reference`] (attention: to the
-//! head-split formulation with the softmax kernels), so CUDA and other dtypes keep working
-//! with the same values and gradients.
+//! otherwise falls back to the primitive-op formulation in [`reference`](mod@reference)
+//! (attention: to the head-split formulation with the softmax kernels), so CUDA and other
+//! dtypes keep working with the same values and gradients (in fp32).
 
 mod activation;
 mod attention;
