@@ -21,6 +21,7 @@ pub mod pretrain;
 pub mod prompts;
 pub mod recipe;
 pub mod rng;
+pub mod sections;
 pub mod shiftworld;
 pub mod threads;
 pub mod train;

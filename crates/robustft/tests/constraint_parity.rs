@@ -13,9 +13,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
-use robustft::constraints::{build, Constraint, StepContext};
+use robustft::constraints::ftp::FtpSection;
+use robustft::constraints::spd::SpdSection;
+use robustft::constraints::{Constraint, ConstraintSpec, StepContext};
 use robustft::optim::{AdamW, AdamWConfig};
-use robustft::recipe::{ConstraintName, ConstraintRecipe};
 use serde::Deserialize;
 
 #[path = "support/nested.rs"]
@@ -82,7 +83,7 @@ struct Run {
 }
 
 impl Run {
-    fn new(case: &Case, recipe: &ConstraintRecipe) -> Self {
+    fn new(case: &Case, spec: &dyn ConstraintSpec) -> Self {
         let params: Vec<(String, Var, bool)> = case
             .params
             .iter()
@@ -95,7 +96,7 @@ impl Run {
             .collect();
         let config = AdamWConfig { lr: case.lr, weight_decay: case.weight_decay, ..Default::default() };
         let optimizer = AdamW::new(params.clone(), config).unwrap();
-        Self { params, anchor, optimizer, constraint: build(recipe).unwrap() }
+        Self { params, anchor, optimizer, constraint: spec.build().unwrap() }
     }
 
     /// Optimiser step `step` (from 1) and the constraint after it, as the trainer runs them.
@@ -128,21 +129,18 @@ impl Run {
     }
 }
 
-fn recipe(case: &Case, name: ConstraintName) -> ConstraintRecipe {
-    ConstraintRecipe {
-        name,
-        lambda: case.lambda,
-        exclude: case.exclude.clone(),
-        k: case.k,
-        mu: case.mu,
-        ..Default::default()
-    }
+fn spd(case: &Case) -> SpdSection {
+    SpdSection { lambda: case.lambda, exclude: case.exclude.clone() }
+}
+
+fn ftp(case: &Case) -> FtpSection {
+    FtpSection { k: case.k, mu: case.mu, exclude: case.exclude.clone() }
 }
 
 #[test]
 fn spd_after_adam_matches_numpy_adamspd_over_six_steps() {
     for case in fixture().spd {
-        let mut run = Run::new(&case, &recipe(&case, ConstraintName::Spd));
+        let mut run = Run::new(&case, &spd(&case));
         for step in 1..=case.grads.len() {
             run.step(&case, step);
             // Python (scripts/fixtures/constraints_spd_ftp.py, spd_run): cand = AdamW(wd=0).step(params, g)
@@ -159,13 +157,13 @@ fn spd_after_adam_matches_numpy_adamspd_over_six_steps() {
 #[test]
 fn ftp_after_adamw_matches_numpy_ftp_over_six_steps_and_across_a_restore() {
     for case in fixture().ftp {
-        let ftp = recipe(&case, ConstraintName::Ftp);
+        let ftp = ftp(&case);
         let mut run = Run::new(&case, &ftp);
         for step in 1..=case.grads.len() {
             if step == 4 {
                 // A resumed run: a fresh constraint from the saved state continues the same path.
                 let state: HashMap<String, Tensor> = run.constraint.state().unwrap().into_iter().collect();
-                run.constraint = build(&ftp).unwrap();
+                run.constraint = ftp.build().unwrap();
                 run.constraint.restore(&state).unwrap();
             }
             run.step(&case, step);

@@ -14,10 +14,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
-use robustft::constraints::tpgm::TpgmNorm;
-use robustft::constraints::{build, StepContext, Validation};
+use robustft::constraints::tpgm::{TpgmNorm, TpgmSection};
+use robustft::constraints::{ConstraintSpec, StepContext, Validation};
 use robustft::losses::cross_entropy;
-use robustft::recipe::{ConstraintName, ConstraintRecipe};
 use serde::Deserialize;
 
 #[path = "support/nested.rs"]
@@ -85,9 +84,8 @@ impl Validation for Classifier<'_> {
     }
 }
 
-fn recipe(case: &Case) -> ConstraintRecipe {
-    ConstraintRecipe {
-        name: ConstraintName::Tpgm,
+fn section(case: &Case) -> TpgmSection {
+    TpgmSection {
         exclude: case.exclude.clone(),
         mu: case.mu,
         every: case.every,
@@ -110,13 +108,13 @@ fn tpgm_matches_pytorch_autograd_radii_and_projections_across_a_restore() {
         let vars = params.iter().map(|(name, var, _)| (name.clone(), var.clone())).collect();
         let classifier = Classifier { vars, batches: &case.batches };
         let no_grads = Tensor::zeros((), DType::F32, &Device::Cpu).unwrap().backward().unwrap();
-        let mut constraint = build(&recipe(&case)).unwrap();
+        let mut constraint = section(&case).build().unwrap();
         for (index, delta) in case.deltas.iter().enumerate() {
             let step = index as u64 + 1;
             if step == 4 {
                 // A resumed run: a fresh constraint from the saved state continues the same path.
                 let state: HashMap<String, Tensor> = constraint.state().unwrap().into_iter().collect();
-                constraint = build(&recipe(&case)).unwrap();
+                constraint = section(&case).build().unwrap();
                 constraint.restore(&state).unwrap();
             }
             for (name, var, _) in &params {
@@ -165,6 +163,6 @@ fn tpgm_without_validation_data_is_refused_naming_it() {
         step: 1,
         validation: None,
     };
-    let err = build(&recipe(case)).unwrap().after_step(&context).unwrap_err().to_string();
+    let err = section(case).build().unwrap().after_step(&context).unwrap_err().to_string();
     assert!(err.contains("tpgm") && err.contains("validation"), "{err}");
 }

@@ -50,8 +50,60 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::{Constraint, Params};
+use super::{exclusions, read_section, Constraint, ConstraintEntry, ConstraintSpec, Params, RecipeContext};
 use crate::error::{Error, Result};
+use crate::sections::Sections;
+
+/// The registry's entry: `[constraint] name = "digrap"`.
+pub const ENTRY: ConstraintEntry = ConstraintEntry { name: "digrap", read };
+
+/// `[constraint]` keys of DiGraP.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DigrapSection {
+    /// ω's learning rate.
+    pub mu: f64,
+    /// Weight of the regulariser gradient λ(θ − θ₀) added after the projection (0: off).
+    pub lambda: f64,
+    /// Which sign of ⟨g, θ − θ₀⟩ is a conflict.
+    pub conflict: Conflict,
+    /// Regexes of parameter names left unconstrained.
+    pub exclude: Vec<String>,
+}
+
+impl Default for DigrapSection {
+    fn default() -> Self {
+        Self { mu: 1e-2, lambda: 0.0, conflict: Conflict::Opposed, exclude: Vec::new() }
+    }
+}
+
+fn read(sections: &mut Sections, _: &RecipeContext) -> std::result::Result<Box<dyn ConstraintSpec>, String> {
+    let section: DigrapSection = read_section(sections, ENTRY.name)?;
+    if !(section.mu.is_finite() && section.mu > 0.0) {
+        return Err(format!(
+            "constraint digrap needs constraint.mu > 0 (ω's learning rate), not {}",
+            section.mu
+        ));
+    }
+    if !(section.lambda.is_finite() && section.lambda >= 0.0) {
+        return Err(format!(
+            "constraint digrap needs constraint.lambda ≥ 0 (the regulariser gradient's weight), not {}",
+            section.lambda
+        ));
+    }
+    Ok(Box::new(section))
+}
+
+impl ConstraintSpec for DigrapSection {
+    fn build(&self) -> Result<Box<dyn Constraint>> {
+        Ok(Box::new(Digrap::new(DigrapOptions {
+            mu: self.mu,
+            lambda: self.lambda,
+            conflict: self.conflict,
+            exclude: exclusions(&self.exclude)?,
+        })))
+    }
+}
 
 /// Adam's moment decays and epsilon for ω (the research code's `TPCGrad`).
 const BETA1: f64 = 0.9;

@@ -28,8 +28,48 @@ use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{DType, Tensor};
 
-use super::{is_anchored, Constraint, StepContext};
+use super::{
+    check_positive, exclusions, is_anchored, read_section, Constraint, ConstraintEntry, ConstraintSpec,
+    RecipeContext, StepContext,
+};
 use crate::error::{Error, Result};
+use crate::sections::Sections;
+
+/// The registry's entry: `[constraint] name = "ftp"`.
+pub const ENTRY: ConstraintEntry = ConstraintEntry { name: "ftp", read };
+
+/// `[constraint]` keys of FTP: it learns its radii, so `k` and `mu` are its knobs.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FtpSection {
+    /// Factor on positive hyper-gradients of the radii (the annealing factor).
+    pub k: f64,
+    /// The radii's learning rate (a scalar Adam per tensor).
+    pub mu: f64,
+    /// Regexes of parameter names left unconstrained.
+    pub exclude: Vec<String>,
+}
+
+impl Default for FtpSection {
+    fn default() -> Self {
+        Self { k: 1.0, mu: 1e-2, exclude: Vec::new() }
+    }
+}
+
+fn read(sections: &mut Sections, _: &RecipeContext) -> std::result::Result<Box<dyn ConstraintSpec>, String> {
+    let section: FtpSection = read_section(sections, ENTRY.name)?;
+    if !(section.k.is_finite() && section.k >= 0.0) {
+        return Err(format!("constraint.k = {} must be a finite number ≥ 0", section.k));
+    }
+    check_positive("mu", section.mu, "the radii's learning rate")?;
+    Ok(Box::new(section))
+}
+
+impl ConstraintSpec for FtpSection {
+    fn build(&self) -> Result<Box<dyn Constraint>> {
+        Ok(Box::new(Ftp::new(self.k, self.mu, exclusions(&self.exclude)?)))
+    }
+}
 
 /// The radius of a tensor the first time it is projected, and γ's lower bound.
 const MIN_RADIUS: f64 = 1e-8;

@@ -8,8 +8,36 @@ use std::collections::HashMap;
 use candle_core::backprop::GradStore;
 use candle_core::Tensor;
 
-use super::{Constraint, Params};
+use super::{exclusions, read_section, Constraint, ConstraintEntry, ConstraintSpec, Params, RecipeContext};
 use crate::error::Result;
+use crate::sections::Sections;
+
+/// The registry's entry: `[constraint] name = "l2sp"`.
+pub const ENTRY: ConstraintEntry = ConstraintEntry { name: "l2sp", read };
+
+/// `[constraint]` keys of L2-SP.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct L2SpSection {
+    /// The strength λ.
+    pub lambda: f64,
+    /// Regexes of parameter names left unpulled (a new head is never anchored).
+    pub exclude: Vec<String>,
+}
+
+fn read(sections: &mut Sections, _: &RecipeContext) -> std::result::Result<Box<dyn ConstraintSpec>, String> {
+    let section: L2SpSection = read_section(sections, ENTRY.name)?;
+    if section.lambda.is_nan() || section.lambda <= 0.0 {
+        return Err("constraint l2sp needs constraint.lambda > 0 (the strength λ)".into());
+    }
+    Ok(Box::new(section))
+}
+
+impl ConstraintSpec for L2SpSection {
+    fn build(&self) -> Result<Box<dyn Constraint>> {
+        Ok(Box::new(L2Sp { lambda: self.lambda, exclude: exclusions(&self.exclude)? }))
+    }
+}
 
 /// L2-SP with strength `lambda`; parameters matching `exclude` are not pulled.
 pub struct L2Sp {

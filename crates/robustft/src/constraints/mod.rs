@@ -8,6 +8,10 @@
 //!
 //! Implemented here: [`l2sp::L2Sp`] (methods.md §2.7), [`spd::Spd`] (§3.5), [`ftp::Ftp`]
 //! (§3.2), [`tpgm::Tpgm`] (§3.2) and [`digrap::Digrap`] (§3.6).
+//!
+//! The registry [`CONSTRAINTS`] maps a recipe's `[constraint] name` to the module that owns the
+//! constraint: each reads the rest of the `[constraint]` section into its own strict struct
+//! (a [`ConstraintSpec`]), checks it, and builds the constraint's fresh state for a run.
 
 pub mod digrap;
 pub mod ftp;
@@ -21,7 +25,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
 use crate::error::{Error, Result};
-use crate::recipe::{ConstraintName, ConstraintRecipe};
+use crate::sections::Sections;
 
 /// The trained parameters, in the optimiser's (stable) order: `(name, var, decays)`.
 pub type Params = [(String, Var, bool)];
@@ -90,32 +94,101 @@ pub struct Unconstrained;
 
 impl Constraint for Unconstrained {}
 
-/// The constraint a recipe names.
-pub fn build(recipe: &ConstraintRecipe) -> Result<Box<dyn Constraint>> {
-    let exclude = exclusions(&recipe.exclude)?;
-    Ok(match recipe.name {
-        ConstraintName::None => Box::new(Unconstrained),
-        ConstraintName::L2sp => Box::new(l2sp::L2Sp { lambda: recipe.lambda, exclude }),
-        ConstraintName::Digrap => Box::new(digrap::Digrap::new(digrap::DigrapOptions {
-            mu: recipe.mu,
-            lambda: recipe.lambda,
-            conflict: recipe.conflict,
-            exclude,
-        })),
-        ConstraintName::Spd => Box::new(spd::Spd { lambda: recipe.lambda, exclude }),
-        ConstraintName::Ftp => Box::new(ftp::Ftp::new(recipe.k, recipe.mu, exclude)),
-        ConstraintName::Tpgm => Box::new(tpgm::Tpgm::new(tpgm::TpgmOptions {
-            mu: recipe.mu,
-            every: recipe.every,
-            proj_steps: recipe.proj_steps,
-            norm: recipe.norm,
-            exclude,
-        })),
-    })
+/// A constraint as its `[constraint]` section configures it.
+pub trait ConstraintSpec {
+    /// The constraint's fresh state for a run.
+    fn build(&self) -> Result<Box<dyn Constraint>>;
+
+    /// Examples per batch of the validation split the constraint learns from, when it learns
+    /// from one (`None`: it does not; `Some(None)`: the training batch size).
+    fn validation_batch_size(&self) -> Option<Option<usize>> {
+        None
+    }
+}
+
+/// What a constraint's checks may need from the rest of the recipe.
+pub struct RecipeContext {
+    /// `train.weight_decay` (SPD replaces it).
+    pub weight_decay: f64,
+}
+
+/// Reads and checks a constraint's section (its `name` key already matched).
+pub type ReadConstraint =
+    fn(&mut Sections, &RecipeContext) -> std::result::Result<Box<dyn ConstraintSpec>, String>;
+
+/// One registered constraint.
+pub struct ConstraintEntry {
+    /// `[constraint] name`.
+    pub name: &'static str,
+    pub read: ReadConstraint,
+}
+
+/// The section every constraint reads.
+pub const SECTION: &str = "constraint";
+
+/// Every constraint a recipe can name.
+pub const CONSTRAINTS: &[ConstraintEntry] = &[
+    ConstraintEntry { name: "none", read: read_none },
+    l2sp::ENTRY,
+    spd::ENTRY,
+    ftp::ENTRY,
+    tpgm::ENTRY,
+    digrap::ENTRY,
+];
+
+/// The recipe's constraint (`none` when its `[constraint]` names none): its name and spec.
+pub fn read(
+    sections: &mut Sections,
+    context: &RecipeContext,
+) -> std::result::Result<(&'static str, Box<dyn ConstraintSpec>), String> {
+    let name = sections.tag(SECTION, "name")?.unwrap_or_else(|| "none".into());
+    let Some(entry) = CONSTRAINTS.iter().find(|entry| entry.name == name) else {
+        let known: Vec<&str> = CONSTRAINTS.iter().map(|entry| entry.name).collect();
+        return Err(format!(
+            "constraint.name = \"{name}\" is not a constraint (known: {})",
+            known.join(", ")
+        ));
+    };
+    Ok((entry.name, (entry.read)(sections, context)?))
+}
+
+/// Reads the section of constraint `name` into its struct `T`.
+pub fn read_section<T>(sections: &mut Sections, name: &str) -> std::result::Result<T, String>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+{
+    sections.read_tagged(SECTION, "name", name)
+}
+
+/// No constraint: `[constraint]` holds no other key.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoConstraint {}
+
+fn read_none(
+    sections: &mut Sections,
+    _: &RecipeContext,
+) -> std::result::Result<Box<dyn ConstraintSpec>, String> {
+    let spec: NoConstraint = read_section(sections, "none")?;
+    Ok(Box::new(spec))
+}
+
+impl ConstraintSpec for NoConstraint {
+    fn build(&self) -> Result<Box<dyn Constraint>> {
+        Ok(Box::new(Unconstrained))
+    }
+}
+
+/// Checks that `value` (the key `constraint.{key}`) is finite and positive.
+pub fn check_positive(key: &str, value: f64, meaning: &str) -> std::result::Result<(), String> {
+    match value.is_finite() && value > 0.0 {
+        true => Ok(()),
+        false => Err(format!("constraint.{key} must be a finite number > 0 ({meaning}), not {value}")),
+    }
 }
 
 /// Compiled `constraint.exclude` patterns.
-fn exclusions(patterns: &[String]) -> Result<Vec<regex::Regex>> {
+pub fn exclusions(patterns: &[String]) -> Result<Vec<regex::Regex>> {
     patterns
         .iter()
         .map(|p| {

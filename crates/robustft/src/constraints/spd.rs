@@ -4,7 +4,7 @@
 //! by a decay toward the pre-trained weights θ₀, applied per tensor after a plain Adam step.
 //!
 //! The trainer runs AdamW with weight decay 0 (a recipe with constraint `spd` must set
-//! `train.weight_decay = 0`; [`crate::recipe`] refuses any other value) and takes the candidate
+//! `train.weight_decay = 0`; its section reader refuses any other value) and takes the candidate
 //! θ̃; then, for every anchored tensor, with θ its value before the step and g its gradient at
 //! this step (after clipping, as `p.grad` in PyTorch):
 //!
@@ -24,8 +24,53 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Tensor};
 
-use super::{is_anchored, Constraint, StepContext};
+use super::{
+    exclusions, is_anchored, read_section, Constraint, ConstraintEntry, ConstraintSpec, RecipeContext,
+    StepContext,
+};
 use crate::error::{Error, Result};
+use crate::sections::Sections;
+
+/// The registry's entry: `[constraint] name = "spd"`.
+pub const ENTRY: ConstraintEntry = ConstraintEntry { name: "spd", read };
+
+/// `[constraint]` keys of SPD.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpdSection {
+    /// The decay strength λ (1 projects the candidate back onto the previous distance).
+    pub lambda: f64,
+    /// Regexes of parameter names left unconstrained.
+    pub exclude: Vec<String>,
+}
+
+fn read(
+    sections: &mut Sections,
+    context: &RecipeContext,
+) -> std::result::Result<Box<dyn ConstraintSpec>, String> {
+    let section: SpdSection = read_section(sections, ENTRY.name)?;
+    let lambda = section.lambda;
+    if !(lambda.is_finite() && lambda > 0.0) {
+        return Err(format!(
+            "constraint spd needs constraint.lambda > 0 (the decay strength λ; 1 is a full projection), \
+             not {lambda}"
+        ));
+    }
+    if context.weight_decay != 0.0 {
+        return Err(format!(
+            "constraint spd replaces AdamW's weight decay by its selective decay toward the \
+             pre-trained weights (strength constraint.lambda): set train.weight_decay = 0, not {}",
+            context.weight_decay
+        ));
+    }
+    Ok(Box::new(section))
+}
+
+impl ConstraintSpec for SpdSection {
+    fn build(&self) -> Result<Box<dyn Constraint>> {
+        Ok(Box::new(Spd { lambda: self.lambda, exclude: exclusions(&self.exclude)? }))
+    }
+}
 
 /// Selective Projection Decay with strength `lambda`.
 pub struct Spd {

@@ -48,8 +48,73 @@ use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 use super::ftp::row_l1_sums;
-use super::{is_anchored, Constraint, StepContext};
+use super::{
+    check_positive, exclusions, is_anchored, read_section, Constraint, ConstraintEntry, ConstraintSpec,
+    RecipeContext, StepContext,
+};
 use crate::error::{Error, Result};
+use crate::sections::Sections;
+
+/// The registry's entry: `[constraint] name = "tpgm"`.
+pub const ENTRY: ConstraintEntry = ConstraintEntry { name: "tpgm", read };
+
+/// `[constraint]` keys of TPGM: it learns its radii on validation batches.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TpgmSection {
+    /// γ's learning rate.
+    pub mu: f64,
+    /// Optimiser steps between updates of the radii.
+    pub every: u64,
+    /// Adam steps on the radii per update, each on its own validation batch.
+    pub proj_steps: u64,
+    /// The distance from θ₀, per output row (`mars`) or per tensor (`l2`).
+    pub norm: TpgmNorm,
+    /// Examples per validation batch (default: `train.batch_size`).
+    pub val_batch_size: Option<usize>,
+    /// Regexes of parameter names left unconstrained.
+    pub exclude: Vec<String>,
+}
+
+impl Default for TpgmSection {
+    fn default() -> Self {
+        Self {
+            mu: 1e-2,
+            every: 1,
+            proj_steps: 1,
+            norm: TpgmNorm::Mars,
+            val_batch_size: None,
+            exclude: Vec::new(),
+        }
+    }
+}
+
+fn read(sections: &mut Sections, _: &RecipeContext) -> std::result::Result<Box<dyn ConstraintSpec>, String> {
+    let section: TpgmSection = read_section(sections, ENTRY.name)?;
+    check_positive("mu", section.mu, "the radii's learning rate")?;
+    if section.every == 0 || section.proj_steps == 0 || section.val_batch_size == Some(0) {
+        return Err("constraint tpgm needs constraint.every, constraint.proj_steps and \
+                    constraint.val_batch_size of at least 1"
+            .into());
+    }
+    Ok(Box::new(section))
+}
+
+impl ConstraintSpec for TpgmSection {
+    fn build(&self) -> Result<Box<dyn Constraint>> {
+        Ok(Box::new(Tpgm::new(TpgmOptions {
+            mu: self.mu,
+            every: self.every,
+            proj_steps: self.proj_steps,
+            norm: self.norm,
+            exclude: exclusions(&self.exclude)?,
+        })))
+    }
+
+    fn validation_batch_size(&self) -> Option<Option<usize>> {
+        Some(self.val_batch_size)
+    }
+}
 
 /// γ's lower bound.
 const MIN_RADIUS: f64 = 1e-8;

@@ -26,12 +26,17 @@
 use candle_core::{Tensor, D};
 
 use super::flyp::Flyp;
+use super::m2mix::M2mixSection;
+use super::registry::{Context, Method, MethodEntry, Outcome, Prepared};
 use super::{cosine_logits, ClassTexts};
 use crate::clip::ClipModel;
 use crate::error::{Error, Result};
 use crate::losses::{cross_entropy, log_softmax};
+use crate::sections::Sections;
 use crate::train::contrastive::clamp_logit_scale;
+use crate::train::encode::for_each_encoded;
 use crate::train::supervised::{Objective, TrainBatch, TrainSource};
+use crate::zeroshot::tokenizer_for;
 
 /// How the pre-trained model's image–CD affinities are normalised before the softmax.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -48,6 +53,14 @@ pub enum AffinityNorm {
 pub enum Wrm {
     Soft,
     Reweighted,
+}
+
+/// Which ERM term a recipe chooses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErmKind {
+    Flyp,
+    Ce,
 }
 
 /// The ERM term.
@@ -110,19 +123,13 @@ pub fn core_predictions(
 ) -> Result<Vec<f32>> {
     let classes = descriptions.embed_frozen(pretrained)?;
     let k = classes.dim(0)?;
-    let size = source.image_size();
     let (mut affinities, mut readable) = (Vec::with_capacity(source.len() * k), Vec::new());
-    let all: Vec<usize> = (0..source.len()).collect();
-    for chunk in all.chunks(256) {
-        let (pixels, kept) = source.load(chunk)?;
-        if kept.is_empty() {
-            continue;
-        }
-        let images = Tensor::from_vec(pixels, (kept.len(), 3, size, size), pretrained.device())?;
-        let features = crate::clip::layers::l2_normalize(&pretrained.no_grad().encode_image(&images)?)?;
+    for_each_encoded(pretrained, source, &mut |kept, features| {
+        let features = crate::clip::layers::l2_normalize(features)?;
         affinities.extend(features.matmul(&classes.t()?)?.flatten_all()?.to_vec1::<f32>()?);
-        readable.extend(kept);
-    }
+        readable.extend_from_slice(kept);
+        Ok(())
+    })?;
     if readable.is_empty() {
         return Err(Error::Invalid {
             what: "DRM's core predictions".into(),
@@ -180,5 +187,87 @@ impl Objective for Drm {
 
     fn after_step(&self, model: &ClipModel) -> Result<()> {
         clamp_logit_scale(model)
+    }
+}
+
+/// The registry's entry: `[method] name = "drm"`, with `[drm]` and (with the FLYP ERM term)
+/// `[m2mix]`.
+pub const ENTRY: MethodEntry = MethodEntry { name: "drm", sections: &[SECTION], read };
+
+const SECTION: &str = "drm";
+
+/// `[drm]`: DRM's options (methods.md §1b).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrmSection {
+    /// λ, the WRM term's weight.
+    pub lambda: f64,
+    pub wrm: Wrm,
+    pub erm: ErmKind,
+    pub affinity: AffinityNorm,
+    /// Weight of the default-prompt head in the inference mixture.
+    pub beta: f64,
+}
+
+impl Default for DrmSection {
+    fn default() -> Self {
+        Self { lambda: 1.0, wrm: Wrm::Soft, erm: ErmKind::Flyp, affinity: AffinityNorm::Center, beta: 0.5 }
+    }
+}
+
+/// DRM as a method: its section, and m²-mix's term on its FLYP ERM term when turned on.
+struct DrmMethod {
+    section: DrmSection,
+    m2mix: Option<M2mixSection>,
+}
+
+fn read(sections: &mut Sections) -> std::result::Result<Box<dyn Method>, String> {
+    let section: DrmSection = sections.read(SECTION)?;
+    if !(0.0..=1.0).contains(&section.beta) {
+        return Err(format!("drm.beta = {} is outside [0, 1]", section.beta));
+    }
+    let m2mix = match section.erm {
+        ErmKind::Flyp => M2mixSection::read(sections)?,
+        ErmKind::Ce => None,
+    };
+    Ok(Box::new(DrmMethod { section, m2mix }))
+}
+
+impl Method for DrmMethod {
+    fn name(&self) -> &'static str {
+        ENTRY.name
+    }
+
+    fn terms(&self) -> Vec<&'static str> {
+        self.m2mix.iter().map(|_| super::m2mix::TERM.section).collect()
+    }
+
+    fn uses_descriptions(&self) -> bool {
+        true
+    }
+
+    fn prepare(&self, context: &mut Context<'_>) -> Result<Prepared> {
+        let model = context.model;
+        let tokenizer = tokenizer_for(model)?;
+        (context.stage)("core predictions p_c of the pre-trained model".into());
+        let per_class = context.descriptions.ok_or_else(|| Error::Invalid {
+            what: "method drm".into(),
+            reason: "needs data.descriptions (a concept-description file)".into(),
+        })?;
+        let descriptions = ClassTexts::new(model, &tokenizer, per_class)?;
+        let core = core_predictions(model, context.train, &descriptions, self.section.affinity)?;
+        let erm = match self.section.erm {
+            ErmKind::Flyp => Erm::Flyp(Box::new(Flyp::new(context, self.m2mix.as_ref())?)),
+            ErmKind::Ce => Erm::Ce(ClassTexts::new(model, &tokenizer, context.prompts)?),
+        };
+        let objective = Box::new(Drm {
+            erm,
+            descriptions,
+            core,
+            classes: context.zero_shot.num_classes(),
+            lambda: self.section.lambda,
+            wrm: self.section.wrm,
+        });
+        Ok(Prepared::Train { objective, outcome: Some(Outcome::Mixture { beta: self.section.beta }) })
     }
 }

@@ -15,13 +15,16 @@
 
 use candle_core::Tensor;
 
+use super::m2mix::{M2Mix, M2mixSection};
+use super::registry::{Context, Method, MethodEntry, Outcome, Prepared};
 use crate::clip::tokenizer::Tokenizer;
 use crate::clip::ClipModel;
 use crate::error::Result;
 use crate::losses::clip_contrastive_loss;
-use crate::methods::m2mix::M2Mix;
+use crate::sections::Sections;
 use crate::train::contrastive::clamp_logit_scale;
 use crate::train::supervised::{Objective, TrainBatch};
+use crate::zeroshot::tokenizer_for;
 
 /// FLYP's objective.
 pub struct Flyp {
@@ -76,5 +79,44 @@ impl Objective for Flyp {
 
     fn after_step(&self, model: &ClipModel) -> Result<()> {
         clamp_logit_scale(model)
+    }
+}
+
+/// The registry's entry: `[method] name = "flyp"`, with `[m2mix]`.
+pub const ENTRY: MethodEntry = MethodEntry { name: "flyp", sections: &[], read };
+
+/// FLYP as a method: the objective above, m²-mix's term when `[m2mix]` turns it on, and the
+/// zero-shot head rebuilt from the fine-tuned towers.
+struct FlypMethod {
+    m2mix: Option<M2mixSection>,
+}
+
+fn read(sections: &mut Sections) -> std::result::Result<Box<dyn Method>, String> {
+    Ok(Box::new(FlypMethod { m2mix: M2mixSection::read(sections)? }))
+}
+
+impl Flyp {
+    /// FLYP over the context's default prompts, with `m2mix`'s term when given.
+    pub fn new(context: &Context<'_>, m2mix: Option<&M2mixSection>) -> Result<Self> {
+        Ok(Self {
+            class_prompts: context.prompts.to_vec(),
+            tokenizer: tokenizer_for(context.model)?,
+            m2mix: m2mix.map(|m| m.term(context.seed)),
+        })
+    }
+}
+
+impl Method for FlypMethod {
+    fn name(&self) -> &'static str {
+        ENTRY.name
+    }
+
+    fn terms(&self) -> Vec<&'static str> {
+        self.m2mix.iter().map(|_| super::m2mix::TERM.section).collect()
+    }
+
+    fn prepare(&self, context: &mut Context<'_>) -> Result<Prepared> {
+        let objective = Box::new(Flyp::new(context, self.m2mix.as_ref())?);
+        Ok(Prepared::Train { objective, outcome: Some(Outcome::Rebuilt) })
     }
 }

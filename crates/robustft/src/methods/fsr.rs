@@ -29,11 +29,13 @@ use candle_core::{Tensor, Var, D};
 use rayon::prelude::*;
 
 use super::ce::CrossEntropy;
+use super::registry::{Context, TermEntry};
 use crate::clip::layers::l2_normalize;
 use crate::clip::ClipModel;
 use crate::error::Result;
 use crate::losses::log_softmax;
 use crate::rng::SplitMix64;
+use crate::sections::Sections;
 use crate::train::supervised::{Objective, TrainBatch};
 
 /// Aspect-ratio range of the erased rectangle.
@@ -47,6 +49,125 @@ pub enum FsrDistance {
     Kl,
     /// Squared L2 distance of the L2-normalised image features.
     L2,
+}
+
+/// The registry's entry of the term `[fsr]` (taken by FT, LP-FT and L2-SP).
+pub const TERM: TermEntry = TermEntry { section: "fsr", refuse };
+
+/// `[fsr]`: both strengths 0 turn the regulariser off.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FsrSection {
+    /// λ₁: distance between the fine-tuned and the pre-trained model on the simulated-OOD view.
+    pub lambda1: f64,
+    /// λ₂: distance between the model's outputs on the simulated-OOD view and on the clean one.
+    pub lambda2: f64,
+    pub distance: FsrDistance,
+    /// Standard deviation of the Gaussian pixel noise (in normalised pixel units).
+    pub noise_std: f64,
+    /// Range of the per-image contrast factor.
+    pub contrast: [f64; 2],
+    /// Probability that an image gets an erased rectangle.
+    pub erase_prob: f64,
+    /// Range of the erased rectangle's area, as a fraction of the image.
+    pub erase_area: [f64; 2],
+}
+
+impl Default for FsrSection {
+    fn default() -> Self {
+        Self {
+            lambda1: 0.0,
+            lambda2: 0.0,
+            distance: FsrDistance::Kl,
+            noise_std: 0.2,
+            contrast: [0.5, 1.5],
+            erase_prob: 0.5,
+            erase_area: [0.02, 0.25],
+        }
+    }
+}
+
+impl FsrSection {
+    /// Reads and checks `[fsr]` for a method that takes it: the regulariser, when it is on.
+    pub fn read(sections: &mut Sections) -> std::result::Result<Option<Self>, String> {
+        let section: Self = sections.read(TERM.section)?;
+        section.check_strengths()?;
+        if !section.enabled() {
+            return Ok(None);
+        }
+        section.check_view()?;
+        Ok(Some(section))
+    }
+
+    /// Whether the regulariser is on.
+    fn enabled(&self) -> bool {
+        self.lambda1 > 0.0 || self.lambda2 > 0.0
+    }
+
+    fn check_strengths(&self) -> std::result::Result<(), String> {
+        let non_negative = |x: f64| x >= 0.0 && x.is_finite();
+        if !non_negative(self.lambda1) || !non_negative(self.lambda2) {
+            return Err(format!(
+                "fsr.lambda1 and fsr.lambda2 must be ≥ 0 ({}, {})",
+                self.lambda1, self.lambda2
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_view(&self) -> std::result::Result<(), String> {
+        let [c0, c1] = self.contrast;
+        let [e0, e1] = self.erase_area;
+        if !(self.noise_std >= 0.0 && self.noise_std.is_finite()) {
+            return Err(format!("fsr.noise_std = {} must be ≥ 0", self.noise_std));
+        }
+        if !(c0 > 0.0 && c0 <= c1 && c1.is_finite()) {
+            return Err(format!("fsr.contrast = [{c0}, {c1}] must be an interval of positive factors"));
+        }
+        if !(0.0..=1.0).contains(&self.erase_prob) {
+            return Err(format!("fsr.erase_prob = {} is outside [0, 1]", self.erase_prob));
+        }
+        if !(e0 > 0.0 && e0 <= e1 && e1 <= 1.0) {
+            return Err(format!("fsr.erase_area = [{e0}, {e1}] must be an interval within (0, 1]"));
+        }
+        Ok(())
+    }
+
+    /// `objective` wrapped in the regulariser, toward the pre-trained model of `context`.
+    pub fn wrap<O: HeadObjective + 'static>(
+        &self,
+        objective: O,
+        context: &Context<'_>,
+    ) -> Result<Box<dyn Objective>> {
+        let model = context.model;
+        let reference =
+            ClipModel::from_tensors(model.config.clone(), context.pretrained.to_vec(), model.device())?;
+        let simulator = OodSimulator {
+            noise_std: self.noise_std,
+            contrast: self.contrast,
+            erase_prob: self.erase_prob,
+            erase_area: self.erase_area,
+            seed: context.seed,
+        };
+        Ok(Box::new(FunctionSpace {
+            inner: objective,
+            reference,
+            simulator,
+            lambda1: self.lambda1,
+            lambda2: self.lambda2,
+            distance: self.distance,
+        }))
+    }
+}
+
+/// `[fsr]` on a method that does not take it: an error when it turns the regulariser on.
+fn refuse(sections: &Sections, method: &str) -> std::result::Result<(), String> {
+    let section: FsrSection = sections.peek(TERM.section)?;
+    section.check_strengths()?;
+    match section.enabled() {
+        true => Err(format!("fsr needs a cross-entropy method with a head (ft, lp_ft, l2sp), not {method}")),
+        false => Ok(()),
+    }
 }
 
 /// The simulated-OOD view `S(x)`: a deterministic, seeded pixel-space perturbation.

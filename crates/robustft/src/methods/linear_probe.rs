@@ -32,7 +32,12 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
+use candle_core::Tensor;
+
+use super::registry::{Context, Method, MethodEntry, Outcome, Prepared, SplitRole};
 use crate::error::{Error, Result};
+use crate::eval::predictor::Head;
+use crate::sections::Sections;
 
 /// The C sweep: `np.logspace(-3, 3, 13)`, half-decade steps covering FLYP's LP sweep
 /// (`np.logspace(-1, 2, 100)`) with room on both sides; CLIP's LP sweep (Radford et al.,
@@ -426,6 +431,83 @@ fn cubic_minimizer(a: Trial, b: Trial) -> f64 {
         t.clamp(lo + margin, hi - margin)
     } else {
         0.5 * (lo + hi)
+    }
+}
+
+/// The registry's entry: `[method] name = "lp"`, with `[lp]`.
+pub const ENTRY: MethodEntry = MethodEntry { name: "lp", sections: &[SECTION], read };
+
+/// The section of the linear probe's settings (LP, and LP-FT's first stage).
+pub const SECTION: &str = "lp";
+
+/// `[lp]`: the linear probe's settings.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LpSection {
+    /// Inverse regularisation strengths tried; the best on ID validation is kept.
+    pub c_grid: Vec<f64>,
+    pub max_iter: usize,
+}
+
+impl Default for LpSection {
+    fn default() -> Self {
+        Self { c_grid: DEFAULT_C_GRID.to_vec(), max_iter: 1000 }
+    }
+}
+
+impl LpSection {
+    /// Reads and checks `[lp]`.
+    pub fn read(sections: &mut Sections) -> std::result::Result<Self, String> {
+        let section: Self = sections.read(SECTION)?;
+        if section.c_grid.is_empty() || section.c_grid.iter().any(|c| c.is_nan() || *c <= 0.0) {
+            return Err("lp.c_grid must hold positive values".into());
+        }
+        Ok(section)
+    }
+
+    /// The linear probe on the run's frozen, normalised features, C chosen on ID validation.
+    pub fn fit_head(&self, context: &mut Context<'_>) -> Result<Head> {
+        (context.stage)("features for the linear probe".into());
+        let (train_x, train_y) = (context.features)(SplitRole::Train)?;
+        let (val_x, val_y) = (context.features)(SplitRole::Validation)?;
+        (context.stage)("fitting the linear probe (L-BFGS)".into());
+        let options = LbfgsOptions { max_iter: self.max_iter, ..LbfgsOptions::default() };
+        let classes = context.zero_shot.num_classes();
+        let selection = select_c((&train_x, &train_y), (&val_x, &val_y), classes, &self.c_grid, &options)?;
+        let c = selection.c;
+        let accuracy = selection.sweep.iter().find(|(grid_c, _)| *grid_c == c).map_or(f64::NAN, |s| s.1);
+        (context.stage)(format!("linear probe: C = {c} (ID validation top-1 {accuracy:.3})"));
+        let fit = selection.model;
+        let device = context.model.device();
+        Ok(Head {
+            weight: Tensor::from_vec(fit.weight, (fit.classes, fit.dim), device)?,
+            bias: Some(Tensor::from_vec(fit.bias, fit.classes, device)?),
+        })
+    }
+}
+
+/// LP: the linear probe on frozen features; the towers stay pre-trained.
+struct LinearProbe(LpSection);
+
+fn read(sections: &mut Sections) -> std::result::Result<Box<dyn Method>, String> {
+    Ok(Box::new(LinearProbe(LpSection::read(sections)?)))
+}
+
+impl Method for LinearProbe {
+    fn name(&self) -> &'static str {
+        ENTRY.name
+    }
+
+    fn trains(&self) -> bool {
+        false
+    }
+
+    fn validation_user(&self) -> Option<&'static str> {
+        Some("the linear probe")
+    }
+
+    fn prepare(&self, context: &mut Context<'_>) -> Result<Prepared> {
+        Ok(Prepared::Fitted(Outcome::Head(self.0.fit_head(context)?)))
     }
 }
 

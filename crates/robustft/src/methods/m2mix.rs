@@ -32,10 +32,12 @@
 
 use candle_core::{DType, Tensor, D};
 
+use super::registry::TermEntry;
 use crate::clip::layers::l2_normalize;
 use crate::error::Result;
 use crate::losses::cross_entropy;
 use crate::rng::SplitMix64;
+use crate::sections::Sections;
 
 /// Margin that keeps the clamped cosine away from ±1 (where sin θ = 0).
 const COSINE_MARGIN: f64 = 1e-6;
@@ -54,6 +56,81 @@ pub enum TauUse {
 pub enum MixSchedule {
     Constant,
     InverseEpoch,
+}
+
+/// The registry's entry of the term `[m2mix]` (taken by FLYP, and DRM with its FLYP ERM term).
+pub const TERM: TermEntry = TermEntry { section: "m2mix", refuse };
+
+/// `[m2mix]`: a weight of 0 turns the term off.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct M2mixSection {
+    /// w_mix: the term's weight.
+    pub weight: f64,
+    /// β_m: the mixing ratio λ ~ Beta(β_m, β_m), one draw per step.
+    pub beta: f64,
+    /// τ_m of the mixed negatives' logits.
+    pub tau: f64,
+    /// Whether the negatives' cosines are divided by τ_m (default) or multiplied by it.
+    pub tau_use: TauUse,
+    /// The term's weight over training: constant, or divided by (epoch + 1).
+    pub schedule: MixSchedule,
+}
+
+impl Default for M2mixSection {
+    fn default() -> Self {
+        Self { weight: 0.0, beta: 0.5, tau: 0.01, tau_use: TauUse::Divide, schedule: MixSchedule::Constant }
+    }
+}
+
+impl M2mixSection {
+    /// Reads and checks `[m2mix]` for a method that takes it: the term, when it is on.
+    pub fn read(sections: &mut Sections) -> std::result::Result<Option<Self>, String> {
+        let section: Self = sections.read(TERM.section)?;
+        section.check_weight()?;
+        if section.weight == 0.0 {
+            return Ok(None);
+        }
+        let positive = |x: f64| x > 0.0 && x.is_finite();
+        if !(positive(section.beta) && positive(section.tau)) {
+            return Err(format!(
+                "m2mix.beta and m2mix.tau must be positive ({}, {})",
+                section.beta, section.tau
+            ));
+        }
+        Ok(Some(section))
+    }
+
+    fn check_weight(&self) -> std::result::Result<(), String> {
+        match self.weight >= 0.0 && self.weight.is_finite() {
+            true => Ok(()),
+            false => Err(format!("m2mix.weight = {} must be a finite number ≥ 0", self.weight)),
+        }
+    }
+
+    /// The term of a run seeded by `seed`.
+    pub fn term(&self, seed: u64) -> M2Mix {
+        M2Mix {
+            weight: self.weight,
+            beta: self.beta,
+            tau: self.tau,
+            tau_use: self.tau_use,
+            schedule: self.schedule,
+            seed,
+        }
+    }
+}
+
+/// `[m2mix]` on a method that does not take it: an error when it turns the term on.
+fn refuse(sections: &Sections, method: &str) -> std::result::Result<(), String> {
+    let section: M2mixSection = sections.peek(TERM.section)?;
+    section.check_weight()?;
+    match section.weight > 0.0 {
+        true => Err(format!(
+            "m2mix needs a contrastive objective (method flyp, or drm with drm.erm = \"flyp\"), not {method}"
+        )),
+        false => Ok(()),
+    }
 }
 
 /// m²-mix's settings; attached to a contrastive objective ([`super::flyp::Flyp`]).

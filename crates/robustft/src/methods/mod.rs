@@ -1,6 +1,9 @@
 //! The robust fine-tuning methods, each an objective (the loss of a batch, run by
-//! [`crate::train::supervised::train`]) plus the predictor it evaluates with:
+//! [`crate::train::supervised::train`]) plus the predictor it evaluates with. One method is
+//! one file: it owns its recipe section, its checks and its construction, and the
+//! [`registry`] maps the names recipes use to those files.
 //!
+//! * [`zeroshot`]: the pre-trained model with its default-prompt head; §0.1, §2.1.
 //! * [`ce`]: cross-entropy through a linear head over normalised image features — FT (head
 //!   initialised from the zero-shot head), LP-FT (head from the linear probe), L2-SP (FT with
 //!   the trainer's L2-SP constraint); methods.md §2.3, §2.4, §2.7.
@@ -20,7 +23,9 @@ pub mod flyp;
 pub mod fsr;
 pub mod linear_probe;
 pub mod m2mix;
+pub mod registry;
 pub mod vrf;
+pub mod zeroshot;
 
 use candle_core::Tensor;
 

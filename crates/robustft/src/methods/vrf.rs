@@ -30,14 +30,21 @@
 //!   it; faiss would then report missing neighbours at distance `f32::MAX`, weight 0);
 //! * an empty ZSF set (e.g. WiSE-FT's α = 0, the pre-trained model itself) gives `w = 0`:
 //!   the distance to a failure is infinite.
+//!
+//! A recipe chooses it with `eval.predictor = "vrf"` and `[vrf]` (`a`, `b`), over any method
+//! that fine-tunes a head; every evaluated model (the trained one and each WiSE-FT point)
+//! then predicts through VRF.
 
 use candle_core::{DType, Tensor, D};
 
+use super::registry::{Method, ModelPredictors, Outcome, PredictorContext, PredictorEntry, PredictorSpec};
 use crate::clip::layers::{l2_normalize, softmax_last_dim};
 use crate::clip::ClipModel;
 use crate::data::LogitProjection;
 use crate::error::{Error, Result};
-use crate::eval::predictor::{project, Head, ImagePredictor};
+use crate::eval::predictor::{project, Head, ImagePredictor, Predictor};
+use crate::sections::Sections;
+use crate::train::encode::for_each_encoded;
 use crate::train::supervised::TrainSource;
 
 /// Lower and upper end of the temperature search.
@@ -48,9 +55,6 @@ pub const CONFIDENCE_TOLERANCE: f64 = 1e-3;
 
 /// Bisection steps before the search gives up and returns its last midpoint.
 const MAX_BISECTIONS: usize = 200;
-
-/// Images per image-tower call while scanning a split.
-const SCAN_CHUNK: usize = 256;
 
 /// `k = max(1, round_half_even(failures / examples · 1000))`, capped at `failures`.
 pub fn neighbour_count(failures: usize, examples: usize) -> usize {
@@ -240,7 +244,7 @@ pub struct ZeroShotSide {
 impl ZeroShotSide {
     pub fn new(model: ClipModel, head: Head, train: &dyn TrainSource, val: &dyn TrainSource) -> Result<Self> {
         let mut correct_on_train = vec![false; train.len()];
-        scan(&model, train, &mut |kept, features| {
+        for_each_encoded(&model, train, &mut |kept, features| {
             for (&i, ok) in kept.iter().zip(labelled_correct(&head, features, train, kept)?) {
                 correct_on_train[i] = ok;
             }
@@ -270,7 +274,7 @@ impl<'a> Vrf<'a> {
         b: f64,
     ) -> Result<Self> {
         let mut bank = Vec::new();
-        scan(model, train, &mut |kept, features| {
+        for_each_encoded(model, train, &mut |kept, features| {
             let fine_tuned = labelled_correct(&head, features, train, kept)?;
             let zero_shot: Vec<bool> = kept.iter().map(|&i| zero_shot.correct[i]).collect();
             let rows: Vec<u32> =
@@ -306,23 +310,95 @@ impl ImagePredictor for Vrf<'_> {
     }
 }
 
-/// Runs `visit(kept indices, image features [n, d])` over every readable image of `source`.
-fn scan(
-    model: &ClipModel,
-    source: &dyn TrainSource,
-    visit: &mut dyn FnMut(&[usize], &Tensor) -> Result<()>,
-) -> Result<()> {
-    let size = source.image_size();
-    let all: Vec<usize> = (0..source.len()).collect();
-    for chunk in all.chunks(SCAN_CHUNK) {
-        let (pixels, kept) = source.load(chunk)?;
-        if kept.is_empty() {
-            continue;
-        }
-        let images = Tensor::from_vec(pixels, (kept.len(), 3, size, size), model.device())?;
-        visit(&kept, &model.no_grad().encode_image(&images)?)?;
+/// The registry's entry: `eval.predictor = "vrf"`, with `[vrf]`.
+pub const PREDICTOR: PredictorEntry = PredictorEntry { name: "vrf", sections: &[SECTION], read };
+
+const SECTION: &str = "vrf";
+
+/// What VRF needs the validation split for.
+const VALIDATION_USER: &str = "VRF's temperature calibration";
+
+/// `[vrf]`: the sample weight `w = σ(−(d − a)/b)` over the squared distance `d` to the k-th
+/// nearest zero-shot failure (the defaults are the released ImageNet ViT-B/16 values).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VrfSection {
+    pub a: f64,
+    pub b: f64,
+}
+
+impl Default for VrfSection {
+    fn default() -> Self {
+        Self { a: 1.5, b: 0.6 }
     }
-    Ok(())
+}
+
+fn read(sections: &mut Sections, method: &dyn Method) -> std::result::Result<Box<dyn PredictorSpec>, String> {
+    let section: VrfSection = sections.read(SECTION)?;
+    if !(method.trains() && method.fine_tunes_a_head()) {
+        return Err(format!(
+            "eval.predictor = \"vrf\" needs a head-based fine-tuning method (ft, lp_ft, l2sp), not {}",
+            method.name()
+        ));
+    }
+    if !(section.a.is_finite() && section.b > 0.0 && section.b.is_finite()) {
+        return Err(format!(
+            "vrf.a must be finite and vrf.b positive (a = {}, b = {})",
+            section.a, section.b
+        ));
+    }
+    Ok(Box::new(section))
+}
+
+impl PredictorSpec for VrfSection {
+    fn label(&self) -> Option<&'static str> {
+        Some(PREDICTOR.name)
+    }
+
+    fn validation_user(&self) -> Option<&'static str> {
+        Some(VALIDATION_USER)
+    }
+
+    fn prepare<'a>(
+        &'a self,
+        context: &PredictorContext<'a>,
+        stage: &mut dyn FnMut(String),
+    ) -> Result<Box<dyn ModelPredictors + 'a>> {
+        stage("VRF: the zero-shot model on the training and validation splits".into());
+        let model = context.model;
+        let pretrained =
+            ClipModel::from_tensors(model.config.clone(), context.pretrained.to_vec(), model.device())?;
+        let val = context.val.ok_or_else(|| Error::Invalid {
+            what: "eval.predictor = \"vrf\"".into(),
+            reason: format!("{VALIDATION_USER} needs the validation split"),
+        })?;
+        let zero_shot = ZeroShotSide::new(pretrained, context.zero_shot.clone(), context.train, val)?;
+        Ok(Box::new(VrfPredictors { zero_shot, train: context.train, val, section: self }))
+    }
+}
+
+/// VRF's zero-shot side and the splits it fits each evaluated model on.
+struct VrfPredictors<'a> {
+    zero_shot: ZeroShotSide,
+    train: &'a dyn TrainSource,
+    val: &'a dyn TrainSource,
+    section: &'a VrfSection,
+}
+
+impl ModelPredictors for VrfPredictors<'_> {
+    fn predictor<'b>(
+        &'b self,
+        model: &ClipModel,
+        outcome: &Outcome,
+        own: Predictor,
+        stage: &mut dyn FnMut(String),
+    ) -> Result<Box<dyn ImagePredictor + 'b>> {
+        let Outcome::Head(head) = outcome else { return Ok(Box::new(own)) };
+        let (a, b) = (self.section.a, self.section.b);
+        let vrf = Vrf::fit(&self.zero_shot, model, head.clone(), self.train, self.val, a, b)?;
+        stage(vrf.fit.summary());
+        Ok(Box::new(vrf))
+    }
 }
 
 /// Whether `head` classifies the examples `kept` of `source` correctly from their `features`.
@@ -340,7 +416,7 @@ fn labelled_correct(
 /// The temperature of `model` + `head` calibrated on the split `val`.
 fn calibrated_temperature(model: &ClipModel, head: &Head, val: &dyn TrainSource) -> Result<f64> {
     let (mut logits, mut labels) = (Vec::new(), Vec::new());
-    scan(model, val, &mut |kept, features| {
+    for_each_encoded(model, val, &mut |kept, features| {
         logits.extend(head.logits(features)?.flatten_all()?.to_vec1::<f32>()?);
         labels.extend(kept.iter().map(|&i| val.label(i)));
         Ok(())

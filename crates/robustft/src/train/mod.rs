@@ -1,8 +1,10 @@
 //! Training machinery shared by every method: the learning-rate schedule, run directories
 //! with atomic checkpoints, the resumable trainer state, contrastive pretraining, the
-//! supervised fine-tuning loop and its image sources, and WiSE-FT.
+//! supervised fine-tuning loop, its image sources and their frozen features
+//! ([`encode`]), and WiSE-FT.
 
 pub mod contrastive;
+pub mod encode;
 pub mod images;
 pub mod run_dir;
 pub mod schedule;

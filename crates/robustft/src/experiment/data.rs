@@ -1,0 +1,175 @@
+//! A recipe's data, loaded and checked before any work (docs/design.md, "data flow"): the
+//! training, validation and evaluation splits of a ShiftWorld suite (rendered in memory) or of
+//! a dataset on disk (manifest, WILDS iWildCam / FMoW, ImageNet and its variants), with one
+//! class list; and evaluation of a model on the evaluation splits.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::{report_skipped, Event};
+use crate::clip::preprocess::ClipPreprocess;
+use crate::clip::ClipModel;
+use crate::data::{load_fmow_split, load_imagenet_variant, load_iwildcam_split, load_manifest_split, Split};
+use crate::error::{Error, Result};
+use crate::eval::dataset::evaluate_split;
+use crate::eval::metrics::Predictions;
+use crate::eval::predictor::ImagePredictor;
+use crate::eval::suite::{evaluate_suite, render_split};
+use crate::recipe::{DiskFormat, Recipe};
+use crate::shiftworld::{build_suite, Suite, CLASSES};
+use crate::train::images::DiskSet;
+use crate::train::supervised::TrainSource;
+
+/// The examples of a run: training and validation sources, and the evaluation splits.
+pub(super) struct Data {
+    pub train: Arc<dyn TrainSource>,
+    pub val: Option<Arc<dyn TrainSource>>,
+    pub eval: EvalSplits,
+}
+
+pub(super) enum EvalSplits {
+    /// A ShiftWorld suite holding only the splits to evaluate.
+    Suite(Suite),
+    /// Splits on disk.
+    Disk(Vec<Arc<Split>>),
+}
+
+impl EvalSplits {
+    /// Predictions of `model` + `predictor` on every evaluation split.
+    pub fn evaluate(
+        &self,
+        model: &ClipModel,
+        predictor: &dyn ImagePredictor,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<Vec<(String, Predictions)>> {
+        match self {
+            EvalSplits::Suite(suite) => evaluate_suite(model, suite, predictor),
+            EvalSplits::Disk(splits) => splits
+                .iter()
+                .map(|split| {
+                    let evaluation = evaluate_split(model, split.clone(), predictor)?;
+                    let skipped: Vec<(String, String)> = evaluation
+                        .skipped
+                        .iter()
+                        .map(|(p, r)| (p.display().to_string(), r.clone()))
+                        .collect();
+                    report_skipped(&format!("split {}", evaluation.split), &skipped, events);
+                    Ok((evaluation.split, evaluation.predictions))
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Loads the recipe's data and checks it: the named splits exist and share one class list.
+pub(super) fn load_data(recipe: &Recipe, preprocess: &ClipPreprocess) -> Result<(Data, Vec<String>)> {
+    let d = &recipe.data;
+    if let Some(name) = &d.suite {
+        let suite = build_suite(name, recipe.seed)?;
+        let available: Vec<&str> = suite.splits.iter().map(|s| s.name.as_str()).collect();
+        let find = |split: &str| {
+            suite.split(split).ok_or_else(|| missing_split(split, &format!("suite {name}"), &available))
+        };
+        let train: Arc<dyn TrainSource> = Arc::new(render_split(find(&d.train_split)?, preprocess));
+        let val =
+            suite.split(&d.val_split).map(|s| Arc::new(render_split(s, preprocess)) as Arc<dyn TrainSource>);
+        let wanted: Vec<String> = match d.eval_splits.is_empty() {
+            true => available.iter().filter(|s| **s != d.train_split).map(|s| s.to_string()).collect(),
+            false => d.eval_splits.clone(),
+        };
+        let eval_splits = wanted.iter().map(|s| find(s).cloned()).collect::<Result<Vec<_>>>()?;
+        let eval = Suite { splits: eval_splits, ..suite.clone() };
+        let classes = CLASSES.iter().map(|c| c.to_string()).collect();
+        return Ok((Data { train, val, eval: EvalSplits::Suite(eval) }, classes));
+    }
+    let format = d.format.expect("checked at parse");
+    let root = d.root.clone().expect("checked at parse");
+    if !root.exists() {
+        return Err(Error::Invalid {
+            what: format!("data.root {}", root.display()),
+            reason: "does not exist".into(),
+        });
+    }
+    let available = disk_split_names(format, &root)?;
+    let load = |split: &str| -> Result<Arc<Split>> {
+        if !available.iter().any(|s| s == split) {
+            let names: Vec<&str> = available.iter().map(String::as_str).collect();
+            return Err(missing_split(split, &root.display().to_string(), &names));
+        }
+        Ok(Arc::new(match format {
+            DiskFormat::Manifest => load_manifest_split(&root, split)?,
+            DiskFormat::Iwildcam => load_iwildcam_split(&root, split)?,
+            DiskFormat::Fmow => load_fmow_split(&root, split)?,
+            DiskFormat::Imagenet => imagenet_split(&root, split)?,
+        }))
+    };
+    let train = load(&d.train_split)?;
+    let classes = train.classes.clone();
+    let wanted: Vec<String> = match d.eval_splits.is_empty() {
+        true => available.iter().filter(|s| **s != d.train_split).cloned().collect(),
+        false => d.eval_splits.clone(),
+    };
+    let eval = wanted.iter().map(|s| load(s)).collect::<Result<Vec<_>>>()?;
+    for split in &eval {
+        check_classes(split, &classes)?;
+    }
+    let val = match available.contains(&d.val_split) {
+        true => {
+            let split = load(&d.val_split)?;
+            check_classes(&split, &classes)?;
+            Some(Arc::new(DiskSet::new(split, preprocess.clone())) as Arc<dyn TrainSource>)
+        }
+        false => None,
+    };
+    let train: Arc<dyn TrainSource> = Arc::new(DiskSet::new(train, preprocess.clone()));
+    Ok((Data { train, val, eval: EvalSplits::Disk(eval) }, classes))
+}
+
+/// The split names a dataset on disk offers.
+fn disk_split_names(format: DiskFormat, root: &Path) -> Result<Vec<String>> {
+    let fixed = |names: &[&str]| names.iter().map(|s| s.to_string()).collect();
+    Ok(match format {
+        DiskFormat::Manifest => crate::data::manifest_splits(root)?,
+        DiskFormat::Iwildcam => fixed(&crate::data::IWILDCAM_SPLITS),
+        DiskFormat::Fmow => fixed(&crate::data::FMOW_SPLITS),
+        DiskFormat::Imagenet => {
+            std::iter::once("train").chain(crate::data::IMAGENET_VARIANTS).map(String::from).collect()
+        }
+    })
+}
+
+/// ImageNet layouts: `root/train` (the training set, WordNet-id folders) and `root/<variant>`
+/// for each variant (`imagenet` = the validation set, `imagenet-v2`, `-sketch`, `-r`, `-a`,
+/// `objectnet`; layouts in `data/imagenet.rs`).
+fn imagenet_split(root: &Path, split: &str) -> Result<Split> {
+    let variant = if split == "train" { "imagenet" } else { split };
+    let mut loaded = load_imagenet_variant(&root.join(split), variant)?;
+    loaded.name = split.to_string();
+    Ok(loaded)
+}
+
+fn missing_split(split: &str, dataset: &str, available: &[&str]) -> Error {
+    Error::Invalid {
+        what: format!("split `{split}` of {dataset}"),
+        reason: format!("does not exist (available: {})", available.join(", ")),
+    }
+}
+
+/// An evaluation split must share the training classes, or project onto them.
+fn check_classes(split: &Split, classes: &[String]) -> Result<()> {
+    let fits = match &split.projection {
+        Some(projection) => projection.input_len() <= classes.len(),
+        None => split.classes == classes,
+    };
+    if fits {
+        return Ok(());
+    }
+    Err(Error::Invalid {
+        what: format!("split `{}`", split.name),
+        reason: format!(
+            "has {} classes that do not match the training split's {} (class-count or class-name mismatch)",
+            split.classes.len(),
+            classes.len()
+        ),
+    })
+}

@@ -1,0 +1,348 @@
+//! Running a recipe end to end (docs/design.md, "data flow"): resolve and validate the
+//! recipe against the data (splits exist, class lists agree, concept descriptions align), write
+//! the resolved recipe to `<out>/<name>/recipe.toml` before any work, train the method with
+//! checkpoints (`--resume` continues a killed run to the same weights), evaluate it and its
+//! WiSE-FT interpolations on every evaluation split, and write `results.jsonl` and the final
+//! weights.
+//!
+//! The experiment never names a method: the recipe's [`MethodPlan`] (the method registry,
+//! [`crate::methods::registry`]) gives the objective to train (or the fitted outcome), the
+//! constraint, and the predictor evaluation runs; any trained method takes any constraint, and
+//! WiSE-FT interpolates every parameter of both towers between the pre-trained and the trained
+//! model and, for head-based methods, the head between the zero-shot head and the trained head
+//! (methods whose heads are rebuilt from the text tower rebuild them from the interpolated
+//! towers).
+
+mod data;
+mod features;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+use self::data::{load_data, Data, EvalSplits};
+use crate::clip::preprocess::ClipPreprocess;
+use crate::clip::ClipModel;
+use crate::error::{Error, Result};
+use crate::eval::evaluate::{ResultRow, RowContext};
+use crate::eval::metrics::Predictions;
+use crate::eval::predictor::{Head, Predictor};
+use crate::methods::registry::{
+    Context, MethodPlan, ModelPredictors, Outcome, PredictorContext, Prepared, SplitRole,
+};
+use crate::prompts::{class_prompts, load_templates, template_set, ConceptDescriptions};
+use crate::recipe::Recipe;
+use crate::train::run_dir::RunDir;
+use crate::train::supervised::{train, Checkpointing, StepReport, TrainOptions, TrainSource, ValidationData};
+use crate::train::wiseft::interpolate;
+use crate::zeroshot::{tokenizer_for, ZeroShotHead};
+
+/// What a running experiment reports.
+pub enum Event<'a> {
+    /// A new stage begins (features, training, evaluation, ...).
+    Stage(String),
+    /// An optimiser step finished.
+    Step(&'a StepReport),
+}
+
+/// How to run a recipe.
+pub struct RunSettings {
+    /// Runs are written to `<out>/<recipe name>/`.
+    pub out: PathBuf,
+    pub resume: bool,
+    /// Stop training after this many steps, as an interruption would: nothing is evaluated
+    /// or saved beyond the checkpoints (tests, benchmarks).
+    pub stop_after: Option<u64>,
+}
+
+/// A validated recipe with its data, prompts and model.
+pub struct Experiment {
+    pub recipe: Recipe,
+    plan: MethodPlan,
+    data: Data,
+    pub classes: Vec<String>,
+    /// Default prompts of each class.
+    pub prompts: Vec<Vec<String>>,
+    /// Concept descriptions of each class (when the recipe names them).
+    pub descriptions: Option<Vec<Vec<String>>>,
+    pub model: ClipModel,
+    preprocess: ClipPreprocess,
+}
+
+impl Experiment {
+    /// Loads and validates everything a recipe names.
+    pub fn resolve(recipe: Recipe, device: &Device) -> Result<Self> {
+        let plan = recipe.plan()?;
+        let (model, _) = ClipModel::load(&recipe.model, device)?;
+        let preprocess = ClipPreprocess::openai(model.config.vision.image_size);
+        let (data, classes) = load_data(&recipe, &preprocess)?;
+        let is_suite = matches!(data.eval, EvalSplits::Suite(_));
+        let templates = recipe
+            .data
+            .templates
+            .clone()
+            .unwrap_or(if is_suite { "shiftworld" } else { "openai_imagenet" }.into());
+        let prompts = class_prompts(&classes, &resolve_templates(&templates)?);
+        let descriptions = match recipe.data.descriptions.as_deref() {
+            None => None,
+            Some("shiftworld") if is_suite => Some(crate::shiftworld::concept_descriptions()),
+            Some(path) => Some(ConceptDescriptions::load(Path::new(path), &classes)?.per_class().to_vec()),
+        };
+        if plan.method.uses_descriptions() && descriptions.is_none() {
+            return Err(Error::Invalid {
+                what: format!("recipe {}", recipe.name),
+                reason: format!(
+                    "method {} needs data.descriptions (a concept-description file)",
+                    plan.method.name()
+                ),
+            });
+        }
+        let experiment = Self { recipe, plan, data, classes, prompts, descriptions, model, preprocess };
+        experiment.train_options().validate(experiment.data.train.len())?;
+        let plan = &experiment.plan;
+        let constraint = format!("constraint {} (it learns on validation batches)", plan.constraint_name);
+        let users = [
+            plan.method.validation_user().map(String::from),
+            plan.predictor.validation_user().map(String::from),
+            plan.constraint.validation_batch_size().map(|_| constraint),
+        ];
+        for user in users.into_iter().flatten() {
+            experiment.val_source(&user)?;
+        }
+        Ok(experiment)
+    }
+
+    fn run_dir(&self, settings: &RunSettings) -> RunDir {
+        RunDir::new(settings.out.join(&self.recipe.name))
+    }
+
+    /// Runs the recipe; returns the result rows (also written to `results.jsonl`).
+    pub fn run(&self, settings: &RunSettings, events: &mut dyn FnMut(Event)) -> Result<Vec<ResultRow>> {
+        crate::kernels::set_matmul_precision(self.recipe.train.matmul_precision);
+        let run = self.run_dir(settings);
+        self.write_recipe(&run, settings.resume)?;
+        let pretrained = self.model.params.snapshot()?;
+        let zero_shot = self.head_from(&self.model, &self.prompts)?;
+        let outcome = self.fit(&run, settings, &pretrained, &zero_shot, events)?;
+        if settings.stop_after.is_some() {
+            return Ok(Vec::new());
+        }
+        report_skipped("training", &self.data.train.skipped(), events);
+        let predictors = self.prepare_predictors(&pretrained, &zero_shot, events)?;
+        events(Event::Stage("evaluating".into()));
+        let mut rows = self.evaluate_model(None, &self.model, &outcome, predictors.as_ref(), events)?;
+        let alphas = self.recipe.eval.wiseft.iter().filter(|&&a| a < 1.0 && self.plan.method.interpolates());
+        for &alpha in alphas {
+            events(Event::Stage(format!("evaluating WiSE-FT α = {alpha}")));
+            let mixed = interpolate(&pretrained, &self.model.tensors(), alpha, &|_| false)?;
+            let model = ClipModel::from_tensors(self.model.config.clone(), mixed, self.model.device())?;
+            let outcome = outcome.interpolated(&zero_shot, alpha)?;
+            rows.extend(self.evaluate_model(Some(alpha), &model, &outcome, predictors.as_ref(), events)?);
+        }
+        self.save_outputs(&run, &outcome, &rows)?;
+        Ok(rows)
+    }
+
+    /// The result rows of `model` (the WiSE-FT point `alpha`, if any) predicting by `outcome`.
+    fn evaluate_model(
+        &self,
+        alpha: Option<f64>,
+        model: &ClipModel,
+        outcome: &Outcome,
+        predictors: &dyn ModelPredictors,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<Vec<ResultRow>> {
+        let own = self.predictor(model, outcome)?;
+        let predictor = predictors.predictor(model, outcome, own, &mut |s| events(Event::Stage(s)))?;
+        Ok(self.score(alpha, &self.data.eval.evaluate(model, predictor.as_ref(), events)?))
+    }
+
+    /// The optimisation settings of the recipe.
+    pub fn train_options(&self) -> TrainOptions {
+        TrainOptions { seed: self.recipe.seed, ..self.recipe.train.clone() }
+    }
+
+    /// Writes the resolved recipe; on resume, insists the run directory holds the same one.
+    fn write_recipe(&self, run: &RunDir, resume: bool) -> Result<()> {
+        run.create()?;
+        let path = run.root.join("recipe.toml");
+        let text = self.recipe.to_toml();
+        if resume {
+            let existing = std::fs::read_to_string(&path).unwrap_or_default();
+            if existing != text {
+                return Err(Error::Invalid {
+                    what: format!("--resume in {}", run.root.display()),
+                    reason: "the run directory holds a different recipe (or none)".into(),
+                });
+            }
+            return Ok(());
+        }
+        crate::clip::checkpoint::write_atomic(&path, text.as_bytes())?;
+        for stale in [run.metrics(), run.results()] {
+            if stale.exists() {
+                std::fs::remove_file(&stale).map_err(crate::train::run_dir::io_error(&stale))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The zero-shot head of `prompts` from `model`'s text tower.
+    fn head_from(&self, model: &ClipModel, prompts: &[Vec<String>]) -> Result<Head> {
+        Ok(Head::from(&ZeroShotHead::build(model, &tokenizer_for(model)?, prompts)?))
+    }
+
+    /// How `model` predicts by `outcome` through its method's own predictor.
+    fn predictor(&self, model: &ClipModel, outcome: &Outcome) -> Result<Predictor> {
+        Ok(match outcome {
+            Outcome::Head(head) => Predictor::single(head.clone()),
+            Outcome::Rebuilt => Predictor::single(self.head_from(model, &self.prompts)?),
+            Outcome::Mixture { beta } => {
+                let descriptions = self.descriptions.as_deref().expect("checked at resolve");
+                let defaults = self.head_from(model, &self.prompts)?;
+                Predictor::mixture(defaults, self.head_from(model, descriptions)?, *beta)?
+            }
+        })
+    }
+
+    /// The recipe's predictor, prepared once for every evaluated model.
+    fn prepare_predictors<'a>(
+        &'a self,
+        pretrained: &'a [(String, Tensor)],
+        zero_shot: &'a Head,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<Box<dyn ModelPredictors + 'a>> {
+        let context = PredictorContext {
+            model: &self.model,
+            pretrained,
+            zero_shot,
+            train: self.data.train.as_ref(),
+            val: self.data.val.as_deref(),
+        };
+        self.plan.predictor.prepare(&context, &mut |s| events(Event::Stage(s)))
+    }
+
+    /// The ID validation split, which `user` needs.
+    fn val_source(&self, user: &str) -> Result<&dyn TrainSource> {
+        self.data.val.as_deref().ok_or_else(|| Error::Invalid {
+            what: format!("recipe {}", self.recipe.name),
+            reason: format!("{user} needs the validation split `{}`", self.recipe.data.val_split),
+        })
+    }
+
+    /// Result rows of one evaluation.
+    fn score(&self, alpha: Option<f64>, predictions: &[(String, Predictions)]) -> Vec<ResultRow> {
+        let recipe = &self.recipe;
+        let (dataset, skip): (String, &[&str]) = match &recipe.data.suite {
+            Some(suite) => (format!("shiftworld/{suite}"), &[]),
+            None => (recipe.data.root.as_deref().unwrap_or(Path::new("")).display().to_string(), &["Other"]),
+        };
+        let templates = recipe.data.templates.clone().unwrap_or_default();
+        let prompts = match &recipe.data.descriptions {
+            Some(cd) if self.plan.method.uses_descriptions() => format!("{templates}+{cd}"),
+            _ => templates,
+        };
+        let context = RowContext {
+            model: recipe.model.clone(),
+            dataset,
+            method: self.plan.label(),
+            prompts,
+            seed: recipe.seed,
+            preprocess: self.preprocess.id(),
+            wiseft_alpha: alpha,
+        };
+        predictions.iter().map(|(split, p)| ResultRow::score(&context, split, p, skip)).collect()
+    }
+
+    /// Writes `results.jsonl`, the trained weights (`model/`, HF layout) and the head.
+    fn save_outputs(&self, run: &RunDir, outcome: &Outcome, rows: &[ResultRow]) -> Result<()> {
+        let lines: String =
+            rows.iter().map(|row| serde_json::to_string(row).expect("serialisable") + "\n").collect();
+        crate::clip::checkpoint::write_atomic(&run.results(), lines.as_bytes())?;
+        let metadata = HashMap::from([("robustft.recipe".to_string(), self.recipe.to_toml())]);
+        let dir = run.root.join("model");
+        let tmp = run.root.join("model.tmp");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(crate::train::run_dir::io_error(&tmp))?;
+        }
+        self.model.save_hf(&tmp, &metadata)?;
+        if let Outcome::Head(head) = outcome {
+            head.save(&tmp.join("head.safetensors"), metadata)?;
+        }
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(crate::train::run_dir::io_error(&dir))?;
+        }
+        std::fs::rename(&tmp, &dir).map_err(crate::train::run_dir::io_error(&tmp))
+    }
+
+    /// Fits or trains the method; says how the model then predicts.
+    fn fit(
+        &self,
+        run: &RunDir,
+        settings: &RunSettings,
+        pretrained: &[(String, Tensor)],
+        zero_shot: &Head,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<Outcome> {
+        let cache = settings.out.join("cache");
+        let features = |role: SplitRole| self.cached_features(role, &cache);
+        let mut stage = |s: String| events(Event::Stage(s));
+        let mut context = Context {
+            model: &self.model,
+            prompts: &self.prompts,
+            descriptions: self.descriptions.as_deref(),
+            zero_shot,
+            pretrained,
+            train: self.data.train.as_ref(),
+            seed: self.recipe.seed,
+            features: &features,
+            stage: &mut stage,
+        };
+        let (objective, outcome) = match self.plan.method.prepare(&mut context)? {
+            Prepared::Fitted(outcome) => return Ok(outcome),
+            Prepared::Train { objective, outcome } => (objective, outcome),
+        };
+        events(Event::Stage(format!("training {}", self.plan.label())));
+        let checkpointing = Checkpointing {
+            run,
+            resume: settings.resume,
+            stop_after: settings.stop_after,
+            metadata: HashMap::from([("robustft.recipe".to_string(), self.recipe.to_toml())]),
+        };
+        let options = self.train_options();
+        let mut constraint = self.plan.constraint.build()?;
+        let batch_size = self.plan.constraint.validation_batch_size().flatten();
+        let validation = self
+            .data
+            .val
+            .as_deref()
+            .map(|source| ValidationData { source, batch_size: batch_size.unwrap_or(options.batch_size) });
+        train(
+            &self.model,
+            objective.as_ref(),
+            constraint.as_mut(),
+            self.data.train.as_ref(),
+            validation,
+            &options,
+            pretrained,
+            &checkpointing,
+            &mut |r| events(Event::Step(r)),
+        )?;
+        Ok(Prepared::trained_outcome(objective.as_ref(), &outcome))
+    }
+}
+
+/// A template set name or a templates file.
+fn resolve_templates(spec: &str) -> Result<Vec<String>> {
+    Ok(match template_set(spec) {
+        Some(set) => set.iter().map(|t| t.to_string()).collect(),
+        None => load_templates(Path::new(spec))?,
+    })
+}
+
+/// Reports unreadable images (left out, never fatal).
+fn report_skipped(what: &str, skipped: &[(String, String)], events: &mut dyn FnMut(Event)) {
+    for (image, reason) in skipped {
+        events(Event::Stage(format!("warning: skipped unreadable image {image} ({what}): {reason}")));
+    }
+}
