@@ -31,9 +31,16 @@ pub fn demo_recipes() -> Vec<RecipeText> {
     .collect()
 }
 
+/// One run of the matrix: the recipe as written (its name keys the table's rows) and the run.
+#[derive(Debug)]
+pub struct DemoRun {
+    pub recipe_name: String,
+    pub run: Recipe,
+}
+
 /// Every (suite, seed, recipe) run, named `<suite>-<recipe name>-s<seed>`; `quick` trains one
 /// epoch and evaluates one WiSE-FT point.
-pub fn matrix(recipes: &[RecipeText], suites: &[String], seeds: &[u64], quick: bool) -> Result<Vec<Recipe>> {
+pub fn matrix(recipes: &[RecipeText], suites: &[String], seeds: &[u64], quick: bool) -> Result<Vec<DemoRun>> {
     check_distinct(recipes)?;
     let mut runs = Vec::new();
     for suite in suites {
@@ -51,33 +58,41 @@ pub fn matrix(recipes: &[RecipeText], suites: &[String], seeds: &[u64], quick: b
                         sets.push("eval.wiseft=[0.5]".into());
                     }
                 }
-                runs.push(Recipe::parse(&recipe.text, &recipe.source, &sets)?);
+                let run = Recipe::parse(&recipe.text, &recipe.source, &sets)?;
+                runs.push(DemoRun { recipe_name: base.name, run });
             }
         }
     }
     Ok(runs)
 }
 
-/// Refuses two recipes with the same name (their runs would share directories) or the same
-/// method label (the table would average their rows together).
+/// Refuses two recipes with the same name: their runs would share directories and their table
+/// rows would merge. Two recipes of one method with distinct names compare side by side.
 fn check_distinct(recipes: &[RecipeText]) -> Result<()> {
-    let mut seen: Vec<(String, String, &str)> = Vec::new();
+    let mut seen: Vec<(String, &str)> = Vec::new();
     for recipe in recipes {
-        let parsed = Recipe::parse(&recipe.text, &recipe.source, &[])?;
-        let label = parsed.label();
-        let name = parsed.name;
-        if let Some((_, _, other)) = seen.iter().find(|(n, l, _)| *n == name || *l == label) {
+        let name = Recipe::parse(&recipe.text, &recipe.source, &[])?.name;
+        if let Some((_, other)) = seen.iter().find(|(n, _)| *n == name) {
             return Err(Error::Invalid {
                 what: format!("demo recipes {other} and {}", recipe.source),
                 reason: format!(
-                    "both are named `{name}` or run the method `{label}`, so their runs or table rows \
-                     would be merged; run them in separate demos or give them distinct names and methods"
+                    "both are named `{name}`, so their runs and table rows would be merged; give them \
+                     distinct names"
                 ),
             });
         }
-        seen.push((name, label, &recipe.source));
+        seen.push((name, &recipe.source));
     }
     Ok(())
+}
+
+/// What a table row shows for a row's recipe: its name, with the method label when they differ
+/// (`drm_std (drm)`); rows of a single run (no recipe) show the method label.
+pub fn row_label(row: &ResultRow) -> String {
+    match &row.recipe {
+        Some(name) if *name != row.method => format!("{name} ({})", row.method),
+        _ => row.method.clone(),
+    }
 }
 
 /// The metric a suite's plot leads with: top-1 on `spurious`, macro-F1 otherwise (`domains` is
@@ -130,14 +145,16 @@ fn per_seed(rows: &[&ResultRow], name: &str, ood: bool) -> Vec<f64> {
 }
 
 /// The report of result rows from [`matrix`] runs (each row's dataset is `shiftworld/<suite>`),
-/// methods in first-seen order.
+/// one table row per recipe ([`row_label`]), in first-seen order.
 pub fn summarize(rows: &[ResultRow], suites: &[String], command: &str) -> Report {
+    let labels: Vec<String> = rows.iter().map(row_label).collect();
     let mut methods: Vec<&str> = Vec::new();
-    for row in rows {
-        if !methods.contains(&row.method.as_str()) {
-            methods.push(&row.method);
+    for label in &labels {
+        if !methods.contains(&label.as_str()) {
+            methods.push(label);
         }
     }
+    let labelled: Vec<(&str, &ResultRow)> = labels.iter().map(String::as_str).zip(rows).collect();
     let mut table = Vec::new();
     let mut plots = Vec::new();
     for suite in suites {
@@ -152,18 +169,20 @@ pub fn summarize(rows: &[ResultRow], suites: &[String], command: &str) -> Report
         };
         for method in &methods {
             let of = |alpha: Option<f64>| -> Vec<&ResultRow> {
-                rows.iter()
-                    .filter(|r| r.dataset == dataset && r.method == *method && r.wiseft_alpha == alpha)
+                labelled
+                    .iter()
+                    .filter(|(label, r)| r.dataset == dataset && label == method && r.wiseft_alpha == alpha)
+                    .map(|(_, r)| *r)
                     .collect()
             };
             let own = of(None);
             if own.is_empty() {
                 continue;
             }
-            let mut alphas: Vec<f64> = rows
+            let mut alphas: Vec<f64> = labelled
                 .iter()
-                .filter(|r| r.dataset == dataset && r.method == *method)
-                .filter_map(|r| r.wiseft_alpha)
+                .filter(|(label, r)| r.dataset == dataset && label == method)
+                .filter_map(|(_, r)| r.wiseft_alpha)
                 .collect();
             alphas.sort_by(f64::total_cmp);
             alphas.dedup();
@@ -222,24 +241,61 @@ mod tests {
     #[test]
     fn demo_recipes_make_ten_runs_with_distinct_names() {
         let runs = matrix(&demo_recipes(), &["spurious".into(), "domains".into()], &[7], true).unwrap();
-        let mut names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
+        let mut names: Vec<&str> = runs.iter().map(|r| r.run.name.as_str()).collect();
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), 10);
-        assert!(runs.iter().all(|r| r.seed == 7 && r.train.epochs == 1));
+        assert!(runs.iter().all(|r| r.run.seed == 7 && r.run.train.epochs == 1));
+        assert!(runs.iter().any(|r| r.recipe_name == "lp_ft" && r.run.name == "spurious-lp_ft-s7"));
+    }
+
+    fn ft_renamed(name: &str) -> (RecipeText, RecipeText) {
+        let ft = demo_recipes().into_iter().find(|r| r.source.ends_with("/ft.toml")).unwrap();
+        let renamed = RecipeText {
+            source: format!("{name}.toml"),
+            text: ft.text.replacen("name = \"ft\"", &format!("name = \"{name}\""), 1),
+        };
+        (ft, renamed)
     }
 
     #[test]
-    fn recipes_of_the_same_method_are_refused_naming_both() {
-        let ft = demo_recipes().into_iter().find(|r| r.source.ends_with("/ft.toml")).unwrap();
-        let renamed = RecipeText {
-            source: "ft_lr3e-5.toml".into(),
-            text: ft.text.replacen("name = \"ft\"", "name = \"ft_lr3e-5\"", 1),
-        };
-        assert_ne!(renamed.text, ft.text);
-        let err = matrix(&[ft, renamed], &["spurious".into()], &[0], true).unwrap_err().to_string();
-        assert!(err.contains("recipes/shiftworld/ft.toml and ft_lr3e-5.toml"), "{err}");
+    fn recipes_of_one_name_are_refused_naming_both_and_of_one_method_compared() {
+        let (ft, same) = ft_renamed("ft");
+        let err = matrix(&[ft, same], &["spurious".into()], &[0], true).unwrap_err().to_string();
+        assert!(err.contains("recipes/shiftworld/ft.toml and ft.toml"), "{err}");
         assert!(err.contains("`ft`"), "{err}");
+        let (ft, other) = ft_renamed("ft_lr3e-5");
+        assert_ne!(other.text, ft.text);
+        assert_eq!(matrix(&[ft, other], &["spurious".into()], &[0], true).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn table_rows_are_keyed_by_recipe_name_and_show_the_method() {
+        let row = |recipe: Option<&str>, top1: f64| ResultRow {
+            model: "bundled".into(),
+            dataset: "shiftworld/spurious".into(),
+            split: "id_test".into(),
+            method: "drm".into(),
+            prompts: String::new(),
+            seed: 0,
+            preprocess: String::new(),
+            wiseft_alpha: None,
+            recipe: recipe.map(String::from),
+            metrics: crate::eval::metrics::SplitMetrics {
+                top1,
+                top5: 1.0,
+                f1_macro: top1,
+                recall_macro: top1,
+                worst_group_acc: None,
+                ece: 0.0,
+                n: 10,
+            },
+        };
+        let rows = [row(Some("drm"), 0.5), row(Some("drm_std"), 0.75), row(None, 0.25)];
+        let report = summarize(&rows, &["spurious".into()], "test");
+        let methods: Vec<&str> = report.table.iter().map(|r| r.method.as_str()).collect();
+        assert_eq!(methods, ["drm", "drm_std (drm)"]);
+        assert_eq!(report.table[1].cells[0].1, Some(0.75));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use candle_core::Device;
-use robustft::demo::{demo_recipes, matrix, summarize, RecipeText, DEMO_SUITES};
+use robustft::demo::{demo_recipes, matrix, summarize, DemoRun, RecipeText, DEMO_SUITES};
 use robustft::eval::evaluate::ResultRow;
 use robustft::eval::report::markdown_table;
 use robustft::experiment::{Experiment, RunSettings};
@@ -20,12 +20,14 @@ use super::train::run_with_progress;
 /// markdown table of ID and OOD metrics on stdout (mean ± std over seeds).
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
-    /// Seeds of the ShiftWorld worlds and of the training order (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "0")]
+    /// Seeds of the ShiftWorld worlds and of the training order (comma-separated; `--seed` is
+    /// the same flag).
+    #[arg(long, visible_alias = "seed", value_delimiter = ',', default_value = "0")]
     seeds: Vec<u64>,
 
     /// Recipes to compare (default: the demo's zero-shot, FT, LP-FT, FLYP and DRM); each runs
-    /// with its data.suite, seed and name replaced.
+    /// with its data.suite, seed and name replaced, and is a row of the table under its own
+    /// name (two recipes of one method, e.g. two DRM normalisations, compare side by side).
     #[arg(long, value_name = "FILE.toml", num_args = 1..)]
     recipes: Vec<PathBuf>,
 
@@ -59,13 +61,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let runs = matrix(&recipes, &args.suites, &args.seeds, args.quick)?;
     let total = runs.len();
     let mut rows = Vec::new();
-    for (k, recipe) in runs.into_iter().enumerate() {
+    for (k, DemoRun { recipe_name, run }) in runs.into_iter().enumerate() {
         let minutes = started.elapsed().as_secs_f64() / 60.0;
-        eprintln!("== [{}/{total}] {} ({minutes:.1} min so far)", k + 1, recipe.name);
-        let name = recipe.name.clone();
-        let experiment = Experiment::resolve(recipe, &Device::Cpu).with_context(|| format!("run {name}"))?;
+        eprintln!("== [{}/{total}] {} ({minutes:.1} min so far)", k + 1, run.name);
+        let name = run.name.clone();
+        let experiment = Experiment::resolve(run, &Device::Cpu).with_context(|| format!("run {name}"))?;
         let settings = RunSettings { out: args.out.clone(), resume: false, stop_after: None };
-        rows.extend(run_with_progress(&experiment, &settings).with_context(|| format!("run {name}"))?);
+        let run_rows = run_with_progress(&experiment, &settings).with_context(|| format!("run {name}"))?;
+        rows.extend(run_rows.into_iter().map(|row| ResultRow { recipe: Some(recipe_name.clone()), ..row }));
     }
     write_summary(&rows, &args.suites, &args.out)?;
     eprintln!("in {:.1} min", started.elapsed().as_secs_f64() / 60.0);

@@ -54,6 +54,10 @@ pub struct ResultRow {
     /// The WiSE-FT mixing weight of the evaluated model, when it is an interpolation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wiseft_alpha: Option<f64>,
+    /// The recipe a comparison ran the row under (the demo's table keys rows by it, so two
+    /// recipes of one method compare side by side); absent in a single run's rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<String>,
     #[serde(flatten)]
     pub metrics: SplitMetrics,
 }
@@ -70,6 +74,7 @@ impl ResultRow {
             seed: context.seed,
             preprocess: context.preprocess.clone(),
             wiseft_alpha: context.wiseft_alpha,
+            recipe: None,
             metrics: split_metrics(predictions, skip_groups),
         }
     }
