@@ -135,8 +135,12 @@ pub fn method_step_ms(
     out: &std::path::Path,
 ) -> crate::Result<Vec<f64>> {
     let experiment = crate::experiment::Experiment::resolve(recipe, &Device::Cpu)?;
-    let settings =
-        crate::experiment::RunSettings { out: out.to_path_buf(), resume: false, stop_after: Some(steps) };
+    let settings = crate::experiment::RunSettings {
+        out: out.to_path_buf(),
+        resume: false,
+        force: true,
+        stop_after: Some(steps),
+    };
     let batch = experiment.recipe.train.batch_size as f64;
     let mut times = Vec::new();
     experiment.run(&settings, &mut |event| {

@@ -23,13 +23,17 @@ fn scratch(tag: &str) -> PathBuf {
 
 /// Train (12, plus one corrupt file), id_val, id_test and ood_test (6 each).
 fn write_dataset(dir: &Path) {
+    write_dataset_with_seed(dir, 3);
+}
+
+fn write_dataset_with_seed(dir: &Path, seed: u64) {
     let splits = [
         SplitSpec("train", 12, 1.0, 40.0),
         SplitSpec("id_val", 6, 1.0, 40.0),
         SplitSpec("id_test", 6, 1.0, 40.0),
         SplitSpec("ood_test", 6, 1.0, 40.0),
     ];
-    dataset::write_dataset(dir, 3, &splits, true);
+    dataset::write_dataset(dir, seed, &splits, true);
 }
 
 fn recipe(data: &Path, method: &str, extra: &[&str]) -> Recipe {
@@ -44,11 +48,14 @@ fn recipe(data: &Path, method: &str, extra: &[&str]) -> Recipe {
     Recipe::parse(&text, "test", &sets).unwrap()
 }
 
-/// Runs a recipe; returns the stage messages.
+/// Runs a recipe (a fresh start replaces an earlier run); returns the stage messages.
 fn run(recipe: Recipe, out: &Path, resume: bool, stop_after: Option<u64>) -> robustft::Result<Vec<String>> {
+    run_with(recipe, RunSettings { out: out.to_path_buf(), resume, force: !resume, stop_after })
+}
+
+fn run_with(recipe: Recipe, settings: RunSettings) -> robustft::Result<Vec<String>> {
     let experiment = Experiment::resolve(recipe, &Device::Cpu)?;
     let mut stages = Vec::new();
-    let settings = RunSettings { out: out.to_path_buf(), resume, stop_after };
     experiment.run(&settings, &mut |event| {
         if let Event::Stage(stage) = event {
             stages.push(stage)
@@ -236,7 +243,40 @@ fn the_resolved_recipe_is_written_before_training() {
     assert_eq!(Recipe::parse(&written, "written", &[]).unwrap(), recipe);
     let other = Recipe::parse(&written, "written", &["train.lr=0.5".to_string()]).unwrap();
     let err = run(other, &dir.join("runs"), true, None).unwrap_err().to_string();
-    assert!(err.contains("different recipe"), "{err}");
+    assert!(err.contains("another recipe (differing: train.lr)"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_earlier_run_is_kept_unless_resumed_or_forced_and_a_fresh_start_clears_it() {
+    let dir = scratch("rundir");
+    write_dataset(&dir);
+    let runs = dir.join("runs");
+    let settings = |resume, force, stop_after| RunSettings { out: runs.clone(), resume, force, stop_after };
+    let ft = recipe(&dir, "ft", &[]);
+    run_with(ft.clone(), settings(false, false, Some(2))).unwrap();
+    let checkpoint = runs.join("ft/checkpoint");
+    assert!(checkpoint.is_dir(), "a checkpoint at step 2");
+    let err = run_with(ft.clone(), settings(false, false, None)).unwrap_err().to_string();
+    assert!(
+        err.contains("an interrupted run") && err.contains("--resume") && err.contains("--force"),
+        "{err}"
+    );
+    assert!(
+        checkpoint.is_dir() && runs.join("ft/metrics.jsonl").is_file(),
+        "the refused start deleted nothing"
+    );
+    // Another recipe under the same name, forced and killed before its first checkpoint: the old
+    // checkpoint is gone, so a later --resume cannot continue the other run's weights.
+    let lr = recipe(&dir, "ft", &["train.lr=0.5"]);
+    run_with(lr.clone(), settings(false, true, Some(1))).unwrap();
+    assert!(!checkpoint.exists(), "the earlier run's checkpoint was cleared");
+    let err = run_with(recipe(&dir, "ft", &[]), settings(true, false, None)).unwrap_err().to_string();
+    assert!(err.contains("differing: train.lr"), "{err}");
+    let missing = dir.join("none");
+    let err = run(ft, &missing, true, None).unwrap_err().to_string();
+    assert!(err.contains("no run to --resume"), "{err}");
+    assert!(!missing.join("ft").exists(), "a refused resume creates no directory");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -291,5 +331,25 @@ fn linear_probe_features_are_cached_and_reused() {
     assert_eq!(stamps, again, "the second run read the cache instead of rewriting it");
     let results = |name: &str| std::fs::read_to_string(out.join(name).join("results.jsonl")).unwrap();
     assert_eq!(results("first"), results("second"));
+    // The dataset regenerated in place (same paths and count, other pixels): not the cached features.
+    write_dataset_with_seed(&dir, 11);
+    run(lp("third"), &out, false, None).unwrap();
+    let entries = std::fs::read_dir(out.join("cache")).unwrap().count();
+    assert_eq!(entries, 4, "new train and id_val features were computed");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_dataset_with_nothing_to_evaluate_or_no_readable_image_is_refused_before_training() {
+    let dir = scratch("empty");
+    dataset::write_dataset(&dir, 3, &[SplitSpec("train", 6, 1.0, 40.0)], false);
+    let err = Experiment::resolve(recipe(&dir, "ft", &[]), &Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("no split to evaluate") && err.contains("train"), "{err}");
+    write_dataset(&dir);
+    for i in 0..6 {
+        std::fs::write(dir.join(format!("ood_test_{i}.png")), b"not a png").unwrap();
+    }
+    let err = Experiment::resolve(recipe(&dir, "ft", &[]), &Device::Cpu).err().unwrap().to_string();
+    assert!(err.contains("split `ood_test`: has no readable image (6 listed: "), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

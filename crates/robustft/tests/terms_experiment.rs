@@ -50,7 +50,7 @@ fn recipe(data: &Path, name: &str, method: &str, extra: &[&str]) -> Recipe {
 
 /// Runs a recipe; returns the stage messages and the result rows.
 fn run(recipe: Recipe, out: &Path) -> (Vec<String>, Vec<serde_json::Value>) {
-    run_with(recipe, RunSettings { out: out.to_path_buf(), resume: false, stop_after: None })
+    run_with(recipe, RunSettings { out: out.to_path_buf(), resume: false, force: false, stop_after: None })
 }
 
 fn run_with(recipe: Recipe, settings: RunSettings) -> (Vec<String>, Vec<serde_json::Value>) {
@@ -164,7 +164,8 @@ fn term_changes_training_and_resumes_exactly(
     let (_, rows) = run(recipe(&dir, "term", method, sets), &out);
     // 24 images in batches of 8: 3 steps per epoch, 6 in all; stop after 3 (the last
     // checkpoint is step 2), then resume.
-    let killed = |resume, stop_after| RunSettings { out: dir.join("killed"), resume, stop_after };
+    let killed =
+        |resume, stop_after| RunSettings { out: dir.join("killed"), resume, force: !resume, stop_after };
     run_with(recipe(&dir, "term", method, sets), killed(false, Some(3)));
     run_with(recipe(&dir, "term", method, sets), killed(true, None));
     let (plain, term, resumed) =

@@ -66,7 +66,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         eprintln!("== [{}/{total}] {} ({minutes:.1} min so far)", k + 1, run.name);
         let name = run.name.clone();
         let experiment = Experiment::resolve(run, &Device::Cpu).with_context(|| format!("run {name}"))?;
-        let settings = RunSettings { out: args.out.clone(), resume: false, stop_after: None };
+        let settings = RunSettings { out: args.out.clone(), resume: false, force: true, stop_after: None };
         let run_rows = run_with_progress(&experiment, &settings).with_context(|| format!("run {name}"))?;
         rows.extend(run_rows.into_iter().map(|row| ResultRow { recipe: Some(recipe_name.clone()), ..row }));
     }

@@ -31,8 +31,13 @@ pub struct TrainArgs {
     out: PathBuf,
 
     /// Continue the run's latest checkpoint (same recipe and overrides as the interrupted run).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "force")]
     resume: bool,
+
+    /// Start over in OUT/<recipe name>/ when it holds an earlier run (finished or interrupted),
+    /// deleting that run's files; without it such a directory is refused.
+    #[arg(long)]
+    force: bool,
 
     /// Where to compute: cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu", value_name = "DEVICE")]
@@ -49,7 +54,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let name = recipe.name.clone();
     let experiment =
         Experiment::resolve(recipe, &device).with_context(|| format!("recipe {}", args.recipe.display()))?;
-    let settings = RunSettings { out: args.out.clone(), resume: args.resume, stop_after: None };
+    let settings =
+        RunSettings { out: args.out.clone(), resume: args.resume, force: args.force, stop_after: None };
     let rows = run_with_progress(&experiment, &settings)
         .with_context(|| format!("run {}", args.out.join(&name).display()))?;
     print_rows(&rows, args.json)?;

@@ -25,6 +25,8 @@ pub(super) struct Data {
     pub train: Arc<dyn TrainSource>,
     pub val: Option<Arc<dyn TrainSource>>,
     pub eval: EvalSplits,
+    /// The training and validation splits' files, for data on disk.
+    pub files: Option<(Arc<Split>, Option<Arc<Split>>)>,
 }
 
 pub(super) enum EvalSplits {
@@ -80,7 +82,7 @@ pub(super) fn load_data(recipe: &Recipe, preprocess: &ClipPreprocess) -> Result<
         let eval_splits = wanted.iter().map(|s| find(s).cloned()).collect::<Result<Vec<_>>>()?;
         let eval = Suite { splits: eval_splits, ..suite.clone() };
         let classes = CLASSES.iter().map(|c| c.to_string()).collect();
-        return Ok((Data { train, val, eval: EvalSplits::Suite(eval) }, classes));
+        return Ok((Data { train, val, eval: EvalSplits::Suite(eval), files: None }, classes));
     }
     let format = d.format.expect("checked at parse");
     let root = d.root.clone().expect("checked at parse");
@@ -109,20 +111,36 @@ pub(super) fn load_data(recipe: &Recipe, preprocess: &ClipPreprocess) -> Result<
         true => available.iter().filter(|s| **s != d.train_split).cloned().collect(),
         false => d.eval_splits.clone(),
     };
-    let eval = wanted.iter().map(|s| load(s)).collect::<Result<Vec<_>>>()?;
-    for split in &eval {
-        check_classes(split, &classes)?;
+    if wanted.is_empty() {
+        return Err(Error::Invalid {
+            what: format!("data.root {}", root.display()),
+            reason: format!(
+                "has no split to evaluate besides the training split (splits: {})",
+                available.join(", ")
+            ),
+        });
     }
-    let val = match available.contains(&d.val_split) {
-        true => {
-            let split = load(&d.val_split)?;
-            check_classes(&split, &classes)?;
-            Some(Arc::new(DiskSet::new(split, preprocess.clone())) as Arc<dyn TrainSource>)
-        }
+    let eval = wanted.iter().map(|s| load(s)).collect::<Result<Vec<_>>>()?;
+    let val_files = match available.contains(&d.val_split) {
+        true => Some(load(&d.val_split)?),
         false => None,
     };
-    let train: Arc<dyn TrainSource> = Arc::new(DiskSet::new(train, preprocess.clone()));
-    Ok((Data { train, val, eval: EvalSplits::Disk(eval) }, classes))
+    for split in val_files.iter().chain(&eval) {
+        check_classes(split, &classes)?;
+    }
+    for split in std::iter::once(&train).chain(&val_files).chain(&eval) {
+        check_readable(split, preprocess)?;
+    }
+    let disk_set = |split: &Arc<Split>| {
+        Arc::new(DiskSet::new(split.clone(), preprocess.clone())) as Arc<dyn TrainSource>
+    };
+    let data = Data {
+        train: disk_set(&train),
+        val: val_files.as_ref().map(disk_set),
+        eval: EvalSplits::Disk(eval),
+        files: Some((train, val_files)),
+    };
+    Ok((data, classes))
 }
 
 /// The split names a dataset on disk offers.
@@ -153,6 +171,37 @@ fn missing_split(split: &str, dataset: &str, available: &[&str]) -> Error {
         what: format!("split `{split}` of {dataset}"),
         reason: format!("does not exist (available: {})", available.join(", ")),
     }
+}
+
+/// A split must hold a readable image, found before any work (every image is tried until one
+/// decodes; a split whose images are all unreadable fails here, not after training).
+fn check_readable(split: &Arc<Split>, preprocess: &ClipPreprocess) -> Result<()> {
+    let probe = DiskSet::new(split.clone(), preprocess.clone());
+    for index in 0..probe.len() {
+        if !probe.load(&[index])?.1.is_empty() {
+            return Ok(());
+        }
+    }
+    let first = probe.skipped().into_iter().next().map(|(path, reason)| format!(": {path}: {reason}"));
+    Err(Error::Invalid {
+        what: format!("split `{}`", split.name),
+        reason: format!("has no readable image ({} listed{})", probe.len(), first.unwrap_or_default()),
+    })
+}
+
+/// A fingerprint of a split's image files (path, size and modification time of each), so
+/// cached features of a dataset regenerated in place are not reused.
+pub(super) fn files_fingerprint(split: &Split) -> u64 {
+    let mut text = String::new();
+    for record in &split.records {
+        let meta = std::fs::metadata(&record.path).ok();
+        let size = meta.as_ref().map_or(0, |m| m.len());
+        let modified =
+            meta.and_then(|m| m.modified().ok()).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+        let nanos = modified.map_or(0, |d| d.as_nanos());
+        text.push_str(&format!("{}|{}|{size}|{nanos}\n", record.path.display(), record.label));
+    }
+    crate::rng::fnv1a(text.as_bytes())
 }
 
 /// An evaluation split must share the training classes, or project onto them.

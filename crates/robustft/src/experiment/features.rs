@@ -1,13 +1,15 @@
 //! The feature cache of frozen-encoder work (the linear probe, LP-FT's first stage): a split's
 //! L2-normalised image features under the pre-trained model, computed once and kept in
-//! `<out>/cache/` under a key naming the model, the data, the split, the preprocessing and the
-//! matmul precision.
+//! `<out>/cache/` under a key naming the model, the data (for data on disk, the path, size and
+//! modification time of every image file), the split, the preprocessing and the matmul
+//! precision.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
+use super::data::files_fingerprint;
 use super::Experiment;
 use crate::clip::layers::l2_normalize;
 use crate::clip::ClipModel;
@@ -39,8 +41,14 @@ impl Experiment {
             MatmulPrecision::Fp32 => String::new(),
             other => format!("|matmul {}", other.name()),
         };
+        let files = self.data.files.as_ref().and_then(|(train, val)| match role {
+            SplitRole::Train => Some(train),
+            SplitRole::Validation => val.as_ref(),
+        });
+        let content =
+            files.map(|split| format!("|files {:016x}", files_fingerprint(split))).unwrap_or_default();
         let key = format!(
-            "{}|{checksum:e}|{dataset}|{split}|{}|{}{precision}",
+            "{}|{checksum:e}|{dataset}|{split}|{}|{}{precision}{content}",
             self.recipe.model,
             self.preprocess.id(),
             source.len()

@@ -51,6 +51,9 @@ pub struct RunSettings {
     /// Runs are written to `<out>/<recipe name>/`.
     pub out: PathBuf,
     pub resume: bool,
+    /// Start over in a directory that holds an earlier run (deleting it); without it such a
+    /// directory is refused, naming `--resume` and `--force`.
+    pub force: bool,
     /// Stop training after this many steps, as an interruption would: nothing is evaluated
     /// or saved beyond the checkpoints (tests, benchmarks).
     pub stop_after: Option<u64>,
@@ -121,7 +124,7 @@ impl Experiment {
     pub fn run(&self, settings: &RunSettings, events: &mut dyn FnMut(Event)) -> Result<Vec<ResultRow>> {
         crate::kernels::set_matmul_precision(self.recipe.train.matmul_precision);
         let run = self.run_dir(settings);
-        self.write_recipe(&run, settings.resume)?;
+        self.start_run_dir(&run, settings)?;
         let pretrained = self.model.params.snapshot()?;
         let zero_shot = self.head_from(&self.model, &self.prompts)?;
         let outcome = self.fit(&run, settings, &pretrained, &zero_shot, events)?;
@@ -163,28 +166,36 @@ impl Experiment {
         TrainOptions { seed: self.recipe.seed, ..self.recipe.train.clone() }
     }
 
-    /// Writes the resolved recipe; on resume, insists the run directory holds the same one.
-    fn write_recipe(&self, run: &RunDir, resume: bool) -> Result<()> {
-        run.create()?;
-        let path = run.root.join("recipe.toml");
+    /// Readies the run directory: on resume, insists it holds a run of the same resolved
+    /// recipe; otherwise refuses an earlier run there (unless `force`), clears it and writes the
+    /// resolved recipe before any work.
+    fn start_run_dir(&self, run: &RunDir, settings: &RunSettings) -> Result<()> {
         let text = self.recipe.to_toml();
-        if resume {
-            let existing = std::fs::read_to_string(&path).unwrap_or_default();
+        let refuse =
+            |reason: String| Error::Invalid { what: format!("run directory {}", run.root.display()), reason };
+        if settings.resume {
+            let Ok(existing) = std::fs::read_to_string(run.recipe()) else {
+                return Err(refuse(
+                    "holds no run to --resume (no recipe.toml); start the run without --resume".into(),
+                ));
+            };
             if existing != text {
-                return Err(Error::Invalid {
-                    what: format!("--resume in {}", run.root.display()),
-                    reason: "the run directory holds a different recipe (or none)".into(),
-                });
+                return Err(refuse(format!(
+                    "holds a run of another recipe (differing: {}); resume it with the same recipe, or \
+                     start over with --force instead of --resume",
+                    differing_keys(&existing, &text)
+                )));
             }
             return Ok(());
         }
-        crate::clip::checkpoint::write_atomic(&path, text.as_bytes())?;
-        for stale in [run.metrics(), run.results()] {
-            if stale.exists() {
-                std::fs::remove_file(&stale).map_err(crate::train::run_dir::io_error(&stale))?;
-            }
+        if let Some(previous) = run.previous_run().filter(|_| !settings.force) {
+            return Err(refuse(format!(
+                "holds {previous}; continue it with --resume, or start over with --force (deletes it)"
+            )));
         }
-        Ok(())
+        run.clear()?;
+        run.create()?;
+        Ok(crate::clip::checkpoint::write_atomic(&run.recipe(), text.as_bytes())?)
     }
 
     /// The zero-shot head of `prompts` from `model`'s text tower.
@@ -254,11 +265,9 @@ impl Experiment {
         predictions.iter().map(|(split, p)| ResultRow::score(&context, split, p, skip)).collect()
     }
 
-    /// Writes `results.jsonl`, the trained weights (`model/`, HF layout) and the head.
+    /// Writes the trained weights (`model/`, HF layout) and the head, then `results.jsonl`
+    /// (so results on disk mean a complete run).
     fn save_outputs(&self, run: &RunDir, outcome: &Outcome, rows: &[ResultRow]) -> Result<()> {
-        let lines: String =
-            rows.iter().map(|row| serde_json::to_string(row).expect("serialisable") + "\n").collect();
-        crate::clip::checkpoint::write_atomic(&run.results(), lines.as_bytes())?;
         let metadata = HashMap::from([("robustft.recipe".to_string(), self.recipe.to_toml())]);
         let dir = run.root.join("model");
         let tmp = run.root.join("model.tmp");
@@ -272,7 +281,10 @@ impl Experiment {
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(crate::train::run_dir::io_error(&dir))?;
         }
-        std::fs::rename(&tmp, &dir).map_err(crate::train::run_dir::io_error(&tmp))
+        std::fs::rename(&tmp, &dir).map_err(crate::train::run_dir::io_error(&tmp))?;
+        let lines: String =
+            rows.iter().map(|row| serde_json::to_string(row).expect("serialisable") + "\n").collect();
+        Ok(crate::clip::checkpoint::write_atomic(&run.results(), lines.as_bytes())?)
     }
 
     /// Fits or trains the method; says how the model then predicts.
@@ -344,5 +356,35 @@ fn resolve_templates(spec: &str) -> Result<Vec<String>> {
 fn report_skipped(what: &str, skipped: &[(String, String)], events: &mut dyn FnMut(Event)) {
     for (image, reason) in skipped {
         events(Event::Stage(format!("warning: skipped unreadable image {image} ({what}): {reason}")));
+    }
+}
+
+/// The dotted keys whose values differ between two recipe texts (at most five named).
+fn differing_keys(a: &str, b: &str) -> String {
+    let (a, b): (toml::Table, toml::Table) = (a.parse().unwrap_or_default(), b.parse().unwrap_or_default());
+    let mut keys = Vec::new();
+    collect_differences("", &toml::Value::Table(a), &toml::Value::Table(b), &mut keys);
+    let shown = keys.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+    match keys.len() {
+        0 => "formatting only".into(),
+        n if n > 5 => format!("{shown} and {} more", n - 5),
+        _ => shown,
+    }
+}
+
+fn collect_differences(prefix: &str, a: &toml::Value, b: &toml::Value, out: &mut Vec<String>) {
+    let (toml::Value::Table(a), toml::Value::Table(b)) = (a, b) else {
+        if a != b {
+            out.push(prefix.to_string());
+        }
+        return;
+    };
+    let keys: Vec<&String> = a.keys().chain(b.keys().filter(|k| !a.contains_key(*k))).collect();
+    for key in keys {
+        let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        match (a.get(key), b.get(key)) {
+            (Some(x), Some(y)) => collect_differences(&path, x, y, out),
+            _ => out.push(path),
+        }
     }
 }

@@ -54,6 +54,46 @@ impl RunDir {
         [self.checkpoint(), self.checkpoint_old()].into_iter().find(|d| d.join(TRAINER_STATE_FILE).is_file())
     }
 
+    pub fn recipe(&self) -> PathBuf {
+        self.root.join("recipe.toml")
+    }
+
+    /// The final model (HF layout, with a trained head beside it).
+    pub fn model(&self) -> PathBuf {
+        self.root.join("model")
+    }
+
+    /// What the directory holds of an earlier run, if anything: a finished run (its results) or
+    /// an interrupted one (a checkpoint, no results).
+    pub fn previous_run(&self) -> Option<&'static str> {
+        if self.results().exists() || self.model().exists() {
+            Some("a finished run")
+        } else if self.latest_checkpoint().is_some() || self.checkpoint_tmp().exists() {
+            Some("an interrupted run (a checkpoint and no results)")
+        } else {
+            None
+        }
+    }
+
+    /// Deletes every file of an earlier run (recipe, metrics, checkpoints, results, model), so
+    /// nothing stale can be resumed or mistaken for this run's output.
+    pub fn clear(&self) -> Result<()> {
+        let dirs = [
+            self.checkpoint(),
+            self.checkpoint_old(),
+            self.checkpoint_tmp(),
+            self.model(),
+            self.root.join("model.tmp"),
+        ];
+        for dir in dirs.iter().filter(|d| d.exists()) {
+            std::fs::remove_dir_all(dir).map_err(io_error(dir))?;
+        }
+        for file in [self.recipe(), self.metrics(), self.results()].iter().filter(|f| f.exists()) {
+            std::fs::remove_file(file).map_err(io_error(file))?;
+        }
+        Ok(())
+    }
+
     /// Creates the directory.
     pub fn create(&self) -> Result<()> {
         std::fs::create_dir_all(&self.root).map_err(io_error(&self.root))
