@@ -36,6 +36,9 @@ enum Command {
     Report(commands::report::ReportArgs),
     /// Generate ShiftWorld benchmark suites on disk or look at pretraining samples.
     Shiftworld(commands::shiftworld::ShiftworldArgs),
+    /// Run a recipe over a grid of settings and seeds and select the settings on a validation
+    /// split, reported beside the best-on-test choice.
+    Sweep(commands::sweep::SweepArgs),
     /// Print the CLIP BPE token ids of each text, one JSON array per line.
     Tokenize(commands::tokenize::TokenizeArgs),
     /// Run a recipe: train a method (zero-shot, LP, FT, LP-FT, FLYP, L2-SP, DRM; m²-mix and
@@ -73,6 +76,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Pretrain(args) => commands::pretrain::run(args),
         Command::Report(args) => commands::report::run(args),
         Command::Shiftworld(args) => commands::shiftworld::run(args),
+        Command::Sweep(args) => commands::sweep::run(args),
         Command::Tokenize(args) => commands::tokenize::run(args),
         Command::Train(args) => commands::train::run(args),
         Command::Wiseft(args) => commands::wiseft::run(args),

@@ -23,6 +23,7 @@ pub mod recipe;
 pub mod rng;
 pub mod sections;
 pub mod shiftworld;
+pub mod sweep;
 pub mod threads;
 pub mod train;
 pub mod zeroshot;

@@ -1,0 +1,309 @@
+//! Hyper-parameter sweeps with model selection on validation data (DomainBed's training-domain
+//! validation; WILDS' ID validation): a recipe run over the product of a grid of `--set`
+//! values and several seeds, each candidate scored by a validation metric (mean over seeds),
+//! and the selected candidate's test metrics reported beside those of the candidate that looks
+//! best on the test splits — so the optimism of choosing on test data is visible. Every WiSE-FT
+//! point a run evaluates is a candidate of its own (α is selected without retraining).
+//! Finished points (their `results.jsonl`, written last) are read back instead of rerun; an
+//! interrupted point resumes from its checkpoint.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::eval::evaluate::ResultRow;
+use crate::recipe::Recipe;
+
+/// One grid axis: a dotted recipe key and its values (TOML text, as `--set` takes them).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Axis {
+    pub key: String,
+    pub values: Vec<String>,
+}
+
+impl Axis {
+    /// Parses `key=v1,v2,...`.
+    pub fn parse(text: &str) -> Result<Self> {
+        let invalid = |reason: &str| Error::Invalid { what: format!("--grid {text}"), reason: reason.into() };
+        let (key, values) = text.split_once('=').ok_or_else(|| invalid("expected KEY=V1,V2,..."))?;
+        let values: Vec<String> = values.split(',').map(|v| v.trim().to_string()).collect();
+        if key.trim().is_empty() || values.iter().any(String::is_empty) {
+            return Err(invalid("expected KEY=V1,V2,... with no empty value"));
+        }
+        Ok(Self { key: key.trim().to_string(), values })
+    }
+}
+
+/// The validation split and metric candidates are chosen by (`id_val:top1`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Selection {
+    pub split: String,
+    pub metric: String,
+}
+
+impl Selection {
+    /// Parses `split:metric` (metric: `top1`, `top5`, `f1_macro`, `recall_macro`,
+    /// `worst_group_acc`).
+    pub fn parse(text: &str) -> Result<Self> {
+        let invalid = |reason: String| Error::Invalid { what: format!("--select {text}"), reason };
+        let (split, metric) = text.split_once(':').ok_or_else(|| invalid("expected SPLIT:METRIC".into()))?;
+        if !METRICS.contains(&metric) {
+            return Err(invalid(format!("unknown metric `{metric}` (known: {})", METRICS.join(", "))));
+        }
+        Ok(Self { split: split.to_string(), metric: metric.to_string() })
+    }
+}
+
+/// The metrics a selection or a report can name.
+pub const METRICS: [&str; 5] = ["top1", "top5", "f1_macro", "recall_macro", "worst_group_acc"];
+
+/// A metric of a row by name.
+pub fn metric(row: &ResultRow, name: &str) -> Option<f64> {
+    let m = &row.metrics;
+    match name {
+        "top1" => Some(m.top1),
+        "top5" => Some(m.top5),
+        "f1_macro" => Some(m.f1_macro),
+        "recall_macro" => Some(m.recall_macro),
+        "worst_group_acc" => m.worst_group_acc,
+        _ => None,
+    }
+}
+
+/// One grid point: its overrides and the runs (one per seed) that train it.
+#[derive(Debug)]
+pub struct Point {
+    /// `key=value` overrides of the grid (without the seed).
+    pub settings: Vec<String>,
+    /// The point's name: the recipe's name and its values (`drm-lambda0.5-beta0.25`).
+    pub name: String,
+    pub runs: Vec<Recipe>,
+}
+
+/// Every grid point of `text` (a recipe read from `source`) over `seeds`; a key the recipe
+/// does not know or does not use is refused, naming it.
+pub fn points(text: &str, source: &str, grid: &[Axis], seeds: &[u64]) -> Result<Vec<Point>> {
+    let base = Recipe::parse(text, source, &[])?;
+    let mut combos: Vec<Vec<String>> = vec![Vec::new()];
+    for axis in grid {
+        combos = combos
+            .into_iter()
+            .flat_map(|combo| {
+                axis.values
+                    .iter()
+                    .map(move |value| [combo.clone(), vec![format!("{}={value}", axis.key)]].concat())
+            })
+            .collect();
+    }
+    let mut points = Vec::new();
+    for settings in combos {
+        let name = point_name(&base.name, &settings);
+        let mut runs = Vec::new();
+        for &seed in seeds {
+            let mut sets = settings.clone();
+            sets.extend([format!("seed={seed}"), format!("name={name}-s{seed}")]);
+            let run = Recipe::parse(text, source, &sets)?;
+            for axis in grid {
+                check_used(&run, &axis.key)?;
+            }
+            runs.push(run);
+        }
+        points.push(Point { settings, name, runs });
+    }
+    Ok(points)
+}
+
+/// `recipe-key1value1-key2value2`: the last segment of each key and its value, with
+/// characters a run name cannot hold dropped.
+fn point_name(recipe: &str, settings: &[String]) -> String {
+    let mut name = recipe.to_string();
+    for setting in settings {
+        let (key, value) = setting.split_once('=').expect("built as key=value");
+        let short = key.rsplit('.').next().unwrap_or(key);
+        let value: String =
+            value.chars().filter(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c)).collect();
+        name.push_str(&format!("-{short}{value}"));
+    }
+    name
+}
+
+/// Refuses a grid key that the resolved recipe does not hold (misspelt, or a section the
+/// recipe's method does not read).
+fn check_used(recipe: &Recipe, key: &str) -> Result<()> {
+    let table: toml::Table = recipe.to_toml().parse().expect("a recipe's TOML parses");
+    let mut value = Some(&toml::Value::Table(table));
+    for part in key.split('.') {
+        value = value.and_then(|v| v.as_table()).and_then(|t| t.get(part));
+    }
+    match value {
+        Some(_) => Ok(()),
+        None => Err(Error::Invalid {
+            what: format!("--grid {key}"),
+            reason: format!(
+                "recipe {} (method {}) has no key `{key}` in use; see its resolved recipe.toml for the keys",
+                recipe.name, recipe.method.name
+            ),
+        }),
+    }
+}
+
+/// Whether run `name` in `out` has finished (its results are written last).
+pub fn finished(out: &Path, name: &str) -> Option<PathBuf> {
+    Some(out.join(name).join("results.jsonl")).filter(|path| path.is_file())
+}
+
+/// One candidate: a grid point at one WiSE-FT α (`None`: the fine-tuned model itself).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Candidate {
+    pub point: String,
+    pub alpha: Option<f64>,
+    /// Mean over seeds of the selection metric on the selection split.
+    pub validation: f64,
+    /// Mean over seeds of the metric on `id_test` and over the `ood_*` splits.
+    pub id_test: Option<f64>,
+    pub ood_test: Option<f64>,
+}
+
+impl Candidate {
+    pub fn label(&self) -> String {
+        match self.alpha {
+            Some(alpha) => format!("{} + WiSE-FT {alpha}", self.point),
+            None => self.point.clone(),
+        }
+    }
+}
+
+/// The candidates of a sweep's rows (each row's `recipe` names its point), scored.
+pub fn candidates(rows: &[ResultRow], selection: &Selection) -> Result<Vec<Candidate>> {
+    let mut keys: Vec<(String, Option<f64>)> = Vec::new();
+    for row in rows {
+        let key = (row.recipe.clone().unwrap_or_default(), row.wiseft_alpha);
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    keys.into_iter()
+        .map(|(point, alpha)| {
+            let of = |split: &dyn Fn(&str) -> bool, name: &str| -> Option<f64> {
+                let values: Vec<f64> = rows
+                    .iter()
+                    .filter(|r| r.recipe.as_deref() == Some(point.as_str()) && r.wiseft_alpha == alpha)
+                    .filter(|r| split(&r.split))
+                    .filter_map(|r| metric(r, name))
+                    .collect();
+                (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+            };
+            let validation =
+                of(&|s| s == selection.split, &selection.metric).ok_or_else(|| Error::Invalid {
+                    what: format!("--select {}:{}", selection.split, selection.metric),
+                    reason: format!("point {point} has no `{}` row with that metric", selection.split),
+                })?;
+            let id_test = of(&|s| s == "id_test", &selection.metric);
+            let ood_test = of(&|s| s.starts_with("ood_"), &selection.metric);
+            Ok(Candidate { point, alpha, validation, id_test, ood_test })
+        })
+        .collect()
+}
+
+/// The candidate with the best validation score (ties: the first), and the one with the best
+/// OOD test score (the oracle a test-selected table would report).
+pub fn select(candidates: &[Candidate]) -> (Option<&Candidate>, Option<&Candidate>) {
+    let best = |score: fn(&Candidate) -> Option<f64>| {
+        candidates.iter().filter(|c| score(c).is_some()).fold(
+            None,
+            |best: Option<&Candidate>, c| match best {
+                Some(b) if score(b) >= score(c) => Some(b),
+                _ => Some(c),
+            },
+        )
+    };
+    (best(|c| Some(c.validation)), best(|c| c.ood_test))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::metrics::SplitMetrics;
+
+    const RECIPE: &str = "name = \"drm\"\n[data]\nsuite = \"spurious\"\n[method]\nname = \"drm\"\n";
+
+    fn row(point: &str, alpha: Option<f64>, split: &str, seed: u64, top1: f64) -> ResultRow {
+        ResultRow {
+            model: "bundled".into(),
+            dataset: "shiftworld/spurious".into(),
+            split: split.into(),
+            method: "drm".into(),
+            prompts: String::new(),
+            seed,
+            preprocess: String::new(),
+            wiseft_alpha: alpha,
+            recipe: Some(point.into()),
+            metrics: SplitMetrics {
+                top1,
+                top5: 1.0,
+                f1_macro: top1,
+                recall_macro: top1,
+                worst_group_acc: None,
+                ece: 0.0,
+                n: 10,
+            },
+        }
+    }
+
+    #[test]
+    fn the_grid_is_the_product_of_its_axes_over_the_seeds() {
+        let grid = [
+            Axis::parse("drm.lambda=0.5,1").unwrap(),
+            Axis::parse("drm.affinity=\"standardize\",\"center\"").unwrap(),
+        ];
+        let points = points(RECIPE, "test", &grid, &[0, 1]).unwrap();
+        let names: Vec<&str> = points.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "drm-lambda0.5-affinitystandardize",
+                "drm-lambda0.5-affinitycenter",
+                "drm-lambda1-affinitystandardize",
+                "drm-lambda1-affinitycenter"
+            ]
+        );
+        let run = &points[1].runs[1];
+        assert_eq!((run.name.as_str(), run.seed), ("drm-lambda0.5-affinitycenter-s1", 1));
+        assert_eq!(run.sections["drm"]["lambda"].as_float(), Some(0.5));
+    }
+
+    #[test]
+    fn unknown_and_unused_grid_keys_are_named() {
+        let err =
+            points(RECIPE, "test", &[Axis::parse("drm.lamda=1").unwrap()], &[0]).unwrap_err().to_string();
+        assert!(err.contains("drm.lamda"), "{err}");
+        let err = points(RECIPE, "test", &[Axis::parse("vrf.a=1").unwrap()], &[0]).unwrap_err().to_string();
+        assert!(err.contains("--grid vrf.a") && err.contains("method drm"), "{err}");
+        assert!(Axis::parse("drm.lambda").is_err() && Axis::parse("drm.lambda=1,").is_err());
+        assert!(Selection::parse("id_val:accuracy").unwrap_err().to_string().contains("accuracy"));
+    }
+
+    #[test]
+    fn selection_is_by_mean_validation_score_and_the_test_oracle_is_reported_beside_it() {
+        // point a: val 0.8/0.6 (mean 0.7), OOD 0.5; point b: val 0.6 (0.6), OOD 0.9;
+        // a at WiSE-FT 0.5: val 0.75, OOD 0.6.
+        let rows = [
+            row("a", None, "id_val", 0, 0.8),
+            row("a", None, "id_val", 1, 0.6),
+            row("a", None, "ood_x", 0, 0.5),
+            row("a", None, "ood_x", 1, 0.5),
+            row("b", None, "id_val", 0, 0.6),
+            row("b", None, "ood_x", 0, 0.9),
+            row("a", Some(0.5), "id_val", 0, 0.75),
+            row("a", Some(0.5), "ood_x", 0, 0.6),
+        ];
+        let selection = Selection::parse("id_val:top1").unwrap();
+        let candidates = candidates(&rows, &selection).unwrap();
+        assert_eq!(candidates.len(), 3);
+        assert!((candidates[0].validation - 0.7).abs() < 1e-12);
+        let (selected, oracle) = select(&candidates);
+        assert_eq!(selected.unwrap().label(), "a + WiSE-FT 0.5");
+        assert_eq!(oracle.unwrap().label(), "b");
+        let missing = Selection::parse("id_test:top1").unwrap();
+        assert!(super::candidates(&rows, &missing).unwrap_err().to_string().contains("no `id_test` row"));
+    }
+}
