@@ -562,3 +562,45 @@ fn bare_weights_take_a_config_or_say_what_they_assume() {
     let err = stderr_of(&["embed", "--model", &weights, "--config", "ViT-Q-99", "--image", image]);
     assert!(err.contains("--config") && err.contains("neither a file nor a preset name"), "{err}");
 }
+
+/// Runs a paper recipe for one short epoch of the bundled model on a synthetic dataset in its
+/// layout; returns the result rows' split names.
+fn rehearse_paper_recipe(recipe: &str, layout: &str, overrides: &[&str]) -> Vec<String> {
+    let dir = scratch(&format!("synth-{layout}"));
+    let data = dir.join("data");
+    let written = robustft(&["synth-data", "--layout", layout, "--out", data.to_str().unwrap()]);
+    assert!(written.status.success(), "{}", String::from_utf8_lossy(&written.stderr));
+    let root = format!("data.root={:?}", data.to_str().unwrap());
+    let mut args = vec!["train", "--recipe", recipe, "--out", dir.to_str().unwrap(), "--json"];
+    for set in [
+        "model=\"bundled\"",
+        &root,
+        "train.epochs=1",
+        "train.batch_size=512",
+        "train.warmup_steps=0",
+        "eval.wiseft=[0.5]",
+    ]
+    .iter()
+    .chain(overrides)
+    {
+        args.extend(["--set", set]);
+    }
+    let rows = json_lines(&robustft(&args));
+    std::fs::remove_dir_all(dir).unwrap();
+    let mut splits: Vec<String> = rows.iter().map(|r| r["split"].as_str().unwrap().to_string()).collect();
+    splits.sort();
+    splits.dedup();
+    splits
+}
+
+#[test]
+fn paper_recipes_run_on_synthetic_imagenet_and_iwildcam_layouts() {
+    let splits = rehearse_paper_recipe("recipes/paper/flyp-iwildcam.toml", "iwildcam", &[]);
+    assert_eq!(splits, ["id_test", "id_val", "test", "val"]);
+    let splits =
+        rehearse_paper_recipe("recipes/paper/flyp-imagenet.toml", "imagenet", &["data.templates=\"simple\""]);
+    assert_eq!(
+        splits,
+        ["imagenet", "imagenet-a", "imagenet-r", "imagenet-sketch", "imagenet-v2", "objectnet"]
+    );
+}

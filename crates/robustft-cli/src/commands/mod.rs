@@ -8,6 +8,7 @@ pub mod eval;
 pub mod pretrain;
 pub mod report;
 pub mod shiftworld;
+pub mod synth_data;
 pub mod tokenize;
 pub mod train;
 pub mod wiseft;
