@@ -39,6 +39,9 @@ enum Command {
     /// Run a recipe over a grid of settings and seeds and select the settings on a validation
     /// split, reported beside the best-on-test choice.
     Sweep(commands::sweep::SweepArgs),
+    /// Write a synthetic dataset in the ImageNet or WILDS iWildCam layout (tiny JPEGs), to
+    /// rehearse a paper recipe without the data.
+    SynthData(commands::synth_data::SynthDataArgs),
     /// Print the CLIP BPE token ids of each text, one JSON array per line.
     Tokenize(commands::tokenize::TokenizeArgs),
     /// Run a recipe: train a method (zero-shot, LP, FT, LP-FT, FLYP, L2-SP, DRM; m²-mix and
@@ -77,6 +80,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Report(args) => commands::report::run(args),
         Command::Shiftworld(args) => commands::shiftworld::run(args),
         Command::Sweep(args) => commands::sweep::run(args),
+        Command::SynthData(args) => commands::synth_data::run(args),
         Command::Tokenize(args) => commands::tokenize::run(args),
         Command::Train(args) => commands::train::run(args),
         Command::Wiseft(args) => commands::wiseft::run(args),

@@ -526,3 +526,81 @@ fn bench_prints_text_or_one_json_line_with_the_requested_shape() {
     assert_eq!(report["precision"], "bf16");
     assert!(report["images_per_s"].as_f64().unwrap() > 0.0 && report["peak_rss_mb"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn bare_weights_take_a_config_or_say_what_they_assume() {
+    let dir = scratch("bare");
+    let model = bundled();
+    let weights = dir.join("open_clip_model.safetensors");
+    let openclip = robustft::clip::keymap::hf_to_openclip(&model.tensors()).unwrap();
+    robustft::clip::checkpoint::write_safetensors(&weights, &openclip, HashMap::new()).unwrap();
+    model.save_hf(&dir.join("hf"), &HashMap::new()).unwrap();
+    let (weights, config) = (weights.to_string_lossy().into_owned(), dir.join("hf/config.json"));
+    let image = &png_paths()[2];
+
+    let assumed = robustft(&["embed", "--model", &weights, "--image", image]);
+    assert!(assumed.status.success(), "{}", String::from_utf8_lossy(&assumed.stderr));
+    let note = String::from_utf8(assumed.stderr).unwrap();
+    assert!(
+        note.contains(&format!("note: {weights}: no open_clip_config.json or config.json beside the weights: assumed OpenAI's conventions: 2 vision and 1 text attention heads of width 64")),
+        "{note}"
+    );
+    assert!(note.contains("--config FILE|PRESET"), "{note}");
+
+    let given =
+        robustft(&["embed", "--model", &weights, "--config", config.to_str().unwrap(), "--image", image]);
+    assert!(given.status.success(), "{}", String::from_utf8_lossy(&given.stderr));
+    assert!(!String::from_utf8_lossy(&given.stderr).contains("note:"));
+    let reference = stdout_json(&robustft(&["embed", "--model", "bundled", "--image", image]));
+    assert_eq!(stdout_json(&given)["image_embeds"], reference["image_embeds"]);
+    // The bundled model's heads are 32 wide: the conventions' guess computes something else.
+    assert_ne!(
+        stdout_json(&robustft(&["embed", "--model", &weights, "--image", image]))["image_embeds"],
+        reference["image_embeds"]
+    );
+
+    let err = stderr_of(&["embed", "--model", &weights, "--config", "ViT-Q-99", "--image", image]);
+    assert!(err.contains("--config") && err.contains("neither a file nor a preset name"), "{err}");
+}
+
+/// Runs a paper recipe for one short epoch of the bundled model on a synthetic dataset in its
+/// layout; returns the result rows' split names.
+fn rehearse_paper_recipe(recipe: &str, layout: &str, overrides: &[&str]) -> Vec<String> {
+    let dir = scratch(&format!("synth-{layout}"));
+    let data = dir.join("data");
+    let written = robustft(&["synth-data", "--layout", layout, "--out", data.to_str().unwrap()]);
+    assert!(written.status.success(), "{}", String::from_utf8_lossy(&written.stderr));
+    let root = format!("data.root={:?}", data.to_str().unwrap());
+    let mut args = vec!["train", "--recipe", recipe, "--out", dir.to_str().unwrap(), "--json"];
+    for set in [
+        "model=\"bundled\"",
+        &root,
+        "train.epochs=1",
+        "train.batch_size=512",
+        "train.warmup_steps=0",
+        "eval.wiseft=[0.5]",
+    ]
+    .iter()
+    .chain(overrides)
+    {
+        args.extend(["--set", set]);
+    }
+    let rows = json_lines(&robustft(&args));
+    std::fs::remove_dir_all(dir).unwrap();
+    let mut splits: Vec<String> = rows.iter().map(|r| r["split"].as_str().unwrap().to_string()).collect();
+    splits.sort();
+    splits.dedup();
+    splits
+}
+
+#[test]
+fn paper_recipes_run_on_synthetic_imagenet_and_iwildcam_layouts() {
+    let splits = rehearse_paper_recipe("recipes/paper/flyp-iwildcam.toml", "iwildcam", &[]);
+    assert_eq!(splits, ["id_test", "id_val", "test", "val"]);
+    let splits =
+        rehearse_paper_recipe("recipes/paper/flyp-imagenet.toml", "imagenet", &["data.templates=\"simple\""]);
+    assert_eq!(
+        splits,
+        ["imagenet", "imagenet-a", "imagenet-r", "imagenet-sketch", "imagenet-v2", "objectnet"]
+    );
+}

@@ -9,6 +9,7 @@ pub mod pretrain;
 pub mod report;
 pub mod shiftworld;
 pub mod sweep;
+pub mod synth_data;
 pub mod tokenize;
 pub mod train;
 pub mod wiseft;
@@ -17,7 +18,7 @@ pub mod zeroshot;
 use anyhow::Context;
 use candle_core::{Device, Tensor};
 use robustft::clip::preprocess::ClipPreprocess;
-use robustft::clip::ClipModel;
+use robustft::clip::{ClipModel, ConfigSource, LoadedCheckpointInfo};
 use robustft::device::DeviceChoice;
 
 /// Options every model-running command takes.
@@ -31,6 +32,12 @@ pub struct ModelArgs {
     #[arg(long, default_value = "bundled", value_name = "bundled|PATH|HUB_ID")]
     pub model: String,
 
+    /// The architecture facts weights cannot tell (attention heads, activation), instead of the
+    /// config beside the weights or OpenAI's conventions: an open_clip_config.json, an HF
+    /// config.json, or a preset name (ViT-B-32, ViT-B-16, ViT-L-14, ViT-L-14-336).
+    #[arg(long, value_name = "FILE|PRESET", value_parser = parse_config_source)]
+    pub config: Option<ConfigSource>,
+
     /// Where to compute: cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu", value_name = "DEVICE")]
     pub device: DeviceChoice,
@@ -40,10 +47,28 @@ impl ModelArgs {
     /// Opens the device and loads the model.
     pub fn load(&self) -> anyhow::Result<(ClipModel, Device)> {
         let device = self.device.open().with_context(|| format!("cannot open device {:?}", self.device))?;
-        let (model, _) = ClipModel::load(&self.model, &device)
-            .with_context(|| format!("cannot load model {}", self.model))?;
+        let (model, _) = load_model(&self.model, self.config.as_ref(), &device)?;
         Ok((model, device))
     }
+}
+
+/// Parses `--config`: a preset name or an existing file.
+pub fn parse_config_source(spec: &str) -> Result<ConfigSource, String> {
+    ConfigSource::parse(spec).map_err(|e| e.to_string())
+}
+
+/// Loads a model, printing on stderr each value the loader assumed from a convention.
+pub fn load_model(
+    spec: &str,
+    config: Option<&ConfigSource>,
+    device: &Device,
+) -> anyhow::Result<(ClipModel, LoadedCheckpointInfo)> {
+    let (model, info) = ClipModel::load_with_config(spec, config, device)
+        .with_context(|| format!("cannot load model {spec}"))?;
+    for notice in &info.notices {
+        eprintln!("note: {notice}");
+    }
+    Ok((model, info))
 }
 
 /// Preprocesses image files into one `[n, 3, s, s]` batch.

@@ -19,7 +19,7 @@ use anyhow::Context;
 use candle_core::Device;
 use regex::Regex;
 use robustft::clip::preprocess::ClipPreprocess;
-use robustft::clip::{ClipConfig, ClipModel};
+use robustft::clip::{ClipConfig, ClipModel, ConfigSource};
 use robustft::data::Split;
 use robustft::device::DeviceChoice;
 use robustft::eval::evaluate::{append_rows, ResultRow, RowContext};
@@ -56,6 +56,11 @@ pub struct WiseftArgs {
     /// the zero-shot head is rebuilt from each interpolated text tower.
     #[arg(long, value_name = "bundled|PATH|HUB_ID")]
     finetuned: String,
+
+    /// The architecture facts weights cannot tell, for both ends: an open_clip_config.json, an
+    /// HF config.json, or a preset name (see `robustft eval --help`).
+    #[arg(long, value_name = "FILE|PRESET", value_parser = super::parse_config_source)]
+    config: Option<ConfigSource>,
 
     /// The mixing weights: START:END:STEP, inclusive (0:1:0.1 gives 0, 0.1, ..., 1), or a comma
     /// list such as 0,0.5,1; each in [0, 1].
@@ -149,8 +154,8 @@ fn alpha_range(start: f64, end: f64, step: f64) -> Result<Vec<f64>, String> {
 
 pub fn run(args: WiseftArgs) -> anyhow::Result<()> {
     let device = args.device.open().with_context(|| format!("cannot open device {:?}", args.device))?;
-    let (zero_shot, _) = load_model(&args.zeroshot, &device)?;
-    let (finetuned, head_path) = load_model(&args.finetuned, &device)?;
+    let (zero_shot, _) = load_model(&args.zeroshot, args.config.as_ref(), &device)?;
+    let (finetuned, head_path) = load_model(&args.finetuned, args.config.as_ref(), &device)?;
     check_same_architecture(&args, &zero_shot.config, &finetuned.config)?;
     let benchmark = Benchmark::open(&args)?;
     let (prompts, prompt_set) =
@@ -199,8 +204,12 @@ pub fn run(args: WiseftArgs) -> anyhow::Result<()> {
 }
 
 /// Loads a checkpoint, with the path of the trained head stored beside its weights, if any.
-fn load_model(spec: &str, device: &Device) -> anyhow::Result<(ClipModel, Option<PathBuf>)> {
-    let (model, info) = ClipModel::load(spec, device).with_context(|| format!("cannot load model {spec}"))?;
+fn load_model(
+    spec: &str,
+    config: Option<&ConfigSource>,
+    device: &Device,
+) -> anyhow::Result<(ClipModel, Option<PathBuf>)> {
+    let (model, info) = super::load_model(spec, config, device)?;
     let head = info.files.map(|files| files.weights.with_file_name(HEAD_FILE)).filter(|path| path.is_file());
     Ok((model, head))
 }

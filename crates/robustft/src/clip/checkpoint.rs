@@ -8,10 +8,19 @@
 //! `hf-hub` crate, offline (nothing is downloaded). TorchScript archives (OpenAI's original
 //! `ViT-B-32.pt`) are not state dicts and are rejected with an explanation.
 //!
+//! A weights file is recognised by its content, not its name (safetensors header, PyTorch zip
+//! archive); anything else (an image, a legacy pickle, text) is refused as not a checkpoint, and
+//! a panic inside candle's pickle reader is caught and reported with the file's name.
+//!
 //! The architecture is inferred from tensor shapes (as OpenAI's `build_model` does); heads,
-//! activation and LayerNorm epsilon come from the config file beside the weights, else from
-//! OpenAI's conventions (64-wide heads, QuickGELU, 1e-5). Every expected key must be present
-//! with its expected shape; errors name the key and the file. Saving writes the HF layout
+//! activation and LayerNorm epsilon come from `--config` ([`ConfigSource`]: an
+//! `open_clip_config.json`, an HF `config.json` or a preset name), else from the config file
+//! beside the weights, else from OpenAI's conventions (64-wide heads, QuickGELU, 1e-5). The
+//! conventions are never applied silently: a tower whose width is not a multiple of 64 is
+//! refused (naming the file, the width and the fix), and every value taken from a convention is
+//! reported in [`LoadedCheckpoint::notices`] for the caller to print. A config value of the
+//! wrong type is a malformed config, naming the key. Every expected key must be present with
+//! its expected shape; errors name the key and the file. Saving writes the HF layout
 //! (`model.safetensors` with metadata + `config.json`) atomically (temp file, then rename).
 
 use std::collections::HashMap;
@@ -20,7 +29,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 
-use super::config::{Activation, ClipConfig, TextConfig, VisionConfig};
+use super::config::{canonical_preset_name, Activation, ClipConfig, TextConfig, VisionConfig};
 use super::keymap::{detect_layout, openclip_to_hf, Layout};
 use super::CheckpointError;
 
@@ -50,6 +59,36 @@ pub struct LoadedCheckpoint {
     pub tensors: Vec<(String, Tensor)>,
     pub layout: Layout,
     pub files: ModelFiles,
+    /// Values assumed from a convention rather than read from a config (one line each), for
+    /// the caller to show the user; empty when a config gave everything.
+    pub notices: Vec<String>,
+}
+
+/// Where the architecture facts that tensor shapes cannot tell come from, when given
+/// explicitly (`--config`) instead of by the files beside the weights.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ConfigSource {
+    /// An `open_clip_config.json` or an HF `config.json`, told apart by their keys.
+    File(PathBuf),
+    /// A preset's heads, activation and LayerNorm epsilon (`ViT-B-32`, ...).
+    Preset(&'static str),
+}
+
+impl ConfigSource {
+    /// A preset name (any spelling [`canonical_preset_name`] accepts) or an existing file.
+    pub fn parse(spec: &str) -> Result<Self, CheckpointError> {
+        if let Some(name) = canonical_preset_name(spec) {
+            return Ok(Self::Preset(name));
+        }
+        let path = PathBuf::from(spec);
+        if path.is_file() {
+            return Ok(Self::File(path));
+        }
+        Err(CheckpointError::BadConfig {
+            path,
+            reason: format!("neither a file nor a preset name ({})", super::config::PRESET_NAMES.join(", ")),
+        })
+    }
 }
 
 /// Resolves `spec` (a path or a hub id) to files on disk.
@@ -106,14 +145,28 @@ fn files_in_hub_cache(id: &str) -> Result<ModelFiles, CheckpointError> {
     })
 }
 
-/// Reads and validates a checkpoint onto `device`.
+/// Reads and validates a checkpoint onto `device`, with the config files beside the weights.
 pub fn load(files: &ModelFiles, device: &Device) -> Result<LoadedCheckpoint, CheckpointError> {
+    load_with(files, None, device)
+}
+
+/// Reads and validates a checkpoint onto `device`; `config`, when given, replaces the config
+/// files beside the weights.
+pub fn load_with(
+    files: &ModelFiles,
+    config: Option<&ConfigSource>,
+    device: &Device,
+) -> Result<LoadedCheckpoint, CheckpointError> {
     let raw = read_tensors(&files.weights, device).map_err(|e| e.in_file(&files.weights))?;
     let layout = detect_layout(raw.iter().map(|(k, _)| k.as_str()))
         .ok_or_else(|| CheckpointError::UnknownLayout { path: files.weights.clone() })?;
-    let hints = ConfigHints::read(files, layout)?;
-    let (config, tensors) = validate(raw, layout, &hints).map_err(|e| e.in_file(&files.weights))?;
-    Ok(LoadedCheckpoint { config, tensors, layout, files: files.clone() })
+    let mut hints = match config {
+        Some(source) => ConfigHints::from_source(source)?,
+        None => ConfigHints::read(files, layout)?,
+    };
+    let (config, tensors) = validate(raw, layout, &mut hints).map_err(|e| e.in_file(&files.weights))?;
+    let notices = hints.notices.iter().map(|n| format!("{}: {n}", files.weights.display())).collect();
+    Ok(LoadedCheckpoint { config, tensors, layout, files: files.clone(), notices })
 }
 
 /// Loads an HF-layout checkpoint held in memory: safetensors bytes and `config.json` text
@@ -130,15 +183,15 @@ pub fn load_hf_bytes(
         .collect();
     let json = serde_json::from_str(config_json)
         .map_err(|e| CheckpointError::BadConfig { path: origin.to_path_buf(), reason: e.to_string() })?;
-    let hints = ConfigHints::from_hf_json(&json, origin)?;
-    validate(raw, Layout::Hf, &hints).map_err(|e| e.in_file(origin))
+    let mut hints = ConfigHints::from_hf_json(&json, origin)?;
+    validate(raw, Layout::Hf, &mut hints).map_err(|e| e.in_file(origin))
 }
 
 /// Renames to canonical keys, infers the configuration and checks every key and shape.
 fn validate(
     raw: Vec<(String, Tensor)>,
     layout: Layout,
-    hints: &ConfigHints,
+    hints: &mut ConfigHints,
 ) -> Result<(ClipConfig, Vec<(String, Tensor)>), CheckpointError> {
     let canonical = match layout {
         Layout::Hf => raw
@@ -156,14 +209,76 @@ fn validate(
 
 /// Reads every tensor of a safetensors or pickle file, converted to f32.
 fn read_tensors(path: &Path, device: &Device) -> Result<Vec<(String, Tensor)>, CheckpointError> {
-    let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
-    let tensors: Vec<(String, Tensor)> = if is_safetensors {
-        candle_core::safetensors::load(path, device)?.into_iter().collect()
-    } else {
-        reject_torchscript(path)?;
-        candle_core::pickle::read_all(path)?
+    let tensors: Vec<(String, Tensor)> = match sniff(path)? {
+        WeightsFormat::Safetensors => candle_core::safetensors::load(path, device)?.into_iter().collect(),
+        WeightsFormat::TorchZip => {
+            reject_torchscript(path)?;
+            read_pickle(path)?
+        }
     };
     tensors.into_iter().map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?.to_device(device)?))).collect()
+}
+
+/// The two container formats weights are read from.
+enum WeightsFormat {
+    Safetensors,
+    TorchZip,
+}
+
+/// Tells a weights file's format from its first bytes; anything else is not a checkpoint,
+/// with what it looks like instead when that is recognisable.
+fn sniff(path: &Path) -> Result<WeightsFormat, CheckpointError> {
+    use std::io::Read;
+    let io_error = |source| CheckpointError::Io { path: path.to_path_buf(), source };
+    let mut head = Vec::with_capacity(16);
+    std::fs::File::open(path).map_err(io_error)?.take(16).read_to_end(&mut head).map_err(io_error)?;
+    let size = std::fs::metadata(path).map_err(io_error)?.len();
+    if head.starts_with(b"PK\x03\x04") {
+        return Ok(WeightsFormat::TorchZip);
+    }
+    if head.len() > 8 && head[8] == b'{' {
+        let header_len = u64::from_le_bytes(head[..8].try_into().expect("eight bytes"));
+        if header_len <= size.saturating_sub(8) {
+            return Ok(WeightsFormat::Safetensors);
+        }
+    }
+    Err(CheckpointError::NotACheckpoint { path: path.to_path_buf(), looks_like: describe_content(&head) })
+}
+
+/// What a file that is not a checkpoint appears to be, from its magic bytes.
+fn describe_content(head: &[u8]) -> String {
+    let kind = match head {
+        [0x89, b'P', b'N', b'G', ..] => "a PNG image",
+        [0xFF, 0xD8, 0xFF, ..] => "a JPEG image",
+        [0x1F, 0x8B, ..] => "a gzip archive",
+        [0x80, 0x02..=0x05, ..] => {
+            "a pickle in PyTorch's legacy (pre-1.6) format: re-save it with a current torch.save, or as safetensors"
+        }
+        [] => "an empty file",
+        _ if head.iter().all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace()) => "a text file",
+        _ => "an unrecognised format",
+    };
+    format!("it is {kind}; expected a safetensors file or a PyTorch (zip) state dict")
+}
+
+/// candle's pickle reader, with a panic on malformed input turned into an error naming the file.
+fn read_pickle(path: &Path) -> Result<Vec<(String, Tensor)>, CheckpointError> {
+    let owned = path.to_path_buf();
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let outcome = std::panic::catch_unwind(move || candle_core::pickle::read_all(owned));
+    std::panic::set_hook(default_hook);
+    match outcome {
+        Ok(result) => Ok(result?),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(CheckpointError::MalformedPickle { path: path.to_path_buf(), reason: message })
+        }
+    }
 }
 
 /// TorchScript archives (OpenAI's JIT `.pt`) hold code, not a state dict.
@@ -185,14 +300,23 @@ fn zip_names(file: std::fs::File) -> std::io::Result<Vec<String>> {
         .collect())
 }
 
-/// Architecture facts that shapes cannot tell, read from the config file beside the weights.
+/// Architecture facts that shapes cannot tell, read from a config (or a preset); `None` heads
+/// fall back to OpenAI's 64-wide heads, which `infer_config` checks against the widths.
 #[derive(Debug)]
 struct ConfigHints {
     vision_heads: Option<usize>,
     text_heads: Option<usize>,
     activation: Activation,
     layer_norm_eps: f64,
+    /// Where the hints come from, for errors: a file, a preset, or OpenAI's conventions.
+    source: String,
+    /// Values taken from a convention rather than from the source.
+    notices: Vec<String>,
 }
+
+/// How to replace a value assumed from a convention.
+const OVERRIDE_HINT: &str =
+    "put the model's open_clip_config.json or config.json beside the weights, or pass --config FILE|PRESET";
 
 impl ConfigHints {
     fn read(files: &ModelFiles, layout: Layout) -> Result<Self, CheckpointError> {
@@ -204,8 +328,48 @@ impl ConfigHints {
         }
     }
 
+    fn from_source(source: &ConfigSource) -> Result<Self, CheckpointError> {
+        match source {
+            ConfigSource::Preset(name) => Ok(Self::from_preset(name)),
+            ConfigSource::File(path) => {
+                let json = read_json(path)?;
+                if json.get("vision_config").is_some() || json.get("text_config").is_some() {
+                    Self::from_hf_json(&json, path)
+                } else if json.get("model_cfg").is_some() || json.get("vision_cfg").is_some() {
+                    Self::from_openclip_json(&json, path)
+                } else {
+                    Err(CheckpointError::BadConfig {
+                        path: path.clone(),
+                        reason: "neither an HF config.json (no `vision_config`/`text_config`) nor an \
+                                 open_clip_config.json (no `model_cfg`/`vision_cfg`)"
+                            .into(),
+                    })
+                }
+            }
+        }
+    }
+
     fn openai_conventions() -> Self {
-        Self { vision_heads: None, text_heads: None, activation: Activation::QuickGelu, layer_norm_eps: 1e-5 }
+        Self {
+            vision_heads: None,
+            text_heads: None,
+            activation: Activation::QuickGelu,
+            layer_norm_eps: 1e-5,
+            source: "no open_clip_config.json or config.json beside the weights".into(),
+            notices: Vec::new(),
+        }
+    }
+
+    fn from_preset(name: &str) -> Self {
+        let preset = ClipConfig::preset(name).expect("a canonical preset name");
+        Self {
+            vision_heads: Some(preset.vision.heads),
+            text_heads: Some(preset.text.heads),
+            activation: preset.activation,
+            layer_norm_eps: preset.layer_norm_eps,
+            source: format!("preset {name}"),
+            notices: Vec::new(),
+        }
     }
 
     fn from_hf(path: &Path) -> Result<Self, CheckpointError> {
@@ -215,41 +379,75 @@ impl ConfigHints {
     fn from_hf_json(json: &Value, path: &Path) -> Result<Self, CheckpointError> {
         let tower = |name: &str| json.get(name).cloned().unwrap_or(Value::Null);
         let (text, vision) = (tower("text_config"), tower("vision_config"));
-        let act = |cfg: &Value| -> Result<Activation, CheckpointError> {
-            let name = cfg.get("hidden_act").and_then(Value::as_str).unwrap_or("quick_gelu");
-            Activation::from_hf_name(name).ok_or_else(|| CheckpointError::BadConfig {
+        let mut notices = Vec::new();
+        let mut act = |cfg: &Value, name: &str| -> Result<Activation, CheckpointError> {
+            let Some(value) = cfg.get("hidden_act") else {
+                notices.push(format!(
+                    "{} has no {name}.hidden_act: assuming transformers' default quick_gelu",
+                    path.display()
+                ));
+                return Ok(Activation::QuickGelu);
+            };
+            value.as_str().and_then(Activation::from_hf_name).ok_or_else(|| CheckpointError::BadConfig {
                 path: path.to_path_buf(),
-                reason: format!("unsupported hidden_act {name:?} (expected \"quick_gelu\" or \"gelu\")"),
+                reason: format!("`{name}.hidden_act` is {value}; expected \"quick_gelu\" or \"gelu\""),
             })
         };
-        let (text_act, vision_act) = (act(&text)?, act(&vision)?);
+        let (text_act, vision_act) = (act(&text, "text_config")?, act(&vision, "vision_config")?);
         if text_act != vision_act {
             return Err(CheckpointError::BadConfig {
                 path: path.to_path_buf(),
                 reason: "the text and vision towers use different activations, which is not supported".into(),
             });
         }
+        let mut heads = |cfg: &Value, name: &str, default: usize| -> Result<usize, CheckpointError> {
+            let key = format!("{name}.num_attention_heads");
+            Ok(positive_int(cfg, "num_attention_heads", &key, path)?.unwrap_or_else(|| {
+                notices.push(format!(
+                    "{} has no {key}: assuming transformers' default {default}",
+                    path.display()
+                ));
+                default
+            }))
+        };
+        let vision_heads = heads(&vision, "vision_config", 12)?;
+        let text_heads = heads(&text, "text_config", 8)?;
         Ok(Self {
-            vision_heads: Some(usize_field(&vision, "num_attention_heads").unwrap_or(12)),
-            text_heads: Some(usize_field(&text, "num_attention_heads").unwrap_or(8)),
+            vision_heads: Some(vision_heads),
+            text_heads: Some(text_heads),
             activation: text_act,
-            layer_norm_eps: text.get("layer_norm_eps").and_then(Value::as_f64).unwrap_or(1e-5),
+            layer_norm_eps: layer_norm_eps(&text, path)?,
+            source: path.display().to_string(),
+            notices,
         })
     }
 
     fn from_openclip(path: &Path) -> Result<Self, CheckpointError> {
-        let json = read_json(path)?;
-        let cfg = json.get("model_cfg").unwrap_or(&json);
+        Self::from_openclip_json(&read_json(path)?, path)
+    }
+
+    /// open_clip's own defaults (`CLIPVisionCfg`, `CLIPTextCfg`) fill what the file omits,
+    /// as open_clip itself does.
+    fn from_openclip_json(json: &Value, path: &Path) -> Result<Self, CheckpointError> {
+        let cfg = json.get("model_cfg").unwrap_or(json);
         let vision = cfg.get("vision_cfg").cloned().unwrap_or(Value::Null);
         let text = cfg.get("text_cfg").cloned().unwrap_or(Value::Null);
-        let head_width = usize_field(&vision, "head_width").unwrap_or(64);
-        let vision_heads = usize_field(&vision, "width").map(|w| w / head_width.max(1));
-        let quick_gelu = cfg.get("quick_gelu").and_then(Value::as_bool).unwrap_or(false);
+        let head_width = positive_int(&vision, "head_width", "vision_cfg.head_width", path)?.unwrap_or(64);
+        let vision_width = positive_int(&vision, "width", "vision_cfg.width", path)?;
+        let quick_gelu = match cfg.get("quick_gelu") {
+            None => false,
+            Some(value) => value.as_bool().ok_or_else(|| CheckpointError::BadConfig {
+                path: path.to_path_buf(),
+                reason: format!("`quick_gelu` must be true or false, found {value}"),
+            })?,
+        };
         Ok(Self {
-            vision_heads,
-            text_heads: Some(usize_field(&text, "heads").unwrap_or(8)),
+            vision_heads: vision_width.map(|w| w / head_width),
+            text_heads: Some(positive_int(&text, "heads", "text_cfg.heads", path)?.unwrap_or(8)),
             activation: if quick_gelu { Activation::QuickGelu } else { Activation::Gelu },
             layer_norm_eps: 1e-5,
+            source: path.display().to_string(),
+            notices: Vec::new(),
         })
     }
 }
@@ -261,61 +459,117 @@ fn read_json(path: &Path) -> Result<Value, CheckpointError> {
         .map_err(|e| CheckpointError::BadConfig { path: path.to_path_buf(), reason: e.to_string() })
 }
 
-fn usize_field(value: &Value, key: &str) -> Option<usize> {
-    value.get(key).and_then(Value::as_u64).map(|v| v as usize)
+/// `value[field]` as a positive integer: `None` when absent, an error naming `key` (its
+/// dotted path in the file) when present with another type or zero.
+fn positive_int(
+    value: &Value,
+    field: &str,
+    key: &str,
+    path: &Path,
+) -> Result<Option<usize>, CheckpointError> {
+    match value.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(found) => match found.as_u64() {
+            Some(n) if n > 0 => Ok(Some(n as usize)),
+            _ => Err(CheckpointError::BadConfig {
+                path: path.to_path_buf(),
+                reason: format!("`{key}` must be a positive integer, found {found}"),
+            }),
+        },
+    }
+}
+
+/// The HF text tower's `layer_norm_eps` (the model uses one epsilon), 1e-5 when absent.
+fn layer_norm_eps(text: &Value, path: &Path) -> Result<f64, CheckpointError> {
+    match text.get("layer_norm_eps") {
+        None => Ok(1e-5),
+        Some(value) => value.as_f64().filter(|eps| eps.is_finite() && *eps > 0.0).ok_or_else(|| {
+            CheckpointError::BadConfig {
+                path: path.to_path_buf(),
+                reason: format!("`text_config.layer_norm_eps` must be a positive number, found {value}"),
+            }
+        }),
+    }
 }
 
 /// Derives the architecture from canonical tensor shapes (OpenAI `build_model`'s approach).
 fn infer_config(
     tensors: &HashMap<String, Tensor>,
-    hints: &ConfigHints,
+    hints: &mut ConfigHints,
 ) -> Result<ClipConfig, CheckpointError> {
-    let dims = |key: &str| -> Result<Vec<usize>, CheckpointError> {
-        tensors
+    let dims = |key: &str, rank: usize| -> Result<Vec<usize>, CheckpointError> {
+        let found = tensors
             .get(key)
             .map(|t| t.dims().to_vec())
-            .ok_or(CheckpointError::MissingKey { key: key.to_string() })
+            .ok_or(CheckpointError::MissingKey { key: key.to_string() })?;
+        if found.len() != rank {
+            return Err(CheckpointError::Rank { key: key.to_string(), expected: rank, found });
+        }
+        Ok(found)
     };
     let count_layers = |prefix: &str| {
         (0..).take_while(|i| tensors.contains_key(&format!("{prefix}.layers.{i}.layer_norm1.weight"))).count()
     };
-    let patch = dims("vision_model.embeddings.patch_embedding.weight")?;
-    let vision_positions = dims("vision_model.embeddings.position_embedding.weight")?[0];
+    let patch = dims("vision_model.embeddings.patch_embedding.weight", 4)?;
+    let vision_positions = dims("vision_model.embeddings.position_embedding.weight", 2)?[0];
     let grid = ((vision_positions.saturating_sub(1)) as f64).sqrt().round() as usize;
     let vision_width = patch[0];
-    let text_embedding = dims("text_model.embeddings.token_embedding.weight")?;
+    let text_embedding = dims("text_model.embeddings.token_embedding.weight", 2)?;
     let text_width = text_embedding[1];
+    let vision_heads = heads_for("vision", vision_width, hints.vision_heads, &hints.source)?;
+    let text_heads = heads_for("text", text_width, hints.text_heads, &hints.source)?;
+    if hints.vision_heads.is_none() || hints.text_heads.is_none() {
+        hints.notices.push(format!(
+            "{}: assumed OpenAI's conventions: {vision_heads} vision and {text_heads} text attention heads \
+             of width 64, {} activation, LayerNorm eps {}; if this is not an OpenAI model, {OVERRIDE_HINT}",
+            hints.source,
+            hints.activation.hf_name(),
+            hints.layer_norm_eps
+        ));
+    }
     let vision = VisionConfig {
         image_size: grid * patch[2],
         patch_size: patch[2],
         width: vision_width,
         layers: count_layers("vision_model.encoder"),
-        heads: heads_for("vision", vision_width, hints.vision_heads)?,
-        mlp_dim: dims("vision_model.encoder.layers.0.mlp.fc1.weight")?[0],
+        heads: vision_heads,
+        mlp_dim: dims("vision_model.encoder.layers.0.mlp.fc1.weight", 2)?[0],
     };
     let text = TextConfig {
         vocab_size: text_embedding[0],
-        context_length: dims("text_model.embeddings.position_embedding.weight")?[0],
+        context_length: dims("text_model.embeddings.position_embedding.weight", 2)?[0],
         width: text_width,
         layers: count_layers("text_model.encoder"),
-        heads: heads_for("text", text_width, hints.text_heads)?,
-        mlp_dim: dims("text_model.encoder.layers.0.mlp.fc1.weight")?[0],
+        heads: text_heads,
+        mlp_dim: dims("text_model.encoder.layers.0.mlp.fc1.weight", 2)?[0],
     };
     Ok(ClipConfig {
         vision,
         text,
-        embed_dim: dims("text_projection.weight")?[0],
+        embed_dim: dims("text_projection.weight", 2)?[0],
         activation: hints.activation,
         layer_norm_eps: hints.layer_norm_eps,
     })
 }
 
-fn heads_for(tower: &str, width: usize, hinted: Option<usize>) -> Result<usize, CheckpointError> {
-    let heads = hinted.unwrap_or(width / 64);
-    if heads == 0 || !width.is_multiple_of(heads) {
-        return Err(CheckpointError::Heads { tower: tower.to_string(), width, heads });
+/// A tower's head count: the config's, which must divide the width, or OpenAI's 64-wide heads,
+/// which only a width that is a multiple of 64 can have.
+fn heads_for(
+    tower: &str,
+    width: usize,
+    hinted: Option<usize>,
+    source: &str,
+) -> Result<usize, CheckpointError> {
+    match hinted {
+        None if width == 0 || !width.is_multiple_of(64) => {
+            Err(CheckpointError::UnknownHeads { tower: tower.to_string(), width, fix: OVERRIDE_HINT })
+        }
+        None => Ok(width / 64),
+        Some(heads) if heads == 0 || !width.is_multiple_of(heads) => {
+            Err(CheckpointError::Heads { tower: tower.to_string(), width, heads, config: source.to_string() })
+        }
+        Some(heads) => Ok(heads),
     }
-    Ok(heads)
 }
 
 /// Moves every expected tensor out of `tensors` in canonical order, checking shapes, and
@@ -398,17 +652,24 @@ pub fn save_hf(
     write_atomic(&dir.join("config.json"), config_text.as_bytes())
 }
 
-/// Writes f32 `tensors` with `metadata` as a safetensors file, atomically.
+/// Writes f32 `tensors` with `metadata` as a safetensors file, atomically. Every tensor is
+/// copied to the host first, so a failed copy is an error naming its key, never a short file.
 pub fn write_safetensors(
     path: &Path,
     tensors: &[(String, Tensor)],
     metadata: HashMap<String, String>,
 ) -> Result<(), CheckpointError> {
-    let bytes = safetensors::tensor::serialize(
-        tensors.iter().map(|(k, t)| (k.as_str(), SafeView(t))),
-        Some(metadata),
-    )
-    .map_err(|e| CheckpointError::Write { path: path.to_path_buf(), reason: e.to_string() })?;
+    let write_error = |reason: String| CheckpointError::Write { path: path.to_path_buf(), reason };
+    let host = tensors
+        .iter()
+        .map(|(key, tensor)| {
+            HostTensor::new(tensor)
+                .map(|t| (key.as_str(), t))
+                .map_err(|e| write_error(format!("tensor `{key}`: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let bytes =
+        safetensors::tensor::serialize(host, Some(metadata)).map_err(|e| write_error(e.to_string()))?;
     write_atomic(path, &bytes)
 }
 
@@ -419,25 +680,36 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
     std::fs::rename(&tmp, path).map_err(|source| CheckpointError::Io { path: path.to_path_buf(), source })
 }
 
-/// Adapts a candle tensor to the `safetensors` serialiser; values are written as f32.
-struct SafeView<'a>(&'a Tensor);
+/// A tensor's values as little-endian f32 bytes on the host, for the `safetensors` serialiser.
+struct HostTensor {
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
 
-impl safetensors::View for SafeView<'_> {
+impl HostTensor {
+    fn new(tensor: &Tensor) -> candle_core::Result<Self> {
+        let values: Vec<f32> = tensor.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+        Ok(Self {
+            shape: tensor.dims().to_vec(),
+            bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        })
+    }
+}
+
+impl safetensors::View for HostTensor {
     fn dtype(&self) -> safetensors::Dtype {
         safetensors::Dtype::F32
     }
 
     fn shape(&self) -> &[usize] {
-        self.0.dims()
+        &self.shape
     }
 
     fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        let values: Vec<f32> =
-            self.0.flatten_all().and_then(|t| t.to_dtype(DType::F32)?.to_vec1()).unwrap_or_default();
-        std::borrow::Cow::Owned(values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        std::borrow::Cow::Borrowed(&self.bytes)
     }
 
     fn data_len(&self) -> usize {
-        self.0.elem_count() * 4
+        self.bytes.len()
     }
 }

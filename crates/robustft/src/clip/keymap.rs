@@ -122,6 +122,7 @@ fn openclip_entry_to_hf(
     tensor: &Tensor,
 ) -> Result<Option<Vec<(String, Tensor)>>, CheckpointError> {
     if let Some((_, hf)) = TRANSPOSED.iter().find(|(oc, _)| *oc == key) {
+        expect_rank(key, tensor, 2)?;
         return Ok(Some(vec![(hf.to_string(), tensor.t()?.contiguous()?)]));
     }
     if let Some(hf) = rename_global(key, &GLOBAL_RENAMES, false) {
@@ -132,12 +133,20 @@ fn openclip_entry_to_hf(
         let Some((layer, inner)) = rest.split_once('.') else { return Ok(None) };
         let block = format!("{hf_prefix}{layer}.");
         if let Some((_, suffix)) = FUSED_QKV.iter().find(|(fused, _)| *fused == inner) {
+            expect_rank(key, tensor, if *suffix == "weight" { 2 } else { 1 })?;
             return Ok(Some(split_qkv(&block, suffix, tensor)?));
         }
         return Ok(rename_global(inner, &BLOCK_RENAMES, false)
             .map(|hf| vec![(format!("{block}{hf}"), tensor.clone())]));
     }
     Ok(None)
+}
+
+fn expect_rank(key: &str, tensor: &Tensor, rank: usize) -> Result<(), CheckpointError> {
+    if tensor.rank() == rank {
+        return Ok(());
+    }
+    Err(CheckpointError::Rank { key: key.to_string(), expected: rank, found: tensor.dims().to_vec() })
 }
 
 fn split_qkv(block: &str, suffix: &str, fused: &Tensor) -> Result<Vec<(String, Tensor)>, CheckpointError> {

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
-pub use checkpoint::{LoadedCheckpoint, ModelFiles};
+pub use checkpoint::{ConfigSource, LoadedCheckpoint, ModelFiles};
 pub use config::{Activation, ClipConfig, TextConfig, VisionConfig};
 pub use keymap::Layout;
 pub use params::ParamStore;
@@ -53,8 +53,16 @@ pub enum CheckpointError {
     ShapeMismatch { key: String, expected: Vec<usize>, found: Vec<usize> },
     #[error("unexpected keys: {}", keys.join(", "))]
     UnexpectedKeys { keys: Vec<String> },
-    #[error("cannot infer the {tower} tower's attention heads (width {width}, heads {heads}); put the model's config.json beside the weights")]
-    Heads { tower: String, width: usize, heads: usize },
+    #[error("{config}: {heads} attention heads do not divide the {tower} tower's width {width}; the config does not match the weights")]
+    Heads { tower: String, width: usize, heads: usize, config: String },
+    #[error("the {tower} tower is {width} wide, not a multiple of OpenAI's 64-wide attention heads, so its head count cannot be assumed; {fix}")]
+    UnknownHeads { tower: String, width: usize, fix: &'static str },
+    #[error("key `{key}`: expected a rank-{expected} tensor, found shape {found:?}")]
+    Rank { key: String, expected: usize, found: Vec<usize> },
+    #[error("{path} is not a checkpoint: {looks_like}")]
+    NotACheckpoint { path: PathBuf, looks_like: String },
+    #[error("{path}: malformed PyTorch checkpoint (the pickle reader failed: {reason})")]
+    MalformedPickle { path: PathBuf, reason: String },
     #[error("cannot write {path}: {reason}")]
     Write { path: PathBuf, reason: String },
     #[error("{path}: {source}")]
@@ -71,6 +79,8 @@ impl CheckpointError {
             | Self::ShapeMismatch { .. }
             | Self::UnexpectedKeys { .. }
             | Self::Heads { .. }
+            | Self::UnknownHeads { .. }
+            | Self::Rank { .. }
             | Self::Candle(_) => Self::InFile { path: path.to_path_buf(), source: Box::new(self) },
             other => other,
         }
@@ -132,13 +142,28 @@ impl ClipModel {
     /// Loads a checkpoint from a path or a cached hub id (see [`checkpoint`]), or the model
     /// bundled in the binary when `spec` is [`bundled::BUNDLED_MODEL`].
     pub fn load(spec: &str, device: &Device) -> Result<(Self, LoadedCheckpointInfo), CheckpointError> {
+        Self::load_with_config(spec, None, device)
+    }
+
+    /// [`ClipModel::load`] with the architecture facts shapes cannot tell taken from `config`
+    /// instead of the files beside the weights. The returned info's `notices` say which values
+    /// were assumed from a convention; callers show them to the user.
+    pub fn load_with_config(
+        spec: &str,
+        config: Option<&ConfigSource>,
+        device: &Device,
+    ) -> Result<(Self, LoadedCheckpointInfo), CheckpointError> {
         if spec == bundled::BUNDLED_MODEL {
-            let info = LoadedCheckpointInfo { files: None, layout: Layout::Hf };
+            let info = LoadedCheckpointInfo { files: None, layout: Layout::Hf, notices: Vec::new() };
             return Ok((bundled::load_bundled(device)?, info));
         }
         let files = checkpoint::resolve(spec)?;
-        let loaded = checkpoint::load(&files, device)?;
-        let info = LoadedCheckpointInfo { files: Some(loaded.files), layout: loaded.layout };
+        let loaded = checkpoint::load_with(&files, config, device)?;
+        let info = LoadedCheckpointInfo {
+            files: Some(loaded.files),
+            layout: loaded.layout,
+            notices: loaded.notices,
+        };
         Ok((Self::from_tensors(loaded.config, loaded.tensors, device)?, info))
     }
 
@@ -208,6 +233,8 @@ pub struct LoadedCheckpointInfo {
     /// `None` for the bundled model.
     pub files: Option<ModelFiles>,
     pub layout: Layout,
+    /// Values assumed from a convention (see [`LoadedCheckpoint::notices`]).
+    pub notices: Vec<String>,
 }
 
 /// Initial values of one parameter, following OpenAI CLIP's `initialize_parameters`.

@@ -16,6 +16,9 @@
 //!   ImageNet-Sketch, ImageNet-R, ImageNet-A and ObjectNet, with the label spaces and logit
 //!   projections of mlfoundations/wise-ft `src/datasets/` (which FLYP and DRM reuse; details
 //!   in `imagenet.rs`).
+//! * **Synthetic stand-ins** ([`write_synthetic`]): the ImageNet (1000 classes, `train/` and
+//!   every variant folder) and iWildCam (182 classes, `metadata.csv`) layouts filled with tiny
+//!   JPEGs, to rehearse the paper recipes without the data (`synth.rs`).
 //! * **Loader** ([`Loader`]): seeded Fisher–Yates order, parallel decoding on a thread pool,
 //!   a bounded prefetch queue, failed images skipped and reported, resumable mid-epoch.
 
@@ -25,6 +28,7 @@ mod imagenet;
 mod imagenet_classes;
 mod loader;
 mod manifest;
+mod synth;
 mod wilds;
 
 use std::fmt;
@@ -37,6 +41,7 @@ pub use imagenet_classes::{
 };
 pub use loader::{epoch_order, Batch, Loader, LoaderConfig, Transform};
 pub use manifest::{load_manifest_split, manifest_splits};
+pub use synth::{write_synthetic, SynthLayout};
 pub use wilds::{load_fmow_split, load_iwildcam_split, FMOW_SPLITS, IWILDCAM_SPLITS};
 
 /// One labelled example of a split.

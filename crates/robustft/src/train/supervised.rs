@@ -440,7 +440,7 @@ fn accumulate(
     let size = source.image_size();
     let per_image = 3 * size * size;
     let micro = kept.len().div_ceil(accumulation).max(1);
-    let (mut total_loss, mut grads): (f32, Option<GradStore>) = (0.0, None);
+    let (mut total_loss, mut grads): (Option<Tensor>, Option<GradStore>) = (None, None);
     for (chunk, chunk_indices) in kept.chunks(micro).enumerate() {
         let start = chunk * micro;
         let images = Tensor::from_slice(
@@ -458,7 +458,10 @@ fn accumulate(
         };
         let share = chunk_indices.len() as f64 / kept.len() as f64;
         let loss = (objective.loss(model, &batch)? * share)?;
-        total_loss += loss.to_scalar::<f32>()?;
+        total_loss = Some(match total_loss {
+            Some(sum) => (sum + loss.detach())?,
+            None => loss.detach(),
+        });
         let chunk_grads = loss.backward()?;
         match &mut grads {
             Some(sum) => sum.extend(chunk_grads)?,
@@ -469,6 +472,8 @@ fn accumulate(
         what: format!("a {split} batch of epoch {epoch}"),
         reason: "none of its images could be read".into(),
     })?;
+    // One copy to the host per step, not one per accumulation chunk.
+    let total_loss = total_loss.map_or(Ok(0.0), |t| t.to_scalar::<f32>())?;
     Ok((total_loss, grads, kept.len()))
 }
 
@@ -480,13 +485,18 @@ pub fn clip_gradients(
     params: &[(String, Var, bool)],
     max_norm: Option<f64>,
 ) -> Result<f64> {
-    let mut squares = 0f64;
+    let mut squares = Vec::with_capacity(params.len());
     for (_, var, _) in params {
         if let Some(g) = grads.get(var.as_tensor()) {
-            squares += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            squares.push(g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?);
         }
     }
-    let norm = squares.sqrt();
+    // Summed on the device: one copy to the host per step, not one per parameter.
+    let norm = if squares.is_empty() {
+        0.0
+    } else {
+        Tensor::stack(&squares, 0)?.sum_all()?.to_scalar::<f64>()?.sqrt()
+    };
     if let Some(max_norm) = max_norm {
         let factor = max_norm / (norm + 1e-6);
         if factor < 1.0 {

@@ -23,24 +23,49 @@ pub fn expected(name: &str) -> HashMap<String, Tensor> {
 
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
-    let a = a.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
-    let b = b.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+    let host =
+        |t: &Tensor| t.to_device(&Device::Cpu).unwrap().to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+    let (a, b) = (host(a), host(b));
     (a - b).unwrap().abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
 }
 
 pub fn max_abs(a: &Tensor) -> f32 {
-    a.flatten_all().unwrap().abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    a.to_device(&Device::Cpu)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 /// The largest errors allowed: absolute for the unit-norm embeddings, the logits and the loss;
 /// for a gradient, `gradient_relative` of the reference tensor's largest entry plus
 /// `gradient_floor` (tensors whose true gradient is zero, key biases, carry only noise).
+#[derive(Clone, Copy)]
 pub struct Tolerances {
     pub embeds: f32,
     pub logits: f32,
     pub loss: f32,
     pub gradient_relative: f32,
     pub gradient_floor: f32,
+}
+
+impl Tolerances {
+    /// Every bound multiplied by `factor` (a device's widening).
+    pub fn scaled(self, factor: f64) -> Self {
+        let f = factor as f32;
+        Self {
+            embeds: self.embeds * f,
+            logits: self.logits * f,
+            loss: self.loss * f,
+            gradient_relative: self.gradient_relative * f,
+            gradient_floor: self.gradient_floor * f,
+        }
+    }
 }
 
 pub struct Outputs {
@@ -51,8 +76,8 @@ pub struct Outputs {
 }
 
 pub fn run(model: &ClipModel, reference: &HashMap<String, Tensor>) -> Outputs {
-    let pixels = &reference["pixel_values"];
-    let ids = reference["input_ids"].to_dtype(DType::U32).unwrap();
+    let pixels = &reference["pixel_values"].to_device(model.device()).unwrap();
+    let ids = reference["input_ids"].to_dtype(DType::U32).unwrap().to_device(model.device()).unwrap();
     let image = model.encode_image(pixels).unwrap();
     let text = model.encode_text(&ids).unwrap();
     let image_embeds = l2_normalize(&image).unwrap();

@@ -39,11 +39,21 @@ impl Nested {
 
     /// The float32 tensor (inputs are written as float32 values).
     pub fn tensor(&self) -> Tensor {
-        Tensor::from_vec(self.f32s(), self.shape(), &Device::Cpu).unwrap()
+        self.tensor_on(&Device::Cpu)
+    }
+
+    /// The float32 tensor on `device`.
+    pub fn tensor_on(&self, device: &Device) -> Tensor {
+        Tensor::from_vec(self.f32s(), self.shape(), device).unwrap()
     }
 
     pub fn var(&self) -> Var {
-        Var::from_tensor(&self.tensor()).unwrap()
+        self.var_on(&Device::Cpu)
+    }
+
+    /// A variable on `device`.
+    pub fn var_on(&self, device: &Device) -> Var {
+        Var::from_tensor(&self.tensor_on(device)).unwrap()
     }
 }
 
