@@ -76,7 +76,8 @@ pub struct PromptArgs {
     pub templates: Option<String>,
 
     /// Use concept descriptions instead of templates: a JSON file in the DRM paper's formats
-    /// (index- or name-keyed; one sentence or a list of sentences per class).
+    /// (keyed by class name or index, or a list in class order; one sentence or a list of
+    /// sentences per class).
     #[arg(long, value_name = "FILE")]
     pub descriptions: Option<std::path::PathBuf>,
 }
