@@ -241,7 +241,8 @@ fn secrets_are_redacted_from_every_message() {
     const PASSWORD: &str = "pa55-w0rd-secret";
     // A server that echoes the Authorization header in its error body.
     let dir = scratch("redact");
-    let server = MockChat::start(|_| (401, format!("{{\"error\": \"bad header Authorization: Bearer {KEY}\"}}")));
+    let server =
+        MockChat::start(|_| (401, format!("{{\"error\": \"bad header Authorization: Bearer {KEY}\"}}")));
     let config = DescribeConfig { api_key: Some(KEY.to_owned()), ..config(&server, &dir) };
     let error = describe(&names(&["owl"]), &config).unwrap_err();
     assert!(matches!(error, DescribeError::Status { status: 401, .. }), "{error:?}");
@@ -252,7 +253,9 @@ fn secrets_are_redacted_from_every_message() {
     // Credentials in the endpoint URL, reachable or not: never shown.
     let closed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let with_credentials = |base: &str| base.replacen("http://", &format!("http://alice:{PASSWORD}@"), 1);
-    for endpoint in [with_credentials(&server.url), with_credentials(&format!("http://127.0.0.1:{closed_port}/v1"))] {
+    for endpoint in
+        [with_credentials(&server.url), with_credentials(&format!("http://127.0.0.1:{closed_port}/v1"))]
+    {
         let config = DescribeConfig { endpoint, api_key: Some(KEY.to_owned()), ..config.clone() };
         let message = whole_chain(&describe(&names(&["owl"]), &config).unwrap_err());
         assert!(!message.contains(PASSWORD) && !message.contains(KEY), "{message}");

@@ -14,7 +14,9 @@ use robustft::methods::ce::{CrossEntropy, TrainableHead};
 use robustft::rng::SplitMix64;
 use robustft::train::images::ImageSet;
 use robustft::train::run_dir::RunDir;
-use robustft::train::supervised::{train, Checkpointing, Objective, StepReport, Tower, TrainBatch, TrainOptions};
+use robustft::train::supervised::{
+    train, Checkpointing, Objective, StepReport, Tower, TrainBatch, TrainOptions,
+};
 
 fn tiny() -> ClipConfig {
     ClipConfig {
@@ -148,7 +150,17 @@ fn train_toy(
     let run = RunDir::new(root);
     let checkpointing = Checkpointing { run: &run, resume, stop_after, metadata: HashMap::new() };
     let anchor = model.params.snapshot().unwrap();
-    train(model, objective, &mut Unconstrained, &toy_data(64), None, options, &anchor, &checkpointing, &mut |_| {})
+    train(
+        model,
+        objective,
+        &mut Unconstrained,
+        &toy_data(64),
+        None,
+        options,
+        &anchor,
+        &checkpointing,
+        &mut |_| {},
+    )
 }
 
 fn scratch(tag: &str) -> std::path::PathBuf {

@@ -295,12 +295,7 @@ fn canonical_index(key: &str) -> Option<usize> {
 /// Why an object's keys match neither every class name nor every index: the first key that is
 /// neither a class name nor an index below the class count; else the first index among class
 /// names (the kinds are mixed); else why the names did not match.
-fn key_error(
-    keys: &[&str],
-    class_names: &[String],
-    failure: NameMatchFailure,
-    source: &str,
-) -> PromptError {
+fn key_error(keys: &[&str], class_names: &[String], failure: NameMatchFailure, source: &str) -> PromptError {
     let names: HashSet<String> = class_names.iter().map(|class| loose(class)).collect();
     let is_name = |key: &str| names.contains(&loose(key));
     let is_index = |key: &str| canonical_index(key).is_some_and(|index| index < class_names.len());
