@@ -188,6 +188,29 @@ fn class_names_from_an_inline_list() {
 }
 
 #[test]
+fn a_single_inline_class_is_a_list_but_a_missing_file_is_an_error() {
+    assert_eq!(load_class_names("circle").unwrap(), ["circle"]);
+    assert_eq!(load_class_names("red fox").unwrap(), ["red fox"]);
+    for missing in ["classes.txt", "data/names", "no_such_names.json"] {
+        assert!(matches!(load_class_names(missing), Err(PromptError::Io { .. })), "{missing}");
+    }
+}
+
+#[test]
+fn a_byte_order_mark_is_not_part_of_the_first_class() {
+    let dir = std::env::temp_dir().join(format!("robustft-prompts-bom-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, text) in
+        [("bom.txt", "\u{feff}cat\ndog\nowl\n"), ("bom.json", "\u{feff}[\"cat\", \"dog\", \"owl\"]")]
+    {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        assert_eq!(load_class_names(path.to_str().unwrap()).unwrap(), cat_dog_owl(), "{name}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn class_names_from_files() {
     let text_file = fixture("classes.txt");
     assert_eq!(load_class_names(text_file.to_str().unwrap()).unwrap(), cat_dog_owl());

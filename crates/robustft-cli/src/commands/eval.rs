@@ -16,7 +16,7 @@ use robustft::eval::suite::{evaluate_suite, zeroshot_suite_rows, PromptKind};
 use robustft::shiftworld::{build_suite, Suite};
 use robustft::zeroshot::{tokenizer_for, ZeroShotHead};
 
-use super::{print_rows, ModelArgs, PromptArgs, DATASET_TEMPLATES};
+use super::{check_write_targets, print_rows, ModelArgs, PromptArgs, DATASET_TEMPLATES};
 
 /// Prints one table row (or, with --json, one JSON line) per split: top-1, top-5, macro-F1
 /// over classes present in the split, worst-group accuracy, ECE.
@@ -56,6 +56,7 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    check_write_targets(&[args.results.as_deref(), args.save_predictions.as_deref()])?;
     let (model, device) = args.model.load()?;
     let preprocess = ClipPreprocess::openai(model.config.vision.image_size).id();
     let head = trained_head(&args.model.model, &device)?;

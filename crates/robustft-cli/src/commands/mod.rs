@@ -103,6 +103,14 @@ impl PromptArgs {
     }
 }
 
+/// Checks, before any work, that every given output file can be written.
+pub fn check_write_targets(paths: &[Option<&std::path::Path>]) -> anyhow::Result<()> {
+    for path in paths.iter().flatten() {
+        robustft::error::check_writable(path)?;
+    }
+    Ok(())
+}
+
 /// Prints result rows as a table (or JSON lines) on stdout.
 pub fn print_rows(rows: &[robustft::eval::evaluate::ResultRow], json: bool) -> anyhow::Result<()> {
     if json {

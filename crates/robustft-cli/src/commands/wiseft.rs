@@ -31,7 +31,7 @@ use robustft::zeroshot::{tokenizer_for, ZeroShotHead};
 use serde_json::Value;
 
 use super::eval::{dataset_result_rows, evaluate_dataset, load_dataset, report_skipped};
-use super::{print_rows, PromptArgs, DATASET_TEMPLATES, SUITE_TEMPLATES};
+use super::{check_write_targets, print_rows, PromptArgs, DATASET_TEMPLATES, SUITE_TEMPLATES};
 
 /// More mixing weights than this in one sweep is taken for a mistyped --alpha: each one is a
 /// whole evaluation.
@@ -148,6 +148,7 @@ fn alpha_range(start: f64, end: f64, step: f64) -> Result<Vec<f64>, String> {
 }
 
 pub fn run(args: WiseftArgs) -> anyhow::Result<()> {
+    check_write_targets(&[args.results.as_deref()])?;
     let device = args.device.open().with_context(|| format!("cannot open device {:?}", args.device))?;
     let (zero_shot, _) = load_model(&args.zeroshot, &device)?;
     let (finetuned, head_path) = load_model(&args.finetuned, &device)?;
@@ -193,7 +194,7 @@ pub fn run(args: WiseftArgs) -> anyhow::Result<()> {
         rows.extend(alpha_rows);
     }
     if let Some(path) = &args.results {
-        append_rows(path, &rows).with_context(|| format!("cannot append the rows to {}", path.display()))?;
+        append_rows(path, &rows)?;
     }
     print_rows(&rows, args.json)
 }

@@ -181,9 +181,10 @@ pub enum DataError {
     UnknownVariant { variant: String, known: String },
 }
 
-/// Reads a whole text file, naming it on failure.
+/// Reads a whole text file (a regular file only), naming it on failure.
 pub(crate) fn read_text(path: &std::path::Path) -> Result<String, DataError> {
-    std::fs::read_to_string(path).map_err(|source| DataError::Io { path: path.to_owned(), source })
+    crate::files::read_regular_to_string(path)
+        .map_err(|source| DataError::Io { path: path.to_owned(), source })
 }
 
 /// A short description of a list of known names for error messages: all of them when there

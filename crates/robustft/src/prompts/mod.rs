@@ -117,6 +117,6 @@ pub enum PromptError {
 }
 
 fn read_text(path: &Path) -> Result<String, PromptError> {
-    std::fs::read_to_string(path)
+    crate::files::read_regular_to_string(path)
         .map_err(|source| PromptError::Io { path: path.display().to_string(), source })
 }
