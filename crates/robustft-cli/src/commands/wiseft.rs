@@ -30,8 +30,10 @@ use robustft::train::wiseft::interpolate;
 use robustft::zeroshot::{tokenizer_for, ZeroShotHead};
 use serde_json::Value;
 
-use super::eval::{dataset_result_rows, evaluate_dataset, load_dataset, report_skipped};
-use super::{check_write_targets, print_rows, PromptArgs, DATASET_TEMPLATES, SUITE_TEMPLATES};
+use super::eval::{dataset_result_rows, evaluate_dataset, report_skipped};
+use super::{
+    check_write_targets, print_rows, Dataset, LayoutArgs, PromptArgs, DATASET_TEMPLATES, SUITE_TEMPLATES,
+};
 
 /// More mixing weights than this in one sweep is taken for a mistyped --alpha: each one is a
 /// whole evaluation.
@@ -81,10 +83,13 @@ pub struct WiseftArgs {
     #[arg(long, default_value_t = 0, requires = "suite")]
     seed: u64,
 
-    /// A dataset directory with manifest.csv (path,label,split[,group][,domain]) and
-    /// classes.txt; every split in the manifest is evaluated.
+    /// A dataset directory: a manifest (manifest.csv with path,label,split[,group][,domain] and
+    /// classes.txt), or a WILDS or ImageNet root with --format.
     #[arg(long, value_name = "DIR")]
     dataset: Option<PathBuf>,
+
+    #[command(flatten)]
+    layout: LayoutArgs,
 
     #[command(flatten)]
     prompts_from: PromptArgs,
@@ -157,7 +162,7 @@ pub fn run(args: WiseftArgs) -> anyhow::Result<()> {
     let (prompts, prompt_set) =
         args.prompts_from.prompts(&benchmark.classes(), benchmark.default_templates())?;
     let heads = match &head_path {
-        Some(path) => Some(head_pair(&zero_shot, &prompts, path, &device)?),
+        Some(path) => Some(head_pair(&zero_shot, &benchmark.classes(), &prompts, path, &device)?),
         None => None,
     };
     describe_classifier(&args, head_path.as_deref());
@@ -249,15 +254,17 @@ fn zero_shot_head(model: &ClipModel, prompts: &[Vec<String>]) -> anyhow::Result<
     Ok(Head::from(&ZeroShotHead::build(model, &tokenizer_for(model)?, prompts)?))
 }
 
-/// The zero-shot model's zero-shot head and the trained head at `path`, which must have its
-/// shape.
+/// The zero-shot model's zero-shot head and the trained head at `path`, which must be for
+/// `classes` and have its shape.
 fn head_pair(
     zero_shot: &ClipModel,
+    classes: &[String],
     prompts: &[Vec<String>],
     path: &Path,
     device: &Device,
 ) -> anyhow::Result<(Head, Head)> {
     let trained = Head::load(path, device)?;
+    trained.check_classes(path, classes)?;
     let initial = zero_shot_head(zero_shot, prompts)?;
     anyhow::ensure!(
         trained.weight.dims() == initial.weight.dims(),
@@ -348,15 +355,18 @@ fn progress(alpha: f64, index: usize, count: usize, rows: &[ResultRow]) -> Strin
 enum Benchmark {
     /// A ShiftWorld suite in memory; every split but `train` is evaluated.
     Suite(Suite),
-    /// Every split of a manifest dataset directory.
-    Dataset { dir: PathBuf, splits: Vec<Arc<Split>> },
+    /// The splits of a dataset directory and the classes a head predicts over.
+    Dataset { dir: PathBuf, splits: Vec<Arc<Split>>, classes: Vec<String> },
 }
 
 impl Benchmark {
     fn open(args: &WiseftArgs) -> anyhow::Result<Self> {
         Ok(match (&args.suite, &args.dataset) {
             (Some(name), _) => Self::Suite(build_suite(name, args.seed)?),
-            (None, Some(dir)) => Self::Dataset { dir: dir.clone(), splits: load_dataset(dir)? },
+            (None, Some(dir)) => {
+                let Dataset { splits, classes } = args.layout.load(dir)?;
+                Self::Dataset { dir: dir.clone(), splits, classes }
+            }
             (None, None) => unreachable!("clap requires --suite or --dataset"),
         })
     }
@@ -364,7 +374,7 @@ impl Benchmark {
     fn classes(&self) -> Vec<String> {
         match self {
             Self::Suite(_) => CLASSES.iter().map(|c| c.to_string()).collect(),
-            Self::Dataset { splits, .. } => splits[0].classes.clone(),
+            Self::Dataset { classes, .. } => classes.clone(),
         }
     }
 

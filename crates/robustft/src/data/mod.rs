@@ -16,6 +16,7 @@
 //!   ImageNet-Sketch, ImageNet-R, ImageNet-A and ObjectNet, with the label spaces and logit
 //!   projections of mlfoundations/wise-ft `src/datasets/` (which FLYP and DRM reuse; details
 //!   in `imagenet.rs`).
+//! * **Layouts by name** ([`Layout`]): the formats above as `eval` and `wiseft` name them.
 //! * **Loader** ([`Loader`]): seeded Fisher–Yates order, parallel decoding on a thread pool,
 //!   a bounded prefetch queue, failed images skipped and reported, resumable mid-epoch.
 
@@ -23,6 +24,7 @@ mod csv;
 mod image_folder;
 mod imagenet;
 mod imagenet_classes;
+mod layout;
 mod loader;
 mod manifest;
 mod wilds;
@@ -35,6 +37,7 @@ pub use imagenet::{imagenet_class_names, load_imagenet_variant, IMAGENET_VARIANT
 pub use imagenet_classes::{
     IMAGENET_A_CLASS_INDICES, IMAGENET_CLASS_NAMES, IMAGENET_R_CLASS_INDICES, IMAGENET_WNIDS,
 };
+pub use layout::{Layout, LAYOUT_NAMES};
 pub use loader::{epoch_order, Batch, Loader, LoaderConfig, Transform};
 pub use manifest::{load_manifest_split, manifest_splits};
 pub use wilds::{load_fmow_split, load_iwildcam_split, FMOW_SPLITS, IWILDCAM_SPLITS};
