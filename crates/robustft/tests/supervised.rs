@@ -204,7 +204,7 @@ impl Objective for Poisoned {
             Poison::Loss => loss.affine(f64::INFINITY, 0.0)?,
             Poison::Gradient => {
                 let w = self.inner.head.weight.as_tensor();
-                let root = (w - w)?.sqr()?.sum_all()?.sqrt()?;
+                let root = w.sub(w)?.sqr()?.sum_all()?.sqrt()?;
                 (loss + root.mul(&root.zeros_like()?)?)?
             }
         })
