@@ -159,10 +159,10 @@ pub fn run(args: WiseftArgs) -> anyhow::Result<()> {
     let (finetuned, head_path) = load_model(&args.finetuned, &device)?;
     check_same_architecture(&args, &zero_shot.config, &finetuned.config)?;
     let benchmark = Benchmark::open(&args)?;
-    let (prompts, prompt_set) =
-        args.prompts_from.prompts(&benchmark.classes(), benchmark.default_templates())?;
+    let classes = benchmark.classes();
+    let (prompts, prompt_set) = args.prompts_from.prompts(&classes, benchmark.default_templates())?;
     let heads = match &head_path {
-        Some(path) => Some(head_pair(&zero_shot, &benchmark.classes(), &prompts, path, &device)?),
+        Some(path) => Some(head_pair(&zero_shot, &classes, &prompts, path, &device)?),
         None => None,
     };
     describe_classifier(&args, head_path.as_deref());
@@ -187,7 +187,8 @@ pub fn run(args: WiseftArgs) -> anyhow::Result<()> {
             None => None,
         };
         if let Some(dir) = &args.save {
-            save_interpolation(&args, dir, alpha, &model, head.as_ref())?;
+            let head = head.as_ref().map(|head| (head, classes.as_slice()));
+            save_interpolation(&args, dir, alpha, &model, head)?;
         }
         let classifier = match head {
             Some(head) => head,
@@ -316,13 +317,13 @@ fn report_exclusions(args: &WiseftArgs, parameters: &[(String, candle_core::Tens
     eprintln!("--exclude {pattern}: {matched} of {total} parameters taken from the fine-tuned model");
 }
 
-/// Writes the interpolated model (and head) to `dir/alpha_<α>/`.
+/// Writes the interpolated model (and head, with its class names) to `dir/alpha_<α>/`.
 fn save_interpolation(
     args: &WiseftArgs,
     dir: &Path,
     alpha: f64,
     model: &ClipModel,
-    head: Option<&Head>,
+    head: Option<(&Head, &[String])>,
 ) -> anyhow::Result<()> {
     let out = dir.join(format!("alpha_{alpha}"));
     let mut metadata = HashMap::from([
@@ -337,7 +338,9 @@ fn save_interpolation(
     model.save_hf(&out, &metadata).with_context(cannot_save)?;
     let head_path = out.join(HEAD_FILE);
     match head {
-        Some(head) => head.save(&head_path, metadata).with_context(cannot_save)?,
+        Some((head, classes)) => {
+            head.save_with_classes(&head_path, metadata, classes).with_context(cannot_save)?
+        }
         None if head_path.exists() => std::fs::remove_file(&head_path)
             .with_context(|| format!("cannot remove the stale {}", head_path.display()))?,
         None => {}
