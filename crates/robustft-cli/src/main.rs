@@ -3,6 +3,7 @@
 //! prints its whole cause chain and exits non-zero.
 
 mod commands;
+mod progress;
 
 use clap::{Parser, Subcommand};
 

@@ -115,14 +115,16 @@ fn metric(row: &ResultRow, name: &str) -> Option<f64> {
     }
 }
 
-/// Mean and population standard deviation.
+/// Mean and sample standard deviation (ddof 1, as WILDS and most papers report over seeds; 0
+/// for a single value).
 fn mean_std(values: &[f64]) -> Option<(f64, f64)> {
     if values.is_empty() {
         return None;
     }
-    let mean = values.iter().sum::<f64>() / values.len() as f64;
-    let variance = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / values.len() as f64;
-    Some((mean, variance.sqrt()))
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let squares = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>();
+    Some((mean, (squares / (n - 1.0).max(1.0)).sqrt()))
 }
 
 /// One seed's value of `name`: `id_test`, or the mean over the `ood_*` splits.
@@ -299,8 +301,10 @@ mod tests {
     }
 
     #[test]
-    fn mean_and_population_std() {
-        assert_eq!(mean_std(&[0.5, 0.7]), Some((0.6, 0.09999999999999998)));
+    fn mean_and_sample_std() {
+        // NumPy: np.std([0.5, 0.7], ddof=1) == 0.14142135623730948
+        assert_eq!(mean_std(&[0.5, 0.7]), Some((0.6, 0.14142135623730948)));
+        assert_eq!(mean_std(&[0.25]), Some((0.25, 0.0)));
         assert_eq!(mean_std(&[]), None);
     }
 }

@@ -30,8 +30,22 @@ pub enum Error {
     VocabularySize { model: usize },
     #[error("{what}: {reason}")]
     Invalid { what: String, reason: String },
+    #[error("cannot write {}", path.display())]
+    Write { path: std::path::PathBuf, source: std::io::Error },
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// A failed write of `path` (as a closure for `map_err`).
+    pub fn write(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Self + '_ {
+        move |source| Self::Write { path: path.to_path_buf(), source }
+    }
+}
+
+/// Checks before any work that `path` can be written (see [`crate::files::check_writable`]).
+pub fn check_writable(path: &std::path::Path) -> Result<()> {
+    crate::files::check_writable(path).map_err(Error::write(path))
+}

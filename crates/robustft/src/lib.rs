@@ -13,6 +13,7 @@ pub mod device;
 pub mod error;
 pub mod eval;
 pub mod experiment;
+pub mod files;
 pub mod kernels;
 pub mod losses;
 pub mod methods;

@@ -181,7 +181,7 @@ impl Recipe {
         if let Some(alpha) = self.eval.wiseft.iter().find(|a| !(0.0..=1.0).contains(*a)) {
             return Err(format!("eval.wiseft: α = {alpha} is outside [0, 1]"));
         }
-        Ok(())
+        self.train.check()
     }
 }
 

@@ -103,6 +103,16 @@ fn manifest_with_index_labels_reads_optional_columns() {
 }
 
 #[test]
+fn a_byte_order_mark_in_classes_txt_is_not_part_of_the_first_class() {
+    let dir = scratch("manifest_bom");
+    write(&dir.join("manifest.csv"), "path,label,split\na.png,cat,train\nb.png,1,train\n");
+    write(&dir.join("classes.txt"), "\u{feff}cat\ndog\n");
+    let train = load_manifest_split(&dir, "train").unwrap();
+    assert_eq!(train.classes, ["cat", "dog"]);
+    assert_eq!(labels(&train), [0, 1]);
+}
+
+#[test]
 fn manifest_with_name_labels_shares_sorted_classes_across_splits() {
     let dir = scratch("manifest_names");
     write(

@@ -224,6 +224,45 @@ fn endpoint_failures_name_the_endpoint_and_the_class() {
     assert!(error.to_string().contains(&want_url), "{error}");
 }
 
+/// An error and all its sources, as the binary prints them.
+fn whole_chain(error: &DescribeError) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+#[test]
+fn secrets_are_redacted_from_every_message() {
+    const KEY: &str = "sk-test-0123456789abcdef";
+    const PASSWORD: &str = "pa55-w0rd-secret";
+    // A server that echoes the Authorization header in its error body.
+    let dir = scratch("redact");
+    let server =
+        MockChat::start(|_| (401, format!("{{\"error\": \"bad header Authorization: Bearer {KEY}\"}}")));
+    let config = DescribeConfig { api_key: Some(KEY.to_owned()), ..config(&server, &dir) };
+    let error = describe(&names(&["owl"]), &config).unwrap_err();
+    assert!(matches!(error, DescribeError::Status { status: 401, .. }), "{error:?}");
+    let message = whole_chain(&error);
+    assert!(!message.contains(KEY) && message.contains("Bearer ***"), "{message}");
+    assert_eq!(server.requests()[0].authorization.as_deref(), Some(format!("Bearer {KEY}").as_str()));
+
+    // Credentials in the endpoint URL, reachable or not: never shown.
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let with_credentials = |base: &str| base.replacen("http://", &format!("http://alice:{PASSWORD}@"), 1);
+    for endpoint in
+        [with_credentials(&server.url), with_credentials(&format!("http://127.0.0.1:{closed_port}/v1"))]
+    {
+        let config = DescribeConfig { endpoint, api_key: Some(KEY.to_owned()), ..config.clone() };
+        let message = whole_chain(&describe(&names(&["owl"]), &config).unwrap_err());
+        assert!(!message.contains(PASSWORD) && !message.contains(KEY), "{message}");
+        assert!(message.contains("http://***@127.0.0.1:"), "{message}");
+    }
+}
+
 #[test]
 fn a_template_without_the_placeholder_names_the_file() {
     let dir = scratch("template");

@@ -305,15 +305,36 @@ fn descriptions_for_other_classes_are_refused() {
 #[test]
 fn every_committed_recipe_parses() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../recipes");
-    let mut count = 0;
-    for group in std::fs::read_dir(&root).unwrap() {
-        for file in std::fs::read_dir(group.unwrap().path()).unwrap() {
-            let path = file.unwrap().path();
-            Recipe::load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            count += 1;
+    let files = files_under(&root);
+    let failures: Vec<String> = files
+        .iter()
+        .filter_map(|path| Recipe::load(path, &[]).err().map(|e| format!("{}: {e}", path.display())))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} recipes fail:\n{}",
+        failures.len(),
+        files.len(),
+        failures.join("\n")
+    );
+    // Every file under recipes/ is a recipe (a `.tml` or stray file would be skipped by tools).
+    let recipes = files.iter().filter(|p| p.extension().is_some_and(|e| e == "toml")).count();
+    assert_eq!(recipes, files.len(), "non-recipe files under {}: {files:?}", root.display());
+    assert!(recipes > 0, "no recipes under {}", root.display());
+}
+
+/// Every file below `dir`, at any depth, sorted.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        match path.is_dir() {
+            true => files.extend(files_under(&path)),
+            false => files.push(path),
         }
     }
-    assert!(count >= 7, "found {count} recipes");
+    files.sort();
+    files
 }
 
 #[test]

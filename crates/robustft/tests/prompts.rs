@@ -188,6 +188,29 @@ fn class_names_from_an_inline_list() {
 }
 
 #[test]
+fn a_single_inline_class_is_a_list_but_a_missing_file_is_an_error() {
+    assert_eq!(load_class_names("circle").unwrap(), ["circle"]);
+    assert_eq!(load_class_names("red fox").unwrap(), ["red fox"]);
+    for missing in ["classes.txt", "data/names", "no_such_names.json"] {
+        assert!(matches!(load_class_names(missing), Err(PromptError::Io { .. })), "{missing}");
+    }
+}
+
+#[test]
+fn a_byte_order_mark_is_not_part_of_the_first_class() {
+    let dir = std::env::temp_dir().join(format!("robustft-prompts-bom-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, text) in
+        [("bom.txt", "\u{feff}cat\ndog\nowl\n"), ("bom.json", "\u{feff}[\"cat\", \"dog\", \"owl\"]")]
+    {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        assert_eq!(load_class_names(path.to_str().unwrap()).unwrap(), cat_dog_owl(), "{name}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn class_names_from_files() {
     let text_file = fixture("classes.txt");
     assert_eq!(load_class_names(text_file.to_str().unwrap()).unwrap(), cat_dog_owl());
@@ -268,10 +291,16 @@ fn drm_iwildcam_prompts_align_by_index() {
 }
 
 #[test]
-fn drm_iwildcam_latin_concepts_align_by_position() {
+fn drm_iwildcam_latin_concepts_align_by_position_only_when_asked() {
     let classes = iwildcam_class_names();
     let path = drm_file("concept_description_result_cd_iwildcam.json");
-    let cds = ConceptDescriptions::load(&path, &classes).unwrap();
+    // The Latin keys are neither class names nor indices: by default that is an error naming
+    // the first of them ("Empty" matches the class "empty").
+    assert!(matches!(
+        ConceptDescriptions::load(&path, &classes),
+        Err(PromptError::UnrecognisedKey { key, num_classes: 182, .. }) if key == "Tayassu pecari"
+    ));
+    let cds = ConceptDescriptions::load_with(&path, &classes, AlignmentPolicy::Position).unwrap();
     assert_eq!(cds.alignment(), Alignment::Position);
     assert_eq!(cds.num_classes(), 182);
     assert_eq!(cds.keys()[1], "Tayassu pecari");
@@ -380,12 +409,46 @@ fn index_keys_in_any_order_and_lists_are_trimmed() {
 }
 
 #[test]
-fn unrelated_keys_fall_back_to_file_order() {
+fn unrelated_keys_are_an_error_naming_the_key() {
     let json = r#"{"Felis catus": "a small feline", "Canis familiaris": "a loyal canine",
                    "Strix aluco": "a nocturnal bird"}"#;
-    let cds = ConceptDescriptions::from_json_str(json, "latin.json", &cat_dog_owl()).unwrap();
+    let error = ConceptDescriptions::from_json_str(json, "latin.json", &cat_dog_owl()).unwrap_err();
+    assert!(matches!(&error, PromptError::UnrecognisedKey { key, .. } if key == "Felis catus"), "{error}");
+    assert!(error.to_string().contains("latin.json") && error.to_string().contains("JSON list"), "{error}");
+}
+
+#[test]
+fn keys_that_are_not_plain_indices_are_errors_not_file_order() {
+    // "05" and "-1" once made the whole file fall back to file order: every class got another
+    // class's description.
+    for (json, bad) in [
+        (r#"{"1": "a loyal canine", "05": "a small feline", "2": "a nocturnal bird"}"#, "05"),
+        (r#"{"1": "a loyal canine", "-1": "a small feline", "2": "a nocturnal bird"}"#, "-1"),
+        (r#"{"cat": "a small feline", "dog": "a loyal canine", "3": "a nocturnal bird"}"#, "3"),
+    ] {
+        assert!(
+            matches!(ConceptDescriptions::from_json_str(json, "cd.json", &cat_dog_owl()),
+                Err(PromptError::UnrecognisedKey { key, num_classes: 3, .. }) if key == bad),
+            "{json}"
+        );
+    }
+    let mixed = r#"{"cat": "a small feline", "1": "a loyal canine", "owl": "a nocturnal bird"}"#;
+    assert!(matches!(
+        ConceptDescriptions::from_json_str(mixed, "cd.json", &cat_dog_owl()),
+        Err(PromptError::MixedKeys { key, .. }) if key == "1"
+    ));
+}
+
+#[test]
+fn a_json_list_aligns_by_position() {
+    let cds = ConceptDescriptions::load(&fixture("cd_list.json"), &cat_dog_owl()).unwrap();
     assert_eq!(cds.alignment(), Alignment::Position);
-    assert_eq!(cds.per_class()[2], ["a nocturnal bird"]);
+    assert_eq!(cds.per_class(), [vec!["a small feline"], vec!["a loyal canine"], vec!["a nocturnal bird"]]);
+    assert_eq!(cds.keys(), ["[0]", "[1]", "[2]"]);
+    assert!(matches!(
+        ConceptDescriptions::load_with(&fixture("cd_list.json"), &cat_dog_owl(), AlignmentPolicy::Name),
+        Err(PromptError::NotAnObject { found: "a list", .. })
+    ));
 }
 
 #[test]
@@ -396,8 +459,10 @@ fn repeated_class_names_cannot_align_by_name() {
         ConceptDescriptions::from_json_str_with(json, "dup.json", &classes, AlignmentPolicy::Name),
         Err(PromptError::AmbiguousClass { class, .. }) if class == "cat"
     ));
-    let cds = ConceptDescriptions::from_json_str(json, "dup.json", &classes).unwrap();
-    assert_eq!(cds.alignment(), Alignment::Position);
+    assert!(matches!(
+        ConceptDescriptions::from_json_str(json, "dup.json", &classes),
+        Err(PromptError::UnrecognisedKey { key, .. }) if key == "lynx"
+    ));
 }
 
 // ---------------------------------------------------------------- malformed CD files
@@ -439,11 +504,7 @@ fn cd_non_string_values() {
 }
 
 #[test]
-fn cd_top_level_must_be_an_object() {
-    assert!(matches!(
-        cd_fixture_error("cd_top_level_array.json"),
-        PromptError::NotAnObject { found: "an array", .. }
-    ));
+fn cd_top_level_must_be_an_object_or_a_list() {
     assert!(matches!(
         ConceptDescriptions::from_json_str("\"cat\"", "string.json", &cat_dog_owl()),
         Err(PromptError::NotAnObject { path, found: "a string" }) if path == "string.json"
@@ -472,10 +533,10 @@ fn cd_index_out_of_range() {
 }
 
 #[test]
-fn cd_order_conflict_refuses_positional_alignment() {
+fn cd_keys_in_another_order_with_an_unknown_key_name_it() {
     assert!(matches!(
         cd_fixture_error("cd_order_conflict.json"),
-        PromptError::OrderConflict { key, position: 0, class_index: 1, .. } if key == "dog"
+        PromptError::UnrecognisedKey { key, .. } if key == "zebra"
     ));
 }
 

@@ -165,6 +165,11 @@ fn write_is_atomic_and_creates_the_directory() {
 fn a_spread_is_shown_as_mean_plus_minus_std() {
     let mut with_spread = row("spurious", "drm", &[("ID top-1", Some(0.8125)), ("OOD top-1", Some(0.5))]);
     with_spread.spread = vec![("ID top-1".to_string(), 0.0125)];
-    let markdown = markdown_table(&[with_spread]);
+    let markdown = markdown_table(&[with_spread.clone()]);
     assert!(markdown.contains("| 81.2 ± 1.2 | 50.0 |"), "{markdown}");
+    // The header says which std: only the column with a spread.
+    let header = markdown.lines().next().unwrap();
+    assert!(header.contains("| ID top-1 (mean ± sample std, ddof 1) | OOD top-1 |"), "{header}");
+    let report = Report { title: "t".into(), command: "c".into(), table: vec![with_spread], plots: vec![] };
+    assert!(report.to_html().unwrap().contains("<th>ID top-1 (mean ± sample std, ddof 1)</th>"));
 }

@@ -1,6 +1,8 @@
 //! The supervised trainer on a tiny random CLIP and a separable toy task: the loss falls and a
 //! fixed seed repeats exactly; gradient accumulation over micro-batches reaches the weights of
-//! the whole batch (CE is a per-example mean); a frozen tower does not move.
+//! the whole batch (CE is a per-example mean); a frozen tower does not move; a non-finite loss or
+//! gradient stops the run naming the step; a resumed run logs each step once; `[train]` options
+//! are checked for finiteness, range and overflow.
 
 use std::collections::HashMap;
 
@@ -12,7 +14,9 @@ use robustft::methods::ce::{CrossEntropy, TrainableHead};
 use robustft::rng::SplitMix64;
 use robustft::train::images::ImageSet;
 use robustft::train::run_dir::RunDir;
-use robustft::train::supervised::{train, Checkpointing, StepReport, Tower, TrainOptions};
+use robustft::train::supervised::{
+    train, Checkpointing, Objective, StepReport, Tower, TrainBatch, TrainOptions,
+};
 
 fn tiny() -> ClipConfig {
     ClipConfig {
@@ -123,4 +127,163 @@ fn a_frozen_tower_does_not_move() {
         assert_eq!(a, b, "`{name}` moved although its tower is frozen");
     }
     assert_ne!(after.last().unwrap().1.len(), 0, "the head trained");
+}
+
+/// A model and an FT objective on the toy task's two classes.
+fn toy_model_and_objective() -> (ClipModel, CrossEntropy) {
+    let model = ClipModel::random(tiny(), 1, &Device::Cpu).unwrap();
+    let mut rng = SplitMix64::new(9);
+    let init: Vec<f32> = (0..2 * 8).map(|_| rng.normal()).collect();
+    let head = Head { weight: Tensor::from_vec(init, (2, 8), &Device::Cpu).unwrap(), bias: None };
+    (model, CrossEntropy { head: TrainableHead::new(&head).unwrap() })
+}
+
+/// Trains `objective` on the toy task in the run directory `root`.
+fn train_toy(
+    model: &ClipModel,
+    objective: &dyn Objective,
+    options: &TrainOptions,
+    root: &std::path::Path,
+    resume: bool,
+    stop_after: Option<u64>,
+) -> robustft::Result<u64> {
+    let run = RunDir::new(root);
+    let checkpointing = Checkpointing { run: &run, resume, stop_after, metadata: HashMap::new() };
+    let anchor = model.params.snapshot().unwrap();
+    train(
+        model,
+        objective,
+        &mut Unconstrained,
+        &toy_data(64),
+        None,
+        options,
+        &anchor,
+        &checkpointing,
+        &mut |_| {},
+    )
+}
+
+fn scratch(tag: &str) -> std::path::PathBuf {
+    let root = std::env::temp_dir().join(format!("robustft-supervised-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    root
+}
+
+/// How [`Poisoned`] breaks a step.
+#[derive(Clone, Copy)]
+enum Poison {
+    /// The loss itself is infinite.
+    Loss,
+    /// The loss is finite but its gradient is NaN: `0 · sqrt(Σ (w − w)²)` adds 0 to the loss
+    /// and 0 / 0 to the head's gradient.
+    Gradient,
+}
+
+/// CE whose steps from `from_step` (0-based) on are broken by `poison`.
+struct Poisoned {
+    inner: CrossEntropy,
+    from_step: u64,
+    poison: Poison,
+}
+
+impl Objective for Poisoned {
+    fn trains(&self, name: &str) -> bool {
+        self.inner.trains(name)
+    }
+
+    fn extra_params(&self) -> Vec<(String, candle_core::Var, bool)> {
+        self.inner.extra_params()
+    }
+
+    fn loss(&self, model: &ClipModel, batch: &TrainBatch) -> robustft::Result<Tensor> {
+        let loss = self.inner.loss(model, batch)?;
+        if batch.step < self.from_step {
+            return Ok(loss);
+        }
+        Ok(match self.poison {
+            Poison::Loss => loss.affine(f64::INFINITY, 0.0)?,
+            Poison::Gradient => {
+                let w = self.inner.head.weight.as_tensor();
+                let root = w.sub(w)?.sqr()?.sum_all()?.sqrt()?;
+                (loss + root.mul(&root.zeros_like()?)?)?
+            }
+        })
+    }
+}
+
+#[test]
+fn a_non_finite_loss_or_gradient_stops_training_naming_the_step() {
+    for (poison, tag) in [(Poison::Loss, "nan-loss"), (Poison::Gradient, "nan-grad")] {
+        let (model, inner) = toy_model_and_objective();
+        let objective = Poisoned { inner, from_step: 2, poison };
+        let options = TrainOptions { checkpoint_every: 1, ..options(2, 1, vec![]) };
+        let root = scratch(tag);
+        let message = train_toy(&model, &objective, &options, &root, false, None).unwrap_err().to_string();
+        assert!(message.contains("diverged at step 3"), "{tag}: {message}");
+        assert!(message.contains("learning rate"), "{tag}: {message}");
+        let head = objective.inner.head.weight.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(head.iter().all(|w| w.is_finite()), "{tag}: the broken step was applied");
+        let logged = std::fs::read_to_string(root.join("metrics.jsonl")).unwrap();
+        assert_eq!(logged.lines().count(), 2, "{tag}: only the finite steps are logged");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+    // The loss message carries the value: inf.
+    let (model, inner) = toy_model_and_objective();
+    let objective = Poisoned { inner, from_step: 0, poison: Poison::Loss };
+    let root = scratch("inf-loss");
+    let message = train_toy(&model, &objective, &options(1, 1, vec![]), &root, false, None).unwrap_err();
+    assert!(message.to_string().contains("loss inf"), "{message}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn a_resumed_run_logs_every_step_once() {
+    let root = scratch("metrics-resume");
+    let options = TrainOptions { checkpoint_every: 2, ..options(1, 1, vec![]) };
+    let (model, objective) = toy_model_and_objective();
+    // 64 examples in batches of 8: 8 steps. Killed after 3 (the last checkpoint is step 2).
+    assert_eq!(train_toy(&model, &objective, &options, &root, false, Some(3)).unwrap(), 3);
+    let (model, objective) = toy_model_and_objective();
+    assert_eq!(train_toy(&model, &objective, &options, &root, true, None).unwrap(), 6);
+    let steps: Vec<u64> = std::fs::read_to_string(root.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=8).collect::<Vec<u64>>());
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn train_options_check_names_the_key() {
+    let base = options(1, 1, vec![]);
+    let cases = [
+        (TrainOptions { lr: f64::NAN, ..base.clone() }, "train.lr"),
+        (TrainOptions { lr: 0.0, ..base.clone() }, "train.lr"),
+        (TrainOptions { lr: f64::INFINITY, ..base.clone() }, "train.lr"),
+        (TrainOptions { weight_decay: f64::NAN, ..base.clone() }, "train.weight_decay"),
+        (TrainOptions { weight_decay: -0.1, ..base.clone() }, "train.weight_decay"),
+        (TrainOptions { min_lr: f64::NAN, ..base.clone() }, "train.min_lr"),
+        (TrainOptions { min_lr: 1.0, ..base.clone() }, "train.min_lr"),
+        (TrainOptions { grad_clip: Some(f64::NAN), ..base.clone() }, "train.grad_clip"),
+        (TrainOptions { grad_clip: Some(-1.0), ..base.clone() }, "train.grad_clip"),
+        (TrainOptions { batch_size: 0, ..base.clone() }, "train.batch_size"),
+        (TrainOptions { accumulation: 9, ..base.clone() }, "train.accumulation"),
+        (TrainOptions { warmup_steps: u64::MAX, ..base.clone() }, "train.warmup_steps"),
+        (TrainOptions { epochs: usize::MAX, ..base.clone() }, "train.epochs"),
+    ];
+    assert_eq!(base.check(), Ok(()));
+    for (options, key) in cases {
+        let message = options.check().expect_err(key);
+        assert!(message.contains(key), "{key}: {message}");
+    }
+}
+
+#[test]
+fn step_counts_that_would_overflow_are_refused_with_data() {
+    let options = TrainOptions { epochs: 1 << 50, ..options(1, 1, vec![]) };
+    assert_eq!(options.check(), Ok(()));
+    // 2^50 epochs of 2^10 steps: 2^60 steps, which wrapped before.
+    let message = options.validate(8 << 10).unwrap_err().to_string();
+    assert!(message.contains("train.epochs") && message.contains("exceed"), "{message}");
 }

@@ -70,19 +70,27 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         let run_rows = run_with_progress(&experiment, &settings).with_context(|| format!("run {name}"))?;
         rows.extend(run_rows.into_iter().map(|row| ResultRow { recipe: Some(recipe_name.clone()), ..row }));
     }
-    write_summary(&rows, &args.suites, &args.out)?;
+    write_summary(&rows, &rows, &args.suites, &args.out)?;
     eprintln!("in {:.1} min", started.elapsed().as_secs_f64() / 60.0);
     Ok(())
 }
 
-/// Writes `out/results.jsonl` and `out/report.html` and prints the markdown table.
-pub fn write_summary(rows: &[ResultRow], suites: &[String], out: &Path) -> anyhow::Result<()> {
+/// Writes `rows` to `out/results.jsonl` and the report of `summary_rows` (the same rows, keyed
+/// as [`summarize`] reads them) to `out/report.html`, and prints the markdown table. The report
+/// is rendered before anything is written, so a failure leaves neither file.
+pub fn write_summary(
+    rows: &[ResultRow],
+    summary_rows: &[ResultRow],
+    suites: &[String],
+    out: &Path,
+) -> anyhow::Result<()> {
+    let report = summarize(summary_rows, suites, &command_line());
+    report.to_html().context("cannot render the report")?;
     let results = out.join("results.jsonl");
     let lines: String =
         rows.iter().map(|r| serde_json::to_string(r).map(|s| s + "\n")).collect::<Result<_, _>>()?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     std::fs::write(&results, lines).with_context(|| format!("cannot write {}", results.display()))?;
-    let report = summarize(rows, suites, &command_line());
     report.write(&out.join("report.html"))?;
     println!("{}", markdown_table(&report.table));
     eprintln!("wrote {} and {}", results.display(), out.join("report.html").display());

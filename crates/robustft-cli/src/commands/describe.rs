@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
 use robustft::prompts::{
     describe_classes, load_class_names, write_descriptions, DescribeConfig, DescribePrompt,
 };
+
+use crate::progress;
 
 const DEFAULT_ENDPOINT: &str = "https://api.openai.com/v1";
 const ENDPOINT_ENV: &str = "OPENAI_BASE_URL";
@@ -68,12 +69,7 @@ pub fn run(args: DescribeArgs) -> anyhow::Result<()> {
     if let Some(dir) = args.out.parent().filter(|dir| !dir.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let bar = ProgressBar::new(classes.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} classes  {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
+    let bar = progress::bar(Some(classes.len() as u64), "classes");
     let (descriptions, summary) = describe_classes(&classes, &config, &mut |class| {
         bar.inc(1);
         bar.set_message(class.to_owned());

@@ -1,6 +1,9 @@
-//! `robustft eval`: zero-shot evaluation of a model on every split of a dataset on disk (a CSV
-//! manifest directory such as `robustft shiftworld generate` writes) or of a ShiftWorld suite
-//! rendered in memory, with per-split metrics, result rows and per-example predictions.
+//! `robustft eval`: zero-shot evaluation of a model on the splits of a dataset on disk (a CSV
+//! manifest directory such as `robustft shiftworld generate` writes, a WILDS iWildCam or FMoW
+//! root, an ImageNet root with its variants) or of a ShiftWorld suite rendered in memory, with
+//! per-split metrics, result rows and per-example predictions. A trained head beside the model
+//! is checked against the dataset's classes (count, and names and order when the head stores
+//! them) before it is used.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,15 +11,15 @@ use std::sync::Arc;
 use candle_core::Device;
 use robustft::clip::preprocess::ClipPreprocess;
 use robustft::clip::ClipModel;
-use robustft::data::{load_manifest_split, manifest_splits, Split};
+use robustft::data::Split;
 use robustft::eval::dataset::{evaluate_split, write_predictions_csv, SplitEvaluation};
 use robustft::eval::evaluate::{append_rows, ResultRow, RowContext};
 use robustft::eval::predictor::{Head, Predictor};
 use robustft::eval::suite::{evaluate_suite, zeroshot_suite_rows, PromptKind};
-use robustft::shiftworld::{build_suite, Suite};
+use robustft::shiftworld::{build_suite, Suite, CLASSES};
 use robustft::zeroshot::{tokenizer_for, ZeroShotHead};
 
-use super::{print_rows, ModelArgs, PromptArgs, DATASET_TEMPLATES};
+use super::{check_write_targets, print_rows, Dataset, LayoutArgs, ModelArgs, PromptArgs, DATASET_TEMPLATES};
 
 /// Prints one table row (or, with --json, one JSON line) per split: top-1, top-5, macro-F1
 /// over classes present in the split, worst-group accuracy, ECE.
@@ -25,10 +28,13 @@ pub struct EvalArgs {
     #[command(flatten)]
     model: ModelArgs,
 
-    /// A dataset directory with manifest.csv (path,label,split[,group][,domain]) and
-    /// classes.txt; every split in the manifest is evaluated.
+    /// A dataset directory: a manifest (manifest.csv with path,label,split[,group][,domain] and
+    /// classes.txt), or a WILDS or ImageNet root with --format.
     #[arg(long, value_name = "DIR", required_unless_present = "suite", conflicts_with = "suite")]
     dataset: Option<PathBuf>,
+
+    #[command(flatten)]
+    layout: LayoutArgs,
 
     /// A ShiftWorld suite rendered in memory (spurious, rendition, corruption, domains),
     /// with the `shiftworld` templates.
@@ -56,6 +62,7 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    check_write_targets(&[args.results.as_deref(), args.save_predictions.as_deref()])?;
     let (model, device) = args.model.load()?;
     let preprocess = ClipPreprocess::openai(model.config.vision.image_size).id();
     let head = trained_head(&args.model.model, &device)?;
@@ -66,7 +73,10 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         (Some(suite), _) => {
             let suite = build_suite(suite, args.seed)?;
             match &head {
-                Some(head) => suite_rows_with_head(&args, &model, &suite, head)?,
+                Some((head, path)) => {
+                    head.check_classes(path, &CLASSES.map(String::from))?;
+                    suite_rows_with_head(&args, &model, &suite, head)?
+                }
                 None => zeroshot_suite_rows(&model, &args.model.model, &suite, PromptKind::Default)?,
             }
         }
@@ -80,11 +90,11 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
 }
 
 /// The head `robustft train` saves beside a head-based method's weights (`head.safetensors`:
-/// FT, LP, LP-FT, L2-SP), if `spec` is such a directory.
-fn trained_head(spec: &str, device: &Device) -> anyhow::Result<Option<Head>> {
+/// FT, LP, LP-FT, L2-SP), and its path, if `spec` is such a directory.
+fn trained_head(spec: &str, device: &Device) -> anyhow::Result<Option<(Head, PathBuf)>> {
     let path = Path::new(spec).join("head.safetensors");
     Ok(match path.is_file() {
-        true => Some(Head::load(&path, device)?),
+        true => Some((Head::load(&path, device)?, path)),
         false => None,
     })
 }
@@ -114,13 +124,16 @@ fn dataset_rows(
     model: &ClipModel,
     dir: &Path,
     preprocess: String,
-    trained: Option<Head>,
+    trained: Option<(Head, PathBuf)>,
 ) -> anyhow::Result<Vec<ResultRow>> {
-    let splits = load_dataset(dir)?;
+    let Dataset { splits, classes } = args.layout.load(dir)?;
     let (head, method, prompt_set) = match trained {
-        Some(head) => (head, "trained_head", "none".to_string()),
+        Some((head, path)) => {
+            head.check_classes(&path, &classes)?;
+            (head, "trained_head", "none".to_string())
+        }
         None => {
-            let (prompts, prompt_set) = args.prompts_from.prompts(&splits[0].classes, DATASET_TEMPLATES)?;
+            let (prompts, prompt_set) = args.prompts_from.prompts(&classes, DATASET_TEMPLATES)?;
             (
                 Head::from(&ZeroShotHead::build(model, &tokenizer_for(model)?, &prompts)?),
                 "zeroshot",
@@ -143,16 +156,6 @@ fn dataset_rows(
         wiseft_alpha: None,
     };
     Ok(dataset_result_rows(&context, &evaluations))
-}
-
-/// Every split of a manifest dataset directory (manifest.csv + classes.txt), in manifest order.
-pub fn load_dataset(dir: &Path) -> anyhow::Result<Vec<Arc<Split>>> {
-    let splits = manifest_splits(dir)?
-        .iter()
-        .map(|name| load_manifest_split(dir, name).map(Arc::new))
-        .collect::<Result<Vec<_>, _>>()?;
-    anyhow::ensure!(!splits.is_empty(), "the manifest of {} has no splits", dir.display());
-    Ok(splits)
 }
 
 /// The predictions of `model` + `predictor` on every split.

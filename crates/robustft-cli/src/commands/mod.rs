@@ -102,7 +102,8 @@ pub struct PromptArgs {
     pub templates: Option<String>,
 
     /// Use concept descriptions instead of templates: a JSON file in the DRM paper's formats
-    /// (index- or name-keyed; one sentence or a list of sentences per class).
+    /// (keyed by class name or index, or a list in class order; one sentence or a list of
+    /// sentences per class).
     #[arg(long, value_name = "FILE")]
     pub descriptions: Option<std::path::PathBuf>,
 }
@@ -126,6 +127,66 @@ impl PromptArgs {
         };
         Ok((robustft::prompts::class_prompts(classes, &templates), name.to_string()))
     }
+}
+
+/// How a dataset directory is read (`--dataset DIR`).
+#[derive(clap::Args, Debug)]
+pub struct LayoutArgs {
+    /// The layout of --dataset: manifest (manifest.csv + classes.txt), iwildcam (WILDS
+    /// iwildcam_v2.0/ under DIR), fmow (WILDS fmow_v1.1/), imagenet (one directory per variant:
+    /// imagenet, imagenet-v2, imagenet-sketch, imagenet-r, imagenet-a, objectnet).
+    #[arg(long, default_value = "manifest", value_name = "FORMAT")]
+    pub format: robustft::data::Layout,
+
+    /// The splits to evaluate (comma-separated). [default: every manifest split; every WILDS
+    /// split but train; every ImageNet variant present]
+    #[arg(long, value_delimiter = ',', value_name = "SPLIT,...")]
+    pub splits: Vec<String>,
+}
+
+/// A dataset on disk: its evaluated splits and the classes a head predicts over.
+pub struct Dataset {
+    pub splits: Vec<std::sync::Arc<robustft::data::Split>>,
+    pub classes: Vec<String>,
+}
+
+impl LayoutArgs {
+    /// Loads the evaluated splits of `dir`; each must share the head's classes or project onto
+    /// them.
+    pub fn load(&self, dir: &std::path::Path) -> anyhow::Result<Dataset> {
+        let names = match self.splits.is_empty() {
+            true => self.format.default_eval_splits(dir)?,
+            false => self.splits.clone(),
+        };
+        let splits: Vec<robustft::data::Split> =
+            names.iter().map(|name| self.format.load_split(dir, name)).collect::<Result<_, _>>()?;
+        anyhow::ensure!(!splits.is_empty(), "the dataset {} has no splits", dir.display());
+        let classes = self.format.head_classes(&splits);
+        for split in &splits {
+            let fits = match &split.projection {
+                Some(projection) => projection.input_len() <= classes.len(),
+                None => split.classes == classes,
+            };
+            anyhow::ensure!(
+                fits,
+                "{}: split `{}` has other classes than split `{}` ({} vs {})",
+                dir.display(),
+                split.name,
+                splits[0].name,
+                split.classes.len(),
+                classes.len()
+            );
+        }
+        Ok(Dataset { splits: splits.into_iter().map(std::sync::Arc::new).collect(), classes })
+    }
+}
+
+/// Checks, before any work, that every given output file can be written.
+pub fn check_write_targets(paths: &[Option<&std::path::Path>]) -> anyhow::Result<()> {
+    for path in paths.iter().flatten() {
+        robustft::error::check_writable(path)?;
+    }
+    Ok(())
 }
 
 /// Prints result rows as a table (or JSON lines) on stdout.

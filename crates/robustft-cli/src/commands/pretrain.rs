@@ -6,11 +6,12 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
 use robustft::clip::tokenizer::Tokenizer;
 use robustft::pretrain::{shiftworld_recipe, ShiftWorldPairs, SHIFTWORLD_MERGES};
 use robustft::train::contrastive::{train, StepReport};
 use robustft::train::run_dir::RunDir;
+
+use crate::progress;
 
 /// Writes `OUT/checkpoint/` during the run and the final model to `OUT/model/` (HF layout,
 /// with the recipe, seed, steps and wall time in the safetensors metadata).
@@ -37,12 +38,7 @@ pub fn run(args: PretrainArgs) -> anyhow::Result<()> {
     let recipe = shiftworld_recipe(args.steps, args.seed);
     let tokenizer = Tokenizer::with_merges(SHIFTWORLD_MERGES)?;
     let run_dir = RunDir { root: args.out.clone() };
-    let bar = ProgressBar::new(recipe.schedule.total_steps);
-    bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps  {msg}  ETA {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
+    let bar = progress::bar(Some(recipe.schedule.total_steps), "steps");
     let started = Instant::now();
     let model = train(
         &recipe,

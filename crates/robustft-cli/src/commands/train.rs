@@ -6,11 +6,11 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
 use robustft::experiment::{Event, Experiment, RunSettings};
 use robustft::recipe::Recipe;
 
 use super::print_rows;
+use crate::progress;
 
 /// Prints one row per (model, split) — top-1, macro-F1, worst-group accuracy, ECE — or JSON
 /// lines with --json.
@@ -63,24 +63,21 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs an experiment with stage messages and a step progress bar on stderr.
+/// Runs an experiment with stage messages (plain lines when stderr is not a terminal) and a
+/// step progress bar on stderr.
 pub fn run_with_progress(
     experiment: &Experiment,
     settings: &RunSettings,
 ) -> robustft::Result<Vec<robustft::eval::evaluate::ResultRow>> {
-    let bar = ProgressBar::hidden();
-    bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps  {msg}  ETA {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
+    let bar = progress::bar(None, "steps");
     let label = experiment.recipe.name.clone();
+    let mut shown = false;
     let rows = experiment.run(settings, &mut |event| match event {
-        Event::Stage(stage) => bar.println(format!("[{label}] {stage}")),
+        Event::Stage(stage) => progress::print_line(&bar, &format!("[{label}] {stage}")),
         Event::Step(report) => {
-            if bar.is_hidden() {
-                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-                bar.set_length(report.total_steps);
+            if !shown {
+                progress::show(&bar, report.total_steps);
+                shown = true;
             }
             bar.set_position(report.step);
             bar.set_message(format!(

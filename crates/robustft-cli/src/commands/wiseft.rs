@@ -30,8 +30,10 @@ use robustft::train::wiseft::interpolate;
 use robustft::zeroshot::{tokenizer_for, ZeroShotHead};
 use serde_json::Value;
 
-use super::eval::{dataset_result_rows, evaluate_dataset, load_dataset, report_skipped};
-use super::{print_rows, PromptArgs, DATASET_TEMPLATES, SUITE_TEMPLATES};
+use super::eval::{dataset_result_rows, evaluate_dataset, report_skipped};
+use super::{
+    check_write_targets, print_rows, Dataset, LayoutArgs, PromptArgs, DATASET_TEMPLATES, SUITE_TEMPLATES,
+};
 
 /// More mixing weights than this in one sweep is taken for a mistyped --alpha: each one is a
 /// whole evaluation.
@@ -86,10 +88,13 @@ pub struct WiseftArgs {
     #[arg(long, default_value_t = 0, requires = "suite")]
     seed: u64,
 
-    /// A dataset directory with manifest.csv (path,label,split[,group][,domain]) and
-    /// classes.txt; every split in the manifest is evaluated.
+    /// A dataset directory: a manifest (manifest.csv with path,label,split[,group][,domain] and
+    /// classes.txt), or a WILDS or ImageNet root with --format.
     #[arg(long, value_name = "DIR")]
     dataset: Option<PathBuf>,
+
+    #[command(flatten)]
+    layout: LayoutArgs,
 
     #[command(flatten)]
     prompts_from: PromptArgs,
@@ -153,15 +158,16 @@ fn alpha_range(start: f64, end: f64, step: f64) -> Result<Vec<f64>, String> {
 }
 
 pub fn run(args: WiseftArgs) -> anyhow::Result<()> {
+    check_write_targets(&[args.results.as_deref()])?;
     let device = args.device.open().with_context(|| format!("cannot open device {:?}", args.device))?;
     let (zero_shot, _) = load_model(&args.zeroshot, args.config.as_ref(), &device)?;
     let (finetuned, head_path) = load_model(&args.finetuned, args.config.as_ref(), &device)?;
     check_same_architecture(&args, &zero_shot.config, &finetuned.config)?;
     let benchmark = Benchmark::open(&args)?;
-    let (prompts, prompt_set) =
-        args.prompts_from.prompts(&benchmark.classes(), benchmark.default_templates())?;
+    let classes = benchmark.classes();
+    let (prompts, prompt_set) = args.prompts_from.prompts(&classes, benchmark.default_templates())?;
     let heads = match &head_path {
-        Some(path) => Some(head_pair(&zero_shot, &prompts, path, &device)?),
+        Some(path) => Some(head_pair(&zero_shot, &classes, &prompts, path, &device)?),
         None => None,
     };
     describe_classifier(&args, head_path.as_deref());
@@ -186,7 +192,8 @@ pub fn run(args: WiseftArgs) -> anyhow::Result<()> {
             None => None,
         };
         if let Some(dir) = &args.save {
-            save_interpolation(&args, dir, alpha, &model, head.as_ref())?;
+            let head = head.as_ref().map(|head| (head, classes.as_slice()));
+            save_interpolation(&args, dir, alpha, &model, head)?;
         }
         let classifier = match head {
             Some(head) => head,
@@ -198,7 +205,7 @@ pub fn run(args: WiseftArgs) -> anyhow::Result<()> {
         rows.extend(alpha_rows);
     }
     if let Some(path) = &args.results {
-        append_rows(path, &rows).with_context(|| format!("cannot append the rows to {}", path.display()))?;
+        append_rows(path, &rows)?;
     }
     print_rows(&rows, args.json)
 }
@@ -257,15 +264,17 @@ fn zero_shot_head(model: &ClipModel, prompts: &[Vec<String>]) -> anyhow::Result<
     Ok(Head::from(&ZeroShotHead::build(model, &tokenizer_for(model)?, prompts)?))
 }
 
-/// The zero-shot model's zero-shot head and the trained head at `path`, which must have its
-/// shape.
+/// The zero-shot model's zero-shot head and the trained head at `path`, which must be for
+/// `classes` and have its shape.
 fn head_pair(
     zero_shot: &ClipModel,
+    classes: &[String],
     prompts: &[Vec<String>],
     path: &Path,
     device: &Device,
 ) -> anyhow::Result<(Head, Head)> {
     let trained = Head::load(path, device)?;
+    trained.check_classes(path, classes)?;
     let initial = zero_shot_head(zero_shot, prompts)?;
     anyhow::ensure!(
         trained.weight.dims() == initial.weight.dims(),
@@ -317,13 +326,13 @@ fn report_exclusions(args: &WiseftArgs, parameters: &[(String, candle_core::Tens
     eprintln!("--exclude {pattern}: {matched} of {total} parameters taken from the fine-tuned model");
 }
 
-/// Writes the interpolated model (and head) to `dir/alpha_<α>/`.
+/// Writes the interpolated model (and head, with its class names) to `dir/alpha_<α>/`.
 fn save_interpolation(
     args: &WiseftArgs,
     dir: &Path,
     alpha: f64,
     model: &ClipModel,
-    head: Option<&Head>,
+    head: Option<(&Head, &[String])>,
 ) -> anyhow::Result<()> {
     let out = dir.join(format!("alpha_{alpha}"));
     let mut metadata = HashMap::from([
@@ -338,7 +347,9 @@ fn save_interpolation(
     model.save_hf(&out, &metadata).with_context(cannot_save)?;
     let head_path = out.join(HEAD_FILE);
     match head {
-        Some(head) => head.save(&head_path, metadata).with_context(cannot_save)?,
+        Some((head, classes)) => {
+            head.save_with_classes(&head_path, metadata, classes).with_context(cannot_save)?
+        }
         None if head_path.exists() => std::fs::remove_file(&head_path)
             .with_context(|| format!("cannot remove the stale {}", head_path.display()))?,
         None => {}
@@ -356,15 +367,18 @@ fn progress(alpha: f64, index: usize, count: usize, rows: &[ResultRow]) -> Strin
 enum Benchmark {
     /// A ShiftWorld suite in memory; every split but `train` is evaluated.
     Suite(Suite),
-    /// Every split of a manifest dataset directory.
-    Dataset { dir: PathBuf, splits: Vec<Arc<Split>> },
+    /// The splits of a dataset directory and the classes a head predicts over.
+    Dataset { dir: PathBuf, splits: Vec<Arc<Split>>, classes: Vec<String> },
 }
 
 impl Benchmark {
     fn open(args: &WiseftArgs) -> anyhow::Result<Self> {
         Ok(match (&args.suite, &args.dataset) {
             (Some(name), _) => Self::Suite(build_suite(name, args.seed)?),
-            (None, Some(dir)) => Self::Dataset { dir: dir.clone(), splits: load_dataset(dir)? },
+            (None, Some(dir)) => {
+                let Dataset { splits, classes } = args.layout.load(dir)?;
+                Self::Dataset { dir: dir.clone(), splits, classes }
+            }
             (None, None) => unreachable!("clap requires --suite or --dataset"),
         })
     }
@@ -372,7 +386,7 @@ impl Benchmark {
     fn classes(&self) -> Vec<String> {
         match self {
             Self::Suite(_) => CLASSES.iter().map(|c| c.to_string()).collect(),
-            Self::Dataset { splits, .. } => splits[0].classes.clone(),
+            Self::Dataset { classes, .. } => classes.clone(),
         }
     }
 

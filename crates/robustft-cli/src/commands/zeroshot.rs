@@ -49,7 +49,8 @@ pub struct ZeroshotArgs {
     background_swap: bool,
 
     /// The classes: a file (one name per line, or a JSON array of names) or an inline
-    /// comma-separated list such as "cat,dog,bird".
+    /// comma-separated list such as "cat,dog,bird" (a single name without a file of that name,
+    /// such as "circle", is a one-class list).
     #[arg(long, value_name = "FILE|a,b,c", required_unless_present = "suite")]
     classes: Option<String>,
 

@@ -166,9 +166,10 @@ impl ClipPreprocess {
     }
 }
 
+/// Decodes a regular file (a FIFO or device is refused, never waited on).
 fn decode_image(path: &Path) -> Result<DynamicImage, PreprocessError> {
-    let reader = ImageReader::open(path)
-        .and_then(|reader| reader.with_guessed_format())
+    let reader = crate::files::open_regular(path)
+        .and_then(|file| ImageReader::new(std::io::BufReader::new(file)).with_guessed_format())
         .map_err(|source| PreprocessError::Open { path: path.to_path_buf(), source })?;
     reader.decode().map_err(|source| PreprocessError::Decode { path: path.to_path_buf(), source })
 }

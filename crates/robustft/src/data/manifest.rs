@@ -8,8 +8,8 @@
 //!   `split`, in any order, and optionally `id` (default: the `path` value), `group`,
 //!   `region` (read as the group when there is no `group` column: FMoW-style manifests) and
 //!   `domain`. Other columns are ignored; an empty optional value is `None`.
-//! * `DIR/classes.txt` (optional): one class name per line, in label order; surrounding
-//!   whitespace is trimmed and trailing blank lines are ignored.
+//! * `DIR/classes.txt` (optional): one class name per line, in label order; a leading UTF-8
+//!   byte-order mark and surrounding whitespace are removed and trailing blank lines ignored.
 //!
 //! A `label` made only of ASCII digits is a class index into `classes.txt` (which is then
 //! required); any other label is a class name, looked up in `classes.txt` when it exists.
@@ -211,7 +211,7 @@ fn read_declared_classes(path: &Path) -> Result<Option<ClassList>, DataError> {
         return Ok(None);
     }
     let text = read_text(path)?;
-    let lines: Vec<&str> = text.lines().collect();
+    let lines: Vec<&str> = crate::files::strip_bom(&text).lines().collect();
     let kept = lines.len() - lines.iter().rev().take_while(|line| line.trim().is_empty()).count();
     let mut first_line: HashMap<&str, usize> = HashMap::new();
     for (i, name) in lines[..kept].iter().map(|line| line.trim()).enumerate() {

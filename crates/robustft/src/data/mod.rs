@@ -19,6 +19,7 @@
 //! * **Synthetic stand-ins** ([`write_synthetic`]): the ImageNet (1000 classes, `train/` and
 //!   every variant folder) and iWildCam (182 classes, `metadata.csv`) layouts filled with tiny
 //!   JPEGs, to rehearse the paper recipes without the data (`synth.rs`).
+//! * **Layouts by name** ([`Layout`]): the formats above as `eval` and `wiseft` name them.
 //! * **Loader** ([`Loader`]): seeded Fisher–Yates order, parallel decoding on a thread pool,
 //!   a bounded prefetch queue, failed images skipped and reported, resumable mid-epoch.
 
@@ -26,6 +27,7 @@ mod csv;
 mod image_folder;
 mod imagenet;
 mod imagenet_classes;
+mod layout;
 mod loader;
 mod manifest;
 mod synth;
@@ -39,6 +41,7 @@ pub use imagenet::{imagenet_class_names, load_imagenet_variant, IMAGENET_VARIANT
 pub use imagenet_classes::{
     IMAGENET_A_CLASS_INDICES, IMAGENET_CLASS_NAMES, IMAGENET_R_CLASS_INDICES, IMAGENET_WNIDS,
 };
+pub use layout::{Layout, LAYOUT_NAMES};
 pub use loader::{epoch_order, Batch, Loader, LoaderConfig, Transform};
 pub use manifest::{load_manifest_split, manifest_splits};
 pub use synth::{write_synthetic, SynthLayout};
@@ -186,9 +189,10 @@ pub enum DataError {
     UnknownVariant { variant: String, known: String },
 }
 
-/// Reads a whole text file, naming it on failure.
+/// Reads a whole text file (a regular file only), naming it on failure.
 pub(crate) fn read_text(path: &std::path::Path) -> Result<String, DataError> {
-    std::fs::read_to_string(path).map_err(|source| DataError::Io { path: path.to_owned(), source })
+    crate::files::read_regular_to_string(path)
+        .map_err(|source| DataError::Io { path: path.to_owned(), source })
 }
 
 /// A short description of a list of known names for error messages: all of them when there

@@ -96,9 +96,8 @@ pub fn write_predictions_csv(path: &Path, evaluations: &[SplitEvaluation]) -> Re
             out.push('\n');
         }
     }
-    let io = |source| Error::from(crate::clip::CheckpointError::Io { path: path.to_path_buf(), source });
-    let mut file = std::fs::File::create(path).map_err(io)?;
-    file.write_all(out.as_bytes()).map_err(io)
+    let mut file = std::fs::File::create(path).map_err(Error::write(path))?;
+    file.write_all(out.as_bytes()).map_err(Error::write(path))
 }
 
 /// RFC 4180 quoting where needed.

@@ -92,12 +92,34 @@ pub struct RowContext {
     pub wiseft_alpha: Option<f64>,
 }
 
-/// Appends rows to a `results.jsonl` file.
+/// Appends rows to a `results.jsonl` file, starting a new line first when the file does not end
+/// with one (a hand-edited file), so no two rows are glued together.
 pub fn append_rows(path: &Path, rows: &[ResultRow]) -> Result<()> {
-    let io = |source| Error::from(crate::clip::CheckpointError::Io { path: path.to_path_buf(), source });
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
-    for row in rows {
-        writeln!(file, "{}", serde_json::to_string(row).expect("serialisable")).map_err(io)?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(path)
+        .map_err(Error::write(path))?;
+    let mut text = String::new();
+    if !ends_with_newline(&mut file).map_err(Error::write(path))? {
+        text.push('\n');
     }
-    Ok(())
+    for row in rows {
+        text.push_str(&serde_json::to_string(row).expect("serialisable"));
+        text.push('\n');
+    }
+    file.write_all(text.as_bytes()).map_err(Error::write(path))
+}
+
+/// Whether a file is empty or its last byte is `\n`.
+fn ends_with_newline(file: &mut std::fs::File) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    if file.metadata()?.len() == 0 {
+        return Ok(true);
+    }
+    file.seek(SeekFrom::End(-1))?;
+    let mut last = [0u8];
+    file.read_exact(&mut last)?;
+    Ok(last[0] == b'\n')
 }

@@ -70,6 +70,46 @@ impl Head {
         Ok(write_safetensors(path, &tensors, metadata)?)
     }
 
+    /// [`Head::save`] with the class names it was trained on, in label order, stored in the
+    /// metadata under [`HEAD_CLASSES_KEY`] (a JSON list) so that [`Head::check_classes`] can
+    /// compare them with a dataset's.
+    pub fn save_with_classes(
+        &self,
+        path: &Path,
+        mut metadata: HashMap<String, String>,
+        classes: &[String],
+    ) -> Result<()> {
+        let rows = self.weight.dims().first().copied().unwrap_or(0);
+        if rows != classes.len() {
+            return Err(Error::Invalid {
+                what: format!("head {}", path.display()),
+                reason: format!("{rows} rows for {} class names", classes.len()),
+            });
+        }
+        metadata.insert(HEAD_CLASSES_KEY.into(), serde_json::to_string(classes).expect("serialisable"));
+        self.save(path, metadata)
+    }
+
+    /// Refuses to apply the head stored at `path` to a dataset with classes `classes`: its row
+    /// count must be the class count, and when the file names its classes (heads saved by
+    /// [`Head::save_with_classes`]) they must be the dataset's, in the same order.
+    pub fn check_classes(&self, path: &Path, classes: &[String]) -> Result<()> {
+        let invalid = |reason: String| Error::Invalid { what: format!("head {}", path.display()), reason };
+        let rows = self.weight.dims()[0];
+        if rows != classes.len() {
+            return Err(invalid(format!("has {rows} classes, but the dataset has {}", classes.len())));
+        }
+        let Some(stored) = stored_classes(path)? else { return Ok(()) };
+        match stored.iter().zip(classes).position(|(a, b)| a != b) {
+            None => Ok(()),
+            Some(k) => Err(invalid(format!(
+                "class {k} is \"{}\" in the head but \"{}\" in the dataset (the class lists differ in \
+                 names or order)",
+                stored[k], classes[k]
+            ))),
+        }
+    }
+
     /// Reads a head written by [`Head::save`]: `head.weight` `[classes, dim]` and an optional
     /// `head.bias` `[classes]`, nothing else.
     pub fn load(path: &Path, device: &Device) -> Result<Head> {
@@ -92,6 +132,23 @@ impl Head {
         let f32 = |t: Tensor| t.to_dtype(DType::F32);
         Ok(Head { weight: f32(weight)?, bias: bias.map(f32).transpose()? })
     }
+}
+
+/// Metadata key of the class names a saved head was trained on (a JSON list, label order).
+pub const HEAD_CLASSES_KEY: &str = "robustft.classes";
+
+/// The class names stored in a head file's metadata, if any.
+fn stored_classes(path: &Path) -> Result<Option<Vec<String>>> {
+    let bytes =
+        std::fs::read(path).map_err(|source| CheckpointError::Io { path: path.to_path_buf(), source })?;
+    let invalid = |reason: String| Error::Invalid { what: format!("head {}", path.display()), reason };
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| invalid(e.to_string()))?;
+    let Some(text) = header.metadata().as_ref().and_then(|m| m.get(HEAD_CLASSES_KEY)) else {
+        return Ok(None);
+    };
+    serde_json::from_str(text)
+        .map(Some)
+        .map_err(|e| invalid(format!("metadata `{HEAD_CLASSES_KEY}` is not a list of class names: {e}")))
 }
 
 impl From<&ZeroShotHead> for Head {

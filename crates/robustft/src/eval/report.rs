@@ -43,7 +43,8 @@ pub struct SuitePlot {
 }
 
 /// One row of the results table: named metric cells, `None` where a metric is missing, and
-/// optionally each cell's standard deviation over seeds (shown as `mean ± std`).
+/// optionally each cell's sample standard deviation over seeds (ddof 1; shown as `mean ± std`,
+/// the column header saying so).
 #[derive(Clone, Debug, PartialEq)]
 pub struct TableRow {
     pub suite: String,
@@ -258,10 +259,21 @@ fn percent_cell(row: &TableRow, column: &str) -> String {
     }
 }
 
+/// A column's header: its name, marked when some row shows a spread in it.
+fn header(rows: &[TableRow], column: &str) -> String {
+    match rows.iter().any(|row| row.spread.iter().any(|(name, _)| name == column)) {
+        true => format!("{column} {SPREAD_NOTE}"),
+        false => column.to_string(),
+    }
+}
+
+/// What `± x` in a cell means.
+const SPREAD_NOTE: &str = "(mean ± sample std, ddof 1)";
+
 fn html_table(rows: &[TableRow]) -> String {
     let columns = columns(rows);
     let mut html = String::from("<table>\n<tr><th>Suite</th><th>Method</th>");
-    columns.iter().for_each(|c| html.push_str(&format!("<th>{}</th>", escape(c))));
+    columns.iter().for_each(|c| html.push_str(&format!("<th>{}</th>", escape(&header(rows, c)))));
     html.push_str("</tr>\n");
     for row in rows {
         let _ = write!(html, "<tr><td>{}</td><td>{}</td>", escape(&row.suite), escape(&row.method));
@@ -276,14 +288,17 @@ fn html_table(rows: &[TableRow]) -> String {
 
 /// The results as a GitHub-markdown table: Suite, Method, then one column per metric (the union of
 /// the rows' cell names, first seen first), values as percentages with one decimal, `-` where
-/// missing.
+/// missing; a column with a spread over seeds says in its header that it is the sample std.
 pub fn markdown_table(rows: &[TableRow]) -> String {
     let columns = columns(rows);
     let line = |cells: Vec<String>| format!("| {} |\n", cells.join(" | "));
-    let header = ["Suite", "Method"].into_iter().chain(columns.iter().copied());
-    let mut markdown = line(header.clone().map(markdown_escape).collect());
+    let header: Vec<String> = ["Suite".to_string(), "Method".to_string()]
+        .into_iter()
+        .chain(columns.iter().map(|c| header(rows, c)))
+        .collect();
+    let mut markdown = line(header.iter().map(|h| markdown_escape(h)).collect());
     markdown.push_str(&line(
-        header.enumerate().map(|(i, _)| if i < 2 { "---" } else { "---:" }.into()).collect(),
+        header.iter().enumerate().map(|(i, _)| if i < 2 { "---" } else { "---:" }.into()).collect(),
     ));
     for row in rows {
         let names = [markdown_escape(&row.suite), markdown_escape(&row.method)];

@@ -276,7 +276,7 @@ impl Experiment {
         }
         self.model.save_hf(&tmp, &metadata)?;
         if let Outcome::Head(head) = outcome {
-            head.save(&tmp.join("head.safetensors"), metadata)?;
+            head.save_with_classes(&tmp.join("head.safetensors"), metadata, &self.classes)?;
         }
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(crate::train::run_dir::io_error(&dir))?;

@@ -79,21 +79,24 @@ const FMOW_CLASS_NAMES: [&str; 62] = [
 ];
 
 /// Class names from `spec`: a file, or else (when `spec` names no existing path and contains a
-/// comma) an inline comma-separated list such as `"cat,dog,owl"`.
+/// comma, or does not look like a file name) an inline comma-separated list such as
+/// `"cat,dog,owl"` or the single class `"circle"`. A missing `classes.txt` or `dir/names` is an
+/// error, not a class.
 ///
-/// A file holding a JSON array of strings (its first non-blank character is `[`) is read as
+/// A leading UTF-8 byte-order mark is ignored. A file holding a JSON array of strings (its first non-blank character is `[`) is read as
 /// such; any other file holds one name per line, trailing blank lines ignored. Names are
 /// trimmed. An empty name (a blank line between names, `"a,,b"`), a repeated name or an empty
 /// list is an error naming the source and the 1-based position (the line, for text files).
 pub fn load_class_names(spec: &str) -> Result<Vec<String>, PromptError> {
     let path = Path::new(spec);
-    if spec.contains(',') && !path.exists() {
+    if !path.exists() && (spec.contains(',') || !looks_like_a_file_name(spec)) {
         return validated_class_names(spec.split(','), "inline class list");
     }
     let text = read_text(path)?;
+    let text = crate::files::strip_bom(&text);
     let origin = path.display().to_string();
     if text.trim_start().starts_with(['[', '{']) {
-        let names: Vec<String> = serde_json::from_str(&text)
+        let names: Vec<String> = serde_json::from_str(text)
             .map_err(|source| PromptError::Json { path: origin.clone(), source })?;
         validated_class_names(names.iter().map(String::as_str), &origin)
     } else {
@@ -101,6 +104,12 @@ pub fn load_class_names(spec: &str) -> Result<Vec<String>, PromptError> {
         let kept = lines.len() - lines.iter().rev().take_while(|l| l.trim().is_empty()).count();
         validated_class_names(lines[..kept].iter().copied(), &origin)
     }
+}
+
+/// A path separator, or an extension of a class-list file (`.txt`, `.json`, `.csv`).
+fn looks_like_a_file_name(spec: &str) -> bool {
+    let extension = Path::new(spec).extension().and_then(|e| e.to_str()).unwrap_or_default();
+    spec.contains(['/', '\\']) || ["txt", "json", "csv"].contains(&extension.to_ascii_lowercase().as_str())
 }
 
 fn validated_class_names<'a>(

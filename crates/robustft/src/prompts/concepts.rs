@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::Path;
 
-use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use super::{read_text, PromptError};
@@ -17,20 +17,20 @@ pub enum Alignment {
     Name,
     /// Keys are the class indices "0".."K-1".
     Index,
-    /// Entry `k` in file order is class `k`.
+    /// Entry `k` in file order is class `k` (a JSON list, or a forced policy).
     Position,
 }
 
 /// Which alignment [`ConceptDescriptions::load_with`] may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AlignmentPolicy {
-    /// By name if every class matches a key, else by index if every key is one, else by
-    /// position (refused when a key names a class at another position).
+    /// A JSON list by position; an object by name if every class matches a key, else by index
+    /// if every key is one. Any key that is neither a class name nor an index is an error.
     #[default]
     Auto,
     /// By name only; a class without a key of its own is an error.
     Name,
-    /// By file order only, as DRM's evaluation code does.
+    /// By file order only, whatever the keys say, as DRM's evaluation code does.
     Position,
 }
 
@@ -70,7 +70,7 @@ impl ConceptDescriptions {
         class_names: &[String],
         policy: AlignmentPolicy,
     ) -> Result<Self, PromptError> {
-        let entries = json_object_entries(json, source)?;
+        let (entries, is_list) = json_entries(json, source)?;
         if entries.len() != class_names.len() {
             return Err(PromptError::CountMismatch {
                 path: source.to_owned(),
@@ -79,7 +79,10 @@ impl ConceptDescriptions {
             });
         }
         let keys: Vec<&str> = entries.iter().map(|(key, _)| key.as_str()).collect();
-        let (alignment, entry_of_class) = align(&keys, class_names, policy, source)?;
+        let (alignment, entry_of_class) = match is_list {
+            true => list_alignment(policy, entries.len(), source)?,
+            false => align(&keys, class_names, policy, source)?,
+        };
         let per_class = entry_of_class
             .iter()
             .zip(class_names)
@@ -100,7 +103,7 @@ impl ConceptDescriptions {
         &self.per_class
     }
 
-    /// `keys()[k]`: the JSON key class `k`'s sentences were read from.
+    /// `keys()[k]`: the JSON key class `k`'s sentences were read from (`[k]` in a list).
     pub fn keys(&self) -> &[String] {
         &self.keys
     }
@@ -114,32 +117,44 @@ impl ConceptDescriptions {
     }
 }
 
-/// The `(key, value)` pairs of a top-level JSON object, in file order, keys unique.
-fn json_object_entries(json: &str, source: &str) -> Result<Vec<(String, Value)>, PromptError> {
+/// The `(key, value)` pairs of a top-level JSON object, in file order, keys unique, or the
+/// entries of a top-level list keyed `[k]`; and whether it was a list.
+fn json_entries(json: &str, source: &str) -> Result<(Vec<(String, Value)>, bool), PromptError> {
     let entries = match serde_json::from_str::<OrderedEntries>(json) {
-        Ok(OrderedEntries(entries)) => entries,
+        Ok(entries) => entries,
         Err(error) => {
             return Err(match serde_json::from_str::<Value>(json) {
-                Ok(other) if !other.is_object() => {
+                Ok(other) if !other.is_object() && !other.is_array() => {
                     PromptError::NotAnObject { path: source.to_owned(), found: json_kind(&other) }
                 }
                 _ => PromptError::Json { path: source.to_owned(), source: error },
             })
         }
     };
+    let is_list = matches!(entries, OrderedEntries::List(_));
+    let entries = match entries {
+        OrderedEntries::Object(entries) => entries,
+        OrderedEntries::List(values) => {
+            values.into_iter().enumerate().map(|(k, value)| (format!("[{k}]"), value)).collect()
+        }
+    };
     let mut seen = HashSet::new();
     if let Some((key, _)) = entries.iter().find(|(key, _)| !seen.insert(key.as_str())) {
         return Err(PromptError::DuplicateKey { path: source.to_owned(), key: key.clone() });
     }
-    Ok(entries)
+    Ok((entries, is_list))
 }
 
-/// A JSON object read entry by entry, so that file order and repeated keys are both visible.
-struct OrderedEntries(Vec<(String, Value)>);
+/// A JSON object read entry by entry, so that file order and repeated keys are both visible,
+/// or a JSON list.
+enum OrderedEntries {
+    Object(Vec<(String, Value)>),
+    List(Vec<Value>),
+}
 
 impl<'de> Deserialize<'de> for OrderedEntries {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_map(OrderedEntriesVisitor)
+        deserializer.deserialize_any(OrderedEntriesVisitor)
     }
 }
 
@@ -149,7 +164,7 @@ impl<'de> Visitor<'de> for OrderedEntriesVisitor {
     type Value = OrderedEntries;
 
     fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
-        formatter.write_str("a JSON object")
+        formatter.write_str("a JSON object or list")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<OrderedEntries, A::Error> {
@@ -157,7 +172,27 @@ impl<'de> Visitor<'de> for OrderedEntriesVisitor {
         while let Some(entry) = map.next_entry::<String, Value>()? {
             entries.push(entry);
         }
-        Ok(OrderedEntries(entries))
+        Ok(OrderedEntries::Object(entries))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<OrderedEntries, A::Error> {
+        let mut values = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(value) = seq.next_element::<Value>()? {
+            values.push(value);
+        }
+        Ok(OrderedEntries::List(values))
+    }
+}
+
+/// A list is aligned by position; forcing names on it is an error.
+fn list_alignment(
+    policy: AlignmentPolicy,
+    len: usize,
+    source: &str,
+) -> Result<(Alignment, Vec<usize>), PromptError> {
+    match policy {
+        AlignmentPolicy::Name => Err(PromptError::NotAnObject { path: source.to_owned(), found: "a list" }),
+        AlignmentPolicy::Auto | AlignmentPolicy::Position => Ok((Alignment::Position, (0..len).collect())),
     }
 }
 
@@ -168,21 +203,20 @@ fn align(
     policy: AlignmentPolicy,
     source: &str,
 ) -> Result<(Alignment, Vec<usize>), PromptError> {
-    let file_order = || (0..keys.len()).collect();
     match policy {
-        AlignmentPolicy::Position => Ok((Alignment::Position, file_order())),
+        AlignmentPolicy::Position => Ok((Alignment::Position, (0..keys.len()).collect())),
         AlignmentPolicy::Name => match_names(keys, class_names)
             .map(|order| (Alignment::Name, order))
             .map_err(|failure| failure.into_error(source)),
         AlignmentPolicy::Auto => {
-            if let Ok(order) = match_names(keys, class_names) {
-                return Ok((Alignment::Name, order));
-            }
+            let failure = match match_names(keys, class_names) {
+                Ok(order) => return Ok((Alignment::Name, order)),
+                Err(failure) => failure,
+            };
             if let Some(order) = index_order(keys, source)? {
                 return Ok((Alignment::Index, order));
             }
-            check_file_order_agrees(keys, class_names, source)?;
-            Ok((Alignment::Position, file_order()))
+            Err(key_error(keys, class_names, failure, source))
         }
     }
 }
@@ -258,28 +292,21 @@ fn canonical_index(key: &str) -> Option<usize> {
     key.parse::<usize>().ok().filter(|index| index.to_string() == key)
 }
 
-/// Refuses positional alignment when a key names a class (case-insensitively) none of whose
-/// occurrences in the class list is at the key's position in the file.
-fn check_file_order_agrees(keys: &[&str], class_names: &[String], source: &str) -> Result<(), PromptError> {
-    let mut class_positions: HashMap<String, Vec<usize>> = HashMap::new();
-    for (index, class) in class_names.iter().enumerate() {
-        class_positions.entry(loose(class)).or_default().push(index);
+/// Why an object's keys match neither every class name nor every index: the first key that is
+/// neither a class name nor an index below the class count; else the first index among class
+/// names (the kinds are mixed); else why the names did not match.
+fn key_error(keys: &[&str], class_names: &[String], failure: NameMatchFailure, source: &str) -> PromptError {
+    let names: HashSet<String> = class_names.iter().map(|class| loose(class)).collect();
+    let is_name = |key: &str| names.contains(&loose(key));
+    let is_index = |key: &str| canonical_index(key).is_some_and(|index| index < class_names.len());
+    let path = source.to_owned();
+    if let Some(key) = keys.iter().find(|key| !is_name(key) && !is_index(key)) {
+        return PromptError::UnrecognisedKey { path, key: (*key).to_owned(), num_classes: class_names.len() };
     }
-    for (position, key) in keys.iter().enumerate() {
-        match class_positions.get(&loose(key)) {
-            Some(indices) if !indices.contains(&position) => {
-                return Err(PromptError::OrderConflict {
-                    path: source.to_owned(),
-                    key: (*key).to_owned(),
-                    position,
-                    class: class_names[indices[0]].clone(),
-                    class_index: indices[0],
-                })
-            }
-            _ => {}
-        }
+    match keys.iter().find(|key| !is_name(key)) {
+        Some(key) => PromptError::MixedKeys { path, key: (*key).to_owned() },
+        None => failure.into_error(source),
     }
-    Ok(())
 }
 
 /// What a bad value is reported against.

@@ -14,6 +14,11 @@
 //! after each new answer, so a second run, or a run after an interruption, asks only what is
 //! missing. The output is a name-keyed concept-description file in class order (the format of
 //! [`super::ConceptDescriptions`]), written atomically and only once every class has an answer.
+//!
+//! Secrets never reach a message: the endpoint is shown with any `user:password@` credentials
+//! replaced by `***@`, and the API key and those credentials are replaced by `***` wherever they
+//! appear in a quoted response body or a transport error (a server may echo the
+//! `Authorization` header).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -40,8 +45,8 @@ pub enum DescribeError {
     NoPlaceholder { path: String },
     #[error("{path}: not a describe cache (a JSON object of strings)")]
     BadCache { path: String, source: serde_json::Error },
-    #[error("{url}: request for class \"{class}\" failed")]
-    Request { url: String, class: String, source: Box<ureq::Error> },
+    #[error("{url}: request for class \"{class}\" failed: {reason}")]
+    Request { url: String, class: String, reason: String },
     #[error("{url}: HTTP status {status} for class \"{class}\": {body}")]
     Status { url: String, class: String, status: u16, body: String },
     #[error("{url}: the answer for class \"{class}\" is not JSON: {body}")]
@@ -114,6 +119,7 @@ pub fn describe_classes(
 ) -> Result<(Vec<String>, DescribeSummary), DescribeError> {
     let endpoint = config.endpoint.trim_end_matches('/');
     let url = format!("{endpoint}/chat/completions");
+    let redactor = Redactor::new(endpoint, config.api_key.as_deref());
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(config.timeout))
         .http_status_as_error(false)
@@ -131,7 +137,7 @@ pub fn describe_classes(
                 cached
             }
             None => {
-                let chat = Chat { agent: &agent, url: &url, config, class };
+                let chat = Chat { agent: &agent, url: &url, config, class, redactor: &redactor };
                 let answer = chat.non_empty_answer(&prompt)?;
                 cache.insert(key, answer.clone())?;
                 summary.requested += 1;
@@ -164,6 +170,7 @@ struct Chat<'a> {
     url: &'a str,
     config: &'a DescribeConfig,
     class: &'a str,
+    redactor: &'a Redactor,
 }
 
 impl Chat<'_> {
@@ -176,7 +183,7 @@ impl Chat<'_> {
             }
         }
         Err(DescribeError::EmptyDescription {
-            url: self.url.to_owned(),
+            url: self.redactor.url(self.url),
             class: self.class.to_owned(),
             attempts,
         })
@@ -195,12 +202,12 @@ impl Chat<'_> {
         let mut response = request.send(body.to_string()).map_err(|e| self.request_error(e))?;
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string().map_err(|e| self.request_error(e))?;
-        let (url, class) = (self.url.to_owned(), self.class.to_owned());
+        let (url, class) = (self.redactor.url(self.url), self.class.to_owned());
         if !(200..300).contains(&status) {
-            return Err(DescribeError::Status { url, class, status, body: quoted(&text) });
+            return Err(DescribeError::Status { url, class, status, body: self.quoted(&text) });
         }
         let Ok(answer) = serde_json::from_str::<Value>(&text) else {
-            return Err(DescribeError::NotJson { url, class, body: quoted(&text) });
+            return Err(DescribeError::NotJson { url, class, body: self.quoted(&text) });
         };
         match answer.pointer("/choices/0/message/content").and_then(Value::as_str) {
             Some(content) => Ok(content.to_owned()),
@@ -210,11 +217,56 @@ impl Chat<'_> {
 
     fn request_error(&self, source: ureq::Error) -> DescribeError {
         DescribeError::Request {
-            url: self.url.to_owned(),
+            url: self.redactor.url(self.url),
             class: self.class.to_owned(),
-            source: Box::new(source),
+            reason: self.redactor.text(&source.to_string()),
         }
     }
+
+    /// The start of a response body, secrets redacted.
+    fn quoted(&self, body: &str) -> String {
+        quoted(&self.redactor.text(body))
+    }
+}
+
+/// Removes the API key and an endpoint's URL credentials from text shown to the user.
+struct Redactor {
+    secrets: Vec<String>,
+}
+
+impl Redactor {
+    const MASK: &'static str = "***";
+
+    fn new(endpoint: &str, api_key: Option<&str>) -> Self {
+        let mut secrets: Vec<String> = api_key.into_iter().map(str::to_owned).collect();
+        if let Some(userinfo) = userinfo(endpoint) {
+            secrets.push(userinfo.to_owned());
+            secrets.extend(userinfo.split(':').map(str::to_owned));
+        }
+        secrets.retain(|secret| !secret.is_empty());
+        // Longest first, so a secret containing another is replaced whole.
+        secrets.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
+        Self { secrets }
+    }
+
+    /// `url` with its `user:password@` part replaced by `***@`.
+    fn url(&self, url: &str) -> String {
+        match userinfo(url) {
+            Some(userinfo) => url.replacen(&format!("{userinfo}@"), &format!("{}@", Self::MASK), 1),
+            None => url.to_owned(),
+        }
+    }
+
+    fn text(&self, text: &str) -> String {
+        self.secrets.iter().fold(text.to_owned(), |text, secret| text.replace(secret, Self::MASK))
+    }
+}
+
+/// The `user:password` of `scheme://user:password@host/...`, if any.
+fn userinfo(url: &str) -> Option<&str> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    authority.rsplit_once('@').map(|(userinfo, _)| userinfo)
 }
 
 /// Whitespace runs collapsed to one space, then one pair of surrounding quotes removed.

@@ -22,21 +22,25 @@
 //!
 //! # Concept-description file format
 //!
-//! A JSON object with one entry per class. Each value is a string (one sentence) or a non-empty
-//! array of strings (several sentences, e.g. FMoW's 6 per class, whose embeddings the caller
-//! averages). Sentences are trimmed; an empty or all-whitespace sentence is an error. The file
-//! must hold exactly as many entries as there are classes, and no key twice. Keys are aligned
-//! with the class list as follows ([`AlignmentPolicy::Auto`], the default):
+//! A JSON object with one entry per class, or a JSON list of entries in class order. Each value
+//! is a string (one sentence) or a non-empty array of strings (several sentences, e.g. FMoW's 6
+//! per class, whose embeddings the caller averages). Sentences are trimmed; an empty or
+//! all-whitespace sentence is an error. The file must hold exactly as many entries as there are
+//! classes, and no key twice. Entries are aligned with the class list as follows
+//! ([`AlignmentPolicy::Auto`], the default):
 //!
-//! 1. [`Alignment::Name`]: every class name matches a distinct key, exactly or, failing that,
+//! 1. [`Alignment::Position`]: a list's entry `k` is class `k`.
+//! 2. [`Alignment::Name`]: every class name matches a distinct key, exactly or, failing that,
 //!    case-insensitively after trimming (ImageNet, FMoW). File order does not matter.
-//! 2. [`Alignment::Index`]: every key is a decimal index `"0"`..`"K-1"` (iWildCam's
+//! 3. [`Alignment::Index`]: every key is a plain decimal index `"0"`..`"K-1"` (iWildCam's
 //!    `prompts_iwildcam_cd.json`); any order in the file.
-//! 3. [`Alignment::Position`]: otherwise the entries are taken in file order, as DRM's
-//!    evaluation code does (it pairs `list(cd.keys())[k]` with class `k`). This is how the
-//!    Latin-keyed `concept_description_result_cd_iwildcam.json` lines up with iWildCam's English
-//!    class names. It is refused when a key names a class that sits at a different position in
-//!    the class list, since the file order then provably disagrees with the class order.
+//!
+//! Anything else is an error naming the first key that is neither a class name nor a plain
+//! index (`"05"`, `"-1"`, a Latin species name), or the first index among name keys: an object
+//! is never matched by file order on a guess, since a wrong guess silently gives every class
+//! another class's description. DRM's evaluation code does pair `list(cd.keys())[k]` with class
+//! `k`; the Latin-keyed `concept_description_result_cd_iwildcam.json` needs that, which
+//! [`AlignmentPolicy::Position`] asks for explicitly.
 //!
 //! [`AlignmentPolicy::Name`] and [`AlignmentPolicy::Position`] force one rule. The alignment
 //! used is reported by [`ConceptDescriptions::alignment`], and the key read for each class by
@@ -83,11 +87,12 @@ pub enum PromptError {
     #[error("{path}: class \"{class}\" does not match a single key of its own")]
     AmbiguousClass { path: String, class: String },
     #[error(
-        "{path}: key \"{key}\" is entry {position} of the file but names class {class_index} \
-         (\"{class}\"); the file order disagrees with the class list, so it cannot be aligned \
-         by position"
+        "{path}: key \"{key}\" is neither a class name nor a class index 0..{num_classes}; to pair \
+         descriptions with classes by position, write the file as a JSON list"
     )]
-    OrderConflict { path: String, key: String, position: usize, class: String, class_index: usize },
+    UnrecognisedKey { path: String, key: String, num_classes: usize },
+    #[error("{path}: key \"{key}\" is a class index, but other keys are class names; use one kind")]
+    MixedKeys { path: String, key: String },
     #[error("{path}: class \"{class}\" (key \"{key}\") has an empty description")]
     EmptyDescription { path: String, key: String, class: String },
     #[error("{path}: class \"{class}\" (key \"{key}\") has an empty list of descriptions")]
@@ -112,6 +117,6 @@ pub enum PromptError {
 }
 
 fn read_text(path: &Path) -> Result<String, PromptError> {
-    std::fs::read_to_string(path)
+    crate::files::read_regular_to_string(path)
         .map_err(|source| PromptError::Io { path: path.display().to_string(), source })
 }

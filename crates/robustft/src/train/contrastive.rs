@@ -90,6 +90,7 @@ pub fn train(
                     .into(),
         });
     }
+    run.truncate_metrics(state.step)?;
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

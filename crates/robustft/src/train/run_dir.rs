@@ -94,6 +94,30 @@ impl RunDir {
         Ok(())
     }
 
+    /// Keeps the rows of `metrics.jsonl` up to `step` (the checkpoint a resumed run continues,
+    /// or 0 for a new run), so rows logged after the last checkpoint are not logged twice; a row
+    /// cut short by a kill is dropped too. Rewritten atomically, only when something goes.
+    pub fn truncate_metrics(&self, step: u64) -> Result<()> {
+        let path = self.metrics();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(io_error(&path)(error)),
+        };
+        let kept: String = text
+            .lines()
+            .filter(|line| {
+                let row = serde_json::from_str::<serde_json::Value>(line).ok();
+                row.and_then(|row| row.get("step")?.as_u64()).is_some_and(|row_step| row_step <= step)
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        if kept.len() == text.len() {
+            return Ok(());
+        }
+        Ok(crate::clip::checkpoint::write_atomic(&path, kept.as_bytes())?)
+    }
+
     /// Creates the directory.
     pub fn create(&self) -> Result<()> {
         std::fs::create_dir_all(&self.root).map_err(io_error(&self.root))

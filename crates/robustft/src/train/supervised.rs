@@ -13,6 +13,9 @@
 //!   `epoch_order(n, (seed ⊕ salt) + e)` in chunks), so they too are a pure function of the
 //!   seed and the draw;
 //! * gradient clipping by global L2 norm, as `torch.nn.utils.clip_grad_norm_`;
+//! * divergence: a non-finite loss or gradient norm stops the run before its optimiser step,
+//!   with an error naming the step, the loss and the learning rate ([`TrainOptions::check`]
+//!   refuses non-finite or out-of-range options, and step counts beyond [`MAX_STEPS`], first);
 //! * gradient accumulation: a batch is split into `accumulation` micro-batches whose losses are
 //!   weighted by their share of the batch and whose gradients are summed — identical to the
 //!   full batch for per-example losses (CE); a contrastive loss sees fewer negatives per
@@ -20,7 +23,8 @@
 //! * determinism and resume: the batch of step `t` is a pure function of the seed and `t`
 //!   (epoch `e` visits [`epoch_order`]`(n, seed + e)` in chunks), checkpoints hold the weights,
 //!   the extra trained tensors and the optimiser moments, so `--resume` reaches exactly the
-//!   weights of an uninterrupted run.
+//!   weights of an uninterrupted run; `metrics.jsonl` is cut back to the checkpoint's step on
+//!   resume, so every step is logged once.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -176,30 +180,71 @@ impl TrainOptions {
         examples.div_ceil(self.batch_size) as u64
     }
 
+    /// Checks the settings that need no data: every float finite and in range, step counts
+    /// that cannot overflow. Messages name the key as `train.KEY`.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let positive = |key: &str, value: f64| match value > 0.0 && value.is_finite() {
+            true => Ok(()),
+            false => Err(format!("train.{key} must be a positive finite number, not {value}")),
+        };
+        let non_negative = |key: &str, value: f64| match value >= 0.0 && value.is_finite() {
+            true => Ok(()),
+            false => Err(format!("train.{key} must be a finite number ≥ 0, not {value}")),
+        };
+        positive("lr", self.lr)?;
+        non_negative("min_lr", self.min_lr)?;
+        if self.min_lr > self.lr {
+            return Err(format!("train.min_lr = {} is above train.lr = {}", self.min_lr, self.lr));
+        }
+        non_negative("weight_decay", self.weight_decay)?;
+        if let Some(clip) = self.grad_clip {
+            positive("grad_clip", clip)?;
+        }
+        if self.batch_size == 0 {
+            return Err("train.batch_size must be at least 1".into());
+        }
+        if self.accumulation == 0 || self.accumulation > self.batch_size {
+            return Err(format!("train.accumulation must lie in 1..={} (the batch size)", self.batch_size));
+        }
+        for (key, value) in [("epochs", self.epochs as u64), ("warmup_steps", self.warmup_steps)] {
+            if value > MAX_STEPS {
+                return Err(format!("train.{key} = {value} is above the limit of {MAX_STEPS} steps"));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks the settings against a training set of `examples`.
     pub fn validate(&self, examples: usize) -> Result<()> {
         let invalid = |what: &str, reason: String| Err(Error::Invalid { what: what.into(), reason });
-        if self.batch_size == 0 {
-            return invalid("train.batch_size", "must be at least 1".into());
-        }
-        if self.accumulation == 0 || self.accumulation > self.batch_size {
-            return invalid(
-                "train.accumulation",
-                format!("must lie in 1..={} (the batch size)", self.batch_size),
-            );
+        if let Err(reason) = self.check() {
+            return invalid("[train]", reason);
         }
         if examples == 0 {
             return invalid("the training split", "has no examples".into());
         }
-        if self.grad_clip.is_some_and(|c| c <= 0.0 || !c.is_finite()) {
-            return invalid("train.grad_clip", "must be a positive number".into());
-        }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return invalid("train.lr", format!("must be positive, not {}", self.lr));
+        if self.total_steps(examples).is_none() {
+            return invalid(
+                "train.epochs",
+                format!(
+                    "{} epochs of {} steps exceed the limit of {MAX_STEPS} steps",
+                    self.epochs,
+                    self.steps_per_epoch(examples)
+                ),
+            );
         }
         Ok(())
     }
+
+    /// Optimiser steps of the whole run on `examples`, when within [`MAX_STEPS`].
+    pub fn total_steps(&self, examples: usize) -> Option<u64> {
+        self.steps_per_epoch(examples).checked_mul(self.epochs as u64).filter(|&total| total <= MAX_STEPS)
+    }
 }
+
+/// The most optimiser steps (and epochs, and warm-up steps) a run may have: 2⁵³, beyond which
+/// step counts are no longer exact in the `f64` schedule arithmetic.
+pub const MAX_STEPS: u64 = 1 << 53;
 
 /// One row of `metrics.jsonl`, also handed to the progress callback.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -258,8 +303,9 @@ pub fn train(
             });
         }
     }
+    run.truncate_metrics(state.step)?;
     let steps_per_epoch = options.steps_per_epoch(source.len());
-    let total = steps_per_epoch * options.epochs as u64;
+    let total = options.total_steps(source.len()).expect("checked by validate");
     let schedule = CosineSchedule {
         base_lr: options.lr,
         min_lr: options.min_lr,
@@ -288,6 +334,7 @@ pub fn train(
         let (loss, mut grads, seen) = accumulate(model, objective, source, &batch, options.accumulation)?;
         constraint.adjust_gradients(&mut grads, &params, &anchor)?;
         let grad_norm = clip_gradients(&mut grads, &params, options.grad_clip)?;
+        check_finite(state.step + 1, loss, grad_norm, lr)?;
         let previous = snapshot_if(constraint.needs_previous(), &params)?;
         optimizer.step(&grads)?;
         let held_out =
@@ -322,6 +369,21 @@ pub fn train(
         }
     }
     Ok(state.step - first)
+}
+
+/// Stops a diverged run before its optimiser step: a non-finite loss or gradient norm at
+/// `step` (1-based, as in `metrics.jsonl`) is an error naming both and the learning rate.
+fn check_finite(step: u64, loss: f32, grad_norm: f64, lr: f64) -> Result<()> {
+    if loss.is_finite() && grad_norm.is_finite() {
+        return Ok(());
+    }
+    Err(Error::Invalid {
+        what: format!("training diverged at step {step}"),
+        reason: format!(
+            "loss {loss}, gradient norm {grad_norm} at learning rate {lr:e}; nothing after the last \
+             checkpoint was kept (lower train.lr, or set train.grad_clip)"
+        ),
+    })
 }
 
 /// `(name, var, decay)` of every parameter the run updates.
