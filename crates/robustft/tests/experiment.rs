@@ -374,3 +374,31 @@ fn a_dataset_with_nothing_to_evaluate_or_no_readable_image_is_refused_before_tra
     assert!(err.contains("split `ood_test`: has no readable image (6 listed: "), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_drm_model_keeps_its_mixture_and_predicts_as_its_run_did() {
+    use robustft::eval::dataset::evaluate_split;
+    use robustft::eval::metrics::split_metrics;
+    use robustft::eval::predictor::TextPredictor;
+    let dir = scratch("saved_mixture");
+    write_dataset(&dir);
+    let out = dir.join("runs");
+    run(recipe(&dir, "drm", &["train.epochs=1", "drm.beta=0.7"]), &out, false, None).unwrap();
+    let model_dir = out.join("drm/model");
+    let saved = TextPredictor::load(&model_dir).unwrap().expect("predictor.json beside the weights");
+    assert_eq!((saved.beta, saved.descriptions.as_ref().map(Vec::len)), (0.7, Some(3)));
+    let (model, _) = ClipModel::load(model_dir.to_str().unwrap(), &Device::Cpu).unwrap();
+    let split = std::sync::Arc::new(robustft::data::load_manifest_split(&dir, "id_test").unwrap());
+    let evaluation = evaluate_split(&model, split, &saved.build(&model).unwrap()).unwrap();
+    let metrics = split_metrics(&evaluation.predictions, &[]);
+    let results = std::fs::read_to_string(out.join("drm/results.jsonl")).unwrap();
+    let row: serde_json::Value = results
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .find(|row| row["split"] == "id_test" && row.get("wiseft_alpha").is_none())
+        .unwrap();
+    // ECE reads the probabilities themselves: a predictor without the mixture would differ.
+    let run_metrics = (row["top1"].as_f64().unwrap(), row["ece"].as_f64().unwrap());
+    assert_eq!((metrics.top1, metrics.ece), run_metrics, "the saved mixture reproduces the run's id_test");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,9 +1,11 @@
 //! `robustft eval`: zero-shot evaluation of a model on the splits of a dataset on disk (a CSV
 //! manifest directory such as `robustft shiftworld generate` writes, a WILDS iWildCam or FMoW
 //! root, an ImageNet root with its variants) or of a ShiftWorld suite rendered in memory, with
-//! per-split metrics, result rows and per-example predictions. A trained head beside the model
-//! is checked against the dataset's classes (count, and names and order when the head stores
-//! them) before it is used.
+//! per-split metrics, result rows and per-example predictions. A model `robustft train` wrote
+//! predicts as its run did: through its trained head (`head.safetensors`, checked against the
+//! dataset's classes: count, and names and order when the head stores them), or through the
+//! heads its run rebuilt from the text tower (`predictor.json`: FLYP's default prompts, DRM's
+//! β-mixture of default prompts and concept descriptions).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,7 +16,7 @@ use robustft::clip::ClipModel;
 use robustft::data::Split;
 use robustft::eval::dataset::{evaluate_split, write_predictions_csv, SplitEvaluation};
 use robustft::eval::evaluate::{append_rows, ResultRow, RowContext};
-use robustft::eval::predictor::{Head, Predictor};
+use robustft::eval::predictor::{Head, Predictor, TextPredictor};
 use robustft::eval::suite::{evaluate_suite, zeroshot_suite_rows, PromptKind};
 use robustft::shiftworld::{build_suite, Suite, CLASSES};
 use robustft::zeroshot::{tokenizer_for, ZeroShotHead};
@@ -69,6 +71,10 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     if head.is_some() {
         eprintln!("evaluating the trained head saved beside the model (head.safetensors)");
     }
+    if let Some(text) = TextPredictor::load(Path::new(&args.model.model))? {
+        eprintln!("predicting as the run did: the heads its predictor.json rebuilds from the text tower");
+        return run_text_predictor(&args, &model, &text, preprocess);
+    }
     let rows = match (&args.suite, &args.dataset) {
         (Some(suite), _) => {
             let suite = build_suite(suite, args.seed)?;
@@ -87,6 +93,69 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         append_rows(path, &rows)?;
     }
     print_rows(&rows, args.json)
+}
+
+/// Rows of a model that predicts through heads rebuilt from its text tower (FLYP, DRM).
+fn run_text_predictor(
+    args: &EvalArgs,
+    model: &ClipModel,
+    text: &TextPredictor,
+    preprocess: String,
+) -> anyhow::Result<()> {
+    let predictor = text.build(model)?;
+    let method = if text.descriptions.is_some() { "text_heads_mixture" } else { "text_heads" };
+    let rows = match (&args.suite, &args.dataset) {
+        (Some(suite), _) => {
+            let suite = build_suite(suite, args.seed)?;
+            anyhow::ensure!(
+                text.num_classes() == CLASSES.len(),
+                "the saved predictor has {} classes, the suite {}",
+                text.num_classes(),
+                CLASSES.len()
+            );
+            let context =
+                row_context(args, format!("shiftworld/{}", suite.name), method, suite.seed, preprocess);
+            let predictions = evaluate_suite(model, &suite, &predictor)?;
+            predictions.iter().map(|(split, p)| ResultRow::score(&context, split, p, &[])).collect()
+        }
+        (None, Some(dir)) => {
+            let Dataset { splits, classes } = args.layout.load(dir)?;
+            anyhow::ensure!(
+                text.num_classes() == classes.len(),
+                "the saved predictor has {} classes, the dataset {} has {}",
+                text.num_classes(),
+                dir.display(),
+                classes.len()
+            );
+            let evaluations = evaluate_dataset(model, &splits, &predictor)?;
+            report_skipped(&evaluations);
+            if let Some(path) = &args.save_predictions {
+                write_predictions_csv(path, &evaluations)?;
+            }
+            dataset_result_rows(
+                &row_context(args, dir.display().to_string(), method, 0, preprocess),
+                &evaluations,
+            )
+        }
+        (None, None) => unreachable!("clap requires --dataset or --suite"),
+    };
+    if let Some(path) = &args.results {
+        append_rows(path, &rows)?;
+    }
+    print_rows(&rows, args.json)
+}
+
+/// What every row of an evaluation of `args.model` shares.
+fn row_context(args: &EvalArgs, dataset: String, method: &str, seed: u64, preprocess: String) -> RowContext {
+    RowContext {
+        model: args.model.model.clone(),
+        dataset,
+        method: method.into(),
+        prompts: "saved".into(),
+        seed,
+        preprocess,
+        wiseft_alpha: None,
+    }
 }
 
 /// The head `robustft train` saves beside a head-based method's weights (`head.safetensors`:

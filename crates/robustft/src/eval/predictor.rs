@@ -157,6 +157,57 @@ impl From<&ZeroShotHead> for Head {
     }
 }
 
+/// How a trained model predicts through its own text tower — FLYP's default-prompt head, or
+/// DRM's mixture of the default-prompt and concept-description heads — kept beside its weights
+/// as [`TEXT_PREDICTOR_FILE`] so that `robustft eval` predicts exactly as the run did.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TextPredictor {
+    /// Default prompts of each class.
+    pub prompts: Vec<Vec<String>>,
+    /// Concept descriptions of each class, for DRM's mixture.
+    pub descriptions: Option<Vec<Vec<String>>>,
+    /// Weight of the default-prompt head in the mixture.
+    pub beta: f64,
+}
+
+/// The file a [`TextPredictor`] is kept in, beside the model's weights.
+pub const TEXT_PREDICTOR_FILE: &str = "predictor.json";
+
+impl TextPredictor {
+    /// The predictor of `model`: its heads rebuilt from its text tower.
+    pub fn build(&self, model: &ClipModel) -> Result<Predictor> {
+        let tokenizer = crate::zeroshot::tokenizer_for(model)?;
+        let head = |texts: &[Vec<String>]| -> Result<Head> {
+            Ok(Head::from(&ZeroShotHead::build(model, &tokenizer, texts)?))
+        };
+        match &self.descriptions {
+            None => Ok(Predictor::single(head(&self.prompts)?)),
+            Some(descriptions) => Predictor::mixture(head(&self.prompts)?, head(descriptions)?, self.beta),
+        }
+    }
+
+    /// Writes it into the model directory `dir`.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self).expect("serialisable") + "\n";
+        Ok(crate::clip::checkpoint::write_atomic(&dir.join(TEXT_PREDICTOR_FILE), text.as_bytes())?)
+    }
+
+    /// Reads the one kept in the model directory `dir`, if any.
+    pub fn load(dir: &Path) -> Result<Option<Self>> {
+        let path = dir.join(TEXT_PREDICTOR_FILE);
+        let Ok(text) = std::fs::read_to_string(&path) else { return Ok(None) };
+        serde_json::from_str(&text).map(Some).map_err(|e| Error::Invalid {
+            what: path.display().to_string(),
+            reason: format!("is not a saved predictor: {e}"),
+        })
+    }
+
+    /// The number of classes it predicts.
+    pub fn num_classes(&self) -> usize {
+        self.prompts.len()
+    }
+}
+
 /// Heads with mixing weights summing to 1.
 #[derive(Clone, Debug)]
 pub struct Predictor {

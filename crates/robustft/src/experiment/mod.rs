@@ -27,7 +27,7 @@ use crate::clip::ClipModel;
 use crate::error::{Error, Result};
 use crate::eval::evaluate::{ResultRow, RowContext};
 use crate::eval::metrics::Predictions;
-use crate::eval::predictor::{Head, Predictor};
+use crate::eval::predictor::{Head, Predictor, TextPredictor};
 use crate::methods::registry::{
     Context, MethodPlan, ModelPredictors, Outcome, PredictorContext, Prepared, SplitRole,
 };
@@ -205,15 +205,20 @@ impl Experiment {
 
     /// How `model` predicts by `outcome` through its method's own predictor.
     fn predictor(&self, model: &ClipModel, outcome: &Outcome) -> Result<Predictor> {
-        Ok(match outcome {
-            Outcome::Head(head) => Predictor::single(head.clone()),
-            Outcome::Rebuilt => Predictor::single(self.head_from(model, &self.prompts)?),
-            Outcome::Mixture { beta } => {
-                let descriptions = self.descriptions.as_deref().expect("checked at resolve");
-                let defaults = self.head_from(model, &self.prompts)?;
-                Predictor::mixture(defaults, self.head_from(model, descriptions)?, *beta)?
-            }
-        })
+        match (outcome, self.text_predictor(outcome)) {
+            (Outcome::Head(head), _) => Ok(Predictor::single(head.clone())),
+            (_, text) => text.expect("an outcome other than a head rebuilds its heads").build(model),
+        }
+    }
+
+    /// The heads an outcome rebuilds from the model's text tower (none for a fixed head).
+    fn text_predictor(&self, outcome: &Outcome) -> Option<TextPredictor> {
+        let (descriptions, beta) = match outcome {
+            Outcome::Head(_) => return None,
+            Outcome::Rebuilt => (None, 1.0),
+            Outcome::Mixture { beta } => (self.descriptions.clone(), *beta),
+        };
+        Some(TextPredictor { prompts: self.prompts.clone(), descriptions, beta })
     }
 
     /// The recipe's predictor, prepared once for every evaluated model.
@@ -265,8 +270,9 @@ impl Experiment {
         predictions.iter().map(|(split, p)| ResultRow::score(&context, split, p, skip)).collect()
     }
 
-    /// Writes the trained weights (`model/`, HF layout) and the head, then `results.jsonl`
-    /// (so results on disk mean a complete run).
+    /// Writes the trained weights (`model/`, HF layout) with how they predict (a trained
+    /// `head.safetensors`, or the text heads' `predictor.json`), then `results.jsonl` (so
+    /// results on disk mean a complete run).
     fn save_outputs(&self, run: &RunDir, outcome: &Outcome, rows: &[ResultRow]) -> Result<()> {
         let metadata = HashMap::from([("robustft.recipe".to_string(), self.recipe.to_toml())]);
         let dir = run.root.join("model");
@@ -277,6 +283,9 @@ impl Experiment {
         self.model.save_hf(&tmp, &metadata)?;
         if let Outcome::Head(head) = outcome {
             head.save_with_classes(&tmp.join("head.safetensors"), metadata, &self.classes)?;
+        }
+        if let Some(text) = self.text_predictor(outcome) {
+            text.save(&tmp)?;
         }
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(crate::train::run_dir::io_error(&dir))?;
