@@ -9,7 +9,9 @@
 //! stderr lines, stderr being a pipe here); a byte-order mark in `classes.txt`; `report` with
 //! an unknown suite; `--results` after a row without a final newline; write targets in a
 //! missing directory; one inline class; URL credentials in `describe` errors; a trained head
-//! whose classes differ from the dataset's; the ImageNet layout in `eval`.
+//! whose classes differ from the dataset's; the ImageNet layout in `eval`; `train` into a
+//! directory holding a run (refused without `--resume` or `--force`), `--resume` of a directory
+//! without one.
 
 #[path = "../../robustft/tests/support/dataset.rs"]
 mod dataset;
@@ -181,6 +183,19 @@ fn a_training_run_reports_skipped_images_on_a_piped_stderr() {
     assert!(outcome.stderr.contains("[ft] training"), "stage lines reach a pipe too:\n{}", outcome.stderr);
     let run = dir.join("runs/ft");
     assert!(run.join("results.jsonl").is_file() && run.join("model").is_dir());
+    // The same command again: the finished run is kept, and the message names both ways on.
+    fails_naming(&dir, &["train", "--recipe", &recipe, "--out", "runs"], &["runs/ft", "--resume", "--force"]);
+    assert!(
+        run.join("results.jsonl").is_file() && run.join("model").is_dir(),
+        "the refused start kept the run"
+    );
+    fails_naming(
+        &dir,
+        &["train", "--recipe", &recipe, "--out", "elsewhere", "--resume"],
+        &["no run to --resume"],
+    );
+    assert!(!dir.join("elsewhere/ft").exists(), "a refused resume creates no directory");
+    succeeds(&dir, &["train", "--recipe", &recipe, "--out", "runs", "--force"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

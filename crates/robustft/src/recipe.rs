@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::data::Layout;
 use crate::error::{Error, Result};
 use crate::methods::registry::{MethodPlan, Shared};
 use crate::train::supervised::TrainOptions;
@@ -54,7 +55,7 @@ pub struct DataRecipe {
     /// `iwildcam`, `fmow` (WILDS root holding iwildcam_v2.0/ or fmow_v1.1/) or `imagenet`
     /// (a root holding `train/` and one directory per variant: `imagenet` (val),
     /// `imagenet-v2`, `imagenet-sketch`, `imagenet-r`, `imagenet-a`, `objectnet`).
-    pub format: Option<DiskFormat>,
+    pub format: Option<Layout>,
     /// The dataset's directory (with `format`).
     pub root: Option<PathBuf>,
     #[serde(default = "train_split")]
@@ -78,16 +79,6 @@ fn train_split() -> String {
 
 fn val_split() -> String {
     "id_val".into()
-}
-
-/// On-disk dataset formats.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DiskFormat {
-    Manifest,
-    Iwildcam,
-    Fmow,
-    Imagenet,
 }
 
 /// Which method runs: a name in [`crate::methods::registry::METHODS`].

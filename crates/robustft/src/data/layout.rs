@@ -11,8 +11,9 @@ use super::{
     load_manifest_split, manifest_splits, DataError, Split, FMOW_SPLITS, IMAGENET_VARIANTS, IWILDCAM_SPLITS,
 };
 
-/// A dataset layout on disk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A dataset layout on disk (a recipe's `data.format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Layout {
     Manifest,
     Iwildcam,
@@ -65,6 +66,18 @@ impl Layout {
                 }
                 present
             }
+        })
+    }
+
+    /// Every split a dataset of this layout offers under `root` (ImageNet: `train` and every
+    /// variant, present or not).
+    pub fn split_names(self, root: &Path) -> Result<Vec<String>, DataError> {
+        let fixed = |names: &[&str]| names.iter().map(|s| s.to_string()).collect();
+        Ok(match self {
+            Self::Manifest => manifest_splits(root)?,
+            Self::Iwildcam => fixed(&IWILDCAM_SPLITS),
+            Self::Fmow => fixed(&FMOW_SPLITS),
+            Self::Imagenet => std::iter::once("train").chain(IMAGENET_VARIANTS).map(String::from).collect(),
         })
     }
 

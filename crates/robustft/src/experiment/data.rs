@@ -3,19 +3,18 @@
 //! a dataset on disk (manifest, WILDS iWildCam / FMoW, ImageNet and its variants), with one
 //! class list; and evaluation of a model on the evaluation splits.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use super::{report_skipped, Event};
 use crate::clip::preprocess::ClipPreprocess;
 use crate::clip::ClipModel;
-use crate::data::{load_fmow_split, load_imagenet_variant, load_iwildcam_split, load_manifest_split, Split};
+use crate::data::Split;
 use crate::error::{Error, Result};
 use crate::eval::dataset::evaluate_split;
 use crate::eval::metrics::Predictions;
 use crate::eval::predictor::ImagePredictor;
 use crate::eval::suite::{evaluate_suite, render_split};
-use crate::recipe::{DiskFormat, Recipe};
+use crate::recipe::Recipe;
 use crate::shiftworld::{build_suite, Suite, CLASSES};
 use crate::train::images::DiskSet;
 use crate::train::supervised::TrainSource;
@@ -92,18 +91,13 @@ pub(super) fn load_data(recipe: &Recipe, preprocess: &ClipPreprocess) -> Result<
             reason: "does not exist".into(),
         });
     }
-    let available = disk_split_names(format, &root)?;
+    let available = format.split_names(&root)?;
     let load = |split: &str| -> Result<Arc<Split>> {
         if !available.iter().any(|s| s == split) {
             let names: Vec<&str> = available.iter().map(String::as_str).collect();
             return Err(missing_split(split, &root.display().to_string(), &names));
         }
-        Ok(Arc::new(match format {
-            DiskFormat::Manifest => load_manifest_split(&root, split)?,
-            DiskFormat::Iwildcam => load_iwildcam_split(&root, split)?,
-            DiskFormat::Fmow => load_fmow_split(&root, split)?,
-            DiskFormat::Imagenet => imagenet_split(&root, split)?,
-        }))
+        Ok(Arc::new(format.load_split(&root, split)?))
     };
     let train = load(&d.train_split)?;
     let classes = train.classes.clone();
@@ -141,29 +135,6 @@ pub(super) fn load_data(recipe: &Recipe, preprocess: &ClipPreprocess) -> Result<
         files: Some((train, val_files)),
     };
     Ok((data, classes))
-}
-
-/// The split names a dataset on disk offers.
-fn disk_split_names(format: DiskFormat, root: &Path) -> Result<Vec<String>> {
-    let fixed = |names: &[&str]| names.iter().map(|s| s.to_string()).collect();
-    Ok(match format {
-        DiskFormat::Manifest => crate::data::manifest_splits(root)?,
-        DiskFormat::Iwildcam => fixed(&crate::data::IWILDCAM_SPLITS),
-        DiskFormat::Fmow => fixed(&crate::data::FMOW_SPLITS),
-        DiskFormat::Imagenet => {
-            std::iter::once("train").chain(crate::data::IMAGENET_VARIANTS).map(String::from).collect()
-        }
-    })
-}
-
-/// ImageNet layouts: `root/train` (the training set, WordNet-id folders) and `root/<variant>`
-/// for each variant (`imagenet` = the validation set, `imagenet-v2`, `-sketch`, `-r`, `-a`,
-/// `objectnet`; layouts in `data/imagenet.rs`).
-fn imagenet_split(root: &Path, split: &str) -> Result<Split> {
-    let variant = if split == "train" { "imagenet" } else { split };
-    let mut loaded = load_imagenet_variant(&root.join(split), variant)?;
-    loaded.name = split.to_string();
-    Ok(loaded)
 }
 
 fn missing_split(split: &str, dataset: &str, available: &[&str]) -> Error {
