@@ -283,6 +283,7 @@ mod tests {
             preprocess: String::new(),
             wiseft_alpha: None,
             recipe: recipe.map(String::from),
+            diagnostics: Default::default(),
             metrics: crate::eval::metrics::SplitMetrics {
                 top1,
                 top5: 1.0,

@@ -237,6 +237,7 @@ mod tests {
             preprocess: String::new(),
             wiseft_alpha: alpha,
             recipe: Some(point.into()),
+            diagnostics: Default::default(),
             metrics: SplitMetrics {
                 top1,
                 top5: 1.0,

@@ -397,6 +397,8 @@ fn a_drm_model_keeps_its_mixture_and_predicts_as_its_run_did() {
         .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
         .find(|row| row["split"] == "id_test" && row.get("wiseft_alpha").is_none())
         .unwrap();
+    let top1 = row["diagnostics"]["pc_top1"].as_f64().expect("p_c's top-1 in the run's rows");
+    assert!((0.0..=1.0).contains(&top1) && row["diagnostics"]["pc_entropy"].as_f64().unwrap() > 0.0, "{row}");
     // ECE reads the probabilities themselves: a predictor without the mixture would differ.
     let run_metrics = (row["top1"].as_f64().unwrap(), row["ece"].as_f64().unwrap());
     assert_eq!((metrics.top1, metrics.ece), run_metrics, "the saved mixture reproduces the run's id_test");

@@ -167,6 +167,33 @@ fn flyp_loss_and_gradients_match_open_clip() {
     }
 }
 
+#[derive(Deserialize)]
+struct AffinityFixture {
+    cases: Vec<CoreCase>,
+}
+
+#[test]
+fn drm_core_distribution_matches_numpy_for_the_max_min_normalisations() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/methods/drm_affinity.json");
+    let fixture: AffinityFixture = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let norms: Vec<AffinityNorm> = fixture.cases.iter().map(|c| c.norm).collect();
+    assert!([AffinityNorm::MinmaxImage, AffinityNorm::MinmaxClass].iter().all(|n| norms.contains(n)));
+    for case in fixture.cases {
+        let classes = case.affinities[0].len();
+        let n = case.affinities.len();
+        let flat: Vec<f32> = case.affinities.into_iter().flatten().collect();
+        let got = core_distribution(&flat, classes, case.scale, case.norm);
+        let got = Tensor::from_vec(got, (n, classes), &Device::Cpu).unwrap();
+        // Python (scripts/fixtures/drm_affinity.py): p = softmax(scale * a, axis=1)
+        //   minmax_image: (p - p.min(1)) / (p.max(1) - p.min(1)), rows renormalised
+        //   minmax_class: (p - p.min(0)) / (p.max(0) - p.min(0)) (constant column: 0), rows
+        //   renormalised (all-zero row: uniform); none/center/standardize as in cases.json
+        let err = max_diff(&got, &case.expected);
+        // measured: 2.9e-8 (float32 output of float64 arithmetic)
+        assert!(err < 1e-6, "{}: max-abs error {err:e}", case.name);
+    }
+}
+
 #[test]
 fn drm_core_distribution_matches_numpy_for_every_normalisation() {
     let fixture = fixture();

@@ -58,6 +58,11 @@ pub struct ResultRow {
     /// recipes of one method compare side by side); absent in a single run's rows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipe: Option<String>,
+    /// Numbers a method reports about its own fitting, the same on every row of a run (DRM:
+    /// `pc_top1`, `pc_entropy`, `pc_recall_macro`, `pc_recall_min` of its core predictions
+    /// against the training labels).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub diagnostics: std::collections::BTreeMap<String, f64>,
     #[serde(flatten)]
     pub metrics: SplitMetrics,
 }
@@ -75,6 +80,7 @@ impl ResultRow {
             preprocess: context.preprocess.clone(),
             wiseft_alpha: context.wiseft_alpha,
             recipe: None,
+            diagnostics: Default::default(),
             metrics: split_metrics(predictions, skip_groups),
         }
     }

@@ -38,6 +38,9 @@ use crate::train::supervised::{train, Checkpointing, StepReport, TrainOptions, T
 use crate::train::wiseft::interpolate;
 use crate::zeroshot::{tokenizer_for, ZeroShotHead};
 
+/// Numbers a method reports about its preparation, by name.
+type Diagnostics = std::collections::BTreeMap<String, f64>;
+
 /// What a running experiment reports.
 pub enum Event<'a> {
     /// A new stage begins (features, training, evaluation, ...).
@@ -127,7 +130,7 @@ impl Experiment {
         self.start_run_dir(&run, settings)?;
         let pretrained = self.model.params.snapshot()?;
         let zero_shot = self.head_from(&self.model, &self.prompts)?;
-        let outcome = self.fit(&run, settings, &pretrained, &zero_shot, events)?;
+        let (outcome, diagnostics) = self.fit(&run, settings, &pretrained, &zero_shot, events)?;
         if settings.stop_after.is_some() {
             return Ok(Vec::new());
         }
@@ -142,6 +145,9 @@ impl Experiment {
             let model = ClipModel::from_tensors(self.model.config.clone(), mixed, self.model.device())?;
             let outcome = outcome.interpolated(&zero_shot, alpha)?;
             rows.extend(self.evaluate_model(Some(alpha), &model, &outcome, predictors.as_ref(), events)?);
+        }
+        for row in &mut rows {
+            row.diagnostics = diagnostics.clone();
         }
         self.save_outputs(&run, &outcome, &rows)?;
         Ok(rows)
@@ -296,7 +302,8 @@ impl Experiment {
         Ok(crate::clip::checkpoint::write_atomic(&run.results(), lines.as_bytes())?)
     }
 
-    /// Fits or trains the method; says how the model then predicts.
+    /// Fits or trains the method; says how the model then predicts, and what the method
+    /// reported about its preparation.
     fn fit(
         &self,
         run: &RunDir,
@@ -304,7 +311,7 @@ impl Experiment {
         pretrained: &[(String, Tensor)],
         zero_shot: &Head,
         events: &mut dyn FnMut(Event),
-    ) -> Result<Outcome> {
+    ) -> Result<(Outcome, Diagnostics)> {
         let cache = settings.out.join("cache");
         let features = |role: SplitRole| self.cached_features(role, &cache);
         let mut stage = |s: String| events(Event::Stage(s));
@@ -319,9 +326,9 @@ impl Experiment {
             features: &features,
             stage: &mut stage,
         };
-        let (objective, outcome) = match self.plan.method.prepare(&mut context)? {
-            Prepared::Fitted(outcome) => return Ok(outcome),
-            Prepared::Train { objective, outcome } => (objective, outcome),
+        let (objective, outcome, diagnostics) = match self.plan.method.prepare(&mut context)? {
+            Prepared::Fitted(outcome) => return Ok((outcome, Diagnostics::new())),
+            Prepared::Train { objective, outcome, diagnostics } => (objective, outcome, diagnostics),
         };
         events(Event::Stage(format!("training {}", self.plan.label())));
         let checkpointing = Checkpointing {
@@ -349,7 +356,7 @@ impl Experiment {
             &checkpointing,
             &mut |r| events(Event::Step(r)),
         )?;
-        Ok(Prepared::trained_outcome(objective.as_ref(), &outcome))
+        Ok((Prepared::trained_outcome(objective.as_ref(), &outcome), diagnostics.into_iter().collect()))
     }
 }
 

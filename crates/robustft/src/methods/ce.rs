@@ -142,6 +142,6 @@ impl Method for FineTune {
             Some(fsr) => fsr.wrap(objective, context)?,
             None => Box::new(objective),
         };
-        Ok(Prepared::Train { objective, outcome: None })
+        Ok(Prepared::Train { objective, outcome: None, diagnostics: Vec::new() })
     }
 }

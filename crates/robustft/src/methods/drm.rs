@@ -7,9 +7,16 @@
 //!    class embeddings ḡ; *affinity normalisation* [`AffinityNorm`] (`none`, `center` — the
 //!    default: subtract each class's mean affinity over the training set —, `standardize`:
 //!    also divide by the class's standard deviation (population, ddof 0) and multiply by the
-//!    mean of those deviations); then `p_c = softmax_k(exp(s₀) · a'_k(x))`. Without
-//!    augmentation the student sees the same view every epoch, so `p_c` is computed once for
-//!    the whole training set and indexed by example.
+//!    mean of those deviations); then `p_c = softmax_k(exp(s₀) · a'_k(x))`. Or max-min
+//!    normalisation of the *probabilities* `p = softmax_k(exp(s₀) · a_k(x))`, then
+//!    renormalised to sum 1 — a reviewer of the paper reports that the authors "apply max-min
+//!    normalization to the classification probabilities to address certain items that should
+//!    be zero"; which axis is not said, so both readings are options: `minmax_image`
+//!    (`(p − min_k p)/(max_k p − min_k p)` per image over the classes) and `minmax_class`
+//!    (per class over the training images; a constant class column becomes 0, an all-zero row
+//!    uniform). This too is a reconstruction. Without augmentation the student sees the same
+//!    view every epoch, so `p_c` is computed once for the whole training set and indexed by
+//!    example.
 //! 2. **WRM term** on the CD head of the *current* towers,
 //!    `p^cd_θ(k|x) = softmax_k(exp(s) · cos(f_θ(x), ḡ_θ(cd_k)))`: [`Wrm::Soft`] (default)
 //!    `L = E_x[−Σ_k p_c(k|x) log p^cd_θ(k|x)]`, or [`Wrm::Reweighted`]
@@ -45,6 +52,11 @@ pub enum AffinityNorm {
     None,
     Center,
     Standardize,
+    /// Max-min normalisation of each image's probabilities over the classes, renormalised.
+    MinmaxImage,
+    /// Max-min normalisation of each class's probabilities over the training images, each
+    /// image's row renormalised.
+    MinmaxClass,
 }
 
 /// The WRM estimator.
@@ -74,6 +86,17 @@ pub enum Erm {
 /// `p_c` from affinities `[n, classes]` (row-major): normalisation, then a softmax at
 /// temperature `exp(s₀)` = `scale`.
 pub fn core_distribution(affinities: &[f32], classes: usize, scale: f32, norm: AffinityNorm) -> Vec<f32> {
+    let probabilities = affinity_softmax(affinities, classes, scale, norm);
+    match norm {
+        AffinityNorm::MinmaxImage => minmax_rows(&probabilities, classes),
+        AffinityNorm::MinmaxClass => minmax_columns(&probabilities, classes),
+        _ => probabilities.into_iter().map(|p| p as f32).collect(),
+    }
+}
+
+/// `softmax(scale · a')` per row (float64) of the affinities after `norm` (the max-min
+/// normalisations act on the probabilities of the raw affinities).
+fn affinity_softmax(affinities: &[f32], classes: usize, scale: f32, norm: AffinityNorm) -> Vec<f64> {
     let n = affinities.len() / classes;
     let column = |k: usize| (0..n).map(move |i| affinities[i * classes + k] as f64);
     let means: Vec<f64> = (0..classes).map(|k| column(k).sum::<f64>() / n as f64).collect();
@@ -84,7 +107,7 @@ pub fn core_distribution(affinities: &[f32], classes: usize, scale: f32, norm: A
     let normalised = |i: usize, k: usize| -> f64 {
         let a = affinities[i * classes + k] as f64;
         match norm {
-            AffinityNorm::None => a,
+            AffinityNorm::None | AffinityNorm::MinmaxImage | AffinityNorm::MinmaxClass => a,
             AffinityNorm::Center => a - means[k],
             AffinityNorm::Standardize => (a - means[k]) / stds[k].max(1e-12) * mean_std,
         }
@@ -94,9 +117,80 @@ pub fn core_distribution(affinities: &[f32], classes: usize, scale: f32, norm: A
         let logits: Vec<f64> = (0..classes).map(|k| scale as f64 * normalised(i, k)).collect();
         let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let total: f64 = logits.iter().map(|z| (z - max).exp()).sum();
-        out.extend(logits.iter().map(|z| ((z - max).exp() / total) as f32));
+        out.extend(logits.iter().map(|z| (z - max).exp() / total));
     }
     out
+}
+
+/// `(p − min) / (max − min)` of each row over the classes, renormalised to sum 1 (a constant
+/// row becomes uniform).
+fn minmax_rows(p: &[f64], classes: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(p.len());
+    for row in p.chunks(classes) {
+        let (min, max) =
+            row.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        let scaled: Vec<f64> =
+            row.iter().map(|v| if max > min { (v - min) / (max - min) } else { 1.0 }).collect();
+        out.extend(renormalised(&scaled));
+    }
+    out
+}
+
+/// `(p − min) / (max − min)` of each class over the examples (a constant column becomes 0),
+/// then each row renormalised to sum 1 (an all-zero row becomes uniform).
+fn minmax_columns(p: &[f64], classes: usize) -> Vec<f32> {
+    let n = p.len() / classes;
+    let column = |k: usize| (0..n).map(move |i| p[i * classes + k]);
+    let bounds: Vec<(f64, f64)> = (0..classes)
+        .map(|k| column(k).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v))))
+        .collect();
+    let mut out = Vec::with_capacity(p.len());
+    for row in p.chunks(classes) {
+        let scaled: Vec<f64> = row
+            .iter()
+            .zip(&bounds)
+            .map(|(v, &(min, max))| if max > min { (v - min) / (max - min) } else { 0.0 })
+            .collect();
+        out.extend(renormalised(&scaled));
+    }
+    out
+}
+
+/// A non-negative row divided by its sum (uniform when the sum is 0).
+fn renormalised(row: &[f64]) -> Vec<f32> {
+    let total: f64 = row.iter().sum();
+    match total > 0.0 {
+        true => row.iter().map(|v| (v / total) as f32).collect(),
+        false => vec![1.0 / row.len() as f32; row.len()],
+    }
+}
+
+/// How well `p_c` (`[n, classes]` rows) matches the training labels: its top-1 (`pc_top1`),
+/// mean entropy in nats (`pc_entropy`), and recall averaged over the classes present
+/// (`pc_recall_macro`) and of the worst class (`pc_recall_min`) — the rare classes of a
+/// long-tailed set show in the last two. An unreadable image's uniform row counts too.
+pub fn core_diagnostics(core: &[f32], classes: usize, labels: &[u32]) -> Vec<(String, f64)> {
+    let (mut correct, mut entropy) = (0usize, 0f64);
+    let (mut hits, mut counts) = (vec![0usize; classes], vec![0usize; classes]);
+    for (row, &label) in core.chunks(classes).zip(labels) {
+        let predicted = row.iter().enumerate().fold(0, |best, (k, p)| if *p > row[best] { k } else { best });
+        let label = label as usize;
+        counts[label] += 1;
+        if predicted == label {
+            correct += 1;
+            hits[label] += 1;
+        }
+        entropy -= row.iter().filter(|p| **p > 0.0).map(|&p| p as f64 * (p as f64).ln()).sum::<f64>();
+    }
+    let recalls: Vec<f64> =
+        hits.iter().zip(&counts).filter(|(_, n)| **n > 0).map(|(h, n)| *h as f64 / *n as f64).collect();
+    let n = labels.len().max(1) as f64;
+    vec![
+        ("pc_top1".into(), correct as f64 / n),
+        ("pc_entropy".into(), entropy / n),
+        ("pc_recall_macro".into(), recalls.iter().sum::<f64>() / recalls.len().max(1) as f64),
+        ("pc_recall_min".into(), recalls.iter().cloned().fold(f64::INFINITY, f64::min)),
+    ]
 }
 
 /// The WRM loss of CD-head logits `[n, classes]` against `p_c` rows `[n, classes]`.
@@ -256,6 +350,11 @@ impl Method for DrmMethod {
         })?;
         let descriptions = ClassTexts::new(model, &tokenizer, per_class)?;
         let core = core_predictions(model, context.train, &descriptions, self.section.affinity)?;
+        let labels: Vec<u32> = (0..context.train.len()).map(|i| context.train.label(i)).collect();
+        let diagnostics = core_diagnostics(&core, context.zero_shot.num_classes(), &labels);
+        let summary: Vec<String> =
+            diagnostics.iter().map(|(name, value)| format!("{name} {value:.3}")).collect();
+        (context.stage)(format!("core predictions p_c on the training split: {}", summary.join(", ")));
         let erm = match self.section.erm {
             ErmKind::Flyp => Erm::Flyp(Box::new(Flyp::new(context, self.m2mix.as_ref())?)),
             ErmKind::Ce => Erm::Ce(ClassTexts::new(model, &tokenizer, context.prompts)?),
@@ -268,6 +367,27 @@ impl Method for DrmMethod {
             lambda: self.section.lambda,
             wrm: self.section.wrm,
         });
-        Ok(Prepared::Train { objective, outcome: Some(Outcome::Mixture { beta: self.section.beta }) })
+        let outcome = Some(Outcome::Mixture { beta: self.section.beta });
+        Ok(Prepared::Train { objective, outcome, diagnostics })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn core_diagnostics_count_agreement_entropy_and_class_recall() {
+        // Rows: class 0 confident and right, class 0 wrong (predicts 1), class 1 uniform (ties
+        // go to the first class: wrong). Hand-computed: top-1 1/3; entropy
+        // (−0.9 ln 0.9 − 0.1 ln 0.1 − 0.3 ln 0.3 − 0.7 ln 0.7 + ln 2) / 3; recalls 1/2 and 0.
+        let core = [0.9, 0.1, 0.3, 0.7, 0.5, 0.5];
+        let got: std::collections::BTreeMap<String, f64> =
+            core_diagnostics(&core, 2, &[0, 0, 1]).into_iter().collect();
+        let h = |p: f64| -p * p.ln();
+        let entropy = (h(0.9) + h(0.1) + h(0.3) + h(0.7) + 2.0 * h(0.5)) / 3.0;
+        assert!((got["pc_top1"] - 1.0 / 3.0).abs() < 1e-12);
+        assert!((got["pc_entropy"] - entropy).abs() < 1e-6, "{got:?}");
+        assert_eq!((got["pc_recall_macro"], got["pc_recall_min"]), (0.25, 0.0));
     }
 }

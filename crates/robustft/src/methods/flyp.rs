@@ -117,6 +117,6 @@ impl Method for FlypMethod {
 
     fn prepare(&self, context: &mut Context<'_>) -> Result<Prepared> {
         let objective = Box::new(Flyp::new(context, self.m2mix.as_ref())?);
-        Ok(Prepared::Train { objective, outcome: Some(Outcome::Rebuilt) })
+        Ok(Prepared::Train { objective, outcome: Some(Outcome::Rebuilt), diagnostics: Vec::new() })
     }
 }

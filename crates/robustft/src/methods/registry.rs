@@ -70,8 +70,9 @@ pub enum Prepared {
     /// Nothing to train: how the pre-trained model predicts.
     Fitted(Outcome),
     /// Train `objective`; the trained model then predicts by `outcome`, or (`None`) through the
-    /// head the objective trained (its `head.weight` and optional `head.bias`).
-    Train { objective: Box<dyn Objective>, outcome: Option<Outcome> },
+    /// head the objective trained (its `head.weight` and optional `head.bias`). `diagnostics`
+    /// are numbers the method reports about its preparation (kept in every result row).
+    Train { objective: Box<dyn Objective>, outcome: Option<Outcome>, diagnostics: Vec<(String, f64)> },
 }
 
 impl Prepared {
