@@ -273,26 +273,8 @@ mod tests {
 
     #[test]
     fn table_rows_are_keyed_by_recipe_name_and_show_the_method() {
-        let row = |recipe: Option<&str>, top1: f64| ResultRow {
-            model: "bundled".into(),
-            dataset: "shiftworld/spurious".into(),
-            split: "id_test".into(),
-            method: "drm".into(),
-            prompts: String::new(),
-            seed: 0,
-            preprocess: String::new(),
-            wiseft_alpha: None,
-            recipe: recipe.map(String::from),
-            diagnostics: Default::default(),
-            metrics: crate::eval::metrics::SplitMetrics {
-                top1,
-                top5: 1.0,
-                f1_macro: top1,
-                recall_macro: top1,
-                worst_group_acc: None,
-                ece: 0.0,
-                n: 10,
-            },
+        let row = |recipe: Option<&str>, top1: f64| {
+            crate::eval::evaluate::test_row(recipe, None, "id_test", 0, top1)
         };
         let rows = [row(Some("drm"), 0.5), row(Some("drm_std"), 0.75), row(None, 0.25)];
         let report = summarize(&rows, &["spurious".into()], "test");

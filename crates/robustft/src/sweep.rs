@@ -222,32 +222,11 @@ pub fn select(candidates: &[Candidate]) -> (Option<&Candidate>, Option<&Candidat
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::eval::metrics::SplitMetrics;
 
     const RECIPE: &str = "name = \"drm\"\n[data]\nsuite = \"spurious\"\n[method]\nname = \"drm\"\n";
 
     fn row(point: &str, alpha: Option<f64>, split: &str, seed: u64, top1: f64) -> ResultRow {
-        ResultRow {
-            model: "bundled".into(),
-            dataset: "shiftworld/spurious".into(),
-            split: split.into(),
-            method: "drm".into(),
-            prompts: String::new(),
-            seed,
-            preprocess: String::new(),
-            wiseft_alpha: alpha,
-            recipe: Some(point.into()),
-            diagnostics: Default::default(),
-            metrics: SplitMetrics {
-                top1,
-                top5: 1.0,
-                f1_macro: top1,
-                recall_macro: top1,
-                worst_group_acc: None,
-                ece: 0.0,
-                n: 10,
-            },
-        }
+        crate::eval::evaluate::test_row(Some(point), alpha, split, seed, top1)
     }
 
     #[test]

@@ -86,6 +86,39 @@ impl ResultRow {
     }
 }
 
+/// A DRM row on `shiftworld/spurious` whose every accuracy is `top1` (tests of tables and
+/// selection).
+#[cfg(test)]
+pub(crate) fn test_row(
+    recipe: Option<&str>,
+    alpha: Option<f64>,
+    split: &str,
+    seed: u64,
+    top1: f64,
+) -> ResultRow {
+    ResultRow {
+        model: "bundled".into(),
+        dataset: "shiftworld/spurious".into(),
+        split: split.into(),
+        method: "drm".into(),
+        prompts: String::new(),
+        seed,
+        preprocess: String::new(),
+        wiseft_alpha: alpha,
+        recipe: recipe.map(String::from),
+        diagnostics: Default::default(),
+        metrics: SplitMetrics {
+            top1,
+            top5: 1.0,
+            f1_macro: top1,
+            recall_macro: top1,
+            worst_group_acc: None,
+            ece: 0.0,
+            n: 10,
+        },
+    }
+}
+
 /// What every row of one evaluation shares.
 #[derive(Clone, Debug)]
 pub struct RowContext {
