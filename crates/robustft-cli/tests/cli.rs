@@ -604,3 +604,19 @@ fn paper_recipes_run_on_synthetic_imagenet_and_iwildcam_layouts() {
         ["imagenet", "imagenet-a", "imagenet-r", "imagenet-sketch", "imagenet-v2", "objectnet"]
     );
 }
+
+#[test]
+fn eval_on_a_suite_writes_per_example_predictions() {
+    let dir = scratch("suite-predictions");
+    let csv = dir.join("predictions.csv");
+    let args = ["eval", "--suite", "spurious", "--json", "--save-predictions", csv.to_str().unwrap()];
+    let rows = json_lines(&robustft(&args));
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("split,id,label,pred,group,confidence"));
+    let examples: u64 = rows.iter().map(|row| row["n"].as_u64().unwrap()).sum();
+    assert_eq!(lines.clone().count() as u64, examples, "one line per evaluated example");
+    let first: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert_eq!((first[0], first[1]), (rows[0]["split"].as_str().unwrap(), "0"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -8,20 +8,21 @@
 //! β-mixture of default prompts and concept descriptions).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use candle_core::Device;
 use robustft::clip::preprocess::ClipPreprocess;
 use robustft::clip::ClipModel;
-use robustft::data::Split;
-use robustft::eval::dataset::{evaluate_split, write_predictions_csv, SplitEvaluation};
+use robustft::eval::benchmark::Benchmark;
+use robustft::eval::dataset::{write_predictions_csv, SplitEvaluation};
 use robustft::eval::evaluate::{append_rows, ResultRow, RowContext};
 use robustft::eval::predictor::{Head, Predictor, TextPredictor};
-use robustft::eval::suite::{evaluate_suite, zeroshot_suite_rows, PromptKind};
 use robustft::shiftworld::{build_suite, Suite, CLASSES};
 use robustft::zeroshot::{tokenizer_for, ZeroShotHead};
 
-use super::{check_write_targets, print_rows, Dataset, LayoutArgs, ModelArgs, PromptArgs, DATASET_TEMPLATES};
+use super::{
+    check_write_targets, print_rows, Dataset, LayoutArgs, ModelArgs, PromptArgs, DATASET_TEMPLATES,
+    SUITE_TEMPLATES,
+};
 
 /// Prints one table row (or, with --json, one JSON line) per split: top-1, top-5, macro-F1
 /// over classes present in the split, worst-group accuracy, ECE.
@@ -58,104 +59,97 @@ pub struct EvalArgs {
     #[arg(long, value_name = "FILE")]
     results: Option<PathBuf>,
 
-    /// Write one CSV row per example (split,id,label,pred,group,confidence); --dataset only.
-    #[arg(long, value_name = "FILE.csv", conflicts_with = "suite")]
+    /// Write one CSV row per example (split,id,label,pred,group,confidence); a suite's examples
+    /// are numbered within their split.
+    #[arg(long, value_name = "FILE.csv")]
     save_predictions: Option<PathBuf>,
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     check_write_targets(&[args.results.as_deref(), args.save_predictions.as_deref()])?;
     let (model, device) = args.model.load()?;
-    let preprocess = ClipPreprocess::openai(model.config.vision.image_size).id();
-    let head = trained_head(&args.model.model, &device)?;
-    if head.is_some() {
-        eprintln!("evaluating the trained head saved beside the model (head.safetensors)");
+    let (benchmark, classes) =
+        open_benchmark(args.suite.as_deref(), args.seed, args.dataset.as_deref(), &args.layout)?;
+    let (predictor, method, prompt_set) = classifier(&args, &model, &device, &classes, &benchmark)?;
+    let evaluations = benchmark.evaluate(&model, &predictor)?;
+    report_skipped(&evaluations);
+    if let Some(path) = &args.save_predictions {
+        write_predictions_csv(path, &evaluations)?;
     }
-    if let Some(text) = TextPredictor::load(Path::new(&args.model.model))? {
-        eprintln!("predicting as the run did: the heads its predictor.json rebuilds from the text tower");
-        return run_text_predictor(&args, &model, &text, preprocess);
-    }
-    let rows = match (&args.suite, &args.dataset) {
-        (Some(suite), _) => {
-            let suite = build_suite(suite, args.seed)?;
-            match &head {
-                Some((head, path)) => {
-                    head.check_classes(path, &CLASSES.map(String::from))?;
-                    suite_rows_with_head(&args, &model, &suite, head)?
-                }
-                None => zeroshot_suite_rows(&model, &args.model.model, &suite, PromptKind::Default)?,
-            }
-        }
-        (None, Some(dir)) => dataset_rows(&args, &model, dir, preprocess, head)?,
-        (None, None) => unreachable!("clap requires --dataset or --suite"),
+    let context = RowContext {
+        model: args.model.model.clone(),
+        dataset: benchmark.name(),
+        method: method.into(),
+        prompts: prompt_set,
+        seed: benchmark.seed(),
+        preprocess: ClipPreprocess::openai(model.config.vision.image_size).id(),
+        wiseft_alpha: None,
     };
+    let rows = result_rows(&context, &benchmark, &evaluations);
     if let Some(path) = &args.results {
         append_rows(path, &rows)?;
     }
     print_rows(&rows, args.json)
 }
 
-/// Rows of a model that predicts through heads rebuilt from its text tower (FLYP, DRM).
-fn run_text_predictor(
-    args: &EvalArgs,
-    model: &ClipModel,
-    text: &TextPredictor,
-    preprocess: String,
-) -> anyhow::Result<()> {
-    let predictor = text.build(model)?;
-    let method = if text.descriptions.is_some() { "text_heads_mixture" } else { "text_heads" };
-    let rows = match (&args.suite, &args.dataset) {
-        (Some(suite), _) => {
-            let suite = build_suite(suite, args.seed)?;
-            anyhow::ensure!(
-                text.num_classes() == CLASSES.len(),
-                "the saved predictor has {} classes, the suite {}",
-                text.num_classes(),
-                CLASSES.len()
-            );
-            let context =
-                row_context(args, format!("shiftworld/{}", suite.name), method, suite.seed, preprocess);
-            let predictions = evaluate_suite(model, &suite, &predictor)?;
-            predictions.iter().map(|(split, p)| ResultRow::score(&context, split, p, &[])).collect()
+/// What `eval` evaluates on (--suite or --dataset), with the classes a head predicts over.
+pub fn open_benchmark(
+    suite: Option<&str>,
+    seed: u64,
+    dataset: Option<&Path>,
+    layout: &LayoutArgs,
+) -> anyhow::Result<(Benchmark, Vec<String>)> {
+    Ok(match (suite, dataset) {
+        (Some(name), _) => {
+            let suite = build_suite(name, seed)?;
+            let evaluated = suite.splits.iter().filter(|s| s.name != "train").cloned().collect();
+            (Benchmark::Suite(Suite { splits: evaluated, ..suite }), CLASSES.map(String::from).to_vec())
         }
         (None, Some(dir)) => {
-            let Dataset { splits, classes } = args.layout.load(dir)?;
-            anyhow::ensure!(
-                text.num_classes() == classes.len(),
-                "the saved predictor has {} classes, the dataset {} has {}",
-                text.num_classes(),
-                dir.display(),
-                classes.len()
-            );
-            let evaluations = evaluate_dataset(model, &splits, &predictor)?;
-            report_skipped(&evaluations);
-            if let Some(path) = &args.save_predictions {
-                write_predictions_csv(path, &evaluations)?;
-            }
-            dataset_result_rows(
-                &row_context(args, dir.display().to_string(), method, 0, preprocess),
-                &evaluations,
-            )
+            let Dataset { splits, classes } = layout.load(dir)?;
+            (Benchmark::Disk { root: dir.to_path_buf(), splits }, classes)
         }
-        (None, None) => unreachable!("clap requires --dataset or --suite"),
-    };
-    if let Some(path) = &args.results {
-        append_rows(path, &rows)?;
-    }
-    print_rows(&rows, args.json)
+        (None, None) => unreachable!("clap requires --suite or --dataset"),
+    })
 }
 
-/// What every row of an evaluation of `args.model` shares.
-fn row_context(args: &EvalArgs, dataset: String, method: &str, seed: u64, preprocess: String) -> RowContext {
-    RowContext {
-        model: args.model.model.clone(),
-        dataset,
-        method: method.into(),
-        prompts: "saved".into(),
-        seed,
-        preprocess,
-        wiseft_alpha: None,
+/// The default templates of a zero-shot head on `benchmark`.
+pub fn default_templates(benchmark: &Benchmark) -> &'static str {
+    match benchmark {
+        Benchmark::Suite(_) => SUITE_TEMPLATES,
+        Benchmark::Disk { .. } => DATASET_TEMPLATES,
     }
+}
+
+/// How the model classifies, with the method and prompt set its rows name: as its run did
+/// (the heads `predictor.json` rebuilds, or the trained `head.safetensors`, checked against
+/// the classes), else the zero-shot head of the prompts.
+fn classifier(
+    args: &EvalArgs,
+    model: &ClipModel,
+    device: &Device,
+    classes: &[String],
+    benchmark: &Benchmark,
+) -> anyhow::Result<(Predictor, &'static str, String)> {
+    if let Some(text) = TextPredictor::load(Path::new(&args.model.model))? {
+        eprintln!("predicting as the run did: the heads its predictor.json rebuilds from the text tower");
+        anyhow::ensure!(
+            text.num_classes() == classes.len(),
+            "the saved predictor has {} classes, the evaluated data {}",
+            text.num_classes(),
+            classes.len()
+        );
+        let method = if text.descriptions.is_some() { "text_heads_mixture" } else { "text_heads" };
+        return Ok((text.build(model)?, method, "saved".into()));
+    }
+    if let Some((head, path)) = trained_head(&args.model.model, device)? {
+        eprintln!("evaluating the trained head saved beside the model (head.safetensors)");
+        head.check_classes(&path, classes)?;
+        return Ok((Predictor::single(head), "trained_head", "none".into()));
+    }
+    let (prompts, prompt_set) = args.prompts_from.prompts(classes, default_templates(benchmark))?;
+    let head = Head::from(&ZeroShotHead::build(model, &tokenizer_for(model)?, &prompts)?);
+    Ok((Predictor::single(head), "zeroshot", prompt_set))
 }
 
 /// The head `robustft train` saves beside a head-based method's weights (`head.safetensors`:
@@ -168,77 +162,6 @@ fn trained_head(spec: &str, device: &Device) -> anyhow::Result<Option<(Head, Pat
     })
 }
 
-/// Rows of a trained head on every evaluation split of a suite.
-fn suite_rows_with_head(
-    args: &EvalArgs,
-    model: &ClipModel,
-    suite: &Suite,
-    head: &Head,
-) -> anyhow::Result<Vec<ResultRow>> {
-    let context = RowContext {
-        model: args.model.model.clone(),
-        dataset: format!("shiftworld/{}", suite.name),
-        method: "trained_head".into(),
-        prompts: "none".into(),
-        seed: suite.seed,
-        preprocess: ClipPreprocess::openai(model.config.vision.image_size).id(),
-        wiseft_alpha: None,
-    };
-    let predictions = evaluate_suite(model, suite, &Predictor::single(head.clone()))?;
-    Ok(predictions.iter().map(|(split, p)| ResultRow::score(&context, split, p, &[])).collect())
-}
-
-fn dataset_rows(
-    args: &EvalArgs,
-    model: &ClipModel,
-    dir: &Path,
-    preprocess: String,
-    trained: Option<(Head, PathBuf)>,
-) -> anyhow::Result<Vec<ResultRow>> {
-    let Dataset { splits, classes } = args.layout.load(dir)?;
-    let (head, method, prompt_set) = match trained {
-        Some((head, path)) => {
-            head.check_classes(&path, &classes)?;
-            (head, "trained_head", "none".to_string())
-        }
-        None => {
-            let (prompts, prompt_set) = args.prompts_from.prompts(&classes, DATASET_TEMPLATES)?;
-            (
-                Head::from(&ZeroShotHead::build(model, &tokenizer_for(model)?, &prompts)?),
-                "zeroshot",
-                prompt_set,
-            )
-        }
-    };
-    let evaluations = evaluate_dataset(model, &splits, &Predictor::single(head))?;
-    report_skipped(&evaluations);
-    if let Some(path) = &args.save_predictions {
-        write_predictions_csv(path, &evaluations)?;
-    }
-    let context = RowContext {
-        model: args.model.model.clone(),
-        dataset: dir.display().to_string(),
-        method: method.into(),
-        prompts: prompt_set,
-        seed: 0,
-        preprocess,
-        wiseft_alpha: None,
-    };
-    Ok(dataset_result_rows(&context, &evaluations))
-}
-
-/// The predictions of `model` + `predictor` on every split.
-pub fn evaluate_dataset(
-    model: &ClipModel,
-    splits: &[Arc<Split>],
-    predictor: &Predictor,
-) -> anyhow::Result<Vec<SplitEvaluation>> {
-    Ok(splits
-        .iter()
-        .map(|split| evaluate_split(model, split.clone(), predictor))
-        .collect::<Result<_, _>>()?)
-}
-
 /// Reports on stderr every image an evaluation skipped.
 pub fn report_skipped(evaluations: &[SplitEvaluation]) {
     for evaluation in evaluations {
@@ -248,8 +171,13 @@ pub fn report_skipped(evaluations: &[SplitEvaluation]) {
     }
 }
 
-/// One result row per split; the catch-all group "Other" (iWildCam's empty images) is left out
-/// of worst-group accuracy.
-pub fn dataset_result_rows(context: &RowContext, evaluations: &[SplitEvaluation]) -> Vec<ResultRow> {
-    evaluations.iter().map(|e| ResultRow::score(context, &e.split, &e.predictions, &["Other"])).collect()
+/// One result row per split (groups the benchmark leaves out of the worst-group accuracy, such
+/// as WILDS' catch-all "Other", are skipped).
+pub fn result_rows(
+    context: &RowContext,
+    benchmark: &Benchmark,
+    evaluations: &[SplitEvaluation],
+) -> Vec<ResultRow> {
+    let skip = benchmark.skipped_groups();
+    evaluations.iter().map(|e| ResultRow::score(context, &e.split, &e.predictions, skip)).collect()
 }

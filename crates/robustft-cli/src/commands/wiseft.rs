@@ -13,27 +13,21 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::Context;
 use candle_core::Device;
 use regex::Regex;
 use robustft::clip::preprocess::ClipPreprocess;
 use robustft::clip::{ClipConfig, ClipModel, ConfigSource};
-use robustft::data::Split;
 use robustft::device::DeviceChoice;
 use robustft::eval::evaluate::{append_rows, ResultRow, RowContext};
 use robustft::eval::predictor::{Head, Predictor};
-use robustft::eval::suite::evaluate_suite;
-use robustft::shiftworld::{build_suite, Suite, CLASSES};
 use robustft::train::wiseft::interpolate;
 use robustft::zeroshot::{tokenizer_for, ZeroShotHead};
 use serde_json::Value;
 
-use super::eval::{dataset_result_rows, evaluate_dataset, report_skipped};
-use super::{
-    check_write_targets, print_rows, Dataset, LayoutArgs, PromptArgs, DATASET_TEMPLATES, SUITE_TEMPLATES,
-};
+use super::eval::{default_templates, open_benchmark, report_skipped, result_rows};
+use super::{check_write_targets, print_rows, LayoutArgs, PromptArgs};
 
 /// More mixing weights than this in one sweep is taken for a mistyped --alpha: each one is a
 /// whole evaluation.
@@ -163,9 +157,9 @@ pub fn run(args: WiseftArgs) -> anyhow::Result<()> {
     let (zero_shot, _) = load_model(&args.zeroshot, args.config.as_ref(), &device)?;
     let (finetuned, head_path) = load_model(&args.finetuned, args.config.as_ref(), &device)?;
     check_same_architecture(&args, &zero_shot.config, &finetuned.config)?;
-    let benchmark = Benchmark::open(&args)?;
-    let classes = benchmark.classes();
-    let (prompts, prompt_set) = args.prompts_from.prompts(&classes, benchmark.default_templates())?;
+    let (benchmark, classes) =
+        open_benchmark(args.suite.as_deref(), args.seed, args.dataset.as_deref(), &args.layout)?;
+    let (prompts, prompt_set) = args.prompts_from.prompts(&classes, default_templates(&benchmark))?;
     let heads = match &head_path {
         Some(path) => Some(head_pair(&zero_shot, &classes, &prompts, path, &device)?),
         None => None,
@@ -200,7 +194,11 @@ pub fn run(args: WiseftArgs) -> anyhow::Result<()> {
             None => zero_shot_head(&model, &prompts)?,
         };
         let context = RowContext { wiseft_alpha: Some(alpha), ..context.clone() };
-        let alpha_rows = benchmark.rows(&model, &Predictor::single(classifier), &context, index == 0)?;
+        let evaluations = benchmark.evaluate(&model, &Predictor::single(classifier))?;
+        if index == 0 {
+            report_skipped(&evaluations);
+        }
+        let alpha_rows = result_rows(&context, &benchmark, &evaluations);
         eprintln!("{}", progress(alpha, index, args.alpha.0.len(), &alpha_rows));
         rows.extend(alpha_rows);
     }
@@ -361,80 +359,6 @@ fn save_interpolation(
 fn progress(alpha: f64, index: usize, count: usize, rows: &[ResultRow]) -> String {
     let top1: Vec<String> = rows.iter().map(|row| format!("{} {:.3}", row.split, row.metrics.top1)).collect();
     format!("α = {alpha} ({}/{count}): top-1 {}", index + 1, top1.join(", "))
-}
-
-/// What the interpolations are evaluated on.
-enum Benchmark {
-    /// A ShiftWorld suite in memory; every split but `train` is evaluated.
-    Suite(Suite),
-    /// The splits of a dataset directory and the classes a head predicts over.
-    Dataset { dir: PathBuf, splits: Vec<Arc<Split>>, classes: Vec<String> },
-}
-
-impl Benchmark {
-    fn open(args: &WiseftArgs) -> anyhow::Result<Self> {
-        Ok(match (&args.suite, &args.dataset) {
-            (Some(name), _) => Self::Suite(build_suite(name, args.seed)?),
-            (None, Some(dir)) => {
-                let Dataset { splits, classes } = args.layout.load(dir)?;
-                Self::Dataset { dir: dir.clone(), splits, classes }
-            }
-            (None, None) => unreachable!("clap requires --suite or --dataset"),
-        })
-    }
-
-    fn classes(&self) -> Vec<String> {
-        match self {
-            Self::Suite(_) => CLASSES.iter().map(|c| c.to_string()).collect(),
-            Self::Dataset { classes, .. } => classes.clone(),
-        }
-    }
-
-    fn default_templates(&self) -> &'static str {
-        match self {
-            Self::Suite(_) => SUITE_TEMPLATES,
-            Self::Dataset { .. } => DATASET_TEMPLATES,
-        }
-    }
-
-    /// The `dataset` of the result rows.
-    fn name(&self) -> String {
-        match self {
-            Self::Suite(suite) => format!("shiftworld/{}", suite.name),
-            Self::Dataset { dir, .. } => dir.display().to_string(),
-        }
-    }
-
-    fn seed(&self) -> u64 {
-        match self {
-            Self::Suite(suite) => suite.seed,
-            Self::Dataset { .. } => 0,
-        }
-    }
-
-    /// One row per evaluated split; images a dataset split skips are reported when
-    /// `report_skips` is set (once per sweep is enough).
-    fn rows(
-        &self,
-        model: &ClipModel,
-        predictor: &Predictor,
-        context: &RowContext,
-        report_skips: bool,
-    ) -> anyhow::Result<Vec<ResultRow>> {
-        match self {
-            Self::Suite(suite) => Ok(evaluate_suite(model, suite, predictor)?
-                .iter()
-                .map(|(split, predictions)| ResultRow::score(context, split, predictions, &[]))
-                .collect()),
-            Self::Dataset { splits, .. } => {
-                let evaluations = evaluate_dataset(model, splits, predictor)?;
-                if report_skips {
-                    report_skipped(&evaluations);
-                }
-                Ok(dataset_result_rows(context, &evaluations))
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Evaluation: the metrics reported for every ID and OOD split (docs/methods.md §4).
 
+pub mod benchmark;
 pub mod dataset;
 pub mod evaluate;
 pub mod metrics;

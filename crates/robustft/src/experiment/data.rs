@@ -1,19 +1,15 @@
 //! A recipe's data, loaded and checked before any work (docs/design.md, "data flow"): the
 //! training, validation and evaluation splits of a ShiftWorld suite (rendered in memory) or of
 //! a dataset on disk (manifest, WILDS iWildCam / FMoW, ImageNet and its variants), with one
-//! class list; and evaluation of a model on the evaluation splits.
+//! class list.
 
 use std::sync::Arc;
 
-use super::{report_skipped, Event};
 use crate::clip::preprocess::ClipPreprocess;
-use crate::clip::ClipModel;
 use crate::data::Split;
 use crate::error::{Error, Result};
-use crate::eval::dataset::evaluate_split;
-use crate::eval::metrics::Predictions;
-use crate::eval::predictor::ImagePredictor;
-use crate::eval::suite::{evaluate_suite, render_split};
+use crate::eval::benchmark::Benchmark;
+use crate::eval::suite::render_split;
 use crate::recipe::Recipe;
 use crate::shiftworld::{build_suite, Suite, CLASSES};
 use crate::train::images::DiskSet;
@@ -23,43 +19,9 @@ use crate::train::supervised::TrainSource;
 pub(super) struct Data {
     pub train: Arc<dyn TrainSource>,
     pub val: Option<Arc<dyn TrainSource>>,
-    pub eval: EvalSplits,
+    pub eval: Benchmark,
     /// The training and validation splits' files, for data on disk.
     pub files: Option<(Arc<Split>, Option<Arc<Split>>)>,
-}
-
-pub(super) enum EvalSplits {
-    /// A ShiftWorld suite holding only the splits to evaluate.
-    Suite(Suite),
-    /// Splits on disk.
-    Disk(Vec<Arc<Split>>),
-}
-
-impl EvalSplits {
-    /// Predictions of `model` + `predictor` on every evaluation split.
-    pub fn evaluate(
-        &self,
-        model: &ClipModel,
-        predictor: &dyn ImagePredictor,
-        events: &mut dyn FnMut(Event),
-    ) -> Result<Vec<(String, Predictions)>> {
-        match self {
-            EvalSplits::Suite(suite) => evaluate_suite(model, suite, predictor),
-            EvalSplits::Disk(splits) => splits
-                .iter()
-                .map(|split| {
-                    let evaluation = evaluate_split(model, split.clone(), predictor)?;
-                    let skipped: Vec<(String, String)> = evaluation
-                        .skipped
-                        .iter()
-                        .map(|(p, r)| (p.display().to_string(), r.clone()))
-                        .collect();
-                    report_skipped(&format!("split {}", evaluation.split), &skipped, events);
-                    Ok((evaluation.split, evaluation.predictions))
-                })
-                .collect(),
-        }
-    }
 }
 
 /// Loads the recipe's data and checks it: the named splits exist and share one class list.
@@ -81,7 +43,7 @@ pub(super) fn load_data(recipe: &Recipe, preprocess: &ClipPreprocess) -> Result<
         let eval_splits = wanted.iter().map(|s| find(s).cloned()).collect::<Result<Vec<_>>>()?;
         let eval = Suite { splits: eval_splits, ..suite.clone() };
         let classes = CLASSES.iter().map(|c| c.to_string()).collect();
-        return Ok((Data { train, val, eval: EvalSplits::Suite(eval), files: None }, classes));
+        return Ok((Data { train, val, eval: Benchmark::Suite(eval), files: None }, classes));
     }
     let format = d.format.expect("checked at parse");
     let root = d.root.clone().expect("checked at parse");
@@ -131,7 +93,7 @@ pub(super) fn load_data(recipe: &Recipe, preprocess: &ClipPreprocess) -> Result<
     let data = Data {
         train: disk_set(&train),
         val: val_files.as_ref().map(disk_set),
-        eval: EvalSplits::Disk(eval),
+        eval: Benchmark::Disk { root: root.clone(), splits: eval },
         files: Some((train, val_files)),
     };
     Ok((data, classes))

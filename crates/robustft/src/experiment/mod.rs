@@ -21,12 +21,13 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
-use self::data::{load_data, Data, EvalSplits};
+use self::data::{load_data, Data};
 use crate::clip::preprocess::ClipPreprocess;
 use crate::clip::ClipModel;
 use crate::error::{Error, Result};
+use crate::eval::benchmark::Benchmark;
+use crate::eval::dataset::SplitEvaluation;
 use crate::eval::evaluate::{ResultRow, RowContext};
-use crate::eval::metrics::Predictions;
 use crate::eval::predictor::{Head, Predictor, TextPredictor};
 use crate::methods::registry::{
     Context, MethodPlan, ModelPredictors, Outcome, PredictorContext, Prepared, SplitRole,
@@ -83,7 +84,7 @@ impl Experiment {
         let (model, _) = ClipModel::load(&recipe.model, device)?;
         let preprocess = ClipPreprocess::openai(model.config.vision.image_size);
         let (data, classes) = load_data(&recipe, &preprocess)?;
-        let is_suite = matches!(data.eval, EvalSplits::Suite(_));
+        let is_suite = matches!(data.eval, Benchmark::Suite(_));
         let templates = recipe
             .data
             .templates
@@ -164,7 +165,13 @@ impl Experiment {
     ) -> Result<Vec<ResultRow>> {
         let own = self.predictor(model, outcome)?;
         let predictor = predictors.predictor(model, outcome, own, &mut |s| events(Event::Stage(s)))?;
-        Ok(self.score(alpha, &self.data.eval.evaluate(model, predictor.as_ref(), events)?))
+        let evaluations = self.data.eval.evaluate(model, predictor.as_ref())?;
+        for evaluation in &evaluations {
+            let skipped: Vec<(String, String)> =
+                evaluation.skipped.iter().map(|(p, r)| (p.display().to_string(), r.clone())).collect();
+            report_skipped(&format!("split {}", evaluation.split), &skipped, events);
+        }
+        Ok(self.score(alpha, &evaluations))
     }
 
     /// The optimisation settings of the recipe.
@@ -253,12 +260,9 @@ impl Experiment {
     }
 
     /// Result rows of one evaluation.
-    fn score(&self, alpha: Option<f64>, predictions: &[(String, Predictions)]) -> Vec<ResultRow> {
+    fn score(&self, alpha: Option<f64>, evaluations: &[SplitEvaluation]) -> Vec<ResultRow> {
         let recipe = &self.recipe;
-        let (dataset, skip): (String, &[&str]) = match &recipe.data.suite {
-            Some(suite) => (format!("shiftworld/{suite}"), &[]),
-            None => (recipe.data.root.as_deref().unwrap_or(Path::new("")).display().to_string(), &["Other"]),
-        };
+        let benchmark = &self.data.eval;
         let templates = recipe.data.templates.clone().unwrap_or_default();
         let prompts = match &recipe.data.descriptions {
             Some(cd) if self.plan.method.uses_descriptions() => format!("{templates}+{cd}"),
@@ -266,14 +270,15 @@ impl Experiment {
         };
         let context = RowContext {
             model: recipe.model.clone(),
-            dataset,
+            dataset: benchmark.name(),
             method: self.plan.label(),
             prompts,
             seed: recipe.seed,
             preprocess: self.preprocess.id(),
             wiseft_alpha: alpha,
         };
-        predictions.iter().map(|(split, p)| ResultRow::score(&context, split, p, skip)).collect()
+        let skip = benchmark.skipped_groups();
+        evaluations.iter().map(|e| ResultRow::score(&context, &e.split, &e.predictions, skip)).collect()
     }
 
     /// Writes the trained weights (`model/`, HF layout) with how they predict (a trained
