@@ -670,3 +670,37 @@ fn drop_last_leaves_out_the_short_batch() {
     assert_eq!(sizes(false), [4, 4, 2]);
     assert_eq!(sizes(true), [4, 4]);
 }
+
+#[test]
+fn a_prefetched_training_batch_equals_one_decoded_on_demand_and_reports_its_failures_once() {
+    use robustft::clip::preprocess::ClipPreprocess;
+    use robustft::train::images::DiskSet;
+    use robustft::train::supervised::TrainSource;
+    let dir = scratch("prefetch");
+    let mut manifest = String::from("path,label,split\n");
+    for i in 0..6u8 {
+        let image = image::RgbImage::from_fn(20, 12, |x, y| image::Rgb([i * 40, x as u8 * 9, y as u8 * 17]));
+        image.save(dir.join(format!("{i}.png"))).unwrap();
+        manifest.push_str(&format!("{i}.png,{},train\n", i % 2));
+    }
+    write(&dir.join("broken.png"), b"not a png");
+    manifest.push_str("broken.png,0,train\n");
+    write(&dir.join("manifest.csv"), manifest);
+    write(&dir.join("classes.txt"), "a\nb\n");
+    let split = Arc::new(load_manifest_split(&dir, "train").unwrap());
+    let preprocess = ClipPreprocess::openai(16);
+    let on_demand = DiskSet::new(split.clone(), preprocess.clone());
+    let prefetched = DiskSet::new(split, preprocess);
+    let (first, next) = ([0, 1, 2], [6, 3, 5, 4]);
+    prefetched.prefetch(&next);
+    assert_eq!(
+        prefetched.load(&first).unwrap(),
+        on_demand.load(&first).unwrap(),
+        "another batch: decoded now"
+    );
+    prefetched.prefetch(&next);
+    let (pixels, kept) = prefetched.load(&next).unwrap();
+    assert_eq!((pixels, kept.clone()), on_demand.load(&next).unwrap());
+    assert_eq!(kept, [3, 5, 4], "the unreadable image is left out");
+    assert_eq!(prefetched.skipped().len(), 1, "{:?}", prefetched.skipped());
+}

@@ -17,7 +17,6 @@ use robustft::eval::dataset::{write_predictions_csv, SplitEvaluation};
 use robustft::eval::evaluate::{append_rows, ResultRow, RowContext};
 use robustft::eval::predictor::{Head, Predictor, TextPredictor};
 use robustft::shiftworld::{build_suite, Suite, CLASSES};
-use robustft::zeroshot::{tokenizer_for, ZeroShotHead};
 
 use super::{
     check_write_targets, print_rows, Dataset, LayoutArgs, ModelArgs, PromptArgs, DATASET_TEMPLATES,
@@ -148,7 +147,7 @@ fn classifier(
         return Ok((Predictor::single(head), "trained_head", "none".into()));
     }
     let (prompts, prompt_set) = args.prompts_from.prompts(classes, default_templates(benchmark))?;
-    let head = Head::from(&ZeroShotHead::build(model, &tokenizer_for(model)?, &prompts)?);
+    let head = Head::zero_shot(model, &prompts)?;
     Ok((Predictor::single(head), "zeroshot", prompt_set))
 }
 

@@ -22,16 +22,11 @@ use robustft::clip::{ClipConfig, ClipModel, ConfigSource};
 use robustft::device::DeviceChoice;
 use robustft::eval::evaluate::{append_rows, ResultRow, RowContext};
 use robustft::eval::predictor::{Head, Predictor};
+use robustft::eval::wiseft::{config_differences, parse_alphas, HeadPair};
 use robustft::train::wiseft::interpolate;
-use robustft::zeroshot::{tokenizer_for, ZeroShotHead};
-use serde_json::Value;
 
 use super::eval::{default_templates, open_benchmark, report_skipped, result_rows};
 use super::{check_write_targets, print_rows, LayoutArgs, PromptArgs};
-
-/// More mixing weights than this in one sweep is taken for a mistyped --alpha: each one is a
-/// whole evaluation.
-const MAX_ALPHAS: usize = 1001;
 
 /// The name a trained head is stored under, beside the model's weights.
 const HEAD_FILE: &str = "head.safetensors";
@@ -64,7 +59,7 @@ pub struct WiseftArgs {
         long,
         default_value = "0:1:0.1",
         value_name = "START:END:STEP|A,B,...",
-        value_parser = parse_alphas
+        value_parser = parse_alpha_grid
     )]
     alpha: Alphas,
 
@@ -115,40 +110,8 @@ pub struct WiseftArgs {
 #[derive(Clone, Debug)]
 pub struct Alphas(Vec<f64>);
 
-/// Parses `start:end:step` (inclusive) or a comma list; every α must lie in [0, 1].
-fn parse_alphas(text: &str) -> Result<Alphas, String> {
-    let values = match text.split(':').collect::<Vec<_>>()[..] {
-        [start, end, step] => alpha_range(number(start)?, number(end)?, number(step)?)?,
-        [list] => list.split(',').map(number).collect::<Result<_, _>>()?,
-        _ => return Err("expected START:END:STEP or a comma list such as 0,0.5,1".into()),
-    };
-    match values.iter().find(|alpha| !(0.0..=1.0).contains(*alpha)) {
-        Some(alpha) => Err(format!("α = {alpha} is outside [0, 1]")),
-        None => Ok(Alphas(values)),
-    }
-}
-
-fn number(text: &str) -> Result<f64, String> {
-    text.trim().parse().map_err(|_| format!("`{text}` is not a number"))
-}
-
-/// `start, start + step, ...` up to `end` inclusive, each rounded to 1e-9 (so 0:1:0.1 gives 0.3,
-/// not 0.30000000000000004).
-fn alpha_range(start: f64, end: f64, step: f64) -> Result<Vec<f64>, String> {
-    if let Some(bound) = [start, end].into_iter().find(|bound| !(0.0..=1.0).contains(bound)) {
-        return Err(format!("α = {bound} is outside [0, 1]"));
-    }
-    if step.is_nan() || step <= 0.0 {
-        return Err(format!("the step {step} must be positive"));
-    }
-    if end < start {
-        return Err(format!("the end {end} is below the start {start}"));
-    }
-    let steps = ((end - start) / step + 1e-9).floor();
-    if steps >= MAX_ALPHAS as f64 {
-        return Err(format!("{start}:{end}:{step} gives more than {MAX_ALPHAS} values"));
-    }
-    Ok((0..=steps as usize).map(|i| ((start + i as f64 * step) * 1e9).round() / 1e9).collect())
+fn parse_alpha_grid(text: &str) -> Result<Alphas, String> {
+    parse_alphas(text).map(Alphas)
 }
 
 pub fn run(args: WiseftArgs) -> anyhow::Result<()> {
@@ -161,7 +124,7 @@ pub fn run(args: WiseftArgs) -> anyhow::Result<()> {
         open_benchmark(args.suite.as_deref(), args.seed, args.dataset.as_deref(), &args.layout)?;
     let (prompts, prompt_set) = args.prompts_from.prompts(&classes, default_templates(&benchmark))?;
     let heads = match &head_path {
-        Some(path) => Some(head_pair(&zero_shot, &classes, &prompts, path, &device)?),
+        Some(path) => Some(HeadPair::load(&zero_shot, &classes, &prompts, path, &device)?),
         None => None,
     };
     describe_classifier(&args, head_path.as_deref());
@@ -182,7 +145,7 @@ pub fn run(args: WiseftArgs) -> anyhow::Result<()> {
         let mixed = interpolate(&zero_shot_tensors, &finetuned_tensors, alpha, &exclude)?;
         let model = ClipModel::from_tensors(finetuned.config.clone(), mixed, &device)?;
         let head = match &heads {
-            Some((initial, trained)) => Some(interpolate_head(initial, trained, alpha, &exclude)?),
+            Some(pair) => Some(pair.at(alpha, &exclude)?),
             None => None,
         };
         if let Some(dir) = &args.save {
@@ -191,7 +154,7 @@ pub fn run(args: WiseftArgs) -> anyhow::Result<()> {
         }
         let classifier = match head {
             Some(head) => head,
-            None => zero_shot_head(&model, &prompts)?,
+            None => Head::zero_shot(&model, &prompts)?,
         };
         let context = RowContext { wiseft_alpha: Some(alpha), ..context.clone() };
         let evaluations = benchmark.evaluate(&model, &Predictor::single(classifier))?;
@@ -225,78 +188,16 @@ fn check_same_architecture(
     zero_shot: &ClipConfig,
     finetuned: &ClipConfig,
 ) -> anyhow::Result<()> {
-    if zero_shot == finetuned {
+    let differences = config_differences(zero_shot, finetuned);
+    if differences.is_empty() {
         return Ok(());
     }
-    let mut differences = Vec::new();
-    collect_differences(
-        "",
-        &serde_json::to_value(zero_shot)?,
-        &serde_json::to_value(finetuned)?,
-        &mut differences,
-    );
     anyhow::bail!(
         "cannot interpolate --zeroshot {} and --finetuned {}: their architectures differ ({})",
         args.zeroshot,
         args.finetuned,
         differences.join("; ")
     )
-}
-
-/// `field zero-shot-value vs fine-tuned-value` for every leaf of two configurations that differs.
-fn collect_differences(field: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
-    match (a, b) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (key, value) in a {
-                let path = if field.is_empty() { key.clone() } else { format!("{field}.{key}") };
-                collect_differences(&path, value, b.get(key).unwrap_or(&Value::Null), out);
-            }
-        }
-        _ if a != b => out.push(format!("{field} {a} vs {b}")),
-        _ => {}
-    }
-}
-
-/// The zero-shot head of `model`'s text tower over `prompts`.
-fn zero_shot_head(model: &ClipModel, prompts: &[Vec<String>]) -> anyhow::Result<Head> {
-    Ok(Head::from(&ZeroShotHead::build(model, &tokenizer_for(model)?, prompts)?))
-}
-
-/// The zero-shot model's zero-shot head and the trained head at `path`, which must be for
-/// `classes` and have its shape.
-fn head_pair(
-    zero_shot: &ClipModel,
-    classes: &[String],
-    prompts: &[Vec<String>],
-    path: &Path,
-    device: &Device,
-) -> anyhow::Result<(Head, Head)> {
-    let trained = Head::load(path, device)?;
-    trained.check_classes(path, classes)?;
-    let initial = zero_shot_head(zero_shot, prompts)?;
-    anyhow::ensure!(
-        trained.weight.dims() == initial.weight.dims(),
-        "{}: head.weight has shape {:?}, but the zero-shot head over the {} classes has shape {:?}",
-        path.display(),
-        trained.weight.dims(),
-        prompts.len(),
-        initial.weight.dims()
-    );
-    Ok((initial, trained))
-}
-
-/// WiSE-FT of the heads; `head.weight` and `head.bias` come from the trained head when excluded.
-fn interpolate_head(
-    initial: &Head,
-    trained: &Head,
-    alpha: f64,
-    exclude: &dyn Fn(&str) -> bool,
-) -> anyhow::Result<Head> {
-    let mixed = initial.lerp(trained, alpha)?;
-    Ok(Head {
-        weight: if exclude("head.weight") { trained.weight.clone() } else { mixed.weight },
-        bias: if exclude("head.bias") { trained.bias.clone() } else { mixed.bias },
-    })
 }
 
 /// Says on stderr how the interpolated models classify.
@@ -359,30 +260,4 @@ fn save_interpolation(
 fn progress(alpha: f64, index: usize, count: usize, rows: &[ResultRow]) -> String {
     let top1: Vec<String> = rows.iter().map(|row| format!("{} {:.3}", row.split, row.metrics.top1)).collect();
     format!("α = {alpha} ({}/{count}): top-1 {}", index + 1, top1.join(", "))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges_are_inclusive_and_rounded() {
-        let Alphas(values) = parse_alphas("0:1:0.1").unwrap();
-        assert_eq!(values, vec![0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]);
-        assert_eq!(parse_alphas("0.25:0.75:0.25").unwrap().0, vec![0.25, 0.5, 0.75]);
-        assert_eq!(parse_alphas("0.5:0.5:0.1").unwrap().0, vec![0.5]);
-        assert_eq!(parse_alphas("0, 0.5,1").unwrap().0, vec![0.0, 0.5, 1.0]);
-    }
-
-    #[test]
-    fn bad_grids_are_refused_with_the_reason() {
-        let error = |text: &str| parse_alphas(text).unwrap_err();
-        assert!(error("0,1.5").contains("1.5 is outside [0, 1]"));
-        assert!(error("-0.5:1:0.5").contains("outside [0, 1]"));
-        assert!(error("0:1:0").contains("must be positive"));
-        assert!(error("1:0:0.1").contains("below the start"));
-        assert!(error("0:1:1e-9").contains("more than"));
-        assert!(error("0,half").contains("`half` is not a number"));
-        assert!(error("0:1").contains("START:END:STEP"));
-    }
 }

@@ -241,17 +241,9 @@ impl Producer {
         }
     }
 
-    /// Runs the transform on record `index`; a panic or a wrong length is a failure too.
+    /// Runs the transform on record `index` ([`decode_checked`]).
     fn decode(&self, index: usize) -> Result<Vec<f32>, String> {
-        let path = &self.split.records[index].path;
-        match panic::catch_unwind(AssertUnwindSafe(|| (self.transform)(path))) {
-            Ok(Ok(pixels)) if pixels.len() == self.image_len => Ok(pixels),
-            Ok(Ok(pixels)) => {
-                Err(format!("the transform returned {} values, expected {}", pixels.len(), self.image_len))
-            }
-            Ok(Err(reason)) => Err(reason),
-            Err(payload) => Err(format!("the transform panicked: {}", panic_message(payload.as_ref()))),
-        }
+        decode_checked(&*self.transform, &self.split.records[index].path, self.image_len)
     }
 
     /// Packs the decoded records into a batch and logs the failures.
@@ -277,6 +269,24 @@ impl Producer {
             self.skipped.lock().unwrap_or_else(PoisonError::into_inner).extend(failures);
         }
         batch
+    }
+}
+
+/// Runs `transform` on the image at `path`; a panic (a decoder bug on a hostile file) or a
+/// result of the wrong length is a failure too, never a crash: the one decode step of training
+/// and evaluation alike.
+pub fn decode_checked(
+    transform: &(dyn Fn(&Path) -> Result<Vec<f32>, String> + Send + Sync),
+    path: &Path,
+    image_len: usize,
+) -> Result<Vec<f32>, String> {
+    match panic::catch_unwind(AssertUnwindSafe(|| transform(path))) {
+        Ok(Ok(pixels)) if pixels.len() == image_len => Ok(pixels),
+        Ok(Ok(pixels)) => {
+            Err(format!("the transform returned {} values, expected {}", pixels.len(), image_len))
+        }
+        Ok(Err(reason)) => Err(reason),
+        Err(payload) => Err(format!("the transform panicked: {}", panic_message(payload.as_ref()))),
     }
 }
 

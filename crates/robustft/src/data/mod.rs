@@ -42,7 +42,7 @@ pub use imagenet_classes::{
     IMAGENET_A_CLASS_INDICES, IMAGENET_CLASS_NAMES, IMAGENET_R_CLASS_INDICES, IMAGENET_WNIDS,
 };
 pub use layout::{Layout, LAYOUT_NAMES};
-pub use loader::{epoch_order, Batch, Loader, LoaderConfig, Transform};
+pub use loader::{decode_checked, epoch_order, Batch, Loader, LoaderConfig, Transform};
 pub use manifest::{load_manifest_split, manifest_splits};
 pub use synth::{write_synthetic, SynthLayout};
 pub use wilds::{load_fmow_split, load_iwildcam_split, FMOW_SPLITS, IWILDCAM_SPLITS};

@@ -7,3 +7,4 @@ pub mod metrics;
 pub mod predictor;
 pub mod report;
 pub mod suite;
+pub mod wiseft;

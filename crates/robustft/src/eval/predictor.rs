@@ -48,6 +48,11 @@ impl Head {
         self.weight.dim(0).unwrap_or(0)
     }
 
+    /// The zero-shot head of `model`'s text tower over `prompts` (methods.md §0.1).
+    pub fn zero_shot(model: &ClipModel, prompts: &[Vec<String>]) -> Result<Head> {
+        Ok(Head::from(&ZeroShotHead::build(model, &crate::zeroshot::tokenizer_for(model)?, prompts)?))
+    }
+
     /// WiSE-FT of two heads over the same classes: `(1 − α)·self + α·other` (a missing bias
     /// counts as zeros).
     pub fn lerp(&self, other: &Head, alpha: f64) -> Result<Head> {
@@ -176,13 +181,12 @@ pub const TEXT_PREDICTOR_FILE: &str = "predictor.json";
 impl TextPredictor {
     /// The predictor of `model`: its heads rebuilt from its text tower.
     pub fn build(&self, model: &ClipModel) -> Result<Predictor> {
-        let tokenizer = crate::zeroshot::tokenizer_for(model)?;
-        let head = |texts: &[Vec<String>]| -> Result<Head> {
-            Ok(Head::from(&ZeroShotHead::build(model, &tokenizer, texts)?))
-        };
+        let defaults = Head::zero_shot(model, &self.prompts)?;
         match &self.descriptions {
-            None => Ok(Predictor::single(head(&self.prompts)?)),
-            Some(descriptions) => Predictor::mixture(head(&self.prompts)?, head(descriptions)?, self.beta),
+            None => Ok(Predictor::single(defaults)),
+            Some(descriptions) => {
+                Predictor::mixture(defaults, Head::zero_shot(model, descriptions)?, self.beta)
+            }
         }
     }
 

@@ -37,7 +37,6 @@ use crate::recipe::Recipe;
 use crate::train::run_dir::RunDir;
 use crate::train::supervised::{train, Checkpointing, StepReport, TrainOptions, TrainSource, ValidationData};
 use crate::train::wiseft::interpolate;
-use crate::zeroshot::{tokenizer_for, ZeroShotHead};
 
 /// Numbers a method reports about its preparation, by name.
 type Diagnostics = std::collections::BTreeMap<String, f64>;
@@ -130,7 +129,7 @@ impl Experiment {
         let run = self.run_dir(settings);
         self.start_run_dir(&run, settings)?;
         let pretrained = self.model.params.snapshot()?;
-        let zero_shot = self.head_from(&self.model, &self.prompts)?;
+        let zero_shot = Head::zero_shot(&self.model, &self.prompts)?;
         let (outcome, diagnostics) = self.fit(&run, settings, &pretrained, &zero_shot, events)?;
         if settings.stop_after.is_some() {
             return Ok(Vec::new());
@@ -209,11 +208,6 @@ impl Experiment {
         run.clear()?;
         run.create()?;
         Ok(crate::clip::checkpoint::write_atomic(&run.recipe(), text.as_bytes())?)
-    }
-
-    /// The zero-shot head of `prompts` from `model`'s text tower.
-    fn head_from(&self, model: &ClipModel, prompts: &[Vec<String>]) -> Result<Head> {
-        Ok(Head::from(&ZeroShotHead::build(model, &tokenizer_for(model)?, prompts)?))
     }
 
     /// How `model` predicts by `outcome` through its method's own predictor.

@@ -63,6 +63,8 @@ pub trait TrainSource: Sync {
     /// be read (an unreadable image is left out and reported by the source, never fatal).
     fn load(&self, indices: &[usize]) -> Result<(Vec<f32>, Vec<usize>)>;
     fn image_size(&self) -> usize;
+    /// A hint that `indices` will be loaded next (a source on disk starts decoding them).
+    fn prefetch(&self, _indices: &[usize]) {}
     /// `(example id, reason)` of every image that could not be read so far.
     fn skipped(&self) -> Vec<(String, String)> {
         Vec::new()
@@ -330,6 +332,10 @@ pub fn train(
         let indices = &order.1[position..(position + options.batch_size).min(source.len())];
         let lr = schedule.lr(state.step);
         optimizer.set_lr(lr);
+        let next = position + options.batch_size;
+        if next < source.len() && state.step + 1 < total {
+            source.prefetch(&order.1[next..(next + options.batch_size).min(source.len())]);
+        }
         let batch = BatchSpec { indices, epoch, step: state.step, split: "training" };
         let (loss, mut grads, seen) = accumulate(model, objective, source, &batch, options.accumulation)?;
         constraint.adjust_gradients(&mut grads, &params, &anchor)?;
