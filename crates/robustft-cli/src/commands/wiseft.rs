@@ -22,7 +22,7 @@ use robustft::clip::{ClipConfig, ClipModel, ConfigSource};
 use robustft::device::DeviceChoice;
 use robustft::eval::evaluate::{append_rows, ResultRow, RowContext};
 use robustft::eval::predictor::{Head, Predictor};
-use robustft::eval::wiseft::{config_differences, parse_alphas, HeadPair};
+use robustft::eval::wiseft::{config_differences, parse_alphas, save_interpolation, HeadPair};
 use robustft::train::wiseft::interpolate;
 
 use super::eval::{default_templates, open_benchmark, report_skipped, result_rows};
@@ -150,7 +150,7 @@ pub fn run(args: WiseftArgs) -> anyhow::Result<()> {
         };
         if let Some(dir) = &args.save {
             let head = head.as_ref().map(|head| (head, classes.as_slice()));
-            save_interpolation(&args, dir, alpha, &model, head)?;
+            save_alpha(&args, dir, alpha, &model, head)?;
         }
         let classifier = match head {
             Some(head) => head,
@@ -226,7 +226,7 @@ fn report_exclusions(args: &WiseftArgs, parameters: &[(String, candle_core::Tens
 }
 
 /// Writes the interpolated model (and head, with its class names) to `dir/alpha_<α>/`.
-fn save_interpolation(
+fn save_alpha(
     args: &WiseftArgs,
     dir: &Path,
     alpha: f64,
@@ -242,18 +242,8 @@ fn save_interpolation(
     if let Some(pattern) = &args.exclude {
         metadata.insert("robustft.wiseft.exclude".to_string(), pattern.to_string());
     }
-    let cannot_save = || format!("cannot save the α = {alpha} model to {}", out.display());
-    model.save_hf(&out, &metadata).with_context(cannot_save)?;
-    let head_path = out.join(HEAD_FILE);
-    match head {
-        Some((head, classes)) => {
-            head.save_with_classes(&head_path, metadata, classes).with_context(cannot_save)?
-        }
-        None if head_path.exists() => std::fs::remove_file(&head_path)
-            .with_context(|| format!("cannot remove the stale {}", head_path.display()))?,
-        None => {}
-    }
-    Ok(())
+    save_interpolation(&out, model, head, metadata)
+        .with_context(|| format!("cannot save the α = {alpha} model to {}", out.display()))
 }
 
 /// One stderr line per α: the top-1 of every split.

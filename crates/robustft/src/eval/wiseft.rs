@@ -5,6 +5,7 @@
 //! the zero-shot model (WiSE-FT's recipe for a linear classifier initialised from it); the
 //! towers themselves are interpolated by [`crate::train::wiseft::interpolate`].
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::Device;
@@ -118,6 +119,23 @@ impl HeadPair {
             weight: if exclude("head.weight") { self.trained.weight.clone() } else { mixed.weight },
             bias: if exclude("head.bias") { self.trained.bias.clone() } else { mixed.bias },
         })
+    }
+}
+
+/// Writes an interpolation to `out` in the HF layout with `metadata`, and its head (with its
+/// class names) as `head.safetensors`, or removes a stale head file there when it has none.
+pub fn save_interpolation(
+    out: &Path,
+    model: &ClipModel,
+    head: Option<(&Head, &[String])>,
+    metadata: HashMap<String, String>,
+) -> Result<()> {
+    model.save_hf(out, &metadata)?;
+    let head_path = out.join("head.safetensors");
+    match head {
+        Some((head, classes)) => head.save_with_classes(&head_path, metadata, classes),
+        None if head_path.exists() => std::fs::remove_file(&head_path).map_err(Error::write(&head_path)),
+        None => Ok(()),
     }
 }
 
