@@ -127,7 +127,7 @@ impl Experiment {
     pub fn run(&self, settings: &RunSettings, events: &mut dyn FnMut(Event)) -> Result<Vec<ResultRow>> {
         crate::kernels::set_matmul_precision(self.recipe.train.matmul_precision);
         let run = self.run_dir(settings);
-        self.start_run_dir(&run, settings)?;
+        run.start(&self.recipe.to_toml(), settings.resume, settings.force)?;
         let pretrained = self.model.params.snapshot()?;
         let zero_shot = Head::zero_shot(&self.model, &self.prompts)?;
         let (outcome, diagnostics) = self.fit(&run, settings, &pretrained, &zero_shot, events)?;
@@ -176,38 +176,6 @@ impl Experiment {
     /// The optimisation settings of the recipe.
     pub fn train_options(&self) -> TrainOptions {
         TrainOptions { seed: self.recipe.seed, ..self.recipe.train.clone() }
-    }
-
-    /// Readies the run directory: on resume, insists it holds a run of the same resolved
-    /// recipe; otherwise refuses an earlier run there (unless `force`), clears it and writes the
-    /// resolved recipe before any work.
-    fn start_run_dir(&self, run: &RunDir, settings: &RunSettings) -> Result<()> {
-        let text = self.recipe.to_toml();
-        let refuse =
-            |reason: String| Error::Invalid { what: format!("run directory {}", run.root.display()), reason };
-        if settings.resume {
-            let Ok(existing) = std::fs::read_to_string(run.recipe()) else {
-                return Err(refuse(
-                    "holds no run to --resume (no recipe.toml); start the run without --resume".into(),
-                ));
-            };
-            if existing != text {
-                return Err(refuse(format!(
-                    "holds a run of another recipe (differing: {}); resume it with the same recipe, or \
-                     start over with --force instead of --resume",
-                    differing_keys(&existing, &text)
-                )));
-            }
-            return Ok(());
-        }
-        if let Some(previous) = run.previous_run().filter(|_| !settings.force) {
-            return Err(refuse(format!(
-                "holds {previous}; continue it with --resume, or start over with --force (deletes it)"
-            )));
-        }
-        run.clear()?;
-        run.create()?;
-        Ok(crate::clip::checkpoint::write_atomic(&run.recipe(), text.as_bytes())?)
     }
 
     /// How `model` predicts by `outcome` through its method's own predictor.
@@ -371,35 +339,5 @@ fn resolve_templates(spec: &str) -> Result<Vec<String>> {
 fn report_skipped(what: &str, skipped: &[(String, String)], events: &mut dyn FnMut(Event)) {
     for (image, reason) in skipped {
         events(Event::Stage(format!("warning: skipped unreadable image {image} ({what}): {reason}")));
-    }
-}
-
-/// The dotted keys whose values differ between two recipe texts (at most five named).
-fn differing_keys(a: &str, b: &str) -> String {
-    let (a, b): (toml::Table, toml::Table) = (a.parse().unwrap_or_default(), b.parse().unwrap_or_default());
-    let mut keys = Vec::new();
-    collect_differences("", &toml::Value::Table(a), &toml::Value::Table(b), &mut keys);
-    let shown = keys.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
-    match keys.len() {
-        0 => "formatting only".into(),
-        n if n > 5 => format!("{shown} and {} more", n - 5),
-        _ => shown,
-    }
-}
-
-fn collect_differences(prefix: &str, a: &toml::Value, b: &toml::Value, out: &mut Vec<String>) {
-    let (toml::Value::Table(a), toml::Value::Table(b)) = (a, b) else {
-        if a != b {
-            out.push(prefix.to_string());
-        }
-        return;
-    };
-    let keys: Vec<&String> = a.keys().chain(b.keys().filter(|k| !a.contains_key(*k))).collect();
-    for key in keys {
-        let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
-        match (a.get(key), b.get(key)) {
-            (Some(x), Some(y)) => collect_differences(&path, x, y, out),
-            _ => out.push(path),
-        }
     }
 }

@@ -2,7 +2,9 @@
 //! layout safetensors with metadata), any extra trained tensors (`extra.safetensors`, e.g. a
 //! classification head) and the trainer state. A checkpoint is written to `checkpoint.tmp`
 //! and renamed into place (the previous one kept as `checkpoint.old` until the swap is done),
-//! so a kill at any moment leaves a complete checkpoint.
+//! so a kill at any moment leaves a complete checkpoint. A run starts only in a directory that
+//! holds no earlier run, unless it resumes that run (same resolved recipe) or is forced to start
+//! over (the earlier run's files are deleted first, so nothing stale can be resumed).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -118,6 +120,39 @@ impl RunDir {
         Ok(crate::clip::checkpoint::write_atomic(&path, kept.as_bytes())?)
     }
 
+    /// Readies the directory for a run of the resolved recipe `text`: on `resume`, insists it
+    /// holds a run of that same recipe (naming the keys that differ); otherwise refuses an
+    /// earlier run there unless `force`, clears it and writes the recipe before any work.
+    pub fn start(&self, text: &str, resume: bool, force: bool) -> Result<()> {
+        let refuse = |reason: String| Error::Invalid {
+            what: format!("run directory {}", self.root.display()),
+            reason,
+        };
+        if resume {
+            let Ok(existing) = std::fs::read_to_string(self.recipe()) else {
+                return Err(refuse(
+                    "holds no run to --resume (no recipe.toml); start the run without --resume".into(),
+                ));
+            };
+            if existing != text {
+                return Err(refuse(format!(
+                    "holds a run of another recipe (differing: {}); resume it with the same recipe, or \
+                     start over with --force instead of --resume",
+                    differing_keys(&existing, text)
+                )));
+            }
+            return Ok(());
+        }
+        if let Some(previous) = self.previous_run().filter(|_| !force) {
+            return Err(refuse(format!(
+                "holds {previous}; continue it with --resume, or start over with --force (deletes it)"
+            )));
+        }
+        self.clear()?;
+        self.create()?;
+        Ok(crate::clip::checkpoint::write_atomic(&self.recipe(), text.as_bytes())?)
+    }
+
     /// Creates the directory.
     pub fn create(&self) -> Result<()> {
         std::fs::create_dir_all(&self.root).map_err(io_error(&self.root))
@@ -169,4 +204,34 @@ pub fn load_extra(dir: &Path) -> Result<HashMap<String, Tensor>> {
 
 pub(crate) fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| CheckpointError::Io { path: path.to_path_buf(), source }.into()
+}
+
+/// The dotted keys whose values differ between two recipe texts (at most five named).
+fn differing_keys(a: &str, b: &str) -> String {
+    let (a, b): (toml::Table, toml::Table) = (a.parse().unwrap_or_default(), b.parse().unwrap_or_default());
+    let mut keys = Vec::new();
+    collect_differences("", &toml::Value::Table(a), &toml::Value::Table(b), &mut keys);
+    let shown = keys.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+    match keys.len() {
+        0 => "formatting only".into(),
+        n if n > 5 => format!("{shown} and {} more", n - 5),
+        _ => shown,
+    }
+}
+
+fn collect_differences(prefix: &str, a: &toml::Value, b: &toml::Value, out: &mut Vec<String>) {
+    let (toml::Value::Table(a), toml::Value::Table(b)) = (a, b) else {
+        if a != b {
+            out.push(prefix.to_string());
+        }
+        return;
+    };
+    let keys: Vec<&String> = a.keys().chain(b.keys().filter(|k| !a.contains_key(*k))).collect();
+    for key in keys {
+        let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        match (a.get(key), b.get(key)) {
+            (Some(x), Some(y)) => collect_differences(&path, x, y, out),
+            _ => out.push(path),
+        }
+    }
 }
