@@ -86,6 +86,19 @@ impl Sections {
     }
 }
 
+/// The entry of `table` named `name`, or an error naming `key` and the known names.
+pub fn find_entry<'t, T>(
+    table: &'t [T],
+    name_of: fn(&T) -> &str,
+    name: &str,
+    key: &str,
+) -> std::result::Result<&'t T, String> {
+    table.iter().find(|entry| name_of(entry) == name).ok_or_else(|| {
+        let known: Vec<&str> = table.iter().map(name_of).collect();
+        format!("{key} = \"{name}\" is unknown (known: {})", known.join(", "))
+    })
+}
+
 fn parse<T: DeserializeOwned>(name: &str, table: toml::Table) -> Result<T, String> {
     toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
         let message = e.message();

@@ -16,7 +16,7 @@ use robustft::eval::benchmark::Benchmark;
 use robustft::eval::dataset::{write_predictions_csv, SplitEvaluation};
 use robustft::eval::evaluate::{append_rows, ResultRow, RowContext};
 use robustft::eval::predictor::{Head, Predictor, TextPredictor};
-use robustft::shiftworld::{build_suite, Suite, CLASSES};
+use robustft::shiftworld::{build_suite, CLASSES};
 
 use super::{
     check_write_targets, print_rows, Dataset, LayoutArgs, ModelArgs, PromptArgs, DATASET_TEMPLATES,
@@ -99,11 +99,7 @@ pub fn open_benchmark(
     layout: &LayoutArgs,
 ) -> anyhow::Result<(Benchmark, Vec<String>)> {
     Ok(match (suite, dataset) {
-        (Some(name), _) => {
-            let suite = build_suite(name, seed)?;
-            let evaluated = suite.splits.iter().filter(|s| s.name != "train").cloned().collect();
-            (Benchmark::Suite(Suite { splits: evaluated, ..suite }), CLASSES.map(String::from).to_vec())
-        }
+        (Some(name), _) => (Benchmark::Suite(build_suite(name, seed)?), CLASSES.map(String::from).to_vec()),
         (None, Some(dir)) => {
             let Dataset { splits, classes } = layout.load(dir)?;
             (Benchmark::Disk { root: dir.to_path_buf(), splits }, classes)

@@ -25,7 +25,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
 use crate::error::{Error, Result};
-use crate::sections::Sections;
+use crate::sections::{find_entry, Sections};
 
 /// The trained parameters, in the optimiser's (stable) order: `(name, var, decays)`.
 pub type Params = [(String, Var, bool)];
@@ -142,13 +142,7 @@ pub fn read(
     context: &RecipeContext,
 ) -> std::result::Result<(&'static str, Box<dyn ConstraintSpec>), String> {
     let name = sections.tag(SECTION, "name")?.unwrap_or_else(|| "none".into());
-    let Some(entry) = CONSTRAINTS.iter().find(|entry| entry.name == name) else {
-        let known: Vec<&str> = CONSTRAINTS.iter().map(|entry| entry.name).collect();
-        return Err(format!(
-            "constraint.name = \"{name}\" is not a constraint (known: {})",
-            known.join(", ")
-        ));
-    };
+    let entry = find_entry(CONSTRAINTS, |entry| entry.name, &name, "constraint.name")?;
     Ok((entry.name, (entry.read)(sections, context)?))
 }
 

@@ -12,7 +12,7 @@ use crate::clip::ClipModel;
 use crate::constraints::{self, ConstraintSpec, RecipeContext};
 use crate::error::Result;
 use crate::eval::predictor::{Head, ImagePredictor, Predictor};
-use crate::sections::Sections;
+use crate::sections::{find_entry, Sections};
 use crate::train::supervised::{Objective, TrainSource};
 
 /// What a method starts from, handed to [`Method::prepare`].
@@ -286,9 +286,9 @@ impl MethodPlan {
         let mut sections = Sections::new(raw.clone());
         let context = RecipeContext { weight_decay: shared.weight_decay };
         let (constraint_name, constraint) = constraints::read(&mut sections, &context)?;
-        let entry = find(METHODS, |e| e.name, shared.method, "method.name")?;
+        let entry = find_entry(METHODS, |e| e.name, shared.method, "method.name")?;
         let method = (entry.read)(&mut sections)?;
-        let predictor_entry = find(PREDICTORS, |e| e.name, shared.predictor, "eval.predictor")?;
+        let predictor_entry = find_entry(PREDICTORS, |e| e.name, shared.predictor, "eval.predictor")?;
         let predictor = (predictor_entry.read)(&mut sections, method.as_ref())?;
         check_unread(&sections, method.name())?;
         if shared.epochs == 0 && method.trains() {
@@ -319,19 +319,6 @@ impl MethodPlan {
         }
         parts.join("+")
     }
-}
-
-/// The entry of `table` named `name`, or an error naming `key` and the known names.
-fn find<'t, T>(
-    table: &'t [T],
-    name_of: fn(&T) -> &str,
-    name: &str,
-    key: &str,
-) -> std::result::Result<&'t T, String> {
-    table.iter().find(|entry| name_of(entry) == name).ok_or_else(|| {
-        let known: Vec<&str> = table.iter().map(name_of).collect();
-        format!("{key} = \"{name}\" is unknown (known: {})", known.join(", "))
-    })
 }
 
 /// Refuses an objective term set on a method that did not take it, and any section no
