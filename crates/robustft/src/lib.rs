@@ -18,6 +18,7 @@ pub mod kernels;
 pub mod losses;
 pub mod methods;
 pub mod optim;
+pub mod perturb;
 pub mod pretrain;
 pub mod prompts;
 pub mod recipe;

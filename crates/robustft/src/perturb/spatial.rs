@@ -1,0 +1,1 @@
+//! The spatial attack (Engstrom et al., ICML 2019).
