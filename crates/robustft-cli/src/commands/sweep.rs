@@ -101,16 +101,16 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The clean rows of a point's `results.jsonl` (selection never looks at perturbation rows).
 fn read_rows(path: &std::path::Path) -> anyhow::Result<Vec<ResultRow>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    text.lines()
-        .filter(|line| !line.trim().is_empty())
-        .enumerate()
-        .map(|(n, line)| {
-            serde_json::from_str(line)
-                .with_context(|| format!("{}:{}: not a result row", path.display(), n + 1))
-        })
-        .collect()
+    let mut rows = Vec::new();
+    for (n, line) in text.lines().filter(|line| !line.trim().is_empty()).enumerate() {
+        let row: ResultRow = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not a result row", path.display(), n + 1))?;
+        rows.extend((row.perturbation.is_none()).then_some(row));
+    }
+    Ok(rows)
 }
 
 /// One table row per candidate, best validation score first; the selected candidate and the

@@ -63,8 +63,27 @@ pub struct ResultRow {
     /// against the training labels).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub diagnostics: std::collections::BTreeMap<String, f64>,
+    /// The input perturbation a robustness row was measured under (its metrics are those of
+    /// the perturbed images); absent in a clean row.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub perturbation: Option<Perturbation>,
     #[serde(flatten)]
     pub metrics: SplitMetrics,
+}
+
+/// What a robustness row was measured under (`crate::perturb`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Perturbation {
+    /// `linf`, `l2`, `l1`, `apgd-ce`, `apgd-dlr`, `spatial`, or `corruption:<name>`.
+    pub threat: String,
+    /// The pixel-space budget (a corruption's severity, 1–5).
+    pub eps: f64,
+    /// Attack steps (0 for corruptions and the spatial grid).
+    pub steps: usize,
+    /// Top-1 on the clean images.
+    pub clean_top1: f64,
+    /// Top-1 on the perturbed images (the row's `top1`).
+    pub robust_top1: f64,
 }
 
 impl ResultRow {
@@ -81,6 +100,7 @@ impl ResultRow {
             wiseft_alpha: context.wiseft_alpha,
             recipe: None,
             diagnostics: Default::default(),
+            perturbation: None,
             metrics: split_metrics(predictions, skip_groups),
         }
     }
@@ -107,6 +127,7 @@ pub(crate) fn test_row(
         wiseft_alpha: alpha,
         recipe: recipe.map(String::from),
         diagnostics: Default::default(),
+        perturbation: None,
         metrics: SplitMetrics {
             top1,
             top5: 1.0,
