@@ -35,6 +35,9 @@ enum Command {
     Pretrain(commands::pretrain::PretrainArgs),
     /// Gather results.jsonl files into a table (mean ± std over seeds) and report.html.
     Report(commands::report::ReportArgs),
+    /// Clean and robust top-1 of a model or a trained run under attacks (PGD ℓ∞/ℓ2/ℓ1,
+    /// APGD), common corruptions and small rotations and shifts, on every split.
+    Robustness(commands::robustness::RobustnessArgs),
     /// Generate ShiftWorld benchmark suites on disk or look at pretraining samples.
     Shiftworld(commands::shiftworld::ShiftworldArgs),
     /// Run a recipe over a grid of settings and seeds and select the settings on a validation
@@ -78,6 +81,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Embed(args) => commands::embed::run(args),
         Command::Eval(args) => commands::eval::run(args),
         Command::Pretrain(args) => commands::pretrain::run(args),
+        Command::Robustness(args) => commands::robustness::run(args),
         Command::Report(args) => commands::report::run(args),
         Command::Shiftworld(args) => commands::shiftworld::run(args),
         Command::Sweep(args) => commands::sweep::run(args),

@@ -28,7 +28,27 @@ use super::{
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
     #[command(flatten)]
-    model: ModelArgs,
+    pub target: EvalTarget,
+
+    /// Print the result rows as JSON lines instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Append the result rows to this results.jsonl file.
+    #[arg(long, value_name = "FILE")]
+    pub results: Option<PathBuf>,
+
+    /// Write one CSV row per example (split,id,label,pred,group,confidence); a suite's examples
+    /// are numbered within their split.
+    #[arg(long, value_name = "FILE.csv")]
+    save_predictions: Option<PathBuf>,
+}
+
+/// What is evaluated (the model, the prompts of a zero-shot head) and on what data.
+#[derive(clap::Args, Debug)]
+pub struct EvalTarget {
+    #[command(flatten)]
+    pub model: ModelArgs,
 
     /// A dataset directory: a manifest (manifest.csv with path,label,split[,group][,domain] and
     /// classes.txt), or a WILDS or ImageNet root with --format.
@@ -49,32 +69,38 @@ pub struct EvalArgs {
 
     #[command(flatten)]
     prompts_from: PromptArgs,
-
-    /// Print the result rows as JSON lines instead of a table.
-    #[arg(long)]
-    json: bool,
-
-    /// Append the result rows to this results.jsonl file.
-    #[arg(long, value_name = "FILE")]
-    results: Option<PathBuf>,
-
-    /// Write one CSV row per example (split,id,label,pred,group,confidence); a suite's examples
-    /// are numbered within their split.
-    #[arg(long, value_name = "FILE.csv")]
-    save_predictions: Option<PathBuf>,
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     check_write_targets(&[args.results.as_deref(), args.save_predictions.as_deref()])?;
-    let (model, device) = args.model.load()?;
-    let (benchmark, classes) =
-        open_benchmark(args.suite.as_deref(), args.seed, args.dataset.as_deref(), &args.layout)?;
-    let (predictor, method, prompt_set) = classifier(&args, &model, &device, &classes, &benchmark)?;
-    let evaluations = benchmark.evaluate(&model, &predictor)?;
+    let prepared = prepare(&args.target)?;
+    let evaluations = prepared.benchmark.evaluate(&prepared.model, &prepared.predictor)?;
     report_skipped(&evaluations);
     if let Some(path) = &args.save_predictions {
         write_predictions_csv(path, &evaluations)?;
     }
+    let rows = result_rows(&prepared.context, &prepared.benchmark, &evaluations);
+    if let Some(path) = &args.results {
+        append_rows(path, &rows)?;
+    }
+    print_rows(&rows, args.json)
+}
+
+/// A model, what it is evaluated on, how it predicts, and what its rows are named by.
+pub struct Prepared {
+    pub model: ClipModel,
+    pub benchmark: Benchmark,
+    pub predictor: Predictor,
+    pub context: RowContext,
+}
+
+/// Loads what `args` name: the model, the benchmark and the predictor the model's directory
+/// keeps (else the zero-shot head of the prompts).
+pub fn prepare(args: &EvalTarget) -> anyhow::Result<Prepared> {
+    let (model, device) = args.model.load()?;
+    let (benchmark, classes) =
+        open_benchmark(args.suite.as_deref(), args.seed, args.dataset.as_deref(), &args.layout)?;
+    let (predictor, method, prompt_set) = classifier(args, &model, &device, &classes, &benchmark)?;
     let context = RowContext {
         model: args.model.model.clone(),
         dataset: benchmark.name(),
@@ -84,11 +110,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         preprocess: ClipPreprocess::openai(model.config.vision.image_size).id(),
         wiseft_alpha: None,
     };
-    let rows = result_rows(&context, &benchmark, &evaluations);
-    if let Some(path) = &args.results {
-        append_rows(path, &rows)?;
-    }
-    print_rows(&rows, args.json)
+    Ok(Prepared { model, benchmark, predictor, context })
 }
 
 /// What `eval` evaluates on (--suite or --dataset), with the classes a head predicts over.
@@ -120,7 +142,7 @@ pub fn default_templates(benchmark: &Benchmark) -> &'static str {
 /// (the heads `predictor.json` rebuilds, or the trained `head.safetensors`, checked against
 /// the classes), else the zero-shot head of the prompts.
 fn classifier(
-    args: &EvalArgs,
+    args: &EvalTarget,
     model: &ClipModel,
     device: &Device,
     classes: &[String],

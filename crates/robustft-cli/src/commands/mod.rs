@@ -7,6 +7,7 @@ pub mod embed;
 pub mod eval;
 pub mod pretrain;
 pub mod report;
+pub mod robustness;
 pub mod shiftworld;
 pub mod sweep;
 pub mod synth_data;

@@ -7,9 +7,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::dataset::{evaluate_split, SplitEvaluation};
+use super::dataset::{evaluate_split_under, SplitEvaluation};
 use super::predictor::ImagePredictor;
-use super::suite::evaluate_suite;
+use super::robustness::PerturbedInput;
+use super::suite::evaluate_suite_under;
 use crate::clip::ClipModel;
 use crate::data::Split;
 use crate::error::Result;
@@ -54,8 +55,20 @@ impl Benchmark {
         model: &ClipModel,
         predictor: &dyn ImagePredictor,
     ) -> Result<Vec<SplitEvaluation>> {
+        self.evaluate_under(model, predictor, None, None)
+    }
+
+    /// `model` + `predictor` on the first `limit` examples (all when `None`) of every split,
+    /// each batch perturbed by `perturbed` when given.
+    pub fn evaluate_under(
+        &self,
+        model: &ClipModel,
+        predictor: &dyn ImagePredictor,
+        perturbed: Option<PerturbedInput>,
+        limit: Option<usize>,
+    ) -> Result<Vec<SplitEvaluation>> {
         match self {
-            Self::Suite(suite) => Ok(evaluate_suite(model, suite, predictor)?
+            Self::Suite(suite) => Ok(evaluate_suite_under(model, suite, predictor, perturbed, limit)?
                 .into_iter()
                 .map(|(split, predictions)| SplitEvaluation {
                     ids: (0..predictions.labels.len()).map(|i| i.to_string()).collect(),
@@ -64,9 +77,20 @@ impl Benchmark {
                     skipped: Vec::new(),
                 })
                 .collect()),
-            Self::Disk { splits, .. } => {
-                splits.iter().map(|split| evaluate_split(model, split.clone(), predictor)).collect()
-            }
+            Self::Disk { splits, .. } => splits
+                .iter()
+                .map(|split| evaluate_split_under(model, first_records(split, limit), predictor, perturbed))
+                .collect(),
         }
+    }
+}
+
+/// The split cut to its first `limit` records.
+fn first_records(split: &Arc<Split>, limit: Option<usize>) -> Arc<Split> {
+    match limit {
+        Some(n) if n < split.records.len() => {
+            Arc::new(Split { records: split.records[..n].to_vec(), ..(**split).clone() })
+        }
+        _ => split.clone(),
     }
 }

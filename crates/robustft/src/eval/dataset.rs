@@ -12,6 +12,7 @@ use candle_core::Tensor;
 
 use super::metrics::Predictions;
 use super::predictor::ImagePredictor;
+use super::robustness::PerturbedInput;
 use crate::clip::preprocess::ClipPreprocess;
 use crate::clip::ClipModel;
 use crate::data::{Loader, LoaderConfig, Split, Transform};
@@ -35,6 +36,17 @@ pub fn evaluate_split(
     split: Arc<Split>,
     predictor: &dyn ImagePredictor,
 ) -> Result<SplitEvaluation> {
+    evaluate_split_under(model, split, predictor, None)
+}
+
+/// [`evaluate_split`] with every batch perturbed by `perturbed` when given (example keys are
+/// the records' positions in the split).
+pub fn evaluate_split_under(
+    model: &ClipModel,
+    split: Arc<Split>,
+    predictor: &dyn ImagePredictor,
+    perturbed: Option<PerturbedInput>,
+) -> Result<SplitEvaluation> {
     let preprocess = ClipPreprocess::openai(model.config.vision.image_size);
     let size = preprocess.image_size;
     let transform: Transform =
@@ -46,7 +58,13 @@ pub fn evaluate_split(
         if batch.indices.is_empty() {
             continue;
         }
-        let pixels = Tensor::from_vec(batch.pixels, (batch.indices.len(), 3, size, size), model.device())?;
+        let mut pixels =
+            Tensor::from_vec(batch.pixels, (batch.indices.len(), 3, size, size), model.device())?;
+        if let Some(perturbed) = perturbed {
+            let labels: Vec<usize> = batch.indices.iter().map(|&i| split.records[i].label).collect();
+            let keys: Vec<u64> = batch.indices.iter().map(|&i| i as u64).collect();
+            pixels = perturbed.apply(model, predictor, &pixels, &labels, &keys, split.projection.as_ref())?;
+        }
         let probabilities = predictor.image_probabilities(model, &pixels, split.projection.as_ref())?;
         probs.extend(probabilities.to_vec2::<f32>()?);
         for &i in &batch.indices {

@@ -12,6 +12,7 @@ use candle_core::Tensor;
 
 use super::metrics::{split_metrics, Predictions, SplitMetrics};
 use super::predictor::ImagePredictor;
+use super::robustness::PerturbedInput;
 use crate::clip::ClipModel;
 use crate::error::{Error, Result};
 
@@ -21,18 +22,28 @@ pub struct LabelledBatch {
     pub pixels: Tensor,
     pub labels: Vec<usize>,
     pub groups: Vec<String>,
+    /// Per image, the key its perturbation draws randomness from (its position in the split).
+    pub keys: Vec<u64>,
 }
 
-/// Collects the predictor's probabilities of `model` over all batches.
+/// Collects the predictor's probabilities of `model` over all batches, each first perturbed
+/// by `perturbed` when given.
 pub fn predict(
     model: &ClipModel,
     predictor: &dyn ImagePredictor,
     batches: impl IntoIterator<Item = Result<LabelledBatch>>,
+    perturbed: Option<PerturbedInput>,
 ) -> Result<Predictions> {
     let (mut labels, mut probs, mut groups) = (Vec::new(), Vec::new(), Vec::new());
     for batch in batches {
         let batch = batch?;
-        probs.extend(predictor.image_probabilities(model, &batch.pixels, None)?.to_vec2::<f32>()?);
+        let pixels = match perturbed {
+            Some(perturbed) => {
+                perturbed.apply(model, predictor, &batch.pixels, &batch.labels, &batch.keys, None)?
+            }
+            None => batch.pixels,
+        };
+        probs.extend(predictor.image_probabilities(model, &pixels, None)?.to_vec2::<f32>()?);
         labels.extend(batch.labels);
         groups.extend(batch.groups);
     }

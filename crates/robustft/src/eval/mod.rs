@@ -6,5 +6,6 @@ pub mod evaluate;
 pub mod metrics;
 pub mod predictor;
 pub mod report;
+pub mod robustness;
 pub mod suite;
 pub mod wiseft;

@@ -264,13 +264,39 @@ impl Predictor {
         }
         Ok(mixed.expect("a predictor has at least one head"))
     }
+
+    /// The log of [`Predictor::probabilities`], differentiable: one head's log-softmax, or
+    /// the log of the mixture (floored at 1e-30 so a vanished probability stays finite).
+    pub fn log_probabilities(
+        &self,
+        features: &Tensor,
+        projection: Option<&LogitProjection>,
+    ) -> Result<Tensor> {
+        match self.heads.as_slice() {
+            [(_, head)] => Ok(crate::losses::log_softmax(&project(head.logits(features)?, projection)?)?),
+            _ => Ok((self.probabilities(features, projection)? + MIXTURE_FLOOR)?.log()?),
+        }
+    }
 }
+
+/// Added to a mixture's probabilities before the log.
+const MIXTURE_FLOOR: f64 = 1e-30;
 
 /// How evaluation turns a batch of preprocessed images into class probabilities.
 pub trait ImagePredictor {
     /// `pixels` `[n, 3, s, s]` -> probabilities `[n, classes']` under the evaluated `model` (no
-    /// gradient), with the split's logit `projection` applied before every softmax.
+    /// gradient to its weights), with the split's logit `projection` applied before every
+    /// softmax.
     fn image_probabilities(
+        &self,
+        model: &ClipModel,
+        pixels: &Tensor,
+        projection: Option<&LogitProjection>,
+    ) -> Result<Tensor>;
+
+    /// The log of [`ImagePredictor::image_probabilities`] with a graph back to `pixels` when
+    /// they track one (the attacks of `crate::perturb` differentiate through it).
+    fn image_log_probabilities(
         &self,
         model: &ClipModel,
         pixels: &Tensor,
@@ -287,15 +313,40 @@ impl ImagePredictor for Predictor {
     ) -> Result<Tensor> {
         self.probabilities(&model.no_grad().encode_image(pixels)?, projection)
     }
+
+    fn image_log_probabilities(
+        &self,
+        model: &ClipModel,
+        pixels: &Tensor,
+        projection: Option<&LogitProjection>,
+    ) -> Result<Tensor> {
+        self.log_probabilities(&model.no_grad().encode_image(pixels)?, projection)
+    }
 }
 
-/// Applies a logit projection, if any, row by row.
+/// Applies a logit projection, if any, to the columns of `logits` `[n, classes]`
+/// (differentiable: a subset is an index selection, a max-pool the maximum of each group's
+/// columns; an empty group is `-inf`).
 pub fn project(logits: Tensor, projection: Option<&LogitProjection>) -> Result<Tensor> {
     let Some(projection) = projection else { return Ok(logits) };
-    let device = logits.device().clone();
-    let rows: Vec<Vec<f32>> = logits.to_vec2::<f32>()?.iter().map(|row| projection.apply(row)).collect();
-    let (n, k) = (rows.len(), projection.num_classes());
-    Ok(Tensor::from_vec(rows.into_iter().flatten().collect::<Vec<_>>(), (n, k), &device)?)
+    let columns = |indices: &[usize]| -> Result<Tensor> {
+        let indices: Vec<u32> = indices.iter().map(|&i| i as u32).collect();
+        Ok(logits.index_select(&Tensor::new(indices, logits.device())?, 1)?)
+    };
+    match projection {
+        LogitProjection::Subset(indices) => columns(indices),
+        LogitProjection::MaxPool(groups) => {
+            let n = logits.dim(0)?;
+            let pooled = groups
+                .iter()
+                .map(|group| match group.is_empty() {
+                    true => Ok(Tensor::full(f32::NEG_INFINITY, (n, 1), logits.device())?),
+                    false => Ok(columns(group)?.max_keepdim(1)?),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Tensor::cat(&pooled, 1)?)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use rayon::prelude::*;
 use super::evaluate::{predict, LabelledBatch, ResultRow, RowContext};
 use super::metrics::Predictions;
 use super::predictor::{Head, ImagePredictor, Predictor};
+use super::robustness::PerturbedInput;
 use crate::clip::preprocess::ClipPreprocess;
 use crate::clip::ClipModel;
 use crate::error::Result;
@@ -63,8 +64,9 @@ pub fn suite_batches<'a>(
     preprocess: &'a ClipPreprocess,
     device: &'a Device,
 ) -> impl Iterator<Item = Result<LabelledBatch>> + 'a {
-    examples.chunks(EVAL_BATCH).map(move |chunk| {
+    examples.chunks(EVAL_BATCH).enumerate().map(move |(number, chunk)| {
         let size = preprocess.image_size;
+        let first = (number * EVAL_BATCH) as u64;
         Ok(LabelledBatch {
             pixels: Tensor::from_vec(
                 render_examples(chunk, preprocess),
@@ -73,6 +75,7 @@ pub fn suite_batches<'a>(
             )?,
             labels: chunk.iter().map(|e| e.label).collect(),
             groups: chunk.iter().map(|e| e.group.clone()).collect(),
+            keys: (first..first + chunk.len() as u64).collect(),
         })
     })
 }
@@ -121,8 +124,23 @@ pub fn evaluate_suite(
     suite: &Suite,
     predictor: &dyn ImagePredictor,
 ) -> Result<Vec<(String, Predictions)>> {
+    evaluate_suite_under(model, suite, predictor, None, None)
+}
+
+/// Predictions of `predictor` on the first `limit` examples (all when `None`) of every
+/// evaluation split, perturbed by `perturbed` when given.
+pub fn evaluate_suite_under(
+    model: &ClipModel,
+    suite: &Suite,
+    predictor: &dyn ImagePredictor,
+    perturbed: Option<PerturbedInput>,
+    limit: Option<usize>,
+) -> Result<Vec<(String, Predictions)>> {
     evaluation_splits(suite)
-        .map(|split| Ok((split.name.clone(), predict_examples(model, predictor, &split.examples)?)))
+        .map(|split| {
+            let examples = &split.examples[..limit.unwrap_or(usize::MAX).min(split.examples.len())];
+            Ok((split.name.clone(), predict_examples(model, predictor, examples, perturbed)?))
+        })
         .collect()
 }
 
@@ -131,9 +149,10 @@ fn predict_examples(
     model: &ClipModel,
     predictor: &dyn ImagePredictor,
     examples: &[Example],
+    perturbed: Option<PerturbedInput>,
 ) -> Result<Predictions> {
     let preprocess = ClipPreprocess::openai(model.config.vision.image_size);
-    predict(model, predictor, suite_batches(examples, &preprocess, model.device()))
+    predict(model, predictor, suite_batches(examples, &preprocess, model.device()), perturbed)
 }
 
 /// Renders and preprocesses a whole split into memory (for training).
@@ -167,7 +186,7 @@ pub fn background_swap_top1(
     let predictor = Predictor::single(Head::from(&shiftworld_head(model, kind)?));
     let swapped = swap_backgrounds(examples, seed);
     let top1 = |examples: &[Example]| -> Result<f64> {
-        let p = predict_examples(model, &predictor, examples)?;
+        let p = predict_examples(model, &predictor, examples, None)?;
         Ok(super::metrics::top1(&p.labels, &p.preds()))
     };
     Ok((top1(examples)?, top1(&swapped)?))

@@ -308,7 +308,21 @@ impl ImagePredictor for Vrf<'_> {
         let (z_ft, z_zs) = (self.head.logits(&fine_tuned)?, self.zero_shot.head.logits(&zero_shot)?);
         self.fit.probabilities(&fine_tuned, &z_ft, &z_zs, projection)
     }
+
+    /// The log of the mixture; the weight `w(x)` enters as a constant (its k-NN distance is
+    /// computed off the graph), so an attack differentiates through both models' logits only.
+    fn image_log_probabilities(
+        &self,
+        model: &ClipModel,
+        pixels: &Tensor,
+        projection: Option<&LogitProjection>,
+    ) -> Result<Tensor> {
+        Ok((self.image_probabilities(model, pixels, projection)? + LOG_FLOOR)?.log()?)
+    }
 }
+
+/// Added to VRF's probabilities before the log.
+const LOG_FLOOR: f64 = 1e-30;
 
 /// The registry's entry: `eval.predictor = "vrf"`, with `[vrf]`.
 pub const PREDICTOR: PredictorEntry = PredictorEntry { name: "vrf", sections: &[SECTION], read };

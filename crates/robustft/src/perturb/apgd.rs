@@ -35,3 +35,42 @@ pub fn dlr_loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let spread = ((pick(first)? - pick(third)?)? + 1e-12)?;
     Ok(margin.div(&spread)?.neg()?)
 }
+
+use super::pgd::Norm;
+use super::{AttackLoss, PixelClassifier};
+
+/// APGD's settings.
+pub struct Apgd {
+    pub norm: Norm,
+    pub eps: f32,
+    pub steps: usize,
+    pub loss: AttackLoss,
+    pub rho: f32,
+}
+
+impl Apgd {
+    pub fn new(norm: Norm, eps: f32, steps: usize, loss: AttackLoss) -> Self {
+        Self { norm, eps, steps, loss, rho: 0.75 }
+    }
+
+    pub fn attack(
+        &self,
+        _classifier: &dyn PixelClassifier,
+        _images: &Tensor,
+        _labels: &Tensor,
+        _start: &Tensor,
+        _trace: Option<&mut Vec<f32>>,
+    ) -> Result<Tensor> {
+        Err(Error::Invalid { what: "APGD".into(), reason: "pending".into() })
+    }
+}
+
+pub fn random_start(
+    norm: Norm,
+    eps: f32,
+    shape: &[usize],
+    seeds: &[u64],
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    super::pgd::random_start(norm, eps, shape, seeds, device)
+}

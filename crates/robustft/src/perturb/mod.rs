@@ -18,6 +18,7 @@ pub mod apgd;
 pub mod corruptions;
 pub mod pgd;
 pub mod spatial;
+pub mod threat;
 
 use candle_core::{Tensor, Var};
 

@@ -1,0 +1,145 @@
+//! `robustft robustness`: clean and robust top-1 of a model (or a trained run's final
+//! predictor: its head, FLYP's rebuilt head, DRM's mixture) on every split of a ShiftWorld
+//! suite or a dataset on disk, under attacks (PGD ℓ∞/ℓ2/ℓ1, APGD-CE/DLR), common corruptions
+//! and the spatial grid (`robustft::perturb`). One row per (split, threat, ε).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use robustft::eval::robustness::{evaluate_perturbations, PerturbationSpec, DEFAULT_STEPS};
+use robustft::perturb::parse_budgets;
+use robustft::perturb::threat::Threat;
+use robustft::train::run_dir::RunDir;
+
+use super::eval::{prepare, EvalTarget};
+use super::{check_write_targets, print_rows};
+
+/// Prints one row per split, threat and budget: the clean and the robust top-1 (robust: on
+/// the perturbed images; the other metrics are the perturbed predictions').
+#[derive(clap::Args, Debug)]
+pub struct RobustnessArgs {
+    #[command(flatten)]
+    target: EvalTarget,
+
+    /// A finished run directory of `robustft train` (`<out>/<recipe>`): evaluates its final
+    /// model as the run predicts (instead of --model).
+    #[arg(long, value_name = "DIR")]
+    run: Option<PathBuf>,
+
+    /// Threats, comma-separated: linf, l2, l1 (PGD); apgd-ce, apgd-dlr (ℓ∞), apgd-ce-l2,
+    /// apgd-dlr-l2; spatial (worst of 45 rotations and shifts); corruption:<name> (gaussian_noise,
+    /// shot_noise, impulse_noise, defocus_blur, gaussian_blur, contrast, brightness,
+    /// jpeg_compression, pixelate); corruptions (all nine).
+    #[arg(long, default_value = "linf", value_name = "THREATS", value_parser = parse_threats)]
+    threat: String,
+
+    /// Budgets, comma-separated numbers or fractions (0,1/255,2/255,4/255): the pixel-space
+    /// radius of an attack (images in [0, 1]), the largest rotation in degrees for spatial,
+    /// the severity (1–5) of a corruption. Default: ℓ∞ 2/255, ℓ2 0.25, ℓ1 4, spatial 30,
+    /// corruptions 1,2,3,4,5.
+    #[arg(long, value_name = "EPS", value_parser = parse_budget_list)]
+    eps: Option<String>,
+
+    /// Gradient steps of an attack (at least 1).
+    #[arg(long, default_value_t = DEFAULT_STEPS as u64, value_parser = clap::value_parser!(u64).range(1..))]
+    steps: u64,
+
+    /// Evaluate only the first N examples of each split.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    limit: Option<u64>,
+
+    /// Seeds the attacks' random starts and the corruptions' noise.
+    #[arg(long, default_value_t = 0)]
+    attack_seed: u64,
+
+    /// Print the rows as JSON lines instead of a table.
+    #[arg(long)]
+    json: bool,
+
+    /// Append the rows to this results.jsonl file.
+    #[arg(long, value_name = "FILE")]
+    results: Option<PathBuf>,
+}
+
+fn parse_threats(text: &str) -> Result<String, String> {
+    Threat::parse_list(text).map(|_| text.to_string())
+}
+
+fn parse_budget_list(text: &str) -> Result<String, String> {
+    parse_budgets(text).map(|_| text.to_string())
+}
+
+pub fn run(mut args: RobustnessArgs) -> anyhow::Result<()> {
+    check_write_targets(&[args.results.as_deref()])?;
+    if let Some(dir) = &args.run {
+        args.target.model.model = run_model(dir)?.display().to_string();
+    }
+    let spec = PerturbationSpec {
+        threat: args.threat.clone(),
+        eps: args.eps.clone(),
+        steps: args.steps as usize,
+        limit: args.limit.map(|n| n as usize),
+    };
+    spec.expand(args.attack_seed).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let prepared = prepare(&args.target)?;
+    let context = robustft::eval::evaluate::RowContext { seed: args.attack_seed, ..prepared.context };
+    let started = std::time::Instant::now();
+    let mut progress = |what: String| eprintln!("[{:>6.1} s] {what}", started.elapsed().as_secs_f64());
+    let rows = evaluate_perturbations(
+        &prepared.benchmark,
+        &prepared.model,
+        &prepared.predictor,
+        &[spec],
+        &context,
+        &mut progress,
+    )?;
+    if let Some(path) = &args.results {
+        robustft::eval::evaluate::append_rows(path, &rows)?;
+    }
+    if args.json {
+        return print_rows(&rows, true);
+    }
+    print_table(&rows);
+    Ok(())
+}
+
+/// The final model of the finished run `dir`, refusing a directory that is no such run.
+fn run_model(dir: &Path) -> anyhow::Result<PathBuf> {
+    let run = RunDir::new(dir);
+    anyhow::ensure!(
+        run.recipe().is_file(),
+        "{} is not a run directory of `robustft train` (it has no recipe.toml)",
+        dir.display()
+    );
+    let model = run.model();
+    anyhow::ensure!(
+        model.join("config.json").is_file(),
+        "{} holds no finished run: {} is missing (was the run interrupted? `robustft train --resume` finishes it)",
+        dir.display(),
+        model.display()
+    );
+    let recipe = std::fs::read_to_string(run.recipe())
+        .with_context(|| format!("cannot read {}", run.recipe().display()))?;
+    anyhow::ensure!(
+        !recipe.lines().any(|line| line.replace(' ', "") == "predictor=\"vrf\""),
+        "{}: VRF's predictor is refitted on the run's data, which --run does not reload; add \
+         `perturbations` to the recipe's [eval] table to evaluate it under attack",
+        dir.display()
+    );
+    Ok(model)
+}
+
+/// One line per row: split, threat, ε, steps, clean and robust top-1.
+fn print_table(rows: &[robustft::eval::evaluate::ResultRow]) {
+    println!(
+        "{:<24} {:<28} {:>9} {:>5} {:>6} {:>6} {:>6}",
+        "split", "threat", "eps", "steps", "clean", "robust", "n"
+    );
+    for row in rows {
+        let Some(p) = &row.perturbation else { continue };
+        println!(
+            "{:<24} {:<28} {:>9.5} {:>5} {:>6.3} {:>6.3} {:>6}",
+            row.split, p.threat, p.eps, p.steps, p.clean_top1, p.robust_top1, row.metrics.n
+        );
+    }
+}
