@@ -297,6 +297,10 @@ impl Experiment {
             Prepared::Fitted(outcome) => return Ok((outcome, Diagnostics::new())),
             Prepared::Train { objective, outcome, diagnostics } => (objective, outcome, diagnostics),
         };
+        let (objective, outcome) = match &self.plan.adversarial {
+            Some(adversarial) => adversarial.wrap(objective, outcome, &context)?,
+            None => (objective, outcome),
+        };
         events(Event::Stage(format!("training {}", self.plan.label())));
         let checkpointing = Checkpointing {
             run,

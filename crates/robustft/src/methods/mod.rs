@@ -11,12 +11,15 @@
 //! * [`drm`]: Dual Risk Minimization; §1, §1b.
 //! * [`m2mix`]: m²-mix's geodesic hard negatives, a term of FLYP's contrastive loss (and so of
 //!   DRM's FLYP ERM); §3.1.
+//! * [`adversarial`]: `[adversarial]` — PGD-AT, TRADES, TeCoA, FARE — a wrapper around any
+//!   trained method's objective (robustness to input perturbations, `crate::perturb`).
 //! * [`fsr`]: function-space regularisation on simulated-OOD views, a wrapper around a
 //!   head-based CE objective; §3.3.
 //! * [`linear_probe`]: multinomial logistic regression on frozen features (L-BFGS); §2.2.
 //! * [`vrf`]: VRF's per-sample mixture of the fine-tuned and zero-shot models, a predictor
 //!   over any head-based fine-tuning; §3.4.
 
+pub mod adversarial;
 pub mod ce;
 pub mod drm;
 pub mod flyp;

@@ -8,6 +8,7 @@
 
 use candle_core::Tensor;
 
+use super::adversarial::{AdversarialPlan, AdversarialSection};
 use crate::clip::ClipModel;
 use crate::constraints::{self, ConstraintSpec, RecipeContext};
 use crate::error::Result;
@@ -276,6 +277,8 @@ pub struct MethodPlan {
     pub constraint_name: &'static str,
     pub constraint: Box<dyn ConstraintSpec>,
     pub predictor: Box<dyn PredictorSpec>,
+    /// `[adversarial]`, when it chooses a loss.
+    pub adversarial: Option<AdversarialPlan>,
     /// The sections as read, defaults filled in.
     pub sections: toml::Table,
 }
@@ -290,6 +293,7 @@ impl MethodPlan {
         let method = (entry.read)(&mut sections)?;
         let predictor_entry = find_entry(PREDICTORS, |e| e.name, shared.predictor, "eval.predictor")?;
         let predictor = (predictor_entry.read)(&mut sections, method.as_ref())?;
+        let adversarial = AdversarialSection::read(&mut sections, method.name(), method.trains())?;
         check_unread(&sections, method.name())?;
         if shared.epochs == 0 && method.trains() {
             return Err("train.epochs must be at least 1".into());
@@ -301,7 +305,7 @@ impl MethodPlan {
             ));
         }
         let sections = sections.resolved().clone();
-        Ok(Self { method, constraint_name, constraint, predictor, sections })
+        Ok(Self { method, constraint_name, constraint, predictor, adversarial, sections })
     }
 
     /// The method as result rows name it: the method, its objective terms and predictor
@@ -311,6 +315,7 @@ impl MethodPlan {
     pub fn label(&self) -> String {
         let mut parts = vec![self.method.name()];
         parts.extend(self.method.terms());
+        parts.extend(self.adversarial.as_ref().map(AdversarialPlan::label));
         parts.extend(self.predictor.label());
         let constraint = self.constraint_name;
         let implied = self.method.implied_constraint() == Some(constraint);

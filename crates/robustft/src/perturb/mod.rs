@@ -67,20 +67,34 @@ impl PixelSpace {
 /// The loss an attack ascends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttackLoss {
-    /// Mean cross-entropy of the logits.
+    /// Cross-entropy of the logits against class indices.
     CrossEntropy,
-    /// Mean difference-of-logits ratio (Croce & Hein 2020, eq. 6).
+    /// Difference-of-logits ratio (Croce & Hein 2020, eq. 6) against class indices.
     Dlr,
+    /// Cross-entropy against target probabilities `[n, k]` (TRADES' inner maximisation: the
+    /// KL divergence from the clean prediction up to a constant).
+    SoftCrossEntropy,
+    /// Squared L2 distance of the outputs to target vectors `[n, d]` (FARE's embeddings).
+    SquaredDistance,
 }
 
-/// Per-example loss values `[n]` of `logits` `[n, k]` against `labels` `[n]` (u32).
-pub fn per_example_loss(loss: AttackLoss, logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+/// Per-example loss values `[n]` of `outputs` `[n, k]` against `targets`: class indices `[n]`
+/// (u32) for cross-entropy and DLR, target rows `[n, k]` (f32) for the other two.
+pub fn per_example_loss(loss: AttackLoss, outputs: &Tensor, targets: &Tensor) -> Result<Tensor> {
     match loss {
         AttackLoss::CrossEntropy => {
-            Ok(log_softmax(logits)?.gather(&labels.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?)
+            Ok(log_softmax(outputs)?.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?)
         }
-        AttackLoss::Dlr => apgd::dlr_loss(logits, labels),
+        AttackLoss::Dlr => apgd::dlr_loss(outputs, targets),
+        AttackLoss::SoftCrossEntropy => Ok((targets * log_softmax(outputs)?)?.sum(1)?.neg()?),
+        AttackLoss::SquaredDistance => Ok((outputs - targets)?.sqr()?.sum(1)?),
     }
+}
+
+/// The seed of one example's random draws: a function of the run's `seed` and the example's
+/// `key` only, so a result does not depend on batching.
+pub fn example_seed(seed: u64, key: u64) -> u64 {
+    crate::rng::SplitMix64::new(seed ^ key.wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64()
 }
 
 /// One evaluation of an attack's objective at `pixels`: the per-example losses, the logits

@@ -11,9 +11,8 @@ use candle_core::Tensor;
 use super::apgd::{self, Apgd};
 use super::corruptions::{self, Corruption};
 use super::pgd::{self, Norm, Pgd};
-use super::{spatial, AttackLoss, PixelClassifier};
+use super::{example_seed, spatial, AttackLoss, PixelClassifier};
 use crate::error::Result;
-use crate::rng::SplitMix64;
 
 /// A family of perturbations.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -159,12 +158,6 @@ impl Perturbation {
             Threat::Corruption(corruption) => corrupt_batch(images, corruption, self.eps as u8, &seeds),
         }
     }
-}
-
-/// The seed of one example's randomness.
-fn example_seed(seed: u64, key: u64) -> u64 {
-    let mut rng = SplitMix64::new(seed ^ key.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    rng.next_u64()
 }
 
 fn corrupt_batch(images: &Tensor, corruption: Corruption, severity: u8, seeds: &[u64]) -> Result<Tensor> {
