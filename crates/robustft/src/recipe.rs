@@ -12,6 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::eval::robustness::PerturbationSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::data::Layout;
@@ -98,11 +99,15 @@ pub struct EvalRecipe {
     /// How the trained model predicts: its method's own predictor (`method`), or a name in
     /// [`crate::methods::registry::PREDICTORS`] (`vrf`).
     pub predictor: String,
+    /// Input perturbations every evaluated model (and WiSE-FT point) is also measured under:
+    /// robustness rows in `results.jsonl` (`crate::eval::robustness`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub perturbations: Vec<PerturbationSpec>,
 }
 
 impl Default for EvalRecipe {
     fn default() -> Self {
-        Self { wiseft: vec![0.5], predictor: "method".into() }
+        Self { wiseft: vec![0.5], predictor: "method".into(), perturbations: Vec::new() }
     }
 }
 
@@ -171,6 +176,9 @@ impl Recipe {
         }
         if let Some(alpha) = self.eval.wiseft.iter().find(|a| !(0.0..=1.0).contains(*a)) {
             return Err(format!("eval.wiseft: α = {alpha} is outside [0, 1]"));
+        }
+        for spec in &self.eval.perturbations {
+            spec.expand(self.seed).map_err(|e| format!("eval.perturbations ({}): {e}", spec.threat))?;
         }
         self.train.check()
     }

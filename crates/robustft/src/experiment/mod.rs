@@ -29,6 +29,7 @@ use crate::eval::benchmark::Benchmark;
 use crate::eval::dataset::SplitEvaluation;
 use crate::eval::evaluate::{ResultRow, RowContext};
 use crate::eval::predictor::{Head, Predictor, TextPredictor};
+use crate::eval::robustness::evaluate_perturbations;
 use crate::methods::registry::{
     Context, MethodPlan, ModelPredictors, Outcome, PredictorContext, Prepared, SplitRole,
 };
@@ -170,7 +171,12 @@ impl Experiment {
                 evaluation.skipped.iter().map(|(p, r)| (p.display().to_string(), r.clone())).collect();
             report_skipped(&format!("split {}", evaluation.split), &skipped, events);
         }
-        Ok(self.score(alpha, &evaluations))
+        let mut rows = self.score(alpha, &evaluations);
+        let (benchmark, specs) = (&self.data.eval, &self.recipe.eval.perturbations);
+        let mut progress = |what: String| events(Event::Stage(format!("evaluating under {what}")));
+        let context = self.row_context(alpha);
+        rows.extend(evaluate_perturbations(benchmark, model, predictor.as_ref(), specs, &context, &mut progress)?);
+        Ok(rows)
     }
 
     /// The optimisation settings of the recipe.
@@ -223,24 +229,28 @@ impl Experiment {
 
     /// Result rows of one evaluation.
     fn score(&self, alpha: Option<f64>, evaluations: &[SplitEvaluation]) -> Vec<ResultRow> {
+        let context = self.row_context(alpha);
+        let skip = self.data.eval.skipped_groups();
+        evaluations.iter().map(|e| ResultRow::score(&context, &e.split, &e.predictions, skip)).collect()
+    }
+
+    /// What the rows of the model at WiSE-FT point `alpha` (the trained model: `None`) name.
+    fn row_context(&self, alpha: Option<f64>) -> RowContext {
         let recipe = &self.recipe;
-        let benchmark = &self.data.eval;
         let templates = recipe.data.templates.clone().unwrap_or_default();
         let prompts = match &recipe.data.descriptions {
             Some(cd) if self.plan.method.uses_descriptions() => format!("{templates}+{cd}"),
             _ => templates,
         };
-        let context = RowContext {
+        RowContext {
             model: recipe.model.clone(),
-            dataset: benchmark.name(),
+            dataset: self.data.eval.name(),
             method: self.plan.label(),
             prompts,
             seed: recipe.seed,
             preprocess: self.preprocess.id(),
             wiseft_alpha: alpha,
-        };
-        let skip = benchmark.skipped_groups();
-        evaluations.iter().map(|e| ResultRow::score(&context, &e.split, &e.predictions, skip)).collect()
+        }
     }
 
     /// Writes the trained weights (`model/`, HF layout) with how they predict (a trained
