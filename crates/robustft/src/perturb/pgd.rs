@@ -163,7 +163,7 @@ fn add(a: &[f32], b: &[f32]) -> Vec<f32> {
     a.iter().zip(b).map(|(a, b)| a + b).collect()
 }
 
-fn sign(x: f32) -> f32 {
+pub(super) fn sign(x: f32) -> f32 {
     if x > 0.0 {
         1.0
     } else if x < 0.0 {
@@ -173,7 +173,7 @@ fn sign(x: f32) -> f32 {
     }
 }
 
-fn l2(v: &[f32]) -> f32 {
+pub(super) fn l2(v: &[f32]) -> f32 {
     v.iter().map(|x| x * x).sum::<f32>().sqrt()
 }
 
