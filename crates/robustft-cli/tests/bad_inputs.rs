@@ -7,7 +7,7 @@
 //! options that are NaN, negative, out of order or overflow the step count; malformed recipes
 //! and manifests; a FIFO and an unreadable image in a manifest (skipped and reported as plain
 //! stderr lines, stderr being a pipe here); a byte-order mark in `classes.txt`; `report` with
-//! an unknown suite; `--results` after a row without a final newline; write targets in a
+//! an unknown suite, and with a perturbed row (its own table, the clean one unchanged); `--results` after a row without a final newline; write targets in a
 //! missing directory; one inline class; URL credentials in `describe` errors; a trained head
 //! whose classes differ from the dataset's; the ImageNet layout in `eval`; `train` into a
 //! directory holding a run (refused without `--resume` or `--force`), `--resume` of a directory
@@ -255,6 +255,27 @@ fn write_targets_are_checked_first_and_rows_are_never_glued() {
     let outcome = succeeds(&dir, &["report", "--results", "results.jsonl", "--out", "report"]);
     assert!(outcome.stdout.lines().any(|l| l.starts_with("| data | zeroshot |")), "{}", outcome.stdout);
     assert!(dir.join("report/report.html").is_file());
+    // A row measured under a perturbation leaves the clean table as it was and adds its own.
+    let mut attacked: serde_json::Value = text
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .find(|row| row["split"] == "id_test")
+        .unwrap();
+    let fields = [
+        ("threat", "linf".into()),
+        ("eps", 0.0157.into()),
+        ("steps", 10.into()),
+        ("robust_top1", 0.25.into()),
+    ];
+    attacked["clean_top1"] = attacked["top1"].clone();
+    attacked["top1"] = 0.25.into();
+    fields.into_iter().for_each(|(key, value): (&str, serde_json::Value)| attacked[key] = value);
+    std::fs::write(dir.join("attacked.jsonl"), format!("{text}{attacked}\n")).unwrap();
+    let both = succeeds(&dir, &["report", "--results", "attacked.jsonl", "--out", "attacked"]);
+    assert!(both.stdout.starts_with(&outcome.stdout), "{}", both.stdout);
+    assert!(both.stdout.contains("| data | zeroshot | ℓ∞ | 0.0157 | 25.0 |"), "{}", both.stdout);
+    let html = std::fs::read_to_string(dir.join("attacked/report.html")).unwrap();
+    assert!(html.contains("data: robust top-1 vs ε, ℓ∞"), "{html}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -1,12 +1,21 @@
 //! The demo and method comparisons: a matrix of recipes × ShiftWorld suites × seeds run with the
-//! bundled model, summarised as a table (mean ± std over seeds) and an ID-vs-OOD report. The
-//! demo's default recipes — zero-shot, FT, LP-FT, FLYP and DRM, each with its WiSE-FT curve —
-//! are the committed `recipes/shiftworld/` files, embedded here so the demo needs no files.
+//! bundled model, summarised as a table (mean ± std over seeds) and an ID-vs-OOD report of the
+//! clean rows, and — when rows were measured under input perturbations — robust top-1 against
+//! the budget on the ID split, per threat and method. The demo's default recipes — zero-shot,
+//! FT, LP-FT, FLYP and DRM, each with its WiSE-FT curve — are the committed
+//! `recipes/shiftworld/` files, embedded here so the demo needs no files.
 
 use crate::error::{Error, Result};
-use crate::eval::evaluate::ResultRow;
+use crate::eval::evaluate::{Perturbation, ResultRow};
 use crate::eval::report::{Curve, Point, Report, SuitePlot, TableRow};
+use crate::eval::robustness_plot::{RobustCurve, RobustRow, Robustness, ThreatPlot};
 use crate::recipe::Recipe;
+
+/// The split the ID columns, points and robustness plots are measured on.
+const ID_SPLIT: &str = "id_test";
+
+/// The WiSE-FT point the table shows beside each method.
+const TABLE_ALPHA: f64 = 0.5;
 
 /// The suites the demo runs on.
 pub const DEMO_SUITES: [&str; 2] = ["spurious", "domains"];
@@ -138,7 +147,7 @@ fn per_seed(rows: &[&ResultRow], name: &str, ood: bool) -> Vec<f64> {
             let values: Vec<f64> = rows
                 .iter()
                 .filter(|r| r.seed == seed)
-                .filter(|r| if ood { r.split.starts_with("ood_") } else { r.split == "id_test" })
+                .filter(|r| if ood { r.split.starts_with("ood_") } else { r.split == ID_SPLIT })
                 .filter_map(|r| metric(r, name))
                 .collect();
             mean_std(&values).map(|(mean, _)| mean)
@@ -146,9 +155,16 @@ fn per_seed(rows: &[&ResultRow], name: &str, ood: bool) -> Vec<f64> {
         .collect()
 }
 
-/// The report of result rows from [`matrix`] runs (each row's dataset is `shiftworld/<suite>`),
-/// one table row per recipe ([`row_label`]), in first-seen order.
+/// The report of result rows from [`matrix`] runs (each row's dataset is `shiftworld/<suite>`):
+/// the clean rows' table and scatter, one table row per recipe ([`row_label`]) in first-seen
+/// order, and the perturbed rows' robustness plots and table ([`robustness`]).
 pub fn summarize(rows: &[ResultRow], suites: &[String], command: &str) -> Report {
+    let clean: Vec<ResultRow> = rows.iter().filter(|r| r.perturbation.is_none()).cloned().collect();
+    Report { robustness: robustness(rows, suites), ..summarize_clean(&clean, suites, command) }
+}
+
+/// The table and ID-vs-OOD plots of clean rows.
+fn summarize_clean(rows: &[ResultRow], suites: &[String], command: &str) -> Report {
     let labels: Vec<String> = rows.iter().map(row_label).collect();
     let mut methods: Vec<&str> = Vec::new();
     for label in &labels {
@@ -189,8 +205,8 @@ pub fn summarize(rows: &[ResultRow], suites: &[String], command: &str) -> Report
             alphas.sort_by(f64::total_cmp);
             alphas.dedup();
             table.push(table_row(suite, method, &own));
-            if alphas.contains(&0.5) {
-                table.push(table_row(suite, &format!("{method} + WiSE-FT 0.5"), &of(Some(0.5))));
+            if alphas.contains(&TABLE_ALPHA) {
+                table.push(table_row(suite, &wiseft_label(method), &of(Some(TABLE_ALPHA))));
             }
             let point = |rows: &[&ResultRow]| -> Option<(f64, f64)> {
                 Some((mean_std(&per_seed(rows, lead, false))?.0, mean_std(&per_seed(rows, lead, true))?.0))
@@ -212,7 +228,111 @@ pub fn summarize(rows: &[ResultRow], suites: &[String], command: &str) -> Report
         command: command.into(),
         table,
         plots,
+        robustness: Robustness::default(),
     }
+}
+
+/// The table's name for a method's WiSE-FT point.
+fn wiseft_label(method: &str) -> String {
+    format!("{method} + WiSE-FT {TABLE_ALPHA}")
+}
+
+/// The series a perturbed row belongs to, as the table names it: the method, or its WiSE-FT
+/// point; rows of other WiSE-FT points are left out.
+fn series_label(row: &ResultRow) -> Option<String> {
+    match row.wiseft_alpha {
+        None => Some(row_label(row)),
+        Some(alpha) if alpha == TABLE_ALPHA => Some(wiseft_label(&row_label(row))),
+        Some(_) => None,
+    }
+}
+
+/// A perturbed row as the robustness summary reads it.
+struct Measured<'a> {
+    series: String,
+    dataset: &'a str,
+    seed: u64,
+    perturbation: &'a Perturbation,
+}
+
+/// Robust top-1 of the perturbed [`ID_SPLIT`] rows: per suite, one plot per threat (first-seen
+/// order) with one line per series ([`series_label`]), and one table row per (series, threat,
+/// ε), mean ± sample std over seeds.
+fn robustness(rows: &[ResultRow], suites: &[String]) -> Robustness {
+    let measured: Vec<Measured> = rows
+        .iter()
+        .filter(|r| r.split == ID_SPLIT)
+        .filter_map(|r| {
+            let (series, perturbation) = (series_label(r)?, r.perturbation.as_ref()?);
+            Some(Measured { series, dataset: &r.dataset, seed: r.seed, perturbation })
+        })
+        .collect();
+    let mut robustness = Robustness::default();
+    for suite in suites {
+        let dataset = format!("shiftworld/{suite}");
+        let of_suite: Vec<&Measured> = measured.iter().filter(|m| m.dataset == dataset).collect();
+        for threat in first_seen(of_suite.iter().map(|m| m.perturbation.threat.clone())) {
+            let of_threat: Vec<&Measured> =
+                of_suite.iter().copied().filter(|m| m.perturbation.threat == threat).collect();
+            let (plot, table) = threat_summary(suite, &threat, &of_threat);
+            robustness.plots.push(plot);
+            robustness.table.extend(table);
+        }
+    }
+    robustness
+}
+
+/// The plot and table rows of one threat on one suite.
+fn threat_summary(suite: &str, threat: &str, measured: &[&Measured]) -> (ThreatPlot, Vec<RobustRow>) {
+    let mut plot =
+        ThreatPlot { suite: suite.into(), threat: threat.into(), split: ID_SPLIT.into(), curves: vec![] };
+    let mut table = Vec::new();
+    for method in first_seen(measured.iter().map(|m| m.series.clone())) {
+        let of_method: Vec<&Measured> = measured.iter().copied().filter(|m| m.series == method).collect();
+        let mut curve = RobustCurve { method: method.clone(), points: Vec::new() };
+        for (eps, robust_top1, std) in budget_stats(&of_method) {
+            let (suite, method, threat) = (suite.to_string(), method.clone(), threat.to_string());
+            table.push(RobustRow { suite, method, threat, eps, robust_top1, std });
+            curve.points.push((eps, robust_top1));
+        }
+        plot.curves.push(curve);
+    }
+    (plot, table)
+}
+
+/// Per budget, ascending: the mean robust top-1 over seeds, and its sample std when there are
+/// several seeds.
+fn budget_stats(measured: &[&Measured]) -> Vec<(f64, f64, Option<f64>)> {
+    let mut budgets: Vec<f64> = measured.iter().map(|m| m.perturbation.eps).collect();
+    budgets.sort_by(f64::total_cmp);
+    budgets.dedup();
+    budgets
+        .into_iter()
+        .filter_map(|eps| {
+            let at = measured.iter().filter(|m| m.perturbation.eps == eps);
+            let per_seed = seed_means(at.map(|m| (m.seed, m.perturbation.robust_top1)));
+            let (mean, std) = mean_std(&per_seed)?;
+            Some((eps, mean, (per_seed.len() > 1).then_some(std)))
+        })
+        .collect()
+}
+
+/// The distinct values of `items` in first-seen order.
+fn first_seen(items: impl Iterator<Item = String>) -> Vec<String> {
+    let mut seen: Vec<String> = Vec::new();
+    for item in items {
+        if !seen.contains(&item) {
+            seen.push(item);
+        }
+    }
+    seen
+}
+
+/// The mean value of each seed of `(seed, value)` pairs, in seed order.
+fn seed_means(values: impl Iterator<Item = (u64, f64)>) -> Vec<f64> {
+    let mut by_seed: std::collections::BTreeMap<u64, Vec<f64>> = Default::default();
+    values.for_each(|(seed, value)| by_seed.entry(seed).or_default().push(value));
+    by_seed.values().filter_map(|v| mean_std(v).map(|(mean, _)| mean)).collect()
 }
 
 /// ID and OOD cells of one method (mean over seeds, with the std when there are several).
@@ -239,6 +359,7 @@ fn table_row(suite: &str, method: &str, rows: &[&ResultRow]) -> TableRow {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::eval::evaluate::{perturbed, test_row};
 
     #[test]
     fn demo_recipes_make_ten_runs_with_distinct_names() {
@@ -273,14 +394,90 @@ mod tests {
 
     #[test]
     fn table_rows_are_keyed_by_recipe_name_and_show_the_method() {
-        let row = |recipe: Option<&str>, top1: f64| {
-            crate::eval::evaluate::test_row(recipe, None, "id_test", 0, top1)
-        };
+        let row = |recipe: Option<&str>, top1: f64| test_row(recipe, None, "id_test", 0, top1);
         let rows = [row(Some("drm"), 0.5), row(Some("drm_std"), 0.75), row(None, 0.25)];
         let report = summarize(&rows, &["spurious".into()], "test");
         let methods: Vec<&str> = report.table.iter().map(|r| r.method.as_str()).collect();
         assert_eq!(methods, ["drm", "drm_std (drm)"]);
         assert_eq!(report.table[1].cells[0].1, Some(0.75));
+    }
+
+    /// Clean `id_test` and `ood_x` rows of two recipes over two seeds, and their WiSE-FT 0.5.
+    fn clean_rows() -> Vec<ResultRow> {
+        let mut rows = Vec::new();
+        for (recipe, base) in [("drm", 0.6), ("drm_std", 0.7)] {
+            for seed in [0, 1] {
+                for alpha in [None, Some(0.5)] {
+                    rows.push(test_row(Some(recipe), alpha, "id_test", seed, base + 0.01 * seed as f64));
+                    rows.push(test_row(Some(recipe), alpha, "ood_x", seed, base - 0.2));
+                }
+            }
+        }
+        rows
+    }
+
+    /// `drm` under ℓ∞ at ε = 1/255 over two seeds (0.4, 0.6) and at 2/255 on seed 0 (0.3),
+    /// under fog at severity 3; its WiSE-FT 0.5 under ℓ∞; rows the plots leave out (an OOD split,
+    /// another WiSE-FT point).
+    fn perturbed_rows() -> Vec<ResultRow> {
+        let at = |alpha, split: &str, seed, threat: &str, eps, robust| {
+            perturbed(test_row(Some("drm"), alpha, split, seed, 0.6), threat, eps, robust)
+        };
+        vec![
+            at(None, "id_test", 0, "linf", 1.0 / 255.0, 0.4),
+            at(None, "id_test", 1, "linf", 1.0 / 255.0, 0.6),
+            at(None, "id_test", 0, "linf", 2.0 / 255.0, 0.3),
+            at(None, "id_test", 0, "corruption:fog", 3.0, 0.55),
+            at(Some(0.5), "id_test", 0, "linf", 1.0 / 255.0, 0.45),
+            at(None, "ood_x", 0, "linf", 1.0 / 255.0, 0.05),
+            at(Some(0.25), "id_test", 0, "linf", 1.0 / 255.0, 0.05),
+        ]
+    }
+
+    #[test]
+    fn perturbed_rows_leave_the_clean_table_and_scatter_unchanged() {
+        let suites = ["spurious".to_string()];
+        let clean = summarize(&clean_rows(), &suites, "test");
+        assert_eq!(clean.robustness, Robustness::default());
+        let mut rows = clean_rows();
+        rows.extend(perturbed_rows());
+        let both = summarize(&rows, &suites, "test");
+        assert_eq!((&both.table, &both.plots), (&clean.table, &clean.plots));
+        assert!(!both.robustness.plots.is_empty());
+    }
+
+    #[test]
+    fn robust_top1_is_averaged_over_seeds_per_method_threat_and_budget() {
+        let robustness = robustness(&perturbed_rows(), &["spurious".to_string()]);
+        let threats: Vec<&str> = robustness.plots.iter().map(|p| p.threat.as_str()).collect();
+        assert_eq!(threats, ["linf", "corruption:fog"]);
+        let linf = &robustness.plots[0];
+        let methods: Vec<&str> = linf.curves.iter().map(|c| c.method.as_str()).collect();
+        assert_eq!(methods, ["drm", "drm + WiSE-FT 0.5"]);
+        assert_eq!(linf.curves[0].points, [(1.0 / 255.0, 0.5), (2.0 / 255.0, 0.3)]);
+        assert_eq!(linf.curves[1].points, [(1.0 / 255.0, 0.45)]);
+        assert_eq!(robustness.plots[1].curves[0].points, [(3.0, 0.55)]);
+        let first = &robustness.table[0];
+        assert_eq!((first.method.as_str(), first.threat.as_str(), first.robust_top1), ("drm", "linf", 0.5));
+        // NumPy: np.std([0.4, 0.6], ddof=1) == 0.14142135623730948
+        assert!((first.std.unwrap() - 0.14142135623730948).abs() < 1e-12, "{first:?}");
+        assert_eq!(robustness.table[1].std, None, "one seed has no spread");
+        assert_eq!(robustness.table.len(), 4);
+    }
+
+    #[test]
+    fn the_report_page_draws_each_threat_with_every_series() {
+        let mut rows = clean_rows();
+        rows.extend(perturbed_rows());
+        let html = summarize(&rows, &["spurious".to_string()], "test").to_html().unwrap();
+        let robust = &html[html.find("<h2>Robust top-1 (%)</h2>").expect("the robustness section")..];
+        assert_eq!(robust.matches("<svg").count(), 2, "one plot per threat");
+        let linf = &robust
+            [robust.find("robust top-1 vs ε, ℓ∞").unwrap()..robust.find("corruption: fog</h2>").unwrap()];
+        assert!(linf.contains("\ndrm\n"), "{linf}");
+        assert!(linf.contains("drm + WiSE-FT 0.5"), "{linf}");
+        assert!(robust.contains("robust top-1 vs severity, corruption: fog"), "{robust}");
+        assert!(robust.contains("<td class=\"num\">50.0 ± 14.1</td>"), "{robust}");
     }
 
     #[test]

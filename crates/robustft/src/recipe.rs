@@ -17,8 +17,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::Layout;
 use crate::error::{Error, Result};
-use crate::methods::registry::{MethodPlan, Shared};
+use crate::methods::registry::{Method, MethodEntry, MethodPlan, Shared, METHODS};
+use crate::sections::Sections;
 use crate::train::supervised::TrainOptions;
+use crate::train::trainable::Trainable;
 
 /// A whole run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -133,7 +135,9 @@ impl Recipe {
         }
         let mut recipe: Recipe = table.try_into().map_err(|e: toml::de::Error| bad(e.to_string()))?;
         recipe.check().map_err(bad)?;
-        recipe.sections = recipe.read_plan().map_err(bad)?.sections;
+        let plan = recipe.read_plan().map_err(bad)?;
+        check_trainable(recipe.train.trainable, plan.method.as_ref()).map_err(bad)?;
+        recipe.sections = plan.sections;
         Ok(recipe)
     }
 
@@ -182,6 +186,25 @@ impl Recipe {
         }
         self.train.check()
     }
+}
+
+/// Refuses `train.trainable = "head"` for a method without a head of its own to train.
+fn check_trainable(trainable: Trainable, method: &dyn Method) -> std::result::Result<(), String> {
+    if trainable != Trainable::Head || method.fine_tunes_a_head() {
+        return Ok(());
+    }
+    Err(format!(
+        "train.trainable = \"head\" needs a method that trains a head ({}), not {}",
+        head_methods().join(", "),
+        method.name()
+    ))
+}
+
+/// The names of the methods that fine-tune a head, as their default sections configure them.
+fn head_methods() -> Vec<&'static str> {
+    let fine_tunes_a_head =
+        |entry: &&MethodEntry| (entry.read)(&mut Sections::default()).is_ok_and(|m| m.fine_tunes_a_head());
+    METHODS.iter().filter(fine_tunes_a_head).map(|entry| entry.name).collect()
 }
 
 /// Sets `a.b.c = value` in a TOML table.
@@ -262,6 +285,37 @@ mod tests {
         let err =
             Recipe::parse(MINIMAL, "test", &["train.matmul_precision=\"fp16\"".to_string()]).unwrap_err();
         assert!(err.to_string().contains("fp16"), "{err}");
+    }
+
+    #[test]
+    fn trainable_is_resolved_and_checked_against_the_method() {
+        let all = Recipe::parse(MINIMAL, "test", &[]).unwrap();
+        assert!(!all.to_toml().contains("trainable"), "{}", all.to_toml());
+        let last = Recipe::parse(MINIMAL, "test", &["train.trainable=\"last:2\"".to_string()]).unwrap();
+        assert_eq!(last.train.trainable, Trainable::Last(2));
+        assert!(last.to_toml().contains("trainable = \"last:2\""), "{}", last.to_toml());
+        assert_eq!(Recipe::parse(&last.to_toml(), "again", &[]).unwrap(), last);
+        for bad in ["last:0", "last:x", "top"] {
+            let err = Recipe::parse(MINIMAL, "test", &[format!("train.trainable=\"{bad}\"")]).unwrap_err();
+            assert!(
+                err.to_string().contains(&format!(
+                    "train.trainable must be \"all\", \"head\" or \"last:K\" (K ≥ 1), not \"{bad}\""
+                )),
+                "{err}"
+            );
+        }
+        let head = |method: &str| {
+            let sets = [format!("method.name=\"{method}\""), "train.trainable=\"head\"".to_string()];
+            Recipe::parse(MINIMAL, "test", &sets)
+        };
+        assert_eq!(head("lp_ft").unwrap().train.trainable, Trainable::Head);
+        let err = head("flyp").unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "train.trainable = \"head\" needs a method that trains a head (ft, lp_ft, l2sp), not flyp"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

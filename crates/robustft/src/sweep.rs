@@ -172,10 +172,12 @@ impl Candidate {
     }
 }
 
-/// The candidates of a sweep's rows (each row's `recipe` names its point), scored.
+/// The candidates of a sweep's rows (each row's `recipe` names its point), scored on the clean
+/// rows (selection never looks at rows measured under a perturbation).
 pub fn candidates(rows: &[ResultRow], selection: &Selection) -> Result<Vec<Candidate>> {
+    let rows: Vec<&ResultRow> = rows.iter().filter(|r| r.perturbation.is_none()).collect();
     let mut keys: Vec<(String, Option<f64>)> = Vec::new();
-    for row in rows {
+    for row in &rows {
         let key = (row.recipe.clone().unwrap_or_default(), row.wiseft_alpha);
         if !keys.contains(&key) {
             keys.push(key);
@@ -285,5 +287,15 @@ mod tests {
         assert_eq!(oracle.unwrap().label(), "b");
         let missing = Selection::parse("id_test:top1").unwrap();
         assert!(super::candidates(&rows, &missing).unwrap_err().to_string().contains("no `id_test` row"));
+    }
+
+    #[test]
+    fn rows_measured_under_a_perturbation_are_left_out_of_selection() {
+        let clean = [row("a", None, "id_val", 0, 0.7), row("b", None, "id_val", 0, 0.6)];
+        let attacked = crate::eval::evaluate::perturbed(row("b", None, "id_val", 0, 0.6), "linf", 0.01, 0.99);
+        let mut all = clean.to_vec();
+        all.push(attacked);
+        let selection = Selection::parse("id_val:top1").unwrap();
+        assert_eq!(candidates(&all, &selection).unwrap(), candidates(&clean, &selection).unwrap());
     }
 }

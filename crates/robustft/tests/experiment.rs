@@ -4,7 +4,8 @@
 //! DRM + SPD, FT + TPGM, which also differ from their plain methods), a corrupt
 //! training image is skipped and reported, and bad input — a missing split, a
 //! concept-description file for other classes, an unknown recipe key, TPGM without a validation
-//! split — is refused before any work with an error naming it.
+//! split, more trainable blocks (`train.trainable = "last:K"`) than the image tower has — is
+//! refused before any work with an error naming it.
 
 use std::path::{Path, PathBuf};
 
@@ -219,6 +220,19 @@ fn tpgm_without_a_validation_split_is_refused_naming_it() {
     let sets = ["constraint.name=\"tpgm\"", "data.val_split=\"held_out\""];
     let err = Experiment::resolve(recipe(&dir, "ft", &sets), &Device::Cpu).err().unwrap().to_string();
     assert!(err.contains("tpgm") && err.contains("`held_out`"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn more_trainable_blocks_than_the_image_tower_has_are_refused_before_any_work() {
+    let dir = scratch("trainable-too-deep");
+    write_dataset(&dir);
+    let err = Experiment::resolve(recipe(&dir, "ft", &["train.trainable=\"last:5\""]), &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("train.trainable = \"last:5\"") && err.contains("image tower's 4"), "{err}");
+    assert!(Experiment::resolve(recipe(&dir, "ft", &["train.trainable=\"last:4\""]), &Device::Cpu).is_ok());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -1,10 +1,13 @@
 //! The HTML report (`robustft::eval::report`): one inline SVG scatter plot per suite naming every
 //! method, α sweeps as polylines, escaped text, well-formed and deterministic output, the
-//! markdown table's layout, and the atomic write.
+//! markdown table's layout, and the atomic write; the robustness section
+//! (`robustft::eval::robustness`): one robust-top-1-vs-ε plot per threat with a line per method,
+//! its table, and nothing at all without perturbed rows.
 
 use std::path::PathBuf;
 
 use robustft::eval::report::{markdown_table, Curve, Point, Report, SuitePlot, TableRow};
+use robustft::eval::robustness_plot::{robustness_markdown, RobustCurve, RobustRow, Robustness, ThreatPlot};
 
 fn plot(suite: &str, methods: &[&str], sweep: usize) -> SuitePlot {
     let points = methods
@@ -41,6 +44,7 @@ fn report() -> Report {
             row("texture", methods[1], &[("ID acc", Some(0.9)), ("ECE", None)]),
         ],
         plots: vec![plot("texture", &methods, 5), plot("background", &methods, 3)],
+        robustness: Robustness::default(),
     }
 }
 
@@ -170,6 +174,105 @@ fn a_spread_is_shown_as_mean_plus_minus_std() {
     // The header says which std: only the column with a spread.
     let header = markdown.lines().next().unwrap();
     assert!(header.contains("| ID top-1 (mean ± sample std, ddof 1) | OOD top-1 |"), "{header}");
-    let report = Report { title: "t".into(), command: "c".into(), table: vec![with_spread], plots: vec![] };
+    let report = Report {
+        title: "t".into(),
+        command: "c".into(),
+        table: vec![with_spread],
+        plots: vec![],
+        robustness: Robustness::default(),
+    };
     assert!(report.to_html().unwrap().contains("<th>ID top-1 (mean ± sample std, ddof 1)</th>"));
+}
+
+/// ℓ∞ and fog plots of two methods (`ft` over two budgets, `FT <a> & b` over one) and their table.
+fn robustness() -> Robustness {
+    let curve =
+        |method: &str, points: &[(f64, f64)]| RobustCurve { method: method.into(), points: points.to_vec() };
+    let threat_plot = |threat: &str, curves| ThreatPlot {
+        suite: "spurious".into(),
+        threat: threat.into(),
+        split: "id_test".into(),
+        curves,
+    };
+    let row = |method: &str, threat: &str, eps: f64, robust_top1: f64, std: Option<f64>| RobustRow {
+        suite: "spurious".into(),
+        method: method.into(),
+        threat: threat.into(),
+        eps,
+        robust_top1,
+        std,
+    };
+    Robustness {
+        plots: vec![
+            threat_plot(
+                "linf",
+                vec![
+                    curve("ft", &[(2.0 / 255.0, 0.3), (1.0 / 255.0, 0.5)]),
+                    curve("FT <a> & b", &[(1.0 / 255.0, 0.4)]),
+                ],
+            ),
+            threat_plot("corruption:fog", vec![curve("ft", &[(1.0, 0.7), (3.0, 0.55)])]),
+        ],
+        table: vec![
+            row("ft", "linf", 1.0 / 255.0, 0.5, Some(0.0125)),
+            row("ft", "linf", 2.0 / 255.0, 0.3, None),
+            row("FT <a> & b", "corruption:fog", 3.0, 0.55, None),
+        ],
+    }
+}
+
+#[test]
+fn each_threat_is_one_plot_with_a_line_per_method_through_its_budgets() {
+    let html = Report { robustness: robustness(), ..report() }.to_html().unwrap();
+    assert_balanced(&html);
+    let blocks = svg_blocks(&html);
+    assert_eq!(blocks.len(), 4, "two scatters, then ℓ∞ and fog");
+    // The series' polylines (stroke width 2; the axes and ticks have 1): their vertex counts.
+    let vertices = |svg: &str| -> Vec<usize> {
+        svg.split("<polyline")
+            .skip(1)
+            .filter(|p| p[..p.find("points").unwrap()].contains("stroke-width=\"2\""))
+            .map(|p| {
+                let points = &p[p.find("points=\"").unwrap() + 8..];
+                points[..points.find('"').unwrap()].split_whitespace().count()
+            })
+            .collect()
+    };
+    // ℓ∞: ft's two budgets, the other method's one, then the legend's two strokes.
+    assert_eq!(vertices(blocks[2]), [2, 1, 2, 2]);
+    for name in ["\nft\n", "\nFT &lt;a&gt; &amp; b\n", "ε (ℓ∞)", "robust top-1 on id_test (%)"] {
+        assert!(blocks[2].contains(name), "{name} missing from the ℓ∞ plot");
+    }
+    assert!(blocks[3].contains("severity (corruption: fog)"));
+    assert!(html.contains("<h2>spurious: robust top-1 vs ε, ℓ∞</h2>"), "{html}");
+    assert!(html.contains("<h2>spurious: robust top-1 vs severity, corruption: fog</h2>"), "{html}");
+    assert!(html.contains("<td>ℓ∞</td><td class=\"num\">0.0039</td><td class=\"num\">50.0 ± 1.2</td>"));
+    assert_eq!(html, Report { robustness: robustness(), ..report() }.to_html().unwrap());
+}
+
+#[test]
+fn without_perturbed_rows_the_page_has_no_robustness_section() {
+    let html = report().to_html().unwrap();
+    assert!(!html.contains("Robust top-1"), "{html}");
+    assert_eq!(svg_blocks(&html).len(), 2);
+    assert_eq!(robustness_markdown(&[]), "");
+}
+
+#[test]
+fn robustness_markdown_names_threat_budget_and_spread() {
+    let markdown = robustness_markdown(&robustness().table);
+    let lines: Vec<&str> = markdown.lines().collect();
+    assert_eq!(lines[0], "| Suite | Method | Threat | Budget | Robust top-1 (mean ± sample std, ddof 1) |");
+    assert_eq!(lines[1], "| --- | --- | --- | ---: | ---: |");
+    assert_eq!(lines[2], "| spurious | ft | ℓ∞ | 0.0039 | 50.0 ± 1.2 |");
+    assert_eq!(lines[3], "| spurious | ft | ℓ∞ | 0.0078 | 30.0 |");
+    assert_eq!(lines[4], "| spurious | FT <a> & b | corruption: fog | 3 | 55.0 |");
+}
+
+#[test]
+fn a_robust_accuracy_outside_0_1_is_refused_naming_the_plot() {
+    let mut bad = robustness();
+    bad.plots[1].curves[0].points[0].1 = 1.5;
+    let err = Report { robustness: bad, ..report() }.to_html().unwrap_err().to_string();
+    assert!(err.contains("corruption:fog") && err.contains("1.5"), "{err}");
 }

@@ -2,11 +2,14 @@
 //! fixed seed repeats exactly; gradient accumulation over micro-batches reaches the weights of
 //! the whole batch (CE is a per-example mean); a frozen tower does not move; a non-finite loss or
 //! gradient stops the run naming the step; a resumed run logs each step once; `[train]` options
-//! are checked for finiteness, range and overflow.
+//! are checked for finiteness, range and overflow; the update protocols (`train.trainable`) move
+//! exactly the parameters they name on the bundled model, and a resume under another protocol
+//! is refused.
 
 use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
+use robustft::clip::bundled::load_bundled;
 use robustft::clip::{Activation, ClipConfig, ClipModel, TextConfig, VisionConfig};
 use robustft::constraints::Unconstrained;
 use robustft::eval::predictor::Head;
@@ -17,6 +20,7 @@ use robustft::train::run_dir::RunDir;
 use robustft::train::supervised::{
     train, Checkpointing, Objective, StepReport, Tower, TrainBatch, TrainOptions,
 };
+use robustft::train::trainable::Trainable;
 
 fn tiny() -> ClipConfig {
     ClipConfig {
@@ -28,17 +32,17 @@ fn tiny() -> ClipConfig {
     }
 }
 
-/// Two classes: images brighter or darker than average, with noise.
-fn toy_data(n: usize) -> ImageSet {
+/// Two classes of `size`-pixel images: brighter or darker than average, with noise.
+fn toy_data(n: usize, size: usize) -> ImageSet {
     let mut rng = SplitMix64::new(5);
     let (mut pixels, mut labels) = (Vec::new(), Vec::new());
     for i in 0..n {
         let label = (i % 2) as u32;
         let shift = if label == 1 { 1.0 } else { -1.0 };
-        pixels.extend((0..3 * 16 * 16).map(|_| shift + 0.5 * rng.normal()));
+        pixels.extend((0..3 * size * size).map(|_| shift + 0.5 * rng.normal()));
         labels.push(label);
     }
-    ImageSet { pixels, labels, image_size: 16 }
+    ImageSet { pixels, labels, image_size: size }
 }
 
 fn options(epochs: usize, accumulation: usize, freeze: Vec<Tower>) -> TrainOptions {
@@ -76,7 +80,7 @@ fn run(options: &TrainOptions, tag: &str) -> (Vec<f32>, Vec<(String, Vec<f32>)>)
         &model,
         &objective,
         &mut Unconstrained,
-        &toy_data(64),
+        &toy_data(64, 16),
         None,
         options,
         &anchor,
@@ -154,7 +158,7 @@ fn train_toy(
         model,
         objective,
         &mut Unconstrained,
-        &toy_data(64),
+        &toy_data(64, 16),
         None,
         options,
         &anchor,
@@ -284,6 +288,117 @@ fn step_counts_that_would_overflow_are_refused_with_data() {
     let options = TrainOptions { epochs: 1 << 50, ..options(1, 1, vec![]) };
     assert_eq!(options.check(), Ok(()));
     // 2^50 epochs of 2^10 steps: 2^60 steps, which wrapped before.
-    let message = options.validate(8 << 10).unwrap_err().to_string();
+    let message = options.validate(8 << 10, 1).unwrap_err().to_string();
     assert!(message.contains("train.epochs") && message.contains("exceed"), "{message}");
+}
+
+/// Every model parameter, flattened, by name.
+fn weights(model: &ClipModel) -> Vec<(String, Vec<f32>)> {
+    model.tensors().into_iter().map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1().unwrap())).collect()
+}
+
+/// Three FT steps on the bundled model under `trainable`: the model parameters that changed,
+/// and whether the head did.
+fn bundled_changes(trainable: Trainable, tag: &str) -> (Vec<String>, bool) {
+    let model = load_bundled(&Device::Cpu).unwrap();
+    let mut rng = SplitMix64::new(9);
+    let init: Vec<f32> = (0..2 * 64).map(|_| rng.normal()).collect();
+    let head = Head { weight: Tensor::from_vec(init, (2, 64), &Device::Cpu).unwrap(), bias: None };
+    let objective = CrossEntropy { head: TrainableHead::new(&head).unwrap() };
+    let head_before = objective.head.weight.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let before = weights(&model);
+    let root = scratch(tag);
+    let run = RunDir::new(&root);
+    let checkpointing =
+        Checkpointing { run: &run, resume: false, stop_after: None, metadata: HashMap::new() };
+    let options = TrainOptions { trainable, ..options(1, 1, vec![]) };
+    let anchor = model.params.snapshot().unwrap();
+    let data = toy_data(24, model.config.vision.image_size);
+    train(
+        &model,
+        &objective,
+        &mut Unconstrained,
+        &data,
+        None,
+        &options,
+        &anchor,
+        &checkpointing,
+        &mut |_| {},
+    )
+    .unwrap();
+    std::fs::remove_dir_all(&root).unwrap();
+    let changed =
+        before.iter().zip(weights(&model)).filter(|((_, a), (_, b))| a != b).map(|((n, _), _)| n.clone());
+    let head_after = objective.head.weight.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    (changed.collect(), head_after != head_before)
+}
+
+#[test]
+fn the_head_protocol_moves_the_head_and_no_model_parameter() {
+    let (changed, head_moved) = bundled_changes(Trainable::Head, "trainable-head");
+    assert_eq!(changed, Vec::<String>::new(), "model parameters moved under trainable = head");
+    assert!(head_moved, "the head did not train");
+}
+
+#[test]
+fn last_1_moves_the_last_block_post_norm_projection_and_head_only() {
+    let (changed, head_moved) = bundled_changes(Trainable::Last(1), "trainable-last-1");
+    let model = load_bundled(&Device::Cpu).unwrap();
+    assert_eq!(model.config.vision.layers, 4);
+    let top = |name: &str| {
+        name.starts_with("vision_model.encoder.layers.3.")
+            || name.starts_with("vision_model.post_layernorm.")
+            || name == "visual_projection.weight"
+    };
+    let outside: Vec<&String> = changed.iter().filter(|name| !top(name)).collect();
+    assert!(outside.is_empty(), "moved outside the last block: {outside:?}");
+    // The key projection's bias has an exactly zero gradient (softmax is shift-invariant) and
+    // no weight decay, so Adam may leave it where it was.
+    let unmoved: Vec<String> = weights(&model)
+        .into_iter()
+        .map(|(name, _)| name)
+        .filter(|name| top(name) && !name.ends_with("k_proj.bias") && !changed.contains(name))
+        .collect();
+    assert!(unmoved.is_empty(), "trainable but unchanged: {unmoved:?}");
+    assert!(head_moved, "the head did not train");
+}
+
+/// CE that keeps its head fixed: it trains model parameters only.
+struct Headless(CrossEntropy);
+
+impl Objective for Headless {
+    fn trains(&self, name: &str) -> bool {
+        self.0.trains(name)
+    }
+
+    fn loss(&self, model: &ClipModel, batch: &TrainBatch) -> robustft::Result<Tensor> {
+        self.0.loss(model, batch)
+    }
+}
+
+#[test]
+fn protocols_the_model_or_objective_cannot_follow_are_refused_before_training() {
+    let (model, objective) = toy_model_and_objective();
+    let root = scratch("trainable-refused");
+    let deep = TrainOptions { trainable: Trainable::Last(2), ..options(1, 1, vec![]) };
+    let message = train_toy(&model, &objective, &deep, &root, false, None).unwrap_err().to_string();
+    assert!(message.contains("\"last:2\"") && message.contains("image tower's 1"), "{message}");
+    let head = TrainOptions { trainable: Trainable::Head, ..options(1, 1, vec![]) };
+    let headless = Headless(objective);
+    let message = train_toy(&model, &headless, &head, &root, false, None).unwrap_err().to_string();
+    assert!(message.contains("train.trainable = \"head\"") && message.contains("no head"), "{message}");
+    assert!(!root.exists(), "a refused run created its directory");
+}
+
+#[test]
+fn a_resume_under_another_protocol_is_refused() {
+    let root = scratch("trainable-resume");
+    let all = TrainOptions { checkpoint_every: 1, ..options(1, 1, vec![]) };
+    let (model, objective) = toy_model_and_objective();
+    assert_eq!(train_toy(&model, &objective, &all, &root, false, Some(2)).unwrap(), 2);
+    let last = TrainOptions { trainable: Trainable::Last(1), ..all };
+    let (model, objective) = toy_model_and_objective();
+    let message = train_toy(&model, &objective, &last, &root, true, None).unwrap_err().to_string();
+    assert!(message.contains("different training options"), "{message}");
+    std::fs::remove_dir_all(&root).unwrap();
 }

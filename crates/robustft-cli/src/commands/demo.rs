@@ -12,6 +12,7 @@ use candle_core::Device;
 use robustft::demo::{demo_recipes, matrix, summarize, DemoRun, RecipeText, DEMO_SUITES};
 use robustft::eval::evaluate::ResultRow;
 use robustft::eval::report::markdown_table;
+use robustft::eval::robustness_plot::robustness_markdown;
 use robustft::experiment::{Experiment, RunSettings};
 
 use super::train::run_with_progress;
@@ -76,8 +77,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 }
 
 /// Writes `rows` to `out/results.jsonl` and the report of `summary_rows` (the same rows, keyed
-/// as [`summarize`] reads them) to `out/report.html`, and prints the markdown table. The report
-/// is rendered before anything is written, so a failure leaves neither file.
+/// as [`summarize`] reads them) to `out/report.html`, and prints the markdown table (and the
+/// robust top-1 table when rows were measured under perturbations). The report is rendered
+/// before anything is written, so a failure leaves neither file.
 pub fn write_summary(
     rows: &[ResultRow],
     summary_rows: &[ResultRow],
@@ -93,6 +95,9 @@ pub fn write_summary(
     std::fs::write(&results, lines).with_context(|| format!("cannot write {}", results.display()))?;
     report.write(&out.join("report.html"))?;
     println!("{}", markdown_table(&report.table));
+    if !report.robustness.table.is_empty() {
+        println!("{}", robustness_markdown(&report.robustness.table));
+    }
     eprintln!("wrote {} and {}", results.display(), out.join("report.html").display());
     Ok(())
 }

@@ -2,7 +2,8 @@
 //! of `train`, `demo`, `eval` or `wiseft`), e.g. to gather runs made separately. ShiftWorld
 //! suites and datasets on disk (manifest, WILDS, ImageNet roots) are reported alike: ID is the
 //! `id_test` split, OOD the mean over the `ood_*` splits (WILDS' OOD `test` split counts as
-//! one).
+//! one). Rows measured under a perturbation are kept out of that table and reported as robust
+//! top-1 against ε on the ID split (`robustft::demo::summarize`).
 
 use std::path::PathBuf;
 
@@ -14,7 +15,8 @@ use super::demo::write_summary;
 /// The dataset prefix of ShiftWorld suites' rows; the summary keys every suite by it.
 const SUITE_PREFIX: &str = "shiftworld/";
 
-/// Prints a markdown table (mean ± sample std over seeds) and writes OUT/results.jsonl (the
+/// Prints a markdown table (mean ± sample std over seeds; robust top-1 per threat and ε in a
+/// second one when rows were measured under perturbations) and writes OUT/results.jsonl (the
 /// rows gathered) and OUT/report.html.
 #[derive(clap::Args, Debug)]
 pub struct ReportArgs {

@@ -101,14 +101,14 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The clean rows of a point's `results.jsonl` (selection never looks at perturbation rows).
+/// The rows of a point's `results.jsonl`.
 fn read_rows(path: &std::path::Path) -> anyhow::Result<Vec<ResultRow>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut rows = Vec::new();
     for (n, line) in text.lines().filter(|line| !line.trim().is_empty()).enumerate() {
         let row: ResultRow = serde_json::from_str(line)
             .with_context(|| format!("{}:{}: not a result row", path.display(), n + 1))?;
-        rows.extend((row.perturbation.is_none()).then_some(row));
+        rows.push(row);
     }
     Ok(rows)
 }
@@ -152,6 +152,7 @@ fn sweep_report(
         command: format!("robustft {}", std::env::args().skip(1).collect::<Vec<_>>().join(" ")),
         table,
         plots: Vec::new(),
+        robustness: Default::default(),
     }
 }
 

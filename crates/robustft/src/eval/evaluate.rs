@@ -151,6 +151,21 @@ pub(crate) fn test_row(
     }
 }
 
+/// `row` measured under `threat` at budget `eps`: robust top-1 `robust` (also its `top1`),
+/// clean top-1 the row's own (tests of tables and selection).
+#[cfg(test)]
+pub(crate) fn perturbed(row: ResultRow, threat: &str, eps: f64, robust: f64) -> ResultRow {
+    let perturbation = Perturbation {
+        threat: threat.into(),
+        eps,
+        steps: 10,
+        clean_top1: row.metrics.top1,
+        robust_top1: robust,
+    };
+    let metrics = SplitMetrics { top1: robust, ..row.metrics.clone() };
+    ResultRow { perturbation: Some(perturbation), metrics, ..row }
+}
+
 /// What every row of one evaluation shares.
 #[derive(Clone, Debug)]
 pub struct RowContext {

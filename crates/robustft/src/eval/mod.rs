@@ -1,4 +1,5 @@
-//! Evaluation: the metrics reported for every ID and OOD split (docs/methods.md §4).
+//! Evaluation: the metrics reported for every ID and OOD split (docs/methods.md §4), clean and
+//! under input perturbations, and the report of them.
 
 pub mod benchmark;
 pub mod dataset;
@@ -7,5 +8,6 @@ pub mod metrics;
 pub mod predictor;
 pub mod report;
 pub mod robustness;
+pub mod robustness_plot;
 pub mod suite;
 pub mod wiseft;

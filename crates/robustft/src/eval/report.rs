@@ -7,7 +7,9 @@
 //! CSS or script. No font is needed: without the `ttf`/`ab_glyph` features plotters estimates
 //! label sizes from the character count and the SVG backend writes text as `<text>` elements,
 //! which the browser renders. The page is well-formed XML and the same input gives the same bytes.
-//! All numbers are shown as percentages with one decimal.
+//! All numbers are shown as percentages with one decimal. When result rows were measured under
+//! input perturbations, the page ends with their robust-accuracy-vs-ε plots and table
+//! ([`super::robustness`]).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -15,6 +17,7 @@ use std::path::Path;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
+use super::robustness_plot::Robustness;
 use crate::error::{Error, Result};
 
 /// One method's result on a suite; metrics are fractions in [0, 1].
@@ -60,6 +63,8 @@ pub struct Report {
     pub command: String,
     pub table: Vec<TableRow>,
     pub plots: Vec<SuitePlot>,
+    /// Robust top-1 against the perturbation budget (empty without perturbed rows).
+    pub robustness: Robustness,
 }
 
 const PLOT_SIZE: (u32, u32) = (560, 560);
@@ -87,6 +92,7 @@ impl Report {
             let _ = writeln!(html, "<h2>{}: ID vs OOD</h2>", escape(&plot.suite));
             html.push_str(&plot.to_svg()?);
         }
+        html.push_str(&self.robustness.to_html()?);
         html.push_str("</body>\n</html>\n");
         Ok(html)
     }
@@ -211,7 +217,7 @@ impl SuitePlot {
 }
 
 /// The `index`-th series colour (Tableau 10 without its yellow and grey, cycling).
-fn color(index: usize) -> RGBColor {
+pub(super) fn color(index: usize) -> RGBColor {
     const PALETTE: [(u8, u8, u8); 8] = [
         (0x4e, 0x79, 0xa7),
         (0xf2, 0x8e, 0x2b),
@@ -268,7 +274,7 @@ fn header(rows: &[TableRow], column: &str) -> String {
 }
 
 /// What `± x` in a cell means.
-const SPREAD_NOTE: &str = "(mean ± sample std, ddof 1)";
+pub(super) const SPREAD_NOTE: &str = "(mean ± sample std, ddof 1)";
 
 fn html_table(rows: &[TableRow]) -> String {
     let columns = columns(rows);
@@ -308,10 +314,10 @@ pub fn markdown_table(rows: &[TableRow]) -> String {
     markdown
 }
 
-fn markdown_escape(text: &str) -> String {
+pub(super) fn markdown_escape(text: &str) -> String {
     text.replace('|', "\\|")
 }
 
-fn escape(text: &str) -> String {
+pub(super) fn escape(text: &str) -> String {
     html_escape::encode_safe(text).into_owned()
 }

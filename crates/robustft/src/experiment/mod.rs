@@ -106,7 +106,9 @@ impl Experiment {
             });
         }
         let experiment = Self { recipe, plan, data, classes, prompts, descriptions, model, preprocess };
-        experiment.train_options().validate(experiment.data.train.len())?;
+        experiment
+            .train_options()
+            .validate(experiment.data.train.len(), experiment.model.config.vision.layers)?;
         let plan = &experiment.plan;
         let constraint = format!("constraint {} (it learns on validation batches)", plan.constraint_name);
         let users = [

@@ -4,7 +4,9 @@
 //!
 //! * AdamW with the usual parameter groups (no decay on norms, biases, embeddings, logit
 //!   scale), cosine schedule with linear warm-up (FLYP `src/models/utils.py: cosine_lr`);
-//! * per-tower freezing ([`Tower`]): frozen parameters are left out of the optimiser;
+//! * per-tower freezing ([`Tower`]) and the update protocol ([`Trainable`]: all, the head
+//!   only, or the image tower's last K blocks): parameters they exclude are left out of the
+//!   optimiser;
 //! * a [`Constraint`] toward the pre-trained weights (L2-SP, SPD, FTP, ...; `crate::constraints`):
 //!   its gradient changes come before clipping (as a loss-term penalty would), its weight
 //!   changes after the AdamW step, and its state is checkpointed; a constraint that learns on
@@ -36,6 +38,7 @@ use candle_core::{Tensor, Var};
 use super::run_dir::{io_error, load_extra, RunDir};
 use super::schedule::CosineSchedule;
 use super::state::TrainerState;
+use super::trainable::Trainable;
 use crate::clip::ClipModel;
 use crate::constraints::{Constraint, StepContext, Validation};
 use crate::data::epoch_order;
@@ -145,6 +148,10 @@ pub struct TrainOptions {
     /// Micro-batches per optimiser step.
     pub accumulation: usize,
     pub freeze: Vec<Tower>,
+    /// Which model parameters may be updated at all (`all`, `head`, `last:K`); left out of a
+    /// resolved recipe when `all`, so runs from before the option resume unchanged.
+    #[serde(skip_serializing_if = "Trainable::is_all")]
+    pub trainable: Trainable,
     /// Orders the data; set from the recipe's top-level `seed`, not from `[train]`.
     #[serde(skip)]
     pub seed: u64,
@@ -170,6 +177,7 @@ impl Default for TrainOptions {
             grad_clip: None,
             accumulation: 1,
             freeze: Vec::new(),
+            trainable: Trainable::All,
             seed: 0,
             checkpoint_every: 0,
             matmul_precision: MatmulPrecision::Fp32,
@@ -216,10 +224,11 @@ impl TrainOptions {
         Ok(())
     }
 
-    /// Checks the settings against a training set of `examples`.
-    pub fn validate(&self, examples: usize) -> Result<()> {
+    /// Checks the settings against a training set of `examples` and a model whose image tower
+    /// has `image_layers` blocks.
+    pub fn validate(&self, examples: usize, image_layers: usize) -> Result<()> {
         let invalid = |what: &str, reason: String| Err(Error::Invalid { what: what.into(), reason });
-        if let Err(reason) = self.check() {
+        if let Err(reason) = self.check().and_then(|()| self.trainable.check_layers(image_layers)) {
             return invalid("[train]", reason);
         }
         if examples == 0 {
@@ -286,10 +295,10 @@ pub fn train(
     checkpointing: &Checkpointing<'_>,
     progress: &mut dyn FnMut(&StepReport),
 ) -> Result<u64> {
-    options.validate(source.len())?;
+    options.validate(source.len(), model.config.vision.layers)?;
+    let params = trained_params(model, objective, options)?;
     let run = checkpointing.run;
     run.create()?;
-    let params = trained_params(model, objective, options);
     let anchor: HashMap<String, Tensor> = anchor.iter().cloned().collect();
     let adamw = AdamWConfig { lr: options.lr, weight_decay: options.weight_decay, ..Default::default() };
     let mut optimizer = AdamW::new(params.clone(), adamw)?;
@@ -392,20 +401,31 @@ fn check_finite(step: u64, loss: f32, grad_norm: f64, lr: f64) -> Result<()> {
     })
 }
 
-/// `(name, var, decay)` of every parameter the run updates.
+/// `(name, var, decay)` of every parameter the run updates: the model parameters the
+/// objective trains, no frozen tower holds and the update protocol allows, then the objective's
+/// own tensors. The `head` protocol needs an objective with tensors of its own.
 fn trained_params(
     model: &ClipModel,
     objective: &dyn Objective,
     options: &TrainOptions,
-) -> Vec<(String, Var, bool)> {
+) -> Result<Vec<(String, Var, bool)>> {
+    let layers = model.config.vision.layers;
+    let extra = objective.extra_params();
+    if options.trainable == Trainable::Head && extra.is_empty() {
+        return Err(Error::Invalid {
+            what: "train.trainable = \"head\"".into(),
+            reason: "the objective trains no head of its own, so nothing would be trained".into(),
+        });
+    }
     let mut params: Vec<(String, Var, bool)> = model
         .params
         .iter()
         .filter(|(name, _)| objective.trains(name) && !options.freeze.contains(&Tower::of(name)))
+        .filter(|(name, _)| options.trainable.allows(name, layers))
         .map(|(name, var)| (name.to_string(), var.clone(), decays_by_default(name)))
         .collect();
-    params.extend(objective.extra_params());
-    params
+    params.extend(extra);
+    Ok(params)
 }
 
 /// The objective's extra parameters and the constraint's state (`constraint.`-prefixed).
