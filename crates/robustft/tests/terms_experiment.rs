@@ -7,14 +7,20 @@
 //! * FLYP + m²-mix, DRM (FLYP ERM) + m²-mix and FT + function-space regularisation (KL and L2)
 //!   train to weights that differ from the plain method's, and a run killed after 3 steps and
 //!   resumed reaches exactly the weights of an uninterrupted one (their randomness is seeded by
-//!   the step).
+//!   the step);
+//! * the adversarial losses (`[adversarial]`: FT + TRADES, FLYP + PGD-AT, DRM + TRADES, TeCoA,
+//!   FARE, and PGD-AT under the `last:1` protocol) likewise, their attacks' random starts seeded
+//!   by (seed, step, example); TeCoA and FARE predict through the zero-shot head;
+//! * `[eval] perturbations` adds robustness rows for every evaluated model.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use robustft::clip::ClipModel;
+use robustft::eval::predictor::Head;
 use robustft::experiment::{Event, Experiment, RunSettings};
+use robustft::prompts::{class_prompts, template_set};
 use robustft::recipe::Recipe;
 
 #[path = "support/dataset.rs"]
@@ -220,5 +226,127 @@ fn terms_are_refused_for_objectives_they_do_not_fit() {
     assert!(err.contains("drm"), "{err}");
     let err = refuse(&["method.name=\"flyp\"", "fsr.lambda1=1.0"]);
     assert!(err.contains("fsr") && err.contains("flyp"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `[adversarial]` settings of a quick attack (ℓ∞, ε = 4/255, 2 steps) with `loss`.
+fn adversarial(loss: &str) -> [String; 3] {
+    [format!("adversarial.loss=\"{loss}\""), "adversarial.eps=\"4/255\"".into(), "adversarial.steps=2".into()]
+}
+
+fn adversarial_run(tag: &str, method: &str, loss: &str, extra: &[&str]) -> Vec<serde_json::Value> {
+    let sets = adversarial(loss);
+    let sets: Vec<&str> = sets.iter().map(String::as_str).chain(extra.iter().copied()).collect();
+    term_changes_training_and_resumes_exactly(tag, method, &sets)
+}
+
+#[test]
+fn ft_with_trades_trains_differently_and_resumes_exactly() {
+    let rows = adversarial_run("ft-trades", "ft", "trades", &["adversarial.beta=3.0"]);
+    assert!(rows.iter().all(|row| row["method"] == "ft+trades"), "{rows:?}");
+}
+
+#[test]
+fn flyp_with_pgd_at_trains_differently_and_resumes_exactly() {
+    let rows = adversarial_run("flyp-pgd-at", "flyp", "pgd_at", &[]);
+    assert!(rows.iter().all(|row| row["method"] == "flyp+pgd_at"), "{rows:?}");
+}
+
+#[test]
+fn drm_with_trades_trains_differently_and_resumes_exactly() {
+    let rows = adversarial_run("drm-trades", "drm", "trades", &[]);
+    assert!(rows.iter().all(|row| row["method"] == "drm+trades"), "{rows:?}");
+}
+
+#[test]
+fn pgd_at_in_the_l2_ball_under_the_last_block_protocol_resumes_exactly() {
+    let sets = ["adversarial.threat=\"l2\"", "adversarial.eps=0.5", "train.trainable=\"last:1\""];
+    let rows = adversarial_run("ft-pgd-at-last1", "ft", "pgd_at", &sets);
+    assert!(rows.iter().all(|row| row["method"] == "ft+pgd_at@last:1"), "{rows:?}");
+}
+
+#[test]
+fn tecoa_and_fare_train_the_image_tower_and_predict_through_the_zero_shot_head() {
+    for loss in ["tecoa", "fare"] {
+        let rows = adversarial_run(&format!("ft-{loss}"), "ft", loss, &[]);
+        assert!(rows.iter().all(|row| row["method"] == format!("ft+{loss}")), "{rows:?}");
+    }
+    let dir = scratch("tecoa-head");
+    write_dataset(&dir);
+    let sets = adversarial("tecoa");
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    run(recipe(&dir, "tecoa", "ft", &sets), &dir.join("runs"));
+    // The saved head is the pre-trained zero-shot head: TeCoA never trains a head.
+    let (model, _) = ClipModel::load("bundled", &Device::Cpu).unwrap();
+    let classes: Vec<String> = dataset::CLASSES.iter().map(|c| c.to_string()).collect();
+    let prompts = class_prompts(&classes, template_set("shiftworld").unwrap());
+    let zero_shot = Head::zero_shot(&model, &prompts).unwrap();
+    let saved = Head::load(&dir.join("runs/tecoa/model/head.safetensors"), &Device::Cpu).unwrap();
+    let (a, b) = (
+        zero_shot.weight.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        saved.weight.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+    );
+    assert_eq!(a, b, "TeCoA's predictor must be the pre-trained zero-shot head");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn adversarial_settings_are_checked_before_any_work() {
+    let dir = scratch("adversarial-refused");
+    write_dataset(&dir);
+    let text = recipe(&dir, "x", "ft", &[]).to_toml();
+    let refused = |sets: &[&str]| {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        Recipe::parse(&text, "test", &sets).unwrap_err().to_string()
+    };
+    let cases: [(&[&str], &str); 6] = [
+        (&["adversarial.loss=\"tecoa\"", "method.name=\"flyp\""], "flyp"),
+        (&["adversarial.loss=\"pgd_at\"", "method.name=\"zeroshot\""], "zeroshot"),
+        (&["adversarial.loss=\"pgd_at\"", "adversarial.steps=0"], "adversarial.steps"),
+        (&["adversarial.loss=\"pgd_at\"", "adversarial.eps=-0.1"], "negative"),
+        (&["adversarial.loss=\"pgd_at\"", "adversarial.eps=\"four\""], "not a number"),
+        (&["adversarial.loss=\"pgd\""], "pgd"),
+    ];
+    for (sets, needle) in cases {
+        let err = refused(sets);
+        assert!(err.contains(needle), "{sets:?}: {err}");
+    }
+    let err = refused(&["eval.perturbations=[{ threat = \"linf\", steps = 0 }]"]);
+    assert!(err.contains("steps"), "{err}");
+    let err = refused(&["eval.perturbations=[{ threat = \"rotate\" }]"]);
+    assert!(err.contains("unknown threat `rotate`"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn eval_perturbations_add_robustness_rows_for_every_evaluated_model() {
+    let dir = scratch("perturbation-rows");
+    write_dataset(&dir);
+    let sets = [
+        "eval.perturbations=[{ threat = \"linf\", eps = \"0,8/255\", steps = 3 }, { threat = \"corruption:contrast\", eps = \"5\" }]",
+    ];
+    let (_, rows) = run(recipe(&dir, "ft", "ft", &sets), &dir.join("runs"));
+    let clean: Vec<&serde_json::Value> = rows.iter().filter(|r| r.get("threat").is_none()).collect();
+    let perturbed: Vec<&serde_json::Value> = rows.iter().filter(|r| r.get("threat").is_some()).collect();
+    assert_eq!(clean.len(), 6, "3 splits × (FT, WiSE-FT 0.5)");
+    assert_eq!(perturbed.len(), 18, "3 perturbations × 3 splits × 2 models");
+    for row in &perturbed {
+        let twin = clean
+            .iter()
+            .find(|c| c["split"] == row["split"] && c["wiseft_alpha"] == row["wiseft_alpha"])
+            .expect("a clean row of the same split and model");
+        assert_eq!(row["clean_top1"], twin["top1"], "{row}");
+        assert_eq!(row["robust_top1"], row["top1"], "{row}");
+        if row["eps"] == 0.0 {
+            assert_eq!(row["robust_top1"], row["clean_top1"], "ε = 0 is the clean image: {row}");
+        }
+    }
+    let attacked: f64 = perturbed
+        .iter()
+        .filter(|r| r["eps"].as_f64() == Some(8.0 / 255.0))
+        .map(|r| r["top1"].as_f64().unwrap())
+        .sum();
+    let clean_sum: f64 = clean.iter().map(|r| r["top1"].as_f64().unwrap()).sum();
+    assert!(attacked < clean_sum, "PGD at 8/255 must lower top-1 somewhere ({attacked} vs {clean_sum})");
     std::fs::remove_dir_all(&dir).unwrap();
 }

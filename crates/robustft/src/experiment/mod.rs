@@ -177,7 +177,14 @@ impl Experiment {
         let (benchmark, specs) = (&self.data.eval, &self.recipe.eval.perturbations);
         let mut progress = |what: String| events(Event::Stage(format!("evaluating under {what}")));
         let context = self.row_context(alpha);
-        rows.extend(evaluate_perturbations(benchmark, model, predictor.as_ref(), specs, &context, &mut progress)?);
+        rows.extend(evaluate_perturbations(
+            benchmark,
+            model,
+            predictor.as_ref(),
+            specs,
+            &context,
+            &mut progress,
+        )?);
         Ok(rows)
     }
 
@@ -236,7 +243,8 @@ impl Experiment {
         evaluations.iter().map(|e| ResultRow::score(&context, &e.split, &e.predictions, skip)).collect()
     }
 
-    /// What the rows of the model at WiSE-FT point `alpha` (the trained model: `None`) name.
+    /// What the rows of the model at WiSE-FT point `alpha` (the trained model: `None`) name;
+    /// the method label carries an update protocol other than `all` (`ft+pgd_at@last:2`).
     fn row_context(&self, alpha: Option<f64>) -> RowContext {
         let recipe = &self.recipe;
         let templates = recipe.data.templates.clone().unwrap_or_default();
@@ -244,10 +252,14 @@ impl Experiment {
             Some(cd) if self.plan.method.uses_descriptions() => format!("{templates}+{cd}"),
             _ => templates,
         };
+        let method = match recipe.train.trainable.is_all() {
+            true => self.plan.label(),
+            false => format!("{}@{}", self.plan.label(), recipe.train.trainable),
+        };
         RowContext {
             model: recipe.model.clone(),
             dataset: self.data.eval.name(),
-            method: self.plan.label(),
+            method,
             prompts,
             seed: recipe.seed,
             preprocess: self.preprocess.id(),

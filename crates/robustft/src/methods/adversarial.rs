@@ -174,9 +174,11 @@ impl AdversarialPlan {
         let fixed_head = matches!(self.loss, AdversarialLoss::Tecoa | AdversarialLoss::Fare) || !has_head;
         let readout = fixed_head.then(|| context.zero_shot.clone());
         let reference = match self.loss {
-            AdversarialLoss::Fare => {
-                Some(ClipModel::from_tensors(model.config.clone(), context.pretrained.to_vec(), model.device())?)
-            }
+            AdversarialLoss::Fare => Some(ClipModel::from_tensors(
+                model.config.clone(),
+                context.pretrained.to_vec(),
+                model.device(),
+            )?),
             _ => None,
         };
         let outcome = match self.loss {
@@ -278,7 +280,14 @@ impl AdversarialObjective {
 
     fn pgd_at(&self, model: &ClipModel, batch: &TrainBatch, clean: &Tensor) -> Result<Tensor> {
         let start = self.ball_start(clean, batch)?;
-        let adv = self.attack(model, Some(self.head(true)), clean, &batch.labels, AttackLoss::CrossEntropy, &start)?;
+        let adv = self.attack(
+            model,
+            Some(self.head(true)),
+            clean,
+            &batch.labels,
+            AttackLoss::CrossEntropy,
+            &start,
+        )?;
         self.inner.loss(model, &self.with_images(batch, &adv)?)
     }
 
@@ -287,7 +296,14 @@ impl AdversarialObjective {
         let clean_logits = head.logits(&model.encode_image(&batch.images)?)?;
         let clean_probs = softmax_last_dim(&clean_logits.detach())?;
         let start = trades_noise(clean, &self.seeds(batch))?;
-        let adv = self.attack(model, Some(self.head(true)), clean, &clean_probs, AttackLoss::SoftCrossEntropy, &start)?;
+        let adv = self.attack(
+            model,
+            Some(self.head(true)),
+            clean,
+            &clean_probs,
+            AttackLoss::SoftCrossEntropy,
+            &start,
+        )?;
         let adv_logits = head.logits(&model.encode_image(&self.space.normalise(&adv)?)?)?;
         let clean_log = log_softmax(&clean_logits)?;
         let kl = (clean_log.exp()? * (clean_log - log_softmax(&adv_logits)?)?)?.sum(1)?.mean_all()?;
@@ -297,7 +313,8 @@ impl AdversarialObjective {
     fn tecoa(&self, model: &ClipModel, batch: &TrainBatch, clean: &Tensor) -> Result<Tensor> {
         let head = self.head(true);
         let start = self.ball_start(clean, batch)?;
-        let adv = self.attack(model, Some(head.clone()), clean, &batch.labels, AttackLoss::CrossEntropy, &start)?;
+        let adv =
+            self.attack(model, Some(head.clone()), clean, &batch.labels, AttackLoss::CrossEntropy, &start)?;
         let features = model.encode_image(&self.space.normalise(&adv)?)?;
         Ok(cross_entropy(&head.logits(&features)?, &batch.labels)?)
     }
