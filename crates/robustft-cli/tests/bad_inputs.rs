@@ -11,7 +11,8 @@
 //! missing directory; one inline class; URL credentials in `describe` errors; a trained head
 //! whose classes differ from the dataset's; the ImageNet layout in `eval`; `train` into a
 //! directory holding a run (refused without `--resume` or `--force`), `--resume` of a directory
-//! without one.
+//! without one; `robustness` with an unknown threat or corruption, a negative or non-numeric ε,
+//! zero steps, a severity out of range, and `--run` of a directory that is no (finished) run.
 
 #[path = "../../robustft/tests/support/dataset.rs"]
 mod dataset;
@@ -378,5 +379,62 @@ fn eval_reads_the_imagenet_layout() {
         &["eval", "--dataset", "imagenet-v2", "--format", "imagenet"],
         &["imagenet-v2", "variant"],
     );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn robustness_refuses_bad_threats_budgets_steps_and_runs() {
+    let dir = corpus("robustness");
+    let base = ["robustness", "--dataset", "data"];
+    let with = |extra: &[&'static str]| -> Vec<&'static str> { base.iter().chain(extra).copied().collect() };
+    fails_naming(&dir, &with(&["--threat", "rotate"]), &["unknown threat `rotate`", "linf"]);
+    fails_naming(&dir, &with(&["--threat", "corruption:fog"]), &["fog", "gaussian_noise"]);
+    fails_naming(&dir, &with(&["--eps", "-2/255"]), &["-2/255", "negative"]);
+    fails_naming(&dir, &with(&["--eps", "two"]), &["two", "not a number"]);
+    fails_naming(&dir, &with(&["--steps", "0"]), &["--steps", "0"]);
+    fails_naming(&dir, &with(&["--threat", "corruptions", "--eps", "7"]), &["severity", "7"]);
+    std::fs::create_dir_all(dir.join("not-a-run")).unwrap();
+    fails_naming(&dir, &with(&["--run", "not-a-run"]), &["not-a-run", "not a run directory"]);
+    // An interrupted run: its resolved recipe, no final model.
+    std::fs::create_dir_all(dir.join("runs/ft")).unwrap();
+    std::fs::write(dir.join("runs/ft/recipe.toml"), "name = \"ft\"\n").unwrap();
+    fails_naming(&dir, &with(&["--run", "runs/ft"]), &["runs/ft", "no finished run"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn robustness_of_a_finished_run_prints_clean_and_robust_rows() {
+    let dir = corpus("robustness-run");
+    let recipe = write_recipe(&dir, "ft.toml", "ft", "");
+    succeeds(&dir, &["train", "--recipe", &recipe, "--out", "runs"]);
+    let outcome = succeeds(
+        &dir,
+        &[
+            "robustness",
+            "--dataset",
+            "data",
+            "--run",
+            "runs/ft",
+            "--threat",
+            "linf,spatial",
+            "--eps",
+            "0,8/255",
+            "--steps",
+            "3",
+            "--json",
+        ],
+    );
+    let rows: Vec<serde_json::Value> =
+        outcome.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 2 * 2 * 3, "2 threats × 2 budgets × 3 splits: {}", outcome.stdout);
+    for row in &rows {
+        assert_eq!(row["method"], "trained_head", "{row}");
+        for key in ["threat", "eps", "steps", "clean_top1", "robust_top1"] {
+            assert!(row.get(key).is_some(), "{key} missing: {row}");
+        }
+        if row["eps"] == 0.0 {
+            assert_eq!(row["robust_top1"], row["clean_top1"], "{row}");
+        }
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }

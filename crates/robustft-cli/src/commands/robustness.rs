@@ -37,7 +37,7 @@ pub struct RobustnessArgs {
     /// radius of an attack (images in [0, 1]), the largest rotation in degrees for spatial,
     /// the severity (1–5) of a corruption. Default: ℓ∞ 2/255, ℓ2 0.25, ℓ1 4, spatial 30,
     /// corruptions 1,2,3,4,5.
-    #[arg(long, value_name = "EPS", value_parser = parse_budget_list)]
+    #[arg(long, value_name = "EPS", value_parser = parse_budget_list, allow_hyphen_values = true)]
     eps: Option<String>,
 
     /// Gradient steps of an attack (at least 1).
