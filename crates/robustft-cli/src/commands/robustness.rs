@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use robustft::eval::robustness::{evaluate_perturbations, PerturbationSpec, DEFAULT_STEPS};
-use robustft::perturb::parse_budgets;
 use robustft::perturb::threat::Threat;
+use robustft::perturb::{format_budget, parse_budgets};
 use robustft::train::run_dir::RunDir;
 
 use super::eval::{prepare, EvalTarget};
@@ -138,8 +138,14 @@ fn print_table(rows: &[robustft::eval::evaluate::ResultRow]) {
     for row in rows {
         let Some(p) = &row.perturbation else { continue };
         println!(
-            "{:<24} {:<28} {:>9.5} {:>5} {:>6.3} {:>6.3} {:>6}",
-            row.split, p.threat, p.eps, p.steps, p.clean_top1, p.robust_top1, row.metrics.n
+            "{:<24} {:<28} {:>9} {:>5} {:>6.3} {:>6.3} {:>6}",
+            row.split,
+            p.threat,
+            format_budget(p.eps),
+            p.steps,
+            p.clean_top1,
+            p.robust_top1,
+            row.metrics.n
         );
     }
 }

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::eval::evaluate::Perturbation as RowPerturbation;
 use crate::perturb::pgd::Norm;
 use crate::perturb::threat::{Perturbation, Threat};
-use crate::perturb::{parse_budgets, PixelClassifier, PixelSpace};
+use crate::perturb::{format_budget, parse_budgets, PixelClassifier, PixelSpace};
 
 /// A predictor of `model` seen as a classifier of pixel-space images.
 struct UnderAttack<'a> {
@@ -159,11 +159,14 @@ pub fn evaluate_perturbations(
             .map_err(|reason| Error::Invalid { what: format!("perturbation {}", spec.threat), reason })?;
         let clean = benchmark.evaluate_under(model, predictor, None, spec.limit)?;
         for perturbation in &perturbations {
+            let steps = match perturbation.steps {
+                0 => String::new(),
+                n => format!(", {n} steps"),
+            };
             progress(format!(
-                "{} at ε = {} ({} steps)",
+                "{} at ε = {}{steps}",
                 perturbation.threat.name(),
-                perturbation.eps,
-                perturbation.steps
+                format_budget(perturbation.eps)
             ));
             let input = PerturbedInput { perturbation };
             let perturbed = benchmark.evaluate_under(model, predictor, Some(input), spec.limit)?;

@@ -165,7 +165,30 @@ fn parse_number(part: &str, whole: &str) -> std::result::Result<f64, String> {
     }
 }
 
+/// A budget as people write it: `2/255` for a multiple of 1/255 below 1, else the number.
+pub fn format_budget(eps: f64) -> String {
+    let levels = eps * 255.0;
+    match eps > 0.0 && eps < 1.0 && (levels - levels.round()).abs() < 1e-6 {
+        true => format!("{}/255", levels.round()),
+        false => format!("{eps}"),
+    }
+}
+
 /// A comma-separated list of budgets (`0,1/255,2/255`).
 pub fn parse_budgets(text: &str) -> std::result::Result<Vec<f64>, String> {
     text.split(',').map(parse_budget).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budgets_print_as_fractions_of_255_when_they_are() {
+        assert_eq!(format_budget(2.0 / 255.0), "2/255");
+        assert_eq!(format_budget(0.5), "0.5");
+        assert_eq!(format_budget(0.0), "0");
+        assert_eq!(format_budget(30.0), "30");
+        assert_eq!(parse_budget(&format_budget(4.0 / 255.0)).unwrap(), 4.0 / 255.0);
+    }
 }
