@@ -264,7 +264,7 @@ fn write_targets_are_checked_first_and_rows_are_never_glued() {
         .unwrap();
     let fields = [
         ("threat", "linf".into()),
-        ("eps", 0.0157.into()),
+        ("eps", (4.0 / 255.0).into()),
         ("steps", 10.into()),
         ("robust_top1", 0.25.into()),
     ];
@@ -274,7 +274,7 @@ fn write_targets_are_checked_first_and_rows_are_never_glued() {
     std::fs::write(dir.join("attacked.jsonl"), format!("{text}{attacked}\n")).unwrap();
     let both = succeeds(&dir, &["report", "--results", "attacked.jsonl", "--out", "attacked"]);
     assert!(both.stdout.starts_with(&outcome.stdout), "{}", both.stdout);
-    assert!(both.stdout.contains("| data | zeroshot | ℓ∞ | 0.0157 | 25.0 |"), "{}", both.stdout);
+    assert!(both.stdout.contains("| data | zeroshot | ℓ∞ | 4/255 | 25.0 |"), "{}", both.stdout);
     let html = std::fs::read_to_string(dir.join("attacked/report.html")).unwrap();
     assert!(html.contains("data: robust top-1 vs ε, ℓ∞"), "{html}");
     std::fs::remove_dir_all(&dir).unwrap();

@@ -246,7 +246,7 @@ fn each_threat_is_one_plot_with_a_line_per_method_through_its_budgets() {
     assert!(blocks[3].contains("severity (corruption: fog)"));
     assert!(html.contains("<h2>spurious: robust top-1 vs ε, ℓ∞</h2>"), "{html}");
     assert!(html.contains("<h2>spurious: robust top-1 vs severity, corruption: fog</h2>"), "{html}");
-    assert!(html.contains("<td>ℓ∞</td><td class=\"num\">0.0039</td><td class=\"num\">50.0 ± 1.2</td>"));
+    assert!(html.contains("<td>ℓ∞</td><td class=\"num\">1/255</td><td class=\"num\">50.0 ± 1.2</td>"));
     assert_eq!(html, Report { robustness: robustness(), ..report() }.to_html().unwrap());
 }
 
@@ -264,8 +264,8 @@ fn robustness_markdown_names_threat_budget_and_spread() {
     let lines: Vec<&str> = markdown.lines().collect();
     assert_eq!(lines[0], "| Suite | Method | Threat | Budget | Robust top-1 (mean ± sample std, ddof 1) |");
     assert_eq!(lines[1], "| --- | --- | --- | ---: | ---: |");
-    assert_eq!(lines[2], "| spurious | ft | ℓ∞ | 0.0039 | 50.0 ± 1.2 |");
-    assert_eq!(lines[3], "| spurious | ft | ℓ∞ | 0.0078 | 30.0 |");
+    assert_eq!(lines[2], "| spurious | ft | ℓ∞ | 1/255 | 50.0 ± 1.2 |");
+    assert_eq!(lines[3], "| spurious | ft | ℓ∞ | 2/255 | 30.0 |");
     assert_eq!(lines[4], "| spurious | FT <a> & b | corruption: fog | 3 | 55.0 |");
 }
 

@@ -190,7 +190,8 @@ pub fn check_write_targets(paths: &[Option<&std::path::Path>]) -> anyhow::Result
     Ok(())
 }
 
-/// Prints result rows as a table (or JSON lines) on stdout.
+/// Prints result rows as a table (or JSON lines) on stdout; a robustness row's method names
+/// its perturbation (`ft [linf 2/255]`).
 pub fn print_rows(rows: &[robustft::eval::evaluate::ResultRow], json: bool) -> anyhow::Result<()> {
     if json {
         for row in rows {
@@ -206,9 +207,13 @@ pub fn print_rows(rows: &[robustft::eval::evaluate::ResultRow], json: bool) -> a
         let m = &row.metrics;
         let worst = m.worst_group_acc.map_or("-".to_string(), |w| format!("{w:.3}"));
         let alpha = row.wiseft_alpha.map_or("-".to_string(), |a| format!("{a}"));
+        let method = match &row.perturbation {
+            None => row.method.clone(),
+            Some(p) => format!("{} [{} {}]", row.method, p.threat, robustft::perturb::format_budget(p.eps)),
+        };
         println!(
             "{:<14} {:>6} {:<24} {:>6.3} {:>6.3} {:>8.3} {:>10} {:>6.3} {:>6}",
-            row.method, alpha, row.split, m.top1, m.top5, m.f1_macro, worst, m.ece, m.n
+            method, alpha, row.split, m.top1, m.top5, m.f1_macro, worst, m.ece, m.n
         );
     }
     Ok(())

@@ -102,7 +102,7 @@ fn budget_name(threat: &str) -> &'static str {
     }
 }
 
-/// A budget with at most four significant decimals, trailing zeros dropped (`0.0157`, `3`).
+/// An axis tick: at most four significant decimals, trailing zeros dropped (`0.0157`, `3`).
 pub fn budget_label(eps: f64) -> String {
     let text = format!("{eps:.4}");
     text.trim_end_matches('0').trim_end_matches('.').to_string()
@@ -220,7 +220,13 @@ fn headers(rows: &[RobustRow]) -> [String; 5] {
 
 /// The text cells of one row.
 fn cells(row: &RobustRow) -> [String; 5] {
-    [row.suite.clone(), row.method.clone(), threat_name(&row.threat), budget_label(row.eps), robust_cell(row)]
+    [
+        row.suite.clone(),
+        row.method.clone(),
+        threat_name(&row.threat),
+        crate::perturb::format_budget(row.eps),
+        robust_cell(row),
+    ]
 }
 
 fn html_table(rows: &[RobustRow]) -> String {
