@@ -6,13 +6,16 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use robustft::eval::robustness::{evaluate_perturbations, PerturbationSpec, DEFAULT_STEPS};
+use robustft::eval::robustness::{
+    evaluate_perturbations, PerturbationSpec, RobustnessProgress, DEFAULT_STEPS,
+};
 use robustft::perturb::threat::Threat;
 use robustft::perturb::{format_budget, parse_budgets};
 use robustft::train::run_dir::RunDir;
 
 use super::eval::{prepare, EvalTarget};
 use super::{check_write_targets, print_rows};
+use crate::progress;
 
 /// Prints one row per split, threat and budget: the clean and the robust top-1 (robust: on
 /// the perturbed images; the other metrics are the perturbed predictions').
@@ -83,8 +86,16 @@ pub fn run(mut args: RobustnessArgs) -> anyhow::Result<()> {
     spec.expand(args.attack_seed).map_err(|e| anyhow::anyhow!("{e}"))?;
     let prepared = prepare(&args.target)?;
     let context = robustft::eval::evaluate::RowContext { seed: args.attack_seed, ..prepared.context };
-    let started = std::time::Instant::now();
-    let mut progress = |what: String| eprintln!("[{:>6.1} s] {what}", started.elapsed().as_secs_f64());
+    let bar = progress::bar(None, "images");
+    let mut progress = |report: RobustnessProgress| match report {
+        RobustnessProgress::Start { what, examples } => {
+            progress::print_line(&bar, &what);
+            bar.reset();
+            bar.set_message(what);
+            progress::show(&bar, examples as u64);
+        }
+        RobustnessProgress::Images(n) => bar.inc(n as u64),
+    };
     let rows = evaluate_perturbations(
         &prepared.benchmark,
         &prepared.model,
@@ -93,6 +104,7 @@ pub fn run(mut args: RobustnessArgs) -> anyhow::Result<()> {
         &context,
         &mut progress,
     )?;
+    bar.finish_and_clear();
     if let Some(path) = &args.results {
         robustft::eval::evaluate::append_rows(path, &rows)?;
     }

@@ -39,6 +39,8 @@ impl PixelClassifier for UnderAttack<'_> {
 #[derive(Clone, Copy)]
 pub struct PerturbedInput<'a> {
     pub perturbation: &'a Perturbation,
+    /// Hears the size of every batch once it is perturbed.
+    pub done: &'a dyn Fn(usize),
 }
 
 impl PerturbedInput<'_> {
@@ -59,6 +61,7 @@ impl PerturbedInput<'_> {
         let targets: Vec<u32> = labels.iter().map(|&l| l as u32).collect();
         let targets = Tensor::new(targets, pixels.device())?;
         let perturbed = self.perturbation.apply(&classifier, &clean, &targets, keys)?;
+        (self.done)(labels.len());
         space.normalise(&perturbed)
     }
 }
@@ -142,33 +145,36 @@ impl PerturbationSpec {
     }
 }
 
+/// What [`evaluate_perturbations`] reports.
+pub enum RobustnessProgress {
+    /// A perturbation starts over `examples` images.
+    Start { what: String, examples: usize },
+    /// This many more images were perturbed.
+    Images(usize),
+}
+
 /// The robustness rows of `model` + `predictor` on `benchmark` under every perturbation of
-/// `specs`; `progress` hears of each before it runs.
+/// `specs`; `progress` hears of each perturbation before it runs and of every batch after.
 pub fn evaluate_perturbations(
     benchmark: &Benchmark,
     model: &ClipModel,
     predictor: &dyn ImagePredictor,
     specs: &[PerturbationSpec],
     context: &RowContext,
-    progress: &mut dyn FnMut(String),
+    progress: &mut dyn FnMut(RobustnessProgress),
 ) -> Result<Vec<ResultRow>> {
+    let progress = std::cell::RefCell::new(progress);
     let mut rows = Vec::new();
     for spec in specs {
         let perturbations = spec
             .expand(context.seed)
             .map_err(|reason| Error::Invalid { what: format!("perturbation {}", spec.threat), reason })?;
         let clean = benchmark.evaluate_under(model, predictor, None, spec.limit)?;
+        let examples = clean.iter().map(|e| e.predictions.labels.len()).sum();
         for perturbation in &perturbations {
-            let steps = match perturbation.steps {
-                0 => String::new(),
-                n => format!(", {n} steps"),
-            };
-            progress(format!(
-                "{} at ε = {}{steps}",
-                perturbation.threat.name(),
-                format_budget(perturbation.eps)
-            ));
-            let input = PerturbedInput { perturbation };
+            (progress.borrow_mut())(RobustnessProgress::Start { what: describe(perturbation), examples });
+            let done = |n: usize| (progress.borrow_mut())(RobustnessProgress::Images(n));
+            let input = PerturbedInput { perturbation, done: &done };
             let perturbed = benchmark.evaluate_under(model, predictor, Some(input), spec.limit)?;
             rows.extend(robustness_rows(
                 context,
@@ -180,4 +186,13 @@ pub fn evaluate_perturbations(
         }
     }
     Ok(rows)
+}
+
+/// `linf at ε = 2/255, 10 steps`.
+fn describe(perturbation: &Perturbation) -> String {
+    let steps = match perturbation.steps {
+        0 => String::new(),
+        n => format!(", {n} steps"),
+    };
+    format!("{} at ε = {}{steps}", perturbation.threat.name(), format_budget(perturbation.eps))
 }

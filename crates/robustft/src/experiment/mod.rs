@@ -29,7 +29,7 @@ use crate::eval::benchmark::Benchmark;
 use crate::eval::dataset::SplitEvaluation;
 use crate::eval::evaluate::{ResultRow, RowContext};
 use crate::eval::predictor::{Head, Predictor, TextPredictor};
-use crate::eval::robustness::evaluate_perturbations;
+use crate::eval::robustness::{evaluate_perturbations, RobustnessProgress};
 use crate::methods::registry::{
     Context, MethodPlan, ModelPredictors, Outcome, PredictorContext, Prepared, SplitRole,
 };
@@ -175,7 +175,11 @@ impl Experiment {
         }
         let mut rows = self.score(alpha, &evaluations);
         let (benchmark, specs) = (&self.data.eval, &self.recipe.eval.perturbations);
-        let mut progress = |what: String| events(Event::Stage(format!("evaluating under {what}")));
+        let mut progress = |report: RobustnessProgress| {
+            if let RobustnessProgress::Start { what, .. } = report {
+                events(Event::Stage(format!("evaluating under {what}")))
+            }
+        };
         let context = self.row_context(alpha);
         rows.extend(evaluate_perturbations(
             benchmark,
