@@ -24,7 +24,7 @@ impl Sections {
     /// resolved values for the run directory's recipe. Errors name the section.
     pub fn read<T: Serialize + DeserializeOwned>(&mut self, name: &str) -> Result<T, String> {
         let value: T = self.peek(name)?;
-        self.resolved.insert(name.to_string(), to_table(&value));
+        self.keep(name, &value);
         Ok(value)
     }
 
@@ -45,6 +45,12 @@ impl Sections {
         }
         self.resolved.insert(name.to_string(), toml::Value::Table(resolved));
         Ok(value)
+    }
+
+    /// Keeps `value` as section `name`'s resolved values: for an owner that `peek`ed it and
+    /// filled in a default that depends on its other keys.
+    pub fn keep<T: Serialize>(&mut self, name: &str, value: &T) {
+        self.resolved.insert(name.to_string(), to_table(value));
     }
 
     /// Reads section `name` into `T` without keeping it (checks of a section the run does not

@@ -20,7 +20,9 @@ use robustft::constraints::l2sp::add_l2sp;
 use robustft::data::LogitProjection;
 use robustft::eval::predictor::{Head, Predictor};
 use robustft::losses::clip_contrastive_loss;
-use robustft::methods::drm::{core_distribution, wrm_loss, AffinityNorm, Wrm};
+use robustft::methods::drm::{
+    core_distribution, statistics_weights, wrm_loss, AffinityNorm, Statistics, Wrm,
+};
 use robustft::methods::ClassTexts;
 use robustft::train::supervised::clip_gradients;
 use robustft::zeroshot::tokenizer_for;
@@ -66,7 +68,24 @@ struct CoreCase {
     affinities: Vec<Vec<f32>>,
     scale: f32,
     norm: AffinityNorm,
+    /// The class statistics' examples (absent: all, as in cases.json).
+    #[serde(default)]
+    statistics: Option<Statistics>,
+    #[serde(default)]
+    labels: Option<Vec<u32>>,
     expected: Nested,
+}
+
+impl CoreCase {
+    /// `p_c` of the case's affinities under its normalisation and statistics, `[n, classes]`.
+    fn core_distribution(&self) -> Tensor {
+        let (n, classes) = (self.affinities.len(), self.affinities[0].len());
+        let labels = self.labels.clone().unwrap_or_else(|| vec![0; n]);
+        let weights = statistics_weights(&labels, self.statistics.unwrap_or(Statistics::All));
+        let flat: Vec<f32> = self.affinities.iter().flatten().copied().collect();
+        let got = core_distribution(&flat, classes, self.scale, self.norm, &weights);
+        Tensor::from_vec(got, (n, classes), &Device::Cpu).unwrap()
+    }
 }
 
 #[derive(Deserialize)]
@@ -178,18 +197,37 @@ fn drm_core_distribution_matches_numpy_for_the_max_min_normalisations() {
     let fixture: AffinityFixture = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let norms: Vec<AffinityNorm> = fixture.cases.iter().map(|c| c.norm).collect();
     assert!([AffinityNorm::MinmaxImage, AffinityNorm::MinmaxClass].iter().all(|n| norms.contains(n)));
-    for case in fixture.cases {
-        let classes = case.affinities[0].len();
-        let n = case.affinities.len();
-        let flat: Vec<f32> = case.affinities.into_iter().flatten().collect();
-        let got = core_distribution(&flat, classes, case.scale, case.norm);
-        let got = Tensor::from_vec(got, (n, classes), &Device::Cpu).unwrap();
+    for case in fixture.cases.into_iter().filter(|c| c.statistics.is_none()) {
+        let got = case.core_distribution();
         // Python (scripts/fixtures/drm_affinity.py): p = softmax(scale * a, axis=1)
         //   minmax_image: (p - p.min(1)) / (p.max(1) - p.min(1)), rows renormalised
         //   minmax_class: (p - p.min(0)) / (p.max(0) - p.min(0)) (constant column: 0), rows
         //   renormalised (all-zero row: uniform); none/center/standardize as in cases.json
         let err = max_diff(&got, &case.expected);
         // measured: 2.9e-8 (float32 output of float64 arithmetic)
+        assert!(err < 1e-6, "{}: max-abs error {err:e}", case.name);
+    }
+}
+
+#[test]
+fn drm_class_balanced_statistics_match_numpy() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/methods/drm_affinity.json");
+    let fixture: AffinityFixture = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let balanced: Vec<CoreCase> =
+        fixture.cases.into_iter().filter(|c| c.statistics == Some(Statistics::Balanced)).collect();
+    let norms: Vec<AffinityNorm> = balanced.iter().map(|c| c.norm).collect();
+    assert!([AffinityNorm::Center, AffinityNorm::Standardize].iter().all(|n| norms.contains(n)));
+    for case in balanced {
+        let got = case.core_distribution();
+        // Python (scripts/fixtures/drm_affinity.py), a float64, y the labels:
+        //   groups = [a[y == c] for c in np.unique(y)]
+        //   mu = np.mean([g.mean(0) for g in groups], 0)
+        //   sigma = np.sqrt(np.mean([((g - mu) ** 2).mean(0) for g in groups], 0))
+        //   center: a - mu; standardize: (a - mu) / sigma * sigma.mean()
+        //   expected = softmax(scale * a', axis=1)
+        let err = max_diff(&got, &case.expected);
+        // measured: 2.9e-8 (frequent_class_standardize_balanced); "all" statistics would be off by
+        // 0.036 to 0.24 on these cases
         assert!(err < 1e-6, "{}: max-abs error {err:e}", case.name);
     }
 }
@@ -202,15 +240,7 @@ fn drm_core_distribution_matches_numpy_for_every_normalisation() {
         .iter()
         .all(|n| norms.contains(n)));
     for case in fixture.core_distribution {
-        let classes = case.affinities[0].len();
-        let n = case.affinities.len();
-        let flat: Vec<f32> = case.affinities.into_iter().flatten().collect();
-        let got = Tensor::from_vec(
-            core_distribution(&flat, classes, case.scale, case.norm),
-            (n, classes),
-            &Device::Cpu,
-        )
-        .unwrap();
+        let got = case.core_distribution();
         // Python: a = affinities (float64); mu = a.mean(0); sigma = a.std(0, ddof=0)
         //   center: a - mu; standardize: (a - mu) / sigma * sigma.mean(); none: a
         //   expected = softmax(scale * a', axis=1)

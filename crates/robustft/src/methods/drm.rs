@@ -7,11 +7,16 @@
 //!    class embeddings ḡ; *affinity normalisation* [`AffinityNorm`] (`none`, `center` — the
 //!    default: subtract each class's mean affinity over the training set —, `standardize`:
 //!    also divide by the class's standard deviation (population, ddof 0) and multiply by the
-//!    mean of those deviations); then `p_c = softmax_k(exp(s₀) · a'_k(x))`. Or max-min
-//!    normalisation of the *probabilities* `p = softmax_k(exp(s₀) · a_k(x))`, then
-//!    renormalised to sum 1 — a reviewer of the paper reports that the authors "apply max-min
-//!    normalization to the classification probabilities to address certain items that should
-//!    be zero"; which axis is not said, so both readings are options: `minmax_image`
+//!    mean of those deviations); then `p_c = softmax_k(exp(s₀) · a'_k(x))`. The class
+//!    statistics of `center` and `standardize` are [`Statistics::Balanced`] by default (each
+//!    image weighted by 1/(count of its label), so every class counts equally; otherwise a
+//!    long-tailed training set's frequent classes dominate them) or [`Statistics::All`] (each
+//!    image once); the two agree on a class-balanced set. The paper gives no formula; the
+//!    balanced default is this project's, chosen on ShiftWorld `domains`' `id_val`
+//!    (methods.md §1b). Or max-min normalisation of the *probabilities*
+//!    `p = softmax_k(exp(s₀) · a_k(x))`, then renormalised to sum 1 — a reviewer of the paper
+//!    reports that the authors "apply max-min normalization to the classification
+//!    probabilities to address certain items that should be zero"; which axis is not said, so both readings are options: `minmax_image`
 //!    (`(p − min_k p)/(max_k p − min_k p)` per image over the classes) and `minmax_class`
 //!    (per class over the training images; a constant class column becomes 0, an all-zero row
 //!    uniform). This too is a reconstruction. Without augmentation the student sees the same
@@ -59,6 +64,25 @@ pub enum AffinityNorm {
     MinmaxClass,
 }
 
+impl AffinityNorm {
+    /// The recipe's name of the normalisation.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Center => "center",
+            Self::Standardize => "standardize",
+            Self::MinmaxImage => "minmax_image",
+            Self::MinmaxClass => "minmax_class",
+        }
+    }
+
+    /// Whether the normalisation uses per-class statistics over the training images (and so
+    /// [`Statistics`]).
+    pub fn uses_statistics(self) -> bool {
+        matches!(self, AffinityNorm::Center | AffinityNorm::Standardize)
+    }
+}
+
 /// The WRM estimator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -83,10 +107,42 @@ pub enum Erm {
     Ce(ClassTexts),
 }
 
+/// Which training images the per-class affinity statistics of `center` and `standardize`
+/// average over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Statistics {
+    /// Every image once: on a long-tailed set the frequent classes' images dominate μ_k.
+    All,
+    /// Each image weighted by 1/(count of its label): μ_k is the mean over the classes present
+    /// of the per-label-class mean affinities, so every class counts equally.
+    Balanced,
+}
+
+/// Each example's weight in the class statistics: 1 (`all`) or 1/(count of its label)
+/// (`balanced`).
+pub fn statistics_weights(labels: &[u32], statistics: Statistics) -> Vec<f64> {
+    match statistics {
+        Statistics::All => vec![1.0; labels.len()],
+        Statistics::Balanced => {
+            let mut counts = std::collections::HashMap::<u32, usize>::new();
+            labels.iter().for_each(|&y| *counts.entry(y).or_default() += 1);
+            labels.iter().map(|y| 1.0 / counts[y] as f64).collect()
+        }
+    }
+}
+
 /// `p_c` from affinities `[n, classes]` (row-major): normalisation, then a softmax at
-/// temperature `exp(s₀)` = `scale`.
-pub fn core_distribution(affinities: &[f32], classes: usize, scale: f32, norm: AffinityNorm) -> Vec<f32> {
-    let probabilities = affinity_softmax(affinities, classes, scale, norm);
+/// temperature `exp(s₀)` = `scale`. `weights` (one per row, see [`statistics_weights`]) weigh
+/// the examples in the class statistics of `center` and `standardize`.
+pub fn core_distribution(
+    affinities: &[f32],
+    classes: usize,
+    scale: f32,
+    norm: AffinityNorm,
+    weights: &[f64],
+) -> Vec<f32> {
+    let probabilities = affinity_softmax(affinities, classes, scale, norm, weights);
     match norm {
         AffinityNorm::MinmaxImage => minmax_rows(&probabilities, classes),
         AffinityNorm::MinmaxClass => minmax_columns(&probabilities, classes),
@@ -94,15 +150,30 @@ pub fn core_distribution(affinities: &[f32], classes: usize, scale: f32, norm: A
     }
 }
 
+/// Each class's weighted mean affinity μ_k = Σ_i w_i a_ik / Σ_i w_i and weighted population
+/// standard deviation σ_k = sqrt(Σ_i w_i (a_ik − μ_k)² / Σ_i w_i), in float64.
+fn class_statistics(affinities: &[f32], classes: usize, weights: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let n = affinities.len() / classes;
+    let total: f64 = weights.iter().sum();
+    let weighted = |k: usize, f: &dyn Fn(f64) -> f64| -> f64 {
+        (0..n).map(|i| weights[i] * f(affinities[i * classes + k] as f64)).sum::<f64>() / total
+    };
+    let means: Vec<f64> = (0..classes).map(|k| weighted(k, &|a| a)).collect();
+    let stds = (0..classes).map(|k| weighted(k, &|a| (a - means[k]).powi(2)).sqrt()).collect();
+    (means, stds)
+}
+
 /// `softmax(scale · a')` per row (float64) of the affinities after `norm` (the max-min
 /// normalisations act on the probabilities of the raw affinities).
-fn affinity_softmax(affinities: &[f32], classes: usize, scale: f32, norm: AffinityNorm) -> Vec<f64> {
+fn affinity_softmax(
+    affinities: &[f32],
+    classes: usize,
+    scale: f32,
+    norm: AffinityNorm,
+    weights: &[f64],
+) -> Vec<f64> {
     let n = affinities.len() / classes;
-    let column = |k: usize| (0..n).map(move |i| affinities[i * classes + k] as f64);
-    let means: Vec<f64> = (0..classes).map(|k| column(k).sum::<f64>() / n as f64).collect();
-    let stds: Vec<f64> = (0..classes)
-        .map(|k| (column(k).map(|a| (a - means[k]).powi(2)).sum::<f64>() / n as f64).sqrt())
-        .collect();
+    let (means, stds) = class_statistics(affinities, classes, weights);
     let mean_std = stds.iter().sum::<f64>() / classes as f64;
     let normalised = |i: usize, k: usize| -> f64 {
         let a = affinities[i * classes + k] as f64;
@@ -206,14 +277,16 @@ pub fn wrm_loss(cd_logits: &Tensor, core: &Tensor, labels: &Tensor, kind: Wrm) -
     })
 }
 
-/// The fixed `p_c` of every training example, from the frozen pre-trained model (an
-/// unreadable image, which no batch will hold, gets the uniform distribution and no say in the
-/// normalisation statistics).
+/// The fixed `p_c` of every training example, from the frozen pre-trained model, with the
+/// class statistics of `norm` over the training images as `statistics` weighs them by their
+/// labels (an unreadable image, which no batch will hold, gets the uniform distribution and no
+/// say in the statistics).
 pub fn core_predictions(
     pretrained: &ClipModel,
     source: &dyn TrainSource,
     descriptions: &ClassTexts,
     norm: AffinityNorm,
+    statistics: Statistics,
 ) -> Result<Vec<f32>> {
     let classes = descriptions.embed_frozen(pretrained)?;
     let k = classes.dim(0)?;
@@ -231,7 +304,8 @@ pub fn core_predictions(
         });
     }
     let scale = pretrained.logit_scale().exp()?.to_scalar::<f32>()?;
-    let rows = core_distribution(&affinities, k, scale, norm);
+    let labels: Vec<u32> = readable.iter().map(|&i| source.label(i)).collect();
+    let rows = core_distribution(&affinities, k, scale, norm, &statistics_weights(&labels, statistics));
     let mut core = vec![1.0 / k as f32; source.len() * k];
     for (row, &i) in rows.chunks(k).zip(&readable) {
         core[i * k..(i + 1) * k].copy_from_slice(row);
@@ -299,13 +373,44 @@ pub struct DrmSection {
     pub wrm: Wrm,
     pub erm: ErmKind,
     pub affinity: AffinityNorm,
+    /// The training images `center`'s and `standardize`'s class statistics average over
+    /// (default [`DEFAULT_STATISTICS`], which the resolved recipe records); refused with the
+    /// other normalisations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub statistics: Option<Statistics>,
     /// Weight of the default-prompt head in the inference mixture.
     pub beta: f64,
 }
 
 impl Default for DrmSection {
     fn default() -> Self {
-        Self { lambda: 1.0, wrm: Wrm::Soft, erm: ErmKind::Flyp, affinity: AffinityNorm::Center, beta: 0.5 }
+        Self {
+            lambda: 1.0,
+            wrm: Wrm::Soft,
+            erm: ErmKind::Flyp,
+            affinity: AffinityNorm::Center,
+            statistics: None,
+            beta: 0.5,
+        }
+    }
+}
+
+/// `drm.statistics` where a recipe using `center` or `standardize` is silent.
+pub const DEFAULT_STATISTICS: Statistics = Statistics::Balanced;
+
+impl DrmSection {
+    /// The class statistics of `p_c`'s normalisation (ignored by one that uses none).
+    fn statistics(&self) -> Statistics {
+        self.statistics.unwrap_or(DEFAULT_STATISTICS)
+    }
+
+    /// `p_c`'s normalisation in words: `center, balanced statistics`, `minmax_class`, ….
+    fn normalisation(&self) -> String {
+        match (self.affinity.uses_statistics(), self.statistics()) {
+            (false, _) => self.affinity.name().into(),
+            (true, Statistics::All) => format!("{}, statistics over all images", self.affinity.name()),
+            (true, Statistics::Balanced) => format!("{}, class-balanced statistics", self.affinity.name()),
+        }
     }
 }
 
@@ -316,10 +421,20 @@ struct DrmMethod {
 }
 
 fn read(sections: &mut Sections) -> std::result::Result<Box<dyn Method>, String> {
-    let section: DrmSection = sections.read(SECTION)?;
+    let mut section: DrmSection = sections.peek(SECTION)?;
     if !(0.0..=1.0).contains(&section.beta) {
         return Err(format!("drm.beta = {} is outside [0, 1]", section.beta));
     }
+    if section.statistics.is_some() && !section.affinity.uses_statistics() {
+        return Err(format!(
+            "drm.statistics applies to drm.affinity = \"center\" or \"standardize\"; drm.affinity = \"{}\" uses no class statistics",
+            section.affinity.name()
+        ));
+    }
+    if section.affinity.uses_statistics() {
+        section.statistics.get_or_insert(DEFAULT_STATISTICS);
+    }
+    sections.keep(SECTION, &section);
     let m2mix = match section.erm {
         ErmKind::Flyp => M2mixSection::read(sections)?,
         ErmKind::Ce => None,
@@ -349,12 +464,17 @@ impl Method for DrmMethod {
             reason: "needs data.descriptions (a concept-description file)".into(),
         })?;
         let descriptions = ClassTexts::new(model, &tokenizer, per_class)?;
-        let core = core_predictions(model, context.train, &descriptions, self.section.affinity)?;
+        let (affinity, statistics) = (self.section.affinity, self.section.statistics());
+        let core = core_predictions(model, context.train, &descriptions, affinity, statistics)?;
         let labels: Vec<u32> = (0..context.train.len()).map(|i| context.train.label(i)).collect();
         let diagnostics = core_diagnostics(&core, context.zero_shot.num_classes(), &labels);
         let summary: Vec<String> =
             diagnostics.iter().map(|(name, value)| format!("{name} {value:.3}")).collect();
-        (context.stage)(format!("core predictions p_c on the training split: {}", summary.join(", ")));
+        let how = self.section.normalisation();
+        (context.stage)(format!(
+            "core predictions p_c ({how}) on the training split: {}",
+            summary.join(", ")
+        ));
         let erm = match self.section.erm {
             ErmKind::Flyp => Erm::Flyp(Box::new(Flyp::new(context, self.m2mix.as_ref())?)),
             ErmKind::Ce => Erm::Ce(ClassTexts::new(model, &tokenizer, context.prompts)?),
@@ -389,5 +509,47 @@ mod tests {
         assert!((got["pc_top1"] - 1.0 / 3.0).abs() < 1e-12);
         assert!((got["pc_entropy"] - entropy).abs() < 1e-6, "{got:?}");
         assert_eq!((got["pc_recall_macro"], got["pc_recall_min"]), (0.25, 0.0));
+    }
+
+    #[test]
+    fn balanced_weights_are_one_over_each_label_count() {
+        let labels = [2, 0, 2, 2, 0, 5];
+        assert_eq!(statistics_weights(&labels, Statistics::All), vec![1.0; 6]);
+        let third = 1.0 / 3.0;
+        assert_eq!(
+            statistics_weights(&labels, Statistics::Balanced),
+            vec![third, 0.5, third, third, 0.5, 1.0]
+        );
+    }
+
+    #[test]
+    fn balanced_class_statistics_count_each_class_once() {
+        // Three images of class 0 with affinities (0.3, 0.1), one of class 1 with (0.1, 0.3).
+        // All images: mu = (0.25, 0.15), sigma_0 = sqrt((3 * 0.05^2 + 0.15^2) / 4).
+        // Balanced: mu = mean of the class means = (0.2, 0.2); sigma = (0.1, 0.1).
+        let affinities = [0.3, 0.1, 0.3, 0.1, 0.3, 0.1, 0.1, 0.3];
+        let labels = [0, 0, 0, 1];
+        let close = |got: &[f64], want: &[f64]| got.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-7);
+        let (means, stds) = class_statistics(&affinities, 2, &statistics_weights(&labels, Statistics::All));
+        assert!(close(&means, &[0.25, 0.15]) && close(&stds, &[0.0075f64.sqrt(); 2]), "{means:?} {stds:?}");
+        let (means, stds) =
+            class_statistics(&affinities, 2, &statistics_weights(&labels, Statistics::Balanced));
+        assert!(close(&means, &[0.2, 0.2]) && close(&stds, &[0.1, 0.1]), "{means:?} {stds:?}");
+    }
+
+    fn read_drm(toml: &str) -> std::result::Result<toml::Table, String> {
+        let mut sections = Sections::new(toml.parse().unwrap());
+        read(&mut sections)?;
+        Ok(sections.resolved()[SECTION].as_table().unwrap().clone())
+    }
+
+    #[test]
+    fn statistics_are_refused_without_class_statistics_and_resolved_with_them() {
+        let err = read_drm("[drm]\naffinity = \"minmax_class\"\nstatistics = \"balanced\"").err().unwrap();
+        assert!(err.contains("drm.statistics") && err.contains("drm.affinity = \"minmax_class\""), "{err}");
+        let resolved = read_drm("[drm]\naffinity = \"standardize\"\nstatistics = \"all\"").unwrap();
+        assert_eq!(resolved["statistics"].as_str(), Some("all"));
+        assert_eq!(read_drm("[drm]").unwrap()["statistics"].as_str(), Some("balanced"));
+        assert!(!read_drm("[drm]\naffinity = \"none\"").unwrap().contains_key("statistics"));
     }
 }
