@@ -464,5 +464,6 @@ mod tests {
             ["constraint", "lp", "fsr", "vrf"]
         );
         assert_eq!(names(&["method.name=\"drm\"", "drm.erm=\"ce\""]), ["constraint", "drm"]);
+        assert_eq!(names(&["adversarial.loss=\"trades\""]), ["constraint", "fsr", "adversarial"]);
     }
 }

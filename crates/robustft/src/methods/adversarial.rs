@@ -115,13 +115,16 @@ pub struct AdversarialPlan {
 }
 
 impl AdversarialSection {
-    /// Reads and checks `[adversarial]` for `method`: the plan, when a loss is chosen.
+    /// Reads and checks `[adversarial]` for `method`: the plan, when a loss is chosen (the
+    /// resolved recipe keeps the section only when the recipe has one).
     pub fn read(
         sections: &mut Sections,
         method: &str,
         trains: bool,
     ) -> std::result::Result<Option<AdversarialPlan>, String> {
-        let section: Self = sections.read(SECTION)?;
+        // A recipe without the section keeps none in its resolved form (and older runs resume).
+        let written = sections.names().any(|name| name == SECTION);
+        let section: Self = if written { sections.read(SECTION)? } else { sections.peek(SECTION)? };
         if section.loss == AdversarialLoss::None {
             return Ok(None);
         }

@@ -126,7 +126,7 @@ mod tests {
         assert_eq!(apply(&image, 3, Transform { degrees: 0.0, dx: 0.0, dy: 0.0 }), image);
         // 90°: output (x, y) samples source (u, v) = (y, 2 − x) about the centre (1, 1).
         let turned = apply(&image, 3, Transform { degrees: 90.0, dx: 0.0, dy: 0.0 });
-        let expected = [2.0, 5.0, 8.0, 1.0, 4.0, 7.0, 0.0, 3.0, 6.0];
+        let expected = [6.0, 3.0, 0.0, 7.0, 4.0, 1.0, 8.0, 5.0, 2.0];
         for (a, b) in turned.iter().zip(expected) {
             assert!((a - b).abs() < 1e-5, "{turned:?}");
         }
