@@ -7,7 +7,9 @@
 use std::path::PathBuf;
 
 use robustft::eval::report::{markdown_table, Curve, Point, Report, SuitePlot, TableRow};
-use robustft::eval::robustness_plot::{robustness_markdown, RobustCurve, RobustRow, Robustness, ThreatPlot};
+use robustft::eval::robustness_plot::{
+    robustness_digest_markdown, robustness_markdown, RobustCurve, RobustRow, Robustness, ThreatPlot,
+};
 
 fn plot(suite: &str, methods: &[&str], sweep: usize) -> SuitePlot {
     let points = methods
@@ -275,4 +277,32 @@ fn a_robust_accuracy_outside_0_1_is_refused_naming_the_plot() {
     bad.plots[1].curves[0].points[0].1 = 1.5;
     let err = Report { robustness: bad, ..report() }.to_html().unwrap_err().to_string();
     assert!(err.contains("corruption:fog") && err.contains("1.5"), "{err}");
+}
+
+#[test]
+fn the_robustness_digest_takes_each_family_at_its_middle_budget() {
+    let at = |method: &str, threat: &str, eps: f64, top1: f64, std: Option<f64>| RobustRow {
+        suite: "spurious".into(),
+        method: method.into(),
+        threat: threat.into(),
+        eps,
+        robust_top1: top1,
+        std,
+    };
+    let rows = [
+        at("ft", "linf", 1.0 / 255.0, 0.6, Some(0.01)),
+        at("ft", "linf", 2.0 / 255.0, 0.4, Some(0.02)),
+        at("ft", "linf", 4.0 / 255.0, 0.1, Some(0.01)),
+        at("ft", "corruption:contrast", 3.0, 0.5, None),
+        at("ft", "corruption:pixelate", 3.0, 0.7, None),
+        at("flyp", "linf", 2.0 / 255.0, 0.3, None),
+    ];
+    let digest = robustness_digest_markdown(&rows);
+    let lines: Vec<&str> = digest.lines().collect();
+    assert_eq!(lines[0], "| Suite | Method | ℓ∞ 2/255 | corruptions (mean), severity 3 |");
+    assert_eq!(lines[1], "| --- | --- | ---: | ---: |");
+    // ℓ∞ at the middle of {1, 2, 4}/255; corruptions: (50 + 70) / 2.
+    assert_eq!(lines[2], "| spurious | ft | 40.0 ± 2.0 | 60.0 |");
+    assert_eq!(lines[3], "| spurious | flyp | 30.0 | – |");
+    assert_eq!(robustness_digest_markdown(&[]), "");
 }

@@ -12,7 +12,7 @@ use candle_core::Device;
 use robustft::demo::{demo_recipes, matrix, summarize, DemoRun, RecipeText, DEMO_SUITES};
 use robustft::eval::evaluate::ResultRow;
 use robustft::eval::report::markdown_table;
-use robustft::eval::robustness_plot::robustness_markdown;
+use robustft::eval::robustness_plot::{robustness_digest_markdown, robustness_markdown};
 use robustft::experiment::{Experiment, RunSettings};
 
 use super::train::run_with_progress;
@@ -96,6 +96,7 @@ pub fn write_summary(
     report.write(&out.join("report.html"))?;
     println!("{}", markdown_table(&report.table));
     if !report.robustness.table.is_empty() {
+        println!("{}", robustness_digest_markdown(&report.robustness.table));
         println!("{}", robustness_markdown(&report.robustness.table));
     }
     eprintln!("wrote {} and {}", results.display(), out.join("report.html").display());

@@ -261,3 +261,85 @@ pub fn robustness_markdown(rows: &[RobustRow]) -> String {
     rows.iter().for_each(|row| markdown.push_str(&line(&escaped(cells(row)))));
     markdown
 }
+
+/// The one-line-per-method digest of the robustness table: for each (suite, method) and each
+/// threat family — a threat, or all corruptions together — the robust top-1 at the family's
+/// middle budget (the lower middle of the budgets measured on that suite; the corruptions'
+/// cell is the mean over the corruptions at that severity, without a spread). GitHub
+/// markdown, one table per suite; empty without rows.
+pub fn robustness_digest_markdown(rows: &[RobustRow]) -> String {
+    let mut markdown = String::new();
+    for suite in first_seen(rows.iter().map(|r| r.suite.clone())) {
+        let rows: Vec<&RobustRow> = rows.iter().filter(|r| r.suite == suite).collect();
+        let families = first_seen(rows.iter().map(|r| family(&r.threat)));
+        let budgets: Vec<f64> = families.iter().map(|f| middle_budget(&rows, f)).collect();
+        let mut header = vec!["Suite".to_string(), "Method".to_string()];
+        header.extend(
+            families
+                .iter()
+                .zip(&budgets)
+                .map(|(f, &b)| format!("{} {}", family_name(f), crate::perturb::format_budget(b))),
+        );
+        let _ = writeln!(
+            markdown,
+            "| {} |",
+            header.iter().map(|h| markdown_escape(h)).collect::<Vec<_>>().join(" | ")
+        );
+        let _ = writeln!(markdown, "| --- | --- |{}", " ---: |".repeat(families.len()));
+        for method in first_seen(rows.iter().map(|r| r.method.clone())) {
+            let mut cells = vec![markdown_escape(&suite), markdown_escape(&method)];
+            for (f, &b) in families.iter().zip(&budgets) {
+                let at: Vec<&&RobustRow> = rows
+                    .iter()
+                    .filter(|r| r.method == method && family(&r.threat) == *f && r.eps == b)
+                    .collect();
+                cells.push(match at.as_slice() {
+                    [] => "–".into(),
+                    [one] => robust_cell(one),
+                    many => format!(
+                        "{:.1}",
+                        many.iter().map(|r| r.robust_top1).sum::<f64>() / many.len() as f64 * 100.0
+                    ),
+                });
+            }
+            let _ = writeln!(markdown, "| {} |", cells.join(" | "));
+        }
+        markdown.push('\n');
+    }
+    markdown
+}
+
+/// The digest's column of a threat: the threat itself, or `corruptions` for any corruption.
+fn family(threat: &str) -> String {
+    match threat.starts_with(CORRUPTION_PREFIX) {
+        true => "corruptions".into(),
+        false => threat.into(),
+    }
+}
+
+fn family_name(family: &str) -> String {
+    match family {
+        "corruptions" => "corruptions (mean), severity".into(),
+        other => threat_name(other),
+    }
+}
+
+/// The lower middle of the budgets a family was measured at.
+fn middle_budget(rows: &[&RobustRow], family_id: &str) -> f64 {
+    let mut budgets: Vec<f64> =
+        rows.iter().filter(|r| family(&r.threat) == family_id).map(|r| r.eps).collect();
+    budgets.sort_by(f64::total_cmp);
+    budgets.dedup();
+    budgets[(budgets.len() - 1) / 2]
+}
+
+/// The distinct values in first-seen order.
+fn first_seen(values: impl Iterator<Item = String>) -> Vec<String> {
+    let mut seen: Vec<String> = Vec::new();
+    for value in values {
+        if !seen.contains(&value) {
+            seen.push(value);
+        }
+    }
+    seen
+}
