@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The perturbation study on ShiftWorld `spurious` with the bundled model (README, "Robustness to
 # input perturbations"; after Heuillet et al., arXiv 2508.14079): update protocols (head, last:2,
-# all) × losses (CE, PGD-AT, TRADES: recipes/perturbation/) and the natural-shift methods (FT,
-# FLYP, DRM, each with WiSE-FT α = 0.5), every model measured on the clean ID and OOD splits and
+# all) × losses (CE, PGD-AT, TRADES: recipes/perturbation/) and the natural-shift methods (FT —
+# the CE run of protocol all —, FLYP and DRM, each with WiSE-FT α = 0.5), every model measured
+# on the clean ID and OOD splits and
 # under the five perturbation families (ℓ∞, ℓ2, ℓ1 PGD; corruptions; spatial), three seeds.
 # Each protocol's learning rate is selected first, on ID validation top-1 of the plain CE run
 # over 1e-4, 1e-3, 1e-2 (`robustft sweep`, the same seeds), and used for all three losses; the
@@ -67,12 +68,17 @@ done
 for seed in $seeds; do
   for protocol in head last:2 all; do
     for loss in ce pgd_at trades; do
+      # Plain FT (CE, every parameter) is also the natural-shift baseline: with its WiSE-FT point.
+      wiseft=()
+      if [ "$loss" = ce ] && [ "$protocol" = all ]; then
+        wiseft=(--set "eval.wiseft=[0.5]")
+      fi
       run "recipes/perturbation/$loss.toml" "${loss}_${protocol/:/}_s$seed" "$seed" \
-        --set "train.trainable=\"$protocol\"" --set "train.lr=${lr[$protocol]}"
+        --set "train.trainable=\"$protocol\"" --set "train.lr=${lr[$protocol]}" "${wiseft[@]}"
     done
   done
-  for method in ft flyp drm; do
+  for method in flyp drm; do
     run "recipes/shiftworld/$method.toml" "natural_${method}_s$seed" "$seed" --set "eval.wiseft=[0.5]"
   done
 done
-"$bin" report --results "$out"/*/results.jsonl --out "$out/report"
+"$bin" report --results "$out"/*_s[0-9]*/results.jsonl --out "$out/report"
