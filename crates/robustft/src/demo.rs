@@ -8,7 +8,7 @@
 use crate::error::{Error, Result};
 use crate::eval::evaluate::{Perturbation, ResultRow};
 use crate::eval::report::{Curve, Point, Report, SuitePlot, TableRow};
-use crate::eval::robustness_plot::{RobustCurve, RobustRow, Robustness, ThreatPlot};
+use crate::eval::robustness_plot::{first_seen, RobustCurve, RobustRow, Robustness, ThreatPlot};
 use crate::recipe::Recipe;
 
 /// The split the ID columns, points and robustness plots are measured on.
@@ -315,17 +315,6 @@ fn budget_stats(measured: &[&Measured]) -> Vec<(f64, f64, Option<f64>)> {
             Some((eps, mean, (per_seed.len() > 1).then_some(std)))
         })
         .collect()
-}
-
-/// The distinct values of `items` in first-seen order.
-fn first_seen(items: impl Iterator<Item = String>) -> Vec<String> {
-    let mut seen: Vec<String> = Vec::new();
-    for item in items {
-        if !seen.contains(&item) {
-            seen.push(item);
-        }
-    }
-    seen
 }
 
 /// The mean value of each seed of `(seed, value)` pairs, in seed order.

@@ -334,7 +334,7 @@ fn middle_budget(rows: &[&RobustRow], family_id: &str) -> f64 {
 }
 
 /// The distinct values in first-seen order.
-fn first_seen(values: impl Iterator<Item = String>) -> Vec<String> {
+pub(crate) fn first_seen(values: impl Iterator<Item = String>) -> Vec<String> {
     let mut seen: Vec<String> = Vec::new();
     for value in values {
         if !seen.contains(&value) {
