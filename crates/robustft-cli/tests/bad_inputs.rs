@@ -392,6 +392,8 @@ fn robustness_refuses_bad_threats_budgets_steps_and_runs() {
     fails_naming(&dir, &with(&["--eps", "-2/255"]), &["-2/255", "negative"]);
     fails_naming(&dir, &with(&["--eps", "two"]), &["two", "not a number"]);
     fails_naming(&dir, &with(&["--steps", "0"]), &["--steps", "0"]);
+    fails_naming(&dir, &with(&["--step-size", "0"]), &["step size 0", "> 0"]);
+    fails_naming(&dir, &with(&["--step-size", "1/255,2/255"]), &["not a number"]);
     fails_naming(&dir, &with(&["--threat", "corruptions", "--eps", "7"]), &["severity", "7"]);
     std::fs::create_dir_all(dir.join("not-a-run")).unwrap();
     fails_naming(&dir, &with(&["--run", "not-a-run"]), &["not-a-run", "not a run directory"]);

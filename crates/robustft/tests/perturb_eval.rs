@@ -193,3 +193,34 @@ fn bad_settings_are_refused_naming_the_value() {
     assert!(robustft::perturb::parse_budget("1/0").unwrap_err().contains("zero"));
     assert_eq!(robustft::perturb::parse_budgets("0,1/255,0.5").unwrap(), vec![0.0, 1.0 / 255.0, 0.5]);
 }
+
+#[test]
+fn without_a_random_start_pgd_ignores_the_seed_and_a_spec_sets_the_step() {
+    let model = bundled();
+    let predictor = Predictor::single(Head::zero_shot(&model, &prompts()).unwrap());
+    let classifier = Attacked { model: &model, predictor: &predictor, space: space(&model) };
+    let (x, labels) = (images(&model, 2, 5), Tensor::new(&[1u32, 2], &Device::Cpu).unwrap());
+    let spec = |random_start: bool| robustft::eval::robustness::PerturbationSpec {
+        threat: "linf".into(),
+        eps: Some("4/255".into()),
+        steps: 2,
+        step_size: Some("1/255".into()),
+        random_start,
+        limit: None,
+    };
+    let attack = |random_start: bool, seed: u64| {
+        let perturbation = spec(random_start).expand(seed).unwrap().remove(0);
+        assert_eq!(perturbation.step_size, Some(1.0 / 255.0));
+        let adv = perturbation.apply(&classifier, &x, &labels, &[0, 1]).unwrap();
+        adv.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    };
+    assert_eq!(attack(false, 1), attack(false, 2), "no random start: the seed must not matter");
+    assert_ne!(attack(true, 1), attack(true, 2), "a random start depends on the seed");
+    // Two ℓ∞ steps of 1/255 from the clean image move no pixel by more than 2/255.
+    let moved = attack(false, 1)
+        .iter()
+        .zip(x.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(moved <= 2.0 / 255.0 + 1e-6 && moved > 0.0, "{moved}");
+}

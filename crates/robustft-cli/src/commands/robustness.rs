@@ -10,7 +10,7 @@ use robustft::eval::robustness::{
     evaluate_perturbations, PerturbationSpec, RobustnessProgress, DEFAULT_STEPS,
 };
 use robustft::perturb::threat::Threat;
-use robustft::perturb::{format_budget, parse_budgets};
+use robustft::perturb::{format_budget, parse_budget, parse_budgets};
 use robustft::train::run_dir::RunDir;
 
 use super::eval::{prepare, EvalTarget};
@@ -47,6 +47,15 @@ pub struct RobustnessArgs {
     #[arg(long, default_value_t = DEFAULT_STEPS as u64, value_parser = clap::value_parser!(u64).range(1..))]
     steps: u64,
 
+    /// PGD's step size, a number or a fraction (default 2.5·ε/steps).
+    #[arg(long, value_name = "ALPHA", value_parser = parse_step_size)]
+    step_size: Option<String>,
+
+    /// Start PGD at the clean image instead of a random point of the ball (APGD always starts
+    /// at a random point, as published).
+    #[arg(long)]
+    no_random_start: bool,
+
     /// Evaluate only the first N examples of each split.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     limit: Option<u64>,
@@ -68,6 +77,10 @@ fn parse_threats(text: &str) -> Result<String, String> {
     Threat::parse_list(text).map(|_| text.to_string())
 }
 
+fn parse_step_size(text: &str) -> Result<String, String> {
+    parse_budget(text).map(|_| text.to_string())
+}
+
 fn parse_budget_list(text: &str) -> Result<String, String> {
     parse_budgets(text).map(|_| text.to_string())
 }
@@ -81,6 +94,8 @@ pub fn run(mut args: RobustnessArgs) -> anyhow::Result<()> {
         threat: args.threat.clone(),
         eps: args.eps.clone(),
         steps: args.steps as usize,
+        step_size: args.step_size.clone(),
+        random_start: !args.no_random_start,
         limit: args.limit.map(|n| n as usize),
     };
     spec.expand(args.attack_seed).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::eval::evaluate::Perturbation as RowPerturbation;
 use crate::perturb::pgd::Norm;
 use crate::perturb::threat::{Perturbation, Threat};
-use crate::perturb::{format_budget, parse_budgets, PixelClassifier, PixelSpace};
+use crate::perturb::{format_budget, parse_budget, parse_budgets, PixelClassifier, PixelSpace};
 
 /// A predictor of `model` seen as a classifier of pixel-space images.
 struct UnderAttack<'a> {
@@ -107,6 +107,12 @@ pub struct PerturbationSpec {
     /// Attack steps.
     #[serde(default = "default_steps")]
     pub steps: usize,
+    /// PGD's step size, a number or a fraction (default 2.5·ε/steps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_size: Option<String>,
+    /// PGD starts at a random point of the ball (else at the clean image).
+    #[serde(default = "default_random_start")]
+    pub random_start: bool,
     /// Examples per split (all when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
@@ -117,6 +123,10 @@ pub const DEFAULT_STEPS: usize = 10;
 
 fn default_steps() -> usize {
     DEFAULT_STEPS
+}
+
+fn default_random_start() -> bool {
+    true
 }
 
 /// A threat's budgets unless told: ℓ∞ 2/255 (PGD and APGD), ℓ2 0.25, ℓ1 4, spatial 30°,
@@ -135,10 +145,19 @@ impl PerturbationSpec {
     /// Every (threat, budget) it names, checked, drawing randomness from `seed`.
     pub fn expand(&self, seed: u64) -> std::result::Result<Vec<Perturbation>, String> {
         let budgets = self.eps.as_deref().map(parse_budgets).transpose()?;
+        let step_size = match self.step_size.as_deref().map(parse_budget).transpose()? {
+            Some(step) if step <= 0.0 => return Err(format!("step size {step} must be > 0")),
+            step => step,
+        };
         let mut perturbations = Vec::new();
         for threat in Threat::parse_list(&self.threat)? {
             for eps in budgets.clone().unwrap_or_else(|| default_budgets(&threat)) {
-                perturbations.push(Perturbation::new(threat, eps, self.steps, seed)?);
+                let perturbation = Perturbation::new(threat, eps, self.steps, seed)?;
+                perturbations.push(Perturbation {
+                    step_size,
+                    random_start: self.random_start,
+                    ..perturbation
+                });
             }
         }
         Ok(perturbations)

@@ -100,7 +100,7 @@ pub struct Perturbation {
     pub steps: usize,
     /// PGD's step size (default `2.5·ε/steps`).
     pub step_size: Option<f64>,
-    /// PGD starts at a random point of the ball (APGD always does, as published).
+    /// PGD starts at a random point of the ball (APGD always does, as published; default).
     pub random_start: bool,
     pub seed: u64,
 }
