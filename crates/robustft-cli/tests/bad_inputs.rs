@@ -440,3 +440,39 @@ fn robustness_of_a_finished_run_prints_clean_and_robust_rows() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn robustness_of_a_vrf_run_refits_vrf_on_the_recipes_data() {
+    let dir = corpus("robustness-vrf");
+    // VRF needs a validation split: the manifest's id_test serves as one here.
+    let recipe = write_recipe(&dir, "vrf.toml", "ft", "[eval]\npredictor = \"vrf\"\nwiseft = []\n");
+    let text = std::fs::read_to_string(dir.join(&recipe))
+        .unwrap()
+        .replace("[data]\n", "[data]\nval_split = \"id_test\"\n");
+    std::fs::write(dir.join(&recipe), text).unwrap();
+    succeeds(&dir, &["train", "--recipe", &recipe, "--out", "runs"]);
+    let outcome = succeeds(
+        &dir,
+        &[
+            "robustness",
+            "--dataset",
+            "data",
+            "--run",
+            "runs/ft",
+            "--eps",
+            "0,8/255",
+            "--steps",
+            "2",
+            "--json",
+        ],
+    );
+    assert!(outcome.stderr.contains("predicts through VRF"), "{}", outcome.stderr);
+    assert!(outcome.stderr.contains("zero-shot failures"), "VRF must be refitted: {}", outcome.stderr);
+    let rows: Vec<serde_json::Value> =
+        outcome.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(!rows.is_empty() && rows.iter().all(|row| row["method"] == "ft+vrf"), "{}", outcome.stdout);
+    for row in rows.iter().filter(|row| row["eps"] == 0.0) {
+        assert_eq!(row["robust_top1"], row["clean_top1"], "{row}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

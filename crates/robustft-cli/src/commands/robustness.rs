@@ -1,5 +1,6 @@
 //! `robustft robustness`: clean and robust top-1 of a model (or a trained run's final
-//! predictor: its head, FLYP's rebuilt head, DRM's mixture) on every split of a ShiftWorld
+//! predictor: its head, FLYP's rebuilt head, DRM's mixture, VRF refitted on the run's recipe)
+//! on every split of a ShiftWorld
 //! suite or a dataset on disk, under attacks (PGD ℓ∞/ℓ2/ℓ1, APGD-CE/DLR), common corruptions
 //! and the spatial grid (`robustft::perturb`). One row per (split, threat, ε).
 
@@ -9,8 +10,10 @@ use anyhow::Context;
 use robustft::eval::robustness::{
     evaluate_perturbations, PerturbationSpec, RobustnessProgress, DEFAULT_STEPS,
 };
+use robustft::experiment::Experiment;
 use robustft::perturb::threat::Threat;
 use robustft::perturb::{format_budget, parse_budget, parse_budgets};
+use robustft::recipe::Recipe;
 use robustft::train::run_dir::RunDir;
 
 use super::eval::{prepare, EvalTarget};
@@ -25,7 +28,8 @@ pub struct RobustnessArgs {
     target: EvalTarget,
 
     /// A finished run directory of `robustft train` (`<out>/<recipe>`): evaluates its final
-    /// model as the run predicts (instead of --model).
+    /// model as the run predicts (instead of --model); a VRF run is refitted on its recipe's
+    /// splits and evaluated on the recipe's data.
     #[arg(long, value_name = "DIR")]
     run: Option<PathBuf>,
 
@@ -88,29 +92,18 @@ fn parse_budget_list(text: &str) -> Result<String, String> {
 pub fn run(mut args: RobustnessArgs) -> anyhow::Result<()> {
     check_write_targets(&[args.results.as_deref()])?;
     if let Some(dir) = &args.run {
-        args.target.model.model = run_model(dir)?.display().to_string();
+        let model = run_model(dir)?;
+        if let Some(recipe) = predicts_through_vrf(dir)? {
+            return vrf_run(&args, recipe, &model);
+        }
+        args.target.model.model = model.display().to_string();
     }
-    let spec = PerturbationSpec {
-        threat: args.threat.clone(),
-        eps: args.eps.clone(),
-        steps: args.steps as usize,
-        step_size: args.step_size.clone(),
-        random_start: !args.no_random_start,
-        limit: args.limit.map(|n| n as usize),
-    };
+    let spec = spec_of(&args);
     spec.expand(args.attack_seed).map_err(|e| anyhow::anyhow!("{e}"))?;
     let prepared = prepare(&args.target)?;
     let context = robustft::eval::evaluate::RowContext { seed: args.attack_seed, ..prepared.context };
     let bar = progress::bar(None, "images");
-    let mut progress = |report: RobustnessProgress| match report {
-        RobustnessProgress::Start { what, examples } => {
-            progress::print_line(&bar, &what);
-            bar.reset();
-            bar.set_message(what);
-            progress::show(&bar, examples as u64);
-        }
-        RobustnessProgress::Images(n) => bar.inc(n as u64),
-    };
+    let mut progress = |report: RobustnessProgress| show_progress(&bar, report);
     let rows = evaluate_perturbations(
         &prepared.benchmark,
         &prepared.model,
@@ -120,13 +113,63 @@ pub fn run(mut args: RobustnessArgs) -> anyhow::Result<()> {
         &mut progress,
     )?;
     bar.finish_and_clear();
+    write_rows(&args, &rows)
+}
+
+/// The perturbation spec the arguments name.
+fn spec_of(args: &RobustnessArgs) -> PerturbationSpec {
+    PerturbationSpec {
+        threat: args.threat.clone(),
+        eps: args.eps.clone(),
+        steps: args.steps as usize,
+        step_size: args.step_size.clone(),
+        random_start: !args.no_random_start,
+        limit: args.limit.map(|n| n as usize),
+    }
+}
+
+/// A VRF run: its recipe resolved again, VRF refitted on the recipe's splits, evaluated on the
+/// recipe's data (which --suite and --dataset cannot replace).
+fn vrf_run(args: &RobustnessArgs, recipe: Recipe, model: &Path) -> anyhow::Result<()> {
+    eprintln!(
+        "note: {} predicts through VRF, refitted on its recipe's training and validation splits; it is \
+         evaluated on the recipe's data, not on --suite/--dataset",
+        args.run.as_deref().unwrap_or(model).display()
+    );
+    let device = args.target.model.device.open()?;
+    let experiment = Experiment::resolve(recipe, &device)?;
+    let bar = progress::bar(None, "images");
+    let rows =
+        experiment.perturbed_rows_of_run(model, &[spec_of(args)], args.attack_seed, &mut |report| {
+            show_progress(&bar, report)
+        })?;
+    bar.finish_and_clear();
+    write_rows(args, &rows)
+}
+
+/// Draws one report of the evaluation on `bar`.
+fn show_progress(bar: &indicatif::ProgressBar, report: RobustnessProgress) {
+    match report {
+        RobustnessProgress::Stage(line) => progress::print_line(bar, &line),
+        RobustnessProgress::Start { what, examples } => {
+            progress::print_line(bar, &what);
+            bar.reset();
+            bar.set_message(what);
+            progress::show(bar, examples as u64);
+        }
+        RobustnessProgress::Images(n) => bar.inc(n as u64),
+    }
+}
+
+/// Appends the rows to --results and prints them.
+fn write_rows(args: &RobustnessArgs, rows: &[robustft::eval::evaluate::ResultRow]) -> anyhow::Result<()> {
     if let Some(path) = &args.results {
-        robustft::eval::evaluate::append_rows(path, &rows)?;
+        robustft::eval::evaluate::append_rows(path, rows)?;
     }
     if args.json {
-        return print_rows(&rows, true);
+        return print_rows(rows, true);
     }
-    print_table(&rows);
+    print_table(rows);
     Ok(())
 }
 
@@ -145,15 +188,15 @@ fn run_model(dir: &Path) -> anyhow::Result<PathBuf> {
         dir.display(),
         model.display()
     );
-    let recipe = std::fs::read_to_string(run.recipe())
-        .with_context(|| format!("cannot read {}", run.recipe().display()))?;
-    anyhow::ensure!(
-        !recipe.lines().any(|line| line.replace(' ', "") == "predictor=\"vrf\""),
-        "{}: VRF's predictor is refitted on the run's data, which --run does not reload; add \
-         `perturbations` to the recipe's [eval] table to evaluate it under attack",
-        dir.display()
-    );
     Ok(model)
+}
+
+/// The run's recipe when the run in `dir` predicts through VRF (refitted on the run's data).
+fn predicts_through_vrf(dir: &Path) -> anyhow::Result<Option<Recipe>> {
+    let path = RunDir::new(dir).recipe();
+    let recipe =
+        Recipe::load(&path, &[]).with_context(|| format!("cannot read the run's {}", path.display()))?;
+    Ok((recipe.eval.predictor == "vrf").then_some(recipe))
 }
 
 /// One line per row: split, threat, ε, steps, clean and robust top-1.

@@ -166,6 +166,8 @@ impl PerturbationSpec {
 
 /// What [`evaluate_perturbations`] reports.
 pub enum RobustnessProgress {
+    /// A stage of the preparation (a predictor's fitting).
+    Stage(String),
     /// A perturbation starts over `examples` images.
     Start { what: String, examples: usize },
     /// This many more images were perturbed.

@@ -15,6 +15,7 @@
 
 mod data;
 mod features;
+mod finished;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -175,10 +176,12 @@ impl Experiment {
         }
         let mut rows = self.score(alpha, &evaluations);
         let (benchmark, specs) = (&self.data.eval, &self.recipe.eval.perturbations);
-        let mut progress = |report: RobustnessProgress| {
-            if let RobustnessProgress::Start { what, .. } = report {
+        let mut progress = |report: RobustnessProgress| match report {
+            RobustnessProgress::Start { what, .. } => {
                 events(Event::Stage(format!("evaluating under {what}")))
             }
+            RobustnessProgress::Stage(line) => events(Event::Stage(line)),
+            RobustnessProgress::Images(_) => {}
         };
         let context = self.row_context(alpha);
         rows.extend(evaluate_perturbations(
