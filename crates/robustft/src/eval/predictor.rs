@@ -274,13 +274,18 @@ impl Predictor {
     ) -> Result<Tensor> {
         match self.heads.as_slice() {
             [(_, head)] => Ok(crate::losses::log_softmax(&project(head.logits(features)?, projection)?)?),
-            _ => Ok((self.probabilities(features, projection)? + MIXTURE_FLOOR)?.log()?),
+            _ => mixture_log(&self.probabilities(features, projection)?),
         }
     }
 }
 
-/// Added to a mixture's probabilities before the log.
+/// Added to a mixture's probabilities before the log, so a vanished probability stays finite.
 const MIXTURE_FLOOR: f64 = 1e-30;
+
+/// The log of mixed probabilities (DRM's β-mixture, VRF's), floored at [`MIXTURE_FLOOR`].
+pub fn mixture_log(probabilities: &Tensor) -> Result<Tensor> {
+    Ok((probabilities + MIXTURE_FLOOR)?.log()?)
+}
 
 /// How evaluation turns a batch of preprocessed images into class probabilities.
 pub trait ImagePredictor {

@@ -42,7 +42,7 @@ use crate::clip::layers::{l2_normalize, softmax_last_dim};
 use crate::clip::ClipModel;
 use crate::data::LogitProjection;
 use crate::error::{Error, Result};
-use crate::eval::predictor::{project, Head, ImagePredictor, Predictor};
+use crate::eval::predictor::{mixture_log, project, Head, ImagePredictor, Predictor};
 use crate::sections::Sections;
 use crate::train::encode::for_each_encoded;
 use crate::train::supervised::TrainSource;
@@ -317,12 +317,9 @@ impl ImagePredictor for Vrf<'_> {
         pixels: &Tensor,
         projection: Option<&LogitProjection>,
     ) -> Result<Tensor> {
-        Ok((self.image_probabilities(model, pixels, projection)? + LOG_FLOOR)?.log()?)
+        mixture_log(&self.image_probabilities(model, pixels, projection)?)
     }
 }
-
-/// Added to VRF's probabilities before the log.
-const LOG_FLOOR: f64 = 1e-30;
 
 /// The registry's entry: `eval.predictor = "vrf"`, with `[vrf]`.
 pub const PREDICTOR: PredictorEntry = PredictorEntry { name: "vrf", sections: &[SECTION], read };
