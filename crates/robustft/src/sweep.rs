@@ -1,17 +1,24 @@
 //! Hyper-parameter sweeps with model selection on validation data (DomainBed's training-domain
 //! validation; WILDS' ID validation): a recipe run over the product of a grid of `--set`
-//! values and several seeds, each candidate scored by a validation metric (mean over seeds),
-//! and the selected candidate's test metrics reported beside those of the candidate that looks
-//! best on the test splits — so the optimism of choosing on test data is visible. Every WiSE-FT
-//! point a run evaluates is a candidate of its own (α is selected without retraining).
-//! Finished points (their `results.jsonl`, written last) are read back instead of rerun; an
-//! interrupted point resumes from its checkpoint.
+//! values, several seeds and optionally several settings one recipe must serve (`--across`,
+//! e.g. the suites), each candidate scored by a validation metric (the mean over seeds and
+//! `--across` values), and the selected candidate's test metrics reported beside those of the
+//! candidate that looks best on the test splits — so the optimism of choosing on test data is
+//! visible. Parameters that only change how a trained model predicts are selected without
+//! retraining: every WiSE-FT point a run evaluates is a candidate of its own, and inference-only
+//! keys (DRM's β, VRF's a and b) are evaluated on one trained model per training setting.
+//! Finished runs and evaluations are read back instead of rerun; an interrupted run resumes
+//! from its checkpoint.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use candle_core::Device;
 
 use crate::error::{Error, Result};
 use crate::eval::evaluate::ResultRow;
+use crate::experiment::{Event, Experiment, RunSettings};
 use crate::recipe::Recipe;
+use crate::train::run_dir::io_error;
 
 /// One grid axis: a dotted recipe key and its values (TOML text, as `--set` takes them).
 #[derive(Clone, Debug, PartialEq)]
@@ -69,22 +76,76 @@ pub fn metric(row: &ResultRow, name: &str) -> Option<f64> {
     }
 }
 
-/// One grid point: its overrides and the runs (one per seed) that train it.
+/// One grid point: its settings and the runs that score it, one per `--across` value and
+/// seed.
 #[derive(Debug)]
 pub struct Point {
-    /// `key=value` overrides of the grid (without the seed).
+    /// `key=value` settings of the grid (without the seed and the `--across` values).
     pub settings: Vec<String>,
     /// The point's name: the recipe's name and its values (`drm-lambda0.5-beta0.25`).
     pub name: String,
-    pub runs: Vec<Recipe>,
+    pub runs: Vec<PointRun>,
 }
 
-/// Every grid point of `text` (a recipe read from `source`) over `seeds`; a key the recipe
-/// does not know or does not use is refused, naming it.
-pub fn points(text: &str, source: &str, grid: &[Axis], seeds: &[u64]) -> Result<Vec<Point>> {
+/// One run of a point.
+#[derive(Debug)]
+pub struct PointRun {
+    /// The recipe with every setting, named after the trained run it reads or writes.
+    pub recipe: Recipe,
+    /// Inference-only settings (`drm.beta=0.75`) evaluated on the trained run's model; empty
+    /// for the run that trains it (with the first value of every inference-only axis).
+    pub inference: Vec<String>,
+}
+
+impl PointRun {
+    /// The trained run's name (its directory in the sweep's output): the recipe, the
+    /// `--across` and training values and the seed.
+    pub fn trained(&self) -> &str {
+        &self.recipe.name
+    }
+}
+
+/// Every grid point of `text` (a recipe read from `source`) over the `across` values and
+/// `seeds`. Axes of inference-only keys (the plan's [`MethodPlan::inference_keys`]: DRM's β,
+/// VRF's a and b) vary the point but not the trained run: their values are evaluated on one
+/// trained model. A key the recipe does not know or does not use is refused, naming it.
+///
+/// [`MethodPlan::inference_keys`]: crate::methods::registry::MethodPlan::inference_keys
+pub fn points(text: &str, source: &str, grid: &[Axis], across: &[Axis], seeds: &[u64]) -> Result<Vec<Point>> {
     let base = Recipe::parse(text, source, &[])?;
+    let inference_keys = base.plan()?.inference_keys();
+    let (inferred, trained): (Vec<&Axis>, Vec<&Axis>) =
+        grid.iter().partition(|axis| inference_keys.contains(&axis.key.as_str()));
+    let spreads = product(&across.iter().collect::<Vec<_>>());
+    let mut points = Vec::new();
+    for training in product(&trained) {
+        for (k, inference) in product(&inferred).into_iter().enumerate() {
+            let settings = [training.clone(), inference.clone()].concat();
+            let mut runs = Vec::new();
+            for spread in &spreads {
+                let trained_point = point_name(&base.name, &[spread.clone(), training.clone()].concat());
+                for &seed in seeds {
+                    let mut sets = [spread.clone(), settings.clone()].concat();
+                    sets.extend([format!("seed={seed}"), format!("name={trained_point}-s{seed}")]);
+                    let recipe = Recipe::parse(text, source, &sets)?;
+                    for axis in grid.iter().chain(across) {
+                        check_used(&recipe, &axis.key)?;
+                    }
+                    let inference = if k == 0 { Vec::new() } else { inference.clone() };
+                    runs.push(PointRun { recipe, inference });
+                }
+            }
+            points.push(Point { name: point_name(&base.name, &settings), settings, runs });
+        }
+    }
+    Ok(points)
+}
+
+/// Every combination of the axes' values, as `key=value` settings (the first axis varies
+/// slowest).
+fn product(axes: &[&Axis]) -> Vec<Vec<String>> {
     let mut combos: Vec<Vec<String>> = vec![Vec::new()];
-    for axis in grid {
+    for axis in axes {
         combos = combos
             .into_iter()
             .flat_map(|combo| {
@@ -94,22 +155,7 @@ pub fn points(text: &str, source: &str, grid: &[Axis], seeds: &[u64]) -> Result<
             })
             .collect();
     }
-    let mut points = Vec::new();
-    for settings in combos {
-        let name = point_name(&base.name, &settings);
-        let mut runs = Vec::new();
-        for &seed in seeds {
-            let mut sets = settings.clone();
-            sets.extend([format!("seed={seed}"), format!("name={name}-s{seed}")]);
-            let run = Recipe::parse(text, source, &sets)?;
-            for axis in grid {
-                check_used(&run, &axis.key)?;
-            }
-            runs.push(run);
-        }
-        points.push(Point { settings, name, runs });
-    }
-    Ok(points)
+    combos
 }
 
 /// `recipe-key1value1-key2value2`: the last segment of each key and its value, with
@@ -146,9 +192,91 @@ fn check_used(recipe: &Recipe, key: &str) -> Result<()> {
     }
 }
 
-/// Whether run `name` in `out` has finished (its results are written last).
-pub fn finished(out: &Path, name: &str) -> Option<PathBuf> {
-    Some(out.join(name).join("results.jsonl")).filter(|path| path.is_file())
+/// Where a sweep writes and how it trains and reports.
+pub struct Runner<'a> {
+    /// The sweep's output directory: OUT/<trained run>/ for each trained run.
+    pub out: &'a Path,
+    pub device: &'a Device,
+    /// Trains and evaluates a run (with the caller's progress display).
+    pub train: &'a mut dyn FnMut(&Experiment, &RunSettings) -> Result<Vec<ResultRow>>,
+    /// Reports what the sweep is doing.
+    pub say: &'a mut dyn FnMut(String),
+}
+
+/// The rows of every run of `points`, each row's `recipe` naming its point. Finished runs
+/// (their `results.jsonl`, written last) and finished evaluations of inference-only settings
+/// (OUT/<trained run>/inference/<values>.jsonl) are read back; an interrupted run resumes
+/// from its checkpoint.
+pub fn run_points(points: &[Point], runner: &mut Runner) -> Result<Vec<ResultRow>> {
+    let total: usize = points.iter().map(|p| p.runs.len()).sum();
+    let mut rows = Vec::new();
+    for (done, (point, run)) in points.iter().flat_map(|p| p.runs.iter().map(move |r| (p, r))).enumerate() {
+        let what = match run.inference.is_empty() {
+            true => run.trained().to_string(),
+            false => format!("{} at {}", run.trained(), run.inference.join(", ")),
+        };
+        (runner.say)(format!("== [{}/{total}] {what}", done + 1));
+        let run_rows = rows_of_run(run, runner)?;
+        rows.extend(run_rows.into_iter().map(|row| ResultRow { recipe: Some(point.name.clone()), ..row }));
+    }
+    Ok(rows)
+}
+
+/// The rows of one run: read back, trained, or evaluated on the trained run's model.
+fn rows_of_run(run: &PointRun, runner: &mut Runner) -> Result<Vec<ResultRow>> {
+    let dir = runner.out.join(run.trained());
+    let results = dir.join("results.jsonl");
+    let saved = match run.inference.is_empty() {
+        true => results.clone(),
+        false => dir
+            .join("inference")
+            .join(format!("{}.jsonl", point_name("", &run.inference).trim_start_matches('-'))),
+    };
+    if saved.is_file() {
+        (runner.say)(format!("finished, read from {}", saved.display()));
+        return read_rows(&saved);
+    }
+    let experiment = Experiment::resolve(run.recipe.clone(), runner.device)?;
+    if run.inference.is_empty() {
+        let resume = dir.join("recipe.toml").is_file();
+        let settings = RunSettings { out: runner.out.to_path_buf(), resume, force: false, stop_after: None };
+        return (runner.train)(&experiment, &settings);
+    }
+    let diagnostics = read_rows(&results)?.first().map(|row| row.diagnostics.clone()).unwrap_or_default();
+    let say = &mut *runner.say;
+    let mut rows = experiment.rows_of_finished_run(&dir.join("model"), &mut |event| {
+        if let Event::Stage(stage) = event {
+            say(format!("[{}] {stage}", run.trained()))
+        }
+    })?;
+    for row in &mut rows {
+        row.diagnostics = diagnostics.clone();
+    }
+    write_rows(&saved, &rows)?;
+    Ok(rows)
+}
+
+/// The result rows of a `results.jsonl` file.
+pub fn read_rows(path: &Path) -> Result<Vec<ResultRow>> {
+    let text = std::fs::read_to_string(path).map_err(io_error(path))?;
+    let mut rows = Vec::new();
+    for (n, line) in text.lines().filter(|line| !line.trim().is_empty()).enumerate() {
+        let row: ResultRow = serde_json::from_str(line).map_err(|e| Error::Invalid {
+            what: format!("{}:{}", path.display(), n + 1),
+            reason: format!("not a result row: {e}"),
+        })?;
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// Writes `rows` as JSON lines to `path`, whole or not at all.
+fn write_rows(path: &Path, rows: &[ResultRow]) -> Result<()> {
+    let dir = path.parent().expect("a file in a directory");
+    std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+    let lines: String =
+        rows.iter().map(|row| serde_json::to_string(row).expect("serialisable") + "\n").collect();
+    Ok(crate::clip::checkpoint::write_atomic(path, lines.as_bytes())?)
 }
 
 /// One candidate: a grid point at one WiSE-FT α (`None`: the fine-tuned model itself).
@@ -237,7 +365,7 @@ mod tests {
             Axis::parse("drm.lambda=0.5,1").unwrap(),
             Axis::parse("drm.affinity=\"standardize\",\"center\"").unwrap(),
         ];
-        let points = points(RECIPE, "test", &grid, &[0, 1]).unwrap();
+        let points = points(RECIPE, "test", &grid, &[], &[0, 1]).unwrap();
         let names: Vec<&str> = points.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(
             names,
@@ -249,16 +377,46 @@ mod tests {
             ]
         );
         let run = &points[1].runs[1];
-        assert_eq!((run.name.as_str(), run.seed), ("drm-lambda0.5-affinitycenter-s1", 1));
-        assert_eq!(run.sections["drm"]["lambda"].as_float(), Some(0.5));
+        assert_eq!((run.trained(), run.recipe.seed), ("drm-lambda0.5-affinitycenter-s1", 1));
+        assert_eq!(run.recipe.sections["drm"]["lambda"].as_float(), Some(0.5));
+        assert!(points.iter().flat_map(|p| &p.runs).all(|run| run.inference.is_empty()));
+    }
+
+    #[test]
+    fn inference_only_axes_share_one_trained_run_and_across_values_share_one_point() {
+        let grid = [Axis::parse("drm.beta=0.5,0.75").unwrap(), Axis::parse("drm.lambda=0.5,1").unwrap()];
+        let across = [Axis::parse("data.suite=\"spurious\",\"domains\"").unwrap()];
+        let points = points(RECIPE, "test", &grid, &across, &[0]).unwrap();
+        let names: Vec<&str> = points.iter().map(|p| p.name.as_str()).collect();
+        // β varies fastest: it does not change the trained run.
+        assert_eq!(
+            names,
+            [
+                "drm-lambda0.5-beta0.5",
+                "drm-lambda0.5-beta0.75",
+                "drm-lambda1-beta0.5",
+                "drm-lambda1-beta0.75"
+            ]
+        );
+        let runs = |k: usize| -> Vec<(&str, Vec<String>)> {
+            points[k].runs.iter().map(|r| (r.trained(), r.inference.clone())).collect()
+        };
+        let trained = ["drm-suitespurious-lambda0.5-s0", "drm-suitedomains-lambda0.5-s0"];
+        assert_eq!(runs(0), trained.map(|name| (name, Vec::new())));
+        assert_eq!(runs(1), trained.map(|name| (name, vec!["drm.beta=0.75".to_string()])));
+        let evaluated = &points[1].runs[1].recipe;
+        assert_eq!(evaluated.sections["drm"]["beta"].as_float(), Some(0.75));
+        assert_eq!(evaluated.data.suite.as_deref(), Some("domains"));
     }
 
     #[test]
     fn unknown_and_unused_grid_keys_are_named() {
-        let err =
-            points(RECIPE, "test", &[Axis::parse("drm.lamda=1").unwrap()], &[0]).unwrap_err().to_string();
+        let err = points(RECIPE, "test", &[Axis::parse("drm.lamda=1").unwrap()], &[], &[0])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("drm.lamda"), "{err}");
-        let err = points(RECIPE, "test", &[Axis::parse("vrf.a=1").unwrap()], &[0]).unwrap_err().to_string();
+        let err =
+            points(RECIPE, "test", &[Axis::parse("vrf.a=1").unwrap()], &[], &[0]).unwrap_err().to_string();
         assert!(err.contains("--grid vrf.a") && err.contains("method drm"), "{err}");
         assert!(Axis::parse("drm.lambda").is_err() && Axis::parse("drm.lambda=1,").is_err());
         assert!(Selection::parse("id_val:accuracy").unwrap_err().to_string().contains("accuracy"));

@@ -1,8 +1,9 @@
-//! `robustft sweep`: a recipe over a grid of settings and seeds, the settings chosen on a
-//! validation split (`--select id_val:top1`, mean over seeds; WiSE-FT points are candidates
-//! too), reported beside the candidate a test-selected table would pick
-//! ([`robustft::sweep`]). Finished points are skipped, so a killed sweep continues where it
-//! stopped.
+//! `robustft sweep`: a recipe over a grid of settings, seeds and `--across` values, the
+//! settings chosen on a validation split (`--select id_val:top1`, the mean over seeds and
+//! `--across` values; WiSE-FT points are candidates too, and inference-only keys such as
+//! `drm.beta` are evaluated without retraining), reported beside the candidate a test-selected
+//! table would pick ([`robustft::sweep`]). Finished runs are skipped, so a killed sweep
+//! continues where it stopped.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -10,8 +11,7 @@ use std::time::Instant;
 use anyhow::Context;
 use robustft::eval::evaluate::ResultRow;
 use robustft::eval::report::{markdown_table, Report, TableRow};
-use robustft::experiment::{Experiment, RunSettings};
-use robustft::sweep::{candidates, finished, points, select, Axis, Candidate, Selection};
+use robustft::sweep::{candidates, points, run_points, select, Axis, Candidate, Runner, Selection};
 
 use super::train::run_with_progress;
 
@@ -26,9 +26,17 @@ pub struct SweepArgs {
 
     /// One axis of the grid: a dotted recipe key and its values (TOML), e.g.
     /// --grid drm.lambda=0.25,0.5,1 --grid drm.affinity='"center","standardize"'; repeatable
-    /// (the grid is their product).
+    /// (the grid is their product). Keys that only change how the trained model predicts
+    /// (drm.beta, vrf.a, vrf.b) are evaluated on one trained model per point of the other
+    /// axes, without retraining.
     #[arg(long, value_name = "KEY=V1,V2,...", required = true, value_parser = parse_axis)]
     grid: Vec<Axis>,
+
+    /// Settings the selection averages over, like seeds, instead of choosing among them: a
+    /// dotted recipe key and its values, e.g. --across data.suite='"spurious","domains"' for
+    /// one setting that serves both suites; repeatable.
+    #[arg(long, value_name = "KEY=V1,V2,...", value_parser = parse_axis)]
+    across: Vec<Axis>,
 
     /// The validation split and metric that select the point: SPLIT:METRIC with METRIC one of
     /// top1, top5, f1_macro, recall_macro, worst_group_acc (never a test split: the point of
@@ -61,56 +69,35 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let text = std::fs::read_to_string(&args.recipe)
         .with_context(|| format!("cannot read {}", args.recipe.display()))?;
-    let points = points(&text, &args.recipe.display().to_string(), &args.grid, &args.seeds)?;
+    let source = args.recipe.display().to_string();
+    let points = points(&text, &source, &args.grid, &args.across, &args.seeds)?;
     let device = args.device.open().with_context(|| format!("cannot open device {:?}", args.device))?;
-    let total: usize = points.iter().map(|p| p.runs.len()).sum();
-    let mut rows = Vec::new();
-    let mut done = 0;
-    for point in points {
-        for run in point.runs {
-            done += 1;
-            let name = run.name.clone();
-            let point_rows = match finished(&args.out, &name) {
-                Some(results) => {
-                    eprintln!("== [{done}/{total}] {name}: finished, read from {}", results.display());
-                    read_rows(&results)?
-                }
-                None => {
-                    let minutes = started.elapsed().as_secs_f64() / 60.0;
-                    eprintln!("== [{done}/{total}] {name} ({minutes:.1} min so far)");
-                    let resume = args.out.join(&name).join("recipe.toml").is_file();
-                    let experiment =
-                        Experiment::resolve(run, &device).with_context(|| format!("run {name}"))?;
-                    let settings =
-                        RunSettings { out: args.out.clone(), resume, force: false, stop_after: None };
-                    run_with_progress(&experiment, &settings).with_context(|| format!("run {name}"))?
-                }
-            };
-            rows.extend(
-                point_rows.into_iter().map(|row| ResultRow { recipe: Some(point.name.clone()), ..row }),
-            );
-        }
-    }
+    let mut runner = Runner {
+        out: &args.out,
+        device: &device,
+        train: &mut |experiment, settings| run_with_progress(experiment, settings),
+        say: &mut |line| {
+            let minutes = started.elapsed().as_secs_f64() / 60.0;
+            match line.starts_with("== ") {
+                true => eprintln!("{line} ({minutes:.1} min so far)"),
+                false => eprintln!("{line}"),
+            }
+        },
+    };
+    let rows = run_points(&points, &mut runner)?;
     let scored = candidates(&rows, &args.select)?;
     let (selected, oracle) = select(&scored);
-    let dataset = rows.first().map(|row| row.dataset.clone()).unwrap_or_default();
-    let report = sweep_report(&scored, selected, oracle, &dataset, &args);
+    let mut datasets: Vec<&str> = Vec::new();
+    for row in &rows {
+        if !datasets.contains(&row.dataset.as_str()) {
+            datasets.push(&row.dataset);
+        }
+    }
+    let report = sweep_report(&scored, selected, oracle, &datasets.join("+"), &args);
     write_outputs(&rows, &scored, selected, oracle, &report, &args)?;
     println!("{}", markdown_table(&report.table));
     eprintln!("in {:.1} min", started.elapsed().as_secs_f64() / 60.0);
     Ok(())
-}
-
-/// The rows of a point's `results.jsonl`.
-fn read_rows(path: &std::path::Path) -> anyhow::Result<Vec<ResultRow>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut rows = Vec::new();
-    for (n, line) in text.lines().filter(|line| !line.trim().is_empty()).enumerate() {
-        let row: ResultRow = serde_json::from_str(line)
-            .with_context(|| format!("{}:{}: not a result row", path.display(), n + 1))?;
-        rows.push(row);
-    }
-    Ok(rows)
 }
 
 /// One table row per candidate, best validation score first; the selected candidate and the

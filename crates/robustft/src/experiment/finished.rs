@@ -1,12 +1,14 @@
-//! A finished run evaluated again under input perturbations (`robustft robustness --run`): its
-//! recipe resolved as the run did, its final model loaded from `model/` with how it predicts
-//! (the trained `head.safetensors`, or the text heads of `predictor.json`), and the recipe's
-//! predictor rebuilt around it — VRF refitted on the recipe's training and validation splits —
-//! then attacked on the recipe's evaluation splits.
+//! A finished run evaluated again: its recipe resolved as the run did (or with other
+//! inference-only settings, such as DRM's β or VRF's a and b, when a sweep evaluates them
+//! without retraining), its final model loaded from `model/` with how it predicts (the trained
+//! `head.safetensors`, or the text heads of `predictor.json`, the recipe's inference settings
+//! replacing the saved ones), and the recipe's predictor rebuilt around it — VRF refitted on the
+//! recipe's training and validation splits. `robustft robustness --run` attacks it on the
+//! recipe's evaluation splits; `robustft sweep` evaluates it and its WiSE-FT points.
 
 use std::path::Path;
 
-use super::Experiment;
+use super::{Event, Experiment, Trained};
 use crate::clip::ClipModel;
 use crate::error::{Error, Result};
 use crate::eval::evaluate::{ResultRow, RowContext};
@@ -25,8 +27,7 @@ impl Experiment {
         attack_seed: u64,
         progress: &mut dyn FnMut(RobustnessProgress),
     ) -> Result<Vec<ResultRow>> {
-        let (model, _) = ClipModel::load(&model_dir.display().to_string(), self.model.device())?;
-        let outcome = saved_outcome(model_dir, &model)?;
+        let (model, outcome) = self.finished_model(model_dir)?;
         let pretrained = self.model.params.snapshot()?;
         let zero_shot = Head::zero_shot(&self.model, &self.prompts)?;
         let mut stage = |s: String| progress(RobustnessProgress::Stage(s));
@@ -44,6 +45,30 @@ impl Experiment {
         let predictor = predictors.predictor(&model, &outcome, own, &mut stage)?;
         let context = RowContext { seed: attack_seed, ..self.row_context(None) };
         evaluate_perturbations(&self.data.eval, &model, predictor.as_ref(), specs, &context, progress)
+    }
+}
+
+impl Experiment {
+    /// The result rows of the run's final model in `model_dir` and of its WiSE-FT points, as a
+    /// run of this recipe would have written them (without the method's diagnostics, which
+    /// its preparation reports).
+    pub fn rows_of_finished_run(
+        &self,
+        model_dir: &Path,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<Vec<ResultRow>> {
+        let (model, outcome) = self.finished_model(model_dir)?;
+        let pretrained = self.model.params.snapshot()?;
+        let zero_shot = Head::zero_shot(&self.model, &self.prompts)?;
+        let trained = Trained { model: &model, outcome: &outcome, pretrained: &pretrained };
+        self.evaluate_with_wiseft(&trained, &zero_shot, events)
+    }
+
+    /// The run's final model in `model_dir`, predicting as this recipe says.
+    fn finished_model(&self, model_dir: &Path) -> Result<(ClipModel, Outcome)> {
+        let (model, _) = ClipModel::load(&model_dir.display().to_string(), self.model.device())?;
+        let outcome = self.plan.method.outcome_at_inference(saved_outcome(model_dir, &model)?);
+        Ok((model, outcome))
     }
 }
 

@@ -64,6 +64,13 @@ pub struct RunSettings {
     pub stop_after: Option<u64>,
 }
 
+/// A trained model, how it predicts, and the pre-trained weights its WiSE-FT points start from.
+struct Trained<'a> {
+    model: &'a ClipModel,
+    outcome: &'a Outcome,
+    pretrained: &'a [(String, Tensor)],
+}
+
 /// A validated recipe with its data, prompts and model.
 pub struct Experiment {
     pub recipe: Recipe,
@@ -139,21 +146,34 @@ impl Experiment {
             return Ok(Vec::new());
         }
         report_skipped("training", &self.data.train.skipped(), events);
-        let predictors = self.prepare_predictors(&pretrained, &zero_shot, events)?;
-        events(Event::Stage("evaluating".into()));
-        let mut rows = self.evaluate_model(None, &self.model, &outcome, predictors.as_ref(), events)?;
-        let alphas = self.recipe.eval.wiseft.iter().filter(|&&a| a < 1.0 && self.plan.method.interpolates());
-        for &alpha in alphas {
-            events(Event::Stage(format!("evaluating WiSE-FT α = {alpha}")));
-            let mixed = interpolate(&pretrained, &self.model.tensors(), alpha, &|_| false)?;
-            let model = ClipModel::from_tensors(self.model.config.clone(), mixed, self.model.device())?;
-            let outcome = outcome.interpolated(&zero_shot, alpha)?;
-            rows.extend(self.evaluate_model(Some(alpha), &model, &outcome, predictors.as_ref(), events)?);
-        }
+        let trained = Trained { model: &self.model, outcome: &outcome, pretrained: &pretrained };
+        let mut rows = self.evaluate_with_wiseft(&trained, &zero_shot, events)?;
         for row in &mut rows {
             row.diagnostics = diagnostics.clone();
         }
         self.save_outputs(&run, &outcome, &rows)?;
+        Ok(rows)
+    }
+
+    /// The result rows of a trained model and of its WiSE-FT points (`eval.wiseft`).
+    fn evaluate_with_wiseft(
+        &self,
+        trained: &Trained,
+        zero_shot: &Head,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<Vec<ResultRow>> {
+        let Trained { model, outcome, pretrained } = *trained;
+        let predictors = self.prepare_predictors(pretrained, zero_shot, events)?;
+        events(Event::Stage("evaluating".into()));
+        let mut rows = self.evaluate_model(None, model, outcome, predictors.as_ref(), events)?;
+        let alphas = self.recipe.eval.wiseft.iter().filter(|&&a| a < 1.0 && self.plan.method.interpolates());
+        for &alpha in alphas {
+            events(Event::Stage(format!("evaluating WiSE-FT α = {alpha}")));
+            let mixed = interpolate(pretrained, &model.tensors(), alpha, &|_| false)?;
+            let mixed = ClipModel::from_tensors(model.config.clone(), mixed, model.device())?;
+            let outcome = outcome.interpolated(zero_shot, alpha)?;
+            rows.extend(self.evaluate_model(Some(alpha), &mixed, &outcome, predictors.as_ref(), events)?);
+        }
         Ok(rows)
     }
 

@@ -455,6 +455,17 @@ impl Method for DrmMethod {
         true
     }
 
+    fn inference_keys(&self) -> &'static [&'static str] {
+        &["drm.beta"]
+    }
+
+    fn outcome_at_inference(&self, saved: Outcome) -> Outcome {
+        match saved {
+            Outcome::Mixture { .. } => Outcome::Mixture { beta: self.section.beta },
+            other => other,
+        }
+    }
+
     fn prepare(&self, context: &mut Context<'_>) -> Result<Prepared> {
         let model = context.model;
         let tokenizer = tokenizer_for(model)?;

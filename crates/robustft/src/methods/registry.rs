@@ -134,6 +134,18 @@ pub trait Method {
         None
     }
 
+    /// Recipe keys that change only how the trained model predicts (`drm.beta`): a sweep
+    /// evaluates their values on one trained model instead of training it again.
+    fn inference_keys(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// How a trained model of this method predicts under this recipe, given how its run
+    /// saved it: the recipe's inference settings replace the saved ones.
+    fn outcome_at_inference(&self, saved: Outcome) -> Outcome {
+        saved
+    }
+
     /// Builds the objective, or fits the method outright.
     fn prepare(&self, context: &mut Context<'_>) -> Result<Prepared>;
 }
@@ -182,6 +194,12 @@ pub trait PredictorSpec {
     /// What it needs the validation split for, when it does.
     fn validation_user(&self) -> Option<&'static str> {
         None
+    }
+
+    /// Recipe keys that change only how it predicts (`vrf.a`): a sweep evaluates their values
+    /// on one trained model instead of training it again.
+    fn inference_keys(&self) -> &'static [&'static str] {
+        &[]
     }
 
     /// Work done once per run, after training and before evaluation.
@@ -306,6 +324,11 @@ impl MethodPlan {
         }
         let sections = sections.resolved().clone();
         Ok(Self { method, constraint_name, constraint, predictor, adversarial, sections })
+    }
+
+    /// Every recipe key of the plan that changes only how the trained model predicts.
+    pub fn inference_keys(&self) -> Vec<&'static str> {
+        [self.method.inference_keys(), self.predictor.inference_keys()].concat()
     }
 
     /// The method as result rows name it: the method, its objective terms and predictor

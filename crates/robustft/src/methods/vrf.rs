@@ -370,6 +370,10 @@ impl PredictorSpec for VrfSection {
         Some(VALIDATION_USER)
     }
 
+    fn inference_keys(&self) -> &'static [&'static str] {
+        &["vrf.a", "vrf.b"]
+    }
+
     fn prepare<'a>(
         &'a self,
         context: &PredictorContext<'a>,
