@@ -407,6 +407,17 @@ mod tests {
         let evaluated = &points[1].runs[1].recipe;
         assert_eq!(evaluated.sections["drm"]["beta"].as_float(), Some(0.75));
         assert_eq!(evaluated.data.suite.as_deref(), Some("domains"));
+
+        // VRF's a and b are inference-only too; FT's learning rate is not.
+        let vrf = "name = \"vrf\"\n[data]\nsuite = \"spurious\"\n[method]\nname = \"ft\"\n[eval]\npredictor = \"vrf\"\n";
+        let grid = [Axis::parse("vrf.a=1,2").unwrap(), Axis::parse("train.lr=1e-4,3e-4").unwrap()];
+        let points = super::points(vrf, "test", &grid, &[], &[0]).unwrap();
+        let trained: Vec<(&str, usize)> =
+            points.iter().map(|p| (p.runs[0].trained(), p.runs[0].inference.len())).collect();
+        assert_eq!(
+            trained,
+            [("vrf-lr1e-4-s0", 0), ("vrf-lr1e-4-s0", 1), ("vrf-lr3e-4-s0", 0), ("vrf-lr3e-4-s0", 1)]
+        );
     }
 
     #[test]
