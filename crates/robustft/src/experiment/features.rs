@@ -3,6 +3,12 @@
 //! `<out>/cache/` under a key naming the model (and its `model_config`), the data (for data on
 //! disk, the path, size and modification time of every image file), the split, the
 //! preprocessing and the matmul precision.
+//!
+//! **Memory per example.** The feature, `d × 4` bytes, and the label (4 bytes), held whole in
+//! memory by its users and on disk: for ImageNet's 1.28M training images 2.6 GB at d = 512
+//! (ViT-B/16), 3.9 GB at d = 768 (ViT-L/14). Writing the file, or reading it back, holds a
+//! second copy for that moment. Not compressed: the linear probe fits on every feature at
+//! once, in `f32`.
 
 use std::collections::HashMap;
 use std::path::Path;
