@@ -11,7 +11,8 @@
 //! missing directory; one inline class; URL credentials in `describe` errors; a trained head
 //! whose classes differ from the dataset's; the ImageNet layout in `eval`; `train` into a
 //! directory holding a run (refused without `--resume` or `--force`), `--resume` of a directory
-//! without one; `robustness` with an unknown threat or corruption, a negative or non-numeric ε,
+//! without one; `train` of a bare weights file whose width OpenAI's conventions cannot split
+//! (refused without `--config`, a bad `model_config` or `--config` named, trained with one); `robustness` with an unknown threat or corruption, a negative or non-numeric ε,
 //! zero steps, a severity out of range, and `--run` of a directory that is no (finished) run.
 
 #[path = "../../robustft/tests/support/dataset.rs"]
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
 use dataset::SplitSpec;
-use robustft::clip::ClipModel;
+use robustft::clip::{Activation, ClipConfig, ClipModel, TextConfig, VisionConfig};
 use robustft::eval::predictor::Head;
 
 /// Longest any case may run.
@@ -355,6 +356,54 @@ fn a_trained_head_for_other_classes_is_refused_naming_the_class() {
     let classes: Vec<String> = dataset::CLASSES.map(String::from).to_vec();
     head(3).save_with_classes(&head_path, HashMap::new(), &classes).unwrap();
     succeeds(&dir, &["eval", "--model", "model", "--dataset", "data"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A one-layer CLIP whose 96-wide vision tower has two 48-wide heads, which OpenAI's 64-wide
+/// convention cannot split; its text side reads the bundled vocabulary.
+fn width_96_config() -> ClipConfig {
+    ClipConfig {
+        vision: VisionConfig { image_size: 32, patch_size: 8, width: 96, layers: 1, heads: 2, mlp_dim: 192 },
+        text: TextConfig {
+            vocab_size: 1514,
+            context_length: 24,
+            width: 64,
+            layers: 1,
+            heads: 1,
+            mlp_dim: 128,
+        },
+        embed_dim: 32,
+        activation: Activation::Gelu,
+        layer_norm_eps: 1e-5,
+    }
+}
+
+#[test]
+fn train_takes_the_config_a_bare_weights_file_needs() {
+    let dir = corpus("config");
+    let recipe = write_recipe(&dir, "ft.toml", "ft", "");
+    let model = ClipModel::random(width_96_config(), 7, &Device::Cpu).unwrap();
+    let openclip = robustft::clip::keymap::hf_to_openclip(&model.tensors()).unwrap();
+    let weights = dir.join("weights/open_clip_model.safetensors");
+    std::fs::create_dir_all(weights.parent().unwrap()).unwrap();
+    robustft::clip::checkpoint::write_safetensors(&weights, &openclip, HashMap::new()).unwrap();
+    model.save_hf(&dir.join("hf"), &HashMap::new()).unwrap();
+    let set_model = "model=\"weights/open_clip_model.safetensors\"";
+    let args = ["train", "--recipe", &recipe, "--set", set_model, "--out", "runs", "--json"];
+
+    fails_naming(&dir, &args, &["weights/open_clip_model.safetensors", "96 wide", "--config"]);
+    assert_no_half_written_run(&dir.join("runs/ft"));
+    let bad_key = [&args[..], &["--set", "model_config=\"ViT-Q-99\""]].concat();
+    fails_naming(&dir, &bad_key, &["model_config", "ViT-Q-99", "neither a file nor a preset name"]);
+    fails_naming(&dir, &[&args[..], &["--config", "ViT-Q-99"]].concat(), &["--config", "ViT-Q-99"]);
+
+    let outcome = succeeds(&dir, &[&args[..], &["--config", "hf/config.json"]].concat());
+    assert!(!outcome.stderr.contains("note:"), "{}", outcome.stderr);
+    assert!(outcome.stdout.lines().any(|row| row.contains("\"split\":\"id_test\"")), "{}", outcome.stdout);
+    let resolved = std::fs::read_to_string(dir.join("runs/ft/recipe.toml")).unwrap();
+    assert!(resolved.contains("model_config = \"hf/config.json\""), "{resolved}");
+    let (trained, _) = ClipModel::load(dir.join("runs/ft/model").to_str().unwrap(), &Device::Cpu).unwrap();
+    assert_eq!(trained.config, width_96_config());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -5,10 +5,10 @@
 //! then resolves it against the data on disk and writes the resolved recipe into the run
 //! directory before any work.
 //!
-//! This module reads the tables every run shares (`name`, `seed`, `model`, `[data]`,
-//! `[method] name`, `[train]`, `[eval]`); the method sections (`[constraint]`, `[drm]`, `[lp]`,
-//! `[fsr]`, `[m2mix]`, `[vrf]`, …) are data it does not interpret: the method registry
-//! ([`crate::methods::registry`]) hands each to the module that owns it.
+//! This module reads the tables every run shares (`name`, `seed`, `model`, `model_config`,
+//! `[data]`, `[method] name`, `[train]`, `[eval]`); the method sections (`[constraint]`,
+//! `[drm]`, `[lp]`, `[fsr]`, `[m2mix]`, `[vrf]`, …) are data it does not interpret: the method
+//! registry ([`crate::methods::registry`]) hands each to the module that owns it.
 
 use std::path::{Path, PathBuf};
 
@@ -33,6 +33,11 @@ pub struct Recipe {
     /// The pre-trained checkpoint (`bundled`, a path or a cached hub id).
     #[serde(default = "bundled")]
     pub model: String,
+    /// The architecture facts `model`'s weights cannot tell (attention heads, activation): an
+    /// `open_clip_config.json`, an HF `config.json` or a preset name; without it, the config
+    /// beside the weights, else OpenAI's conventions (`robustft train --config` sets it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_config: Option<String>,
     pub data: DataRecipe,
     pub method: MethodRecipe,
     #[serde(default)]

@@ -58,6 +58,11 @@ pub fn parse_config_source(spec: &str) -> Result<ConfigSource, String> {
     ConfigSource::parse(spec).map_err(|e| e.to_string())
 }
 
+/// Checks `--config` (a preset name or an existing file) and keeps it as given.
+pub fn parse_config_spec(spec: &str) -> Result<String, String> {
+    parse_config_source(spec).map(|_| spec.to_string())
+}
+
 /// Loads a model, printing on stderr each value the loader assumed from a convention.
 pub fn load_model(
     spec: &str,

@@ -1,7 +1,7 @@
-//! `robustft train --recipe FILE.toml [--set key=value]...`: runs one recipe (a method, its
-//! data and hyper-parameters) end to end — resolved recipe written to `<out>/<name>/` first,
-//! training with a progress bar and `metrics.jsonl`, checkpoints, evaluation of the trained
-//! model and its WiSE-FT interpolations into `results.jsonl`.
+//! `robustft train --recipe FILE.toml [--set key=value]... [--config FILE|PRESET]`: runs one
+//! recipe (a method, its data and hyper-parameters) end to end — resolved recipe written to
+//! `<out>/<name>/` first, training with a progress bar and `metrics.jsonl`, checkpoints,
+//! evaluation of the trained model and its WiSE-FT interpolations into `results.jsonl`.
 
 use std::path::PathBuf;
 
@@ -24,6 +24,14 @@ pub struct TrainArgs {
     /// TOML values; repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
+
+    /// The architecture facts the recipe's model weights cannot tell (attention heads,
+    /// activation): an open_clip_config.json, an HF config.json, or a preset name (ViT-B-32,
+    /// ViT-B-16, ViT-L-14, ViT-L-14-336). The resolved recipe keeps it as `model_config` (the
+    /// same as --set model_config=...). Without either, the config beside the weights is read,
+    /// else OpenAI's conventions apply (a note says so; a width they cannot split is refused).
+    #[arg(long, value_name = "FILE|PRESET", value_parser = super::parse_config_spec)]
+    config: Option<String>,
 
     /// Runs are written to OUT/<recipe name>/ (recipe.toml, metrics.jsonl, checkpoint/,
     /// model/, results.jsonl).
@@ -49,11 +57,17 @@ pub struct TrainArgs {
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
-    let recipe = Recipe::load(&args.recipe, &args.overrides)?;
+    let mut recipe = Recipe::load(&args.recipe, &args.overrides)?;
+    if let Some(config) = &args.config {
+        recipe.model_config = Some(config.clone());
+    }
     let device = args.device.open().with_context(|| format!("cannot open device {:?}", args.device))?;
     let name = recipe.name.clone();
     let experiment =
         Experiment::resolve(recipe, &device).with_context(|| format!("recipe {}", args.recipe.display()))?;
+    for notice in &experiment.model_notices {
+        eprintln!("note: {notice}");
+    }
     let settings =
         RunSettings { out: args.out.clone(), resume: args.resume, force: args.force, stop_after: None };
     let rows = run_with_progress(&experiment, &settings)

@@ -24,7 +24,7 @@ use candle_core::{Device, Tensor};
 
 use self::data::{load_data, Data};
 use crate::clip::preprocess::ClipPreprocess;
-use crate::clip::ClipModel;
+use crate::clip::{ClipModel, ConfigSource, LoadedCheckpointInfo};
 use crate::error::{Error, Result};
 use crate::eval::benchmark::Benchmark;
 use crate::eval::dataset::SplitEvaluation;
@@ -39,6 +39,18 @@ use crate::recipe::Recipe;
 use crate::train::run_dir::RunDir;
 use crate::train::supervised::{train, Checkpointing, StepReport, TrainOptions, TrainSource, ValidationData};
 use crate::train::wiseft::interpolate;
+
+/// The recipe's `model`, its architecture facts from `model_config` when the recipe names one.
+fn load_model(recipe: &Recipe, device: &Device) -> Result<(ClipModel, LoadedCheckpointInfo)> {
+    let config = match recipe.model_config.as_deref() {
+        None => None,
+        Some(spec) => Some(ConfigSource::parse(spec).map_err(|e| Error::Invalid {
+            what: format!("recipe {}: model_config = {spec:?}", recipe.name),
+            reason: e.to_string(),
+        })?),
+    };
+    Ok(ClipModel::load_with_config(&recipe.model, config.as_ref(), device)?)
+}
 
 /// Numbers a method reports about its preparation, by name.
 type Diagnostics = std::collections::BTreeMap<String, f64>;
@@ -82,6 +94,8 @@ pub struct Experiment {
     /// Concept descriptions of each class (when the recipe names them).
     pub descriptions: Option<Vec<Vec<String>>>,
     pub model: ClipModel,
+    /// What loading the model assumed from a convention (the caller shows them).
+    pub model_notices: Vec<String>,
     preprocess: ClipPreprocess,
 }
 
@@ -89,7 +103,7 @@ impl Experiment {
     /// Loads and validates everything a recipe names.
     pub fn resolve(recipe: Recipe, device: &Device) -> Result<Self> {
         let plan = recipe.plan()?;
-        let (model, _) = ClipModel::load(&recipe.model, device)?;
+        let (model, loaded) = load_model(&recipe, device)?;
         let preprocess = ClipPreprocess::openai(model.config.vision.image_size);
         let (data, classes) = load_data(&recipe, &preprocess)?;
         let is_suite = matches!(data.eval, Benchmark::Suite(_));
@@ -113,7 +127,9 @@ impl Experiment {
                 ),
             });
         }
-        let experiment = Self { recipe, plan, data, classes, prompts, descriptions, model, preprocess };
+        let model_notices = loaded.notices;
+        let experiment =
+            Self { recipe, plan, data, classes, prompts, descriptions, model, model_notices, preprocess };
         experiment
             .train_options()
             .validate(experiment.data.train.len(), experiment.model.config.vision.layers)?;

@@ -34,6 +34,15 @@
 //! A recipe chooses it with `eval.predictor = "vrf"` and `[vrf]` (`a`, `b`), over any method
 //! that fine-tunes a head; every evaluated model (the trained one and each WiSE-FT point)
 //! then predicts through VRF.
+//!
+//! **Memory per training example.** One flag (whether the zero-shot model gets it right): 1
+//! byte, 1.3 MB for ImageNet's 1.28M images. The ZSF bank holds each failure's feature,
+//! `d × 4` bytes on the model's device: 2 KB at d = 512 (ViT-B/16), 3 KB at d = 768
+//! (ViT-L/14); at most the whole training set, 2.6 GB or 3.9 GB on ImageNet, held twice for a
+//! moment while its chunks are concatenated. Evaluation adds `[batch, |ZSF|]` `f32` distances
+//! per batch, and the temperature calibration the validation split's logits (`examples ×
+//! classes × 4` bytes: 200 MB for 50,000 ImageNet images). Nothing is compressed: the bank
+//! grows with the failures only, and the exact k-NN distance needs every one of them.
 
 use candle_core::{DType, Tensor, D};
 
