@@ -124,16 +124,26 @@ mod tests {
 
     #[test]
     fn top_k_keeps_the_largest_and_gives_the_rest_their_mean_as_numpy() {
-        // Values printed by scripts/fixtures/drm_affinity.py's top_k(TOP_K_ROWS, k) (the same
-        // rows; its top_k cases are not in the committed drm_affinity.json yet), per float32 row:
+        // fixtures/methods/drm_affinity.json's `top_k` cases, from scripts/fixtures/drm_affinity.py,
+        // per float32 row:
         //   kept = np.lexsort((np.arange(5), -row.astype(np.float64)))[:k]
         //   out = np.float32(np.delete(row, kept).astype(np.float64).mean()); out[kept] = row[kept]
         // k = 3 breaks the tie at 0.15 of the last row for class 1.
-        let third = [0.13333334, 0.13333334, 0.35, 0.13333334, 0.25];
-        let rest = [0.06666667, 0.5, 0.06666667, 0.3, 0.06666667];
-        assert_eq!(stored(2), [rest.to_vec(), vec![0.2; 5], third.to_vec()]);
-        let tie = [0.125, 0.15, 0.35, 0.125, 0.25];
-        assert_eq!(stored(3), [vec![0.05, 0.5, 0.1, 0.3, 0.05], vec![0.2; 5], tie.to_vec()]);
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/methods/drm_affinity.json");
+        let fixture: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let cases = fixture["top_k"].as_array().expect("top_k cases");
+        assert_eq!(cases.len(), 2);
+        for case in cases {
+            let rows: Vec<Vec<f64>> = serde_json::from_value(case["rows"].clone()).unwrap();
+            let as_f32: Vec<Vec<f32>> = rows.iter().map(|r| r.iter().map(|&v| v as f32).collect()).collect();
+            assert_eq!(as_f32, ROWS.map(|row| row.to_vec()), "{}: the rows of this test", case["name"]);
+            let expected: Vec<Vec<f64>> = serde_json::from_value(case["expected"].clone()).unwrap();
+            let k = case["k"].as_u64().unwrap() as usize;
+            let got: Vec<Vec<f64>> =
+                stored(k).iter().map(|row| row.iter().map(|&v| v as f64).collect()).collect();
+            assert_eq!(got, expected, "{}", case["name"]);
+        }
     }
 
     #[test]
