@@ -1,7 +1,8 @@
 //! End-to-end tests of the `robustft` binary on the committed fixtures: `embed` reproduces the
 //! reference embeddings of real-format checkpoint directories from PNG files, `tokenize` the
 //! reference token ids, `zeroshot` ranks classes, `describe` writes concept descriptions
-//! through a mock chat endpoint, `wiseft` interpolates checkpoints (and their heads) into models
+//! through a mock chat endpoint, `zeroshot --background-swap` reads description files and
+//! reports its groups, `wiseft` interpolates checkpoints (and their heads) into models
 //! that evaluate as their ends do at α = 0 and 1, and bad input gives clear errors.
 
 #[path = "../../robustft/tests/support/mock_chat.rs"]
@@ -215,6 +216,41 @@ fn eval_on_a_generated_suite_matches_the_in_memory_suite_and_survives_a_corrupt_
     let csv = std::fs::read_to_string(&predictions).unwrap();
     assert_eq!(csv.lines().next(), Some("split,id,label,pred,group,confidence"));
     assert_eq!(csv.lines().count(), 1 + 3000 + 500 + 999 + 1000);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn background_swap_reads_description_files_and_reports_groups() {
+    let dir = std::env::temp_dir().join(format!("robustft-swap-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("cd.json");
+    std::fs::write(&file, robustft::shiftworld::concept_descriptions_json()).unwrap();
+    let swap = |prompts: &[&str], keep_contrast: bool| {
+        let mut args = vec!["zeroshot", "--suite", "spurious", "--seed", "1", "--background-swap"];
+        args.extend(prompts);
+        if keep_contrast {
+            args.push("--keep-contrast");
+        }
+        stdout_json(&robustft(&args))
+    };
+    let bundled = swap(&["--prompts", "descriptions"], false);
+    let from_file = swap(&["--descriptions", file.to_str().unwrap()], false);
+    let by_name = swap(&["--descriptions", "shiftworld"], false);
+    for key in ["top1", "top1_backgrounds_swapped", "aligned", "conflict", "lost_contrast"] {
+        assert_eq!(bundled[key], from_file[key], "{key}: the file holds the bundled descriptions");
+        assert_eq!(bundled[key], by_name[key], "{key}");
+    }
+    assert_eq!(from_file["prompts"], file.to_str().unwrap());
+    assert_eq!((bundled["aligned"]["n"].as_u64(), bundled["conflict"]["n"].as_u64()), (Some(900), Some(100)));
+    let lost = bundled["lost_contrast"]["n"].as_u64().unwrap();
+    assert!(lost > 0 && lost + bundled["kept_contrast"]["n"].as_u64().unwrap() == 1000);
+    let kept = swap(&["--prompts", "descriptions"], true);
+    assert_eq!(kept["top1"], bundled["top1"], "the rendered images are the same");
+    assert_eq!(kept["kept_contrast"]["n"], 1000);
+    assert!(kept.get("lost_contrast").is_none());
+    let default = swap(&[], true);
+    assert_eq!(default["prompts"], "shiftworld_templates");
+    assert_ne!(default["top1"], kept["top1"], "another head");
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -109,20 +109,29 @@ pub struct PromptArgs {
 
     /// Use concept descriptions instead of templates: a JSON file in the DRM paper's formats
     /// (keyed by class name or index, or a list in class order; one sentence or a list of
-    /// sentences per class).
-    #[arg(long, value_name = "FILE")]
+    /// sentences per class) or, on a ShiftWorld suite, `shiftworld` (the classes' own core
+    /// descriptions).
+    #[arg(long, value_name = "FILE|NAME")]
     pub descriptions: Option<std::path::PathBuf>,
 }
 
 impl PromptArgs {
     /// Each class's prompts, and the name of the prompt set (for result rows); without
-    /// --templates or --descriptions, the template set `default_templates`.
+    /// --templates or --descriptions, the template set `default_templates`. A bundled
+    /// ShiftWorld description set is resolved when `default_templates` is [`SUITE_TEMPLATES`]
+    /// (a suite's head).
     pub fn prompts(
         &self,
         classes: &[String],
         default_templates: &str,
     ) -> anyhow::Result<(Vec<Vec<String>>, String)> {
         if let Some(path) = &self.descriptions {
+            let name = path.to_string_lossy();
+            let bundled =
+                robustft::shiftworld::description_set(&name).filter(|_| default_templates == SUITE_TEMPLATES);
+            if let Some(set) = bundled {
+                return Ok((set, name.into_owned()));
+            }
             let descriptions = robustft::prompts::ConceptDescriptions::load(path, classes)?;
             return Ok((descriptions.per_class().to_vec(), path.display().to_string()));
         }

@@ -6,13 +6,13 @@ use std::path::PathBuf;
 use anyhow::Context;
 use robustft::clip::preprocess::ClipPreprocess;
 use robustft::eval::evaluate::ResultRow;
-use robustft::eval::suite::{background_swap_top1, zeroshot_suite_rows, PromptKind};
+use robustft::eval::suite::{background_swap, shiftworld_prompts, zeroshot_suite_rows_with, PromptKind};
 use robustft::prompts::load_class_names;
-use robustft::shiftworld::build_suite;
+use robustft::shiftworld::{build_suite, CLASSES};
 use robustft::zeroshot::{probabilities, tokenizer_for, top_k, ZeroShotHead};
 use serde_json::json;
 
-use super::{load_images, ModelArgs, PromptArgs, DATASET_TEMPLATES};
+use super::{load_images, ModelArgs, PromptArgs, DATASET_TEMPLATES, SUITE_TEMPLATES};
 
 /// Images encoded per image-tower call.
 const IMAGE_BATCH: usize = 32;
@@ -26,7 +26,7 @@ pub struct ZeroshotArgs {
 
     /// Evaluate on a ShiftWorld suite (spurious, rendition, corruption, domains), rendered in
     /// memory, instead of classifying image files.
-    #[arg(long, value_name = "SUITE", conflicts_with_all = ["classes", "templates", "descriptions", "images"])]
+    #[arg(long, value_name = "SUITE", conflicts_with_all = ["classes", "templates", "images"])]
     suite: Option<String>,
 
     /// The suite's world seed (with --suite).
@@ -34,8 +34,9 @@ pub struct ZeroshotArgs {
     seed: u64,
 
     /// Which prompts build the head (with --suite): the `shiftworld` templates over the class
-    /// names, or the classes' concept descriptions.
-    #[arg(long, value_enum, default_value = "default", requires = "suite")]
+    /// names, or the classes' concept descriptions. With --suite, --descriptions (`shiftworld`
+    /// or a file) replaces it.
+    #[arg(long, value_enum, default_value = "default", requires = "suite", conflicts_with = "descriptions")]
     prompts: Prompts,
 
     /// Print one JSON line per split (with --suite).
@@ -44,9 +45,18 @@ pub struct ZeroshotArgs {
 
     /// Instead of the per-split table, measure how much the head rests on the background:
     /// top-1 on the suite's id_test as rendered and with every background swapped for another
-    /// example's (with --suite).
+    /// example's (with --suite), one JSON line; also on the examples whose object colour
+    /// still contrasts with the new background and on those where it no longer does, and on
+    /// `spurious` per group kind (aligned: the class's own background; conflict: another
+    /// class's).
     #[arg(long, requires = "suite")]
     background_swap: bool,
+
+    /// With --background-swap: give each object only a background its colour contrasts with,
+    /// as every rendered scene has, so that the swap changes the background and not the
+    /// object's visibility.
+    #[arg(long, requires = "background_swap")]
+    keep_contrast: bool,
 
     /// The classes: a file (one name per line, or a JSON array of names) or an inline
     /// comma-separated list such as "cat,dog,bird" (a single name without a file of that name,
@@ -102,24 +112,52 @@ fn run_images(args: &ZeroshotArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_suite(args: &ZeroshotArgs, suite_name: &str) -> anyhow::Result<()> {
-    let suite = build_suite(suite_name, args.seed)?;
+/// The head's prompts on a suite and their name: --descriptions (a bundled ShiftWorld set or a
+/// file), else --prompts.
+fn suite_prompts(args: &ZeroshotArgs) -> anyhow::Result<(Vec<Vec<String>>, String)> {
+    if args.prompts_from.descriptions.is_some() {
+        let classes: Vec<String> = CLASSES.iter().map(|c| c.to_string()).collect();
+        return args.prompts_from.prompts(&classes, SUITE_TEMPLATES);
+    }
     let kind = match args.prompts {
         Prompts::Default => PromptKind::Default,
         Prompts::Descriptions => PromptKind::Descriptions,
     };
+    Ok((shiftworld_prompts(kind), kind.name().to_string()))
+}
+
+fn run_suite(args: &ZeroshotArgs, suite_name: &str) -> anyhow::Result<()> {
+    let suite = build_suite(suite_name, args.seed)?;
+    let (prompts, prompts_name) = suite_prompts(args)?;
     let (model, _) = args.model.load()?;
     if args.background_swap {
         let id_test =
             suite.splits.iter().find(|s| s.name == "id_test").context("the suite has no id_test split")?;
-        let (original, swapped) = background_swap_top1(&model, &id_test.examples, kind, args.seed)?;
-        let change = swapped - original;
-        let out = json!({"suite": suite_name, "split": "id_test", "prompts": kind.name(),
-            "top1": original, "top1_backgrounds_swapped": swapped, "change": change});
+        let measured = background_swap(&model, &id_test.examples, &prompts, args.seed, args.keep_contrast)?;
+        let mut out = json!({"suite": suite_name, "split": "id_test", "prompts": prompts_name, "seed": args.seed,
+            "keep_contrast": args.keep_contrast});
+        let subsets: [(&str, &dyn Fn(usize) -> bool); 5] = [
+            ("all", &|_| true),
+            ("aligned", &|i| id_test.examples[i].group.ends_with("|aligned")),
+            ("conflict", &|i| id_test.examples[i].group.ends_with("|conflict")),
+            ("kept_contrast", &|i| !measured.lost_contrast[i]),
+            ("lost_contrast", &|i| measured.lost_contrast[i]),
+        ];
+        for (name, keep) in subsets {
+            if let Some((original, swapped)) = measured.top1_where(keep) {
+                let n = (0..id_test.examples.len()).filter(|&i| keep(i)).count();
+                let measures = json!({"n": n, "top1": original, "top1_backgrounds_swapped": swapped,
+                    "change": swapped - original});
+                match name {
+                    "all" => merge(&mut out, measures),
+                    _ => out[name] = measures,
+                }
+            }
+        }
         println!("{out}");
         return Ok(());
     }
-    let rows = zeroshot_suite_rows(&model, &args.model.model, &suite, kind)?;
+    let rows = zeroshot_suite_rows_with(&model, &args.model.model, &suite, &prompts_name, &prompts)?;
     if args.json {
         for row in &rows {
             let mut value = serde_json::to_value(row)?;
@@ -127,9 +165,16 @@ fn run_suite(args: &ZeroshotArgs, suite_name: &str) -> anyhow::Result<()> {
             println!("{value}");
         }
     } else {
-        print_table(suite_name, kind.name(), &rows);
+        print_table(suite_name, &prompts_name, &rows);
     }
     Ok(())
+}
+
+/// Adds the fields of the object `from` to the object `into`.
+fn merge(into: &mut serde_json::Value, from: serde_json::Value) {
+    if let (Some(into), serde_json::Value::Object(from)) = (into.as_object_mut(), from) {
+        into.extend(from);
+    }
 }
 
 fn print_table(suite: &str, prompts: &str, rows: &[ResultRow]) {

@@ -115,8 +115,10 @@ impl Experiment {
         let prompts = class_prompts(&classes, &resolve_templates(&templates)?);
         let descriptions = match recipe.data.descriptions.as_deref() {
             None => None,
-            Some("shiftworld") if is_suite => Some(crate::shiftworld::concept_descriptions()),
-            Some(path) => Some(ConceptDescriptions::load(Path::new(path), &classes)?.per_class().to_vec()),
+            Some(name) => match crate::shiftworld::description_set(name).filter(|_| is_suite) {
+                Some(set) => Some(set),
+                None => Some(ConceptDescriptions::load(Path::new(name), &classes)?.per_class().to_vec()),
+            },
         };
         if plan.method.uses_descriptions() && descriptions.is_none() {
             return Err(Error::Invalid {

@@ -102,6 +102,17 @@ pub fn concept_descriptions() -> Vec<Vec<String>> {
         .collect()
 }
 
+/// The bundled concept-description sets, by name: `shiftworld` ([`concept_descriptions`]).
+pub const DESCRIPTION_SET_NAMES: [&str; 1] = ["shiftworld"];
+
+/// A bundled concept-description set ([`DESCRIPTION_SET_NAMES`]) per class, label order.
+pub fn description_set(name: &str) -> Option<Vec<Vec<String>>> {
+    match name {
+        "shiftworld" => Some(concept_descriptions()),
+        _ => None,
+    }
+}
+
 /// The concept descriptions as a DRM concept-description file: a JSON object from class name
 /// to its sentences, in label order, two-space indented, newline-terminated.
 pub fn concept_descriptions_json() -> String {

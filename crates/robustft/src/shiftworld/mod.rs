@@ -94,7 +94,8 @@ pub mod suites;
 use std::path::PathBuf;
 
 pub use captions::{
-    caption, concept_descriptions, concept_descriptions_json, MAX_CAPTION_CHARS, PARAPHRASE_PROBABILITY,
+    caption, concept_descriptions, concept_descriptions_json, description_set, DESCRIPTION_SET_NAMES,
+    MAX_CAPTION_CHARS, PARAPHRASE_PROBABILITY,
 };
 pub use disk::{encode_png, example_path, write_suite, FORMAT, FORMAT_VERSION, MANIFEST_HEADER};
 pub use render::{render, tile};
