@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 seeds=0,1,2
 out=runs/drm_study
 drm_grid=(--grid 'drm.affinity="center","standardize","minmax_image","minmax_class"'
-  --grid drm.lambda=0.5,1 --grid drm.beta=0.5,0.75,0.9)
+  --grid drm.lambda=0.5,1 --grid drm.beta=0.5,0.75,0.9,1)
 lr_grid=(--grid train.lr=3e-5,1e-4,3e-4)
 extra=()
 if [ "${1:-}" = "--quick" ]; then
