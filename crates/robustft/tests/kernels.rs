@@ -223,7 +223,7 @@ fn other_dtypes_fall_back_to_primitive_ops() {
         (
             "attention",
             kernels::attention(&qkv, 3, Some(&causal)).unwrap(),
-            reference_attention(&qkv, 3, Some(&causal)).unwrap(),
+            reference::attention(&qkv, 3, Some(&causal)).unwrap(),
         ),
     ];
     for (name, fallback, expected) in cases {
@@ -232,22 +232,6 @@ fn other_dtypes_fall_back_to_primitive_ops() {
             (fallback - expected).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
         assert!(deviation < 1e-12, "f64 {name} deviates from its primitive-op formulation by {deviation}");
     }
-}
-
-/// Multi-head attention from primitive ops on the packed `[b, t, 3·width]` q/k/v: split
-/// heads, `softmax(q kᵀ / √d + mask) v`, merge.
-fn reference_attention(qkv: &Tensor, heads: usize, mask: Option<&Tensor>) -> Result<Tensor> {
-    let (b, t, packed) = qkv.dims3()?;
-    let (width, head_dim) = (packed / 3, packed / 3 / heads);
-    let split_heads = |part: usize| {
-        qkv.narrow(2, part * width, width)?.reshape((b, t, heads, head_dim))?.transpose(1, 2)?.contiguous()
-    };
-    let scores = (split_heads(0)? * (head_dim as f64).powf(-0.5))?.matmul(&split_heads(1)?.t()?)?;
-    let probabilities = match mask {
-        Some(m) => reference::masked_softmax_last_dim(&scores, m)?,
-        None => reference::softmax_last_dim(&scores)?,
-    };
-    probabilities.matmul(&split_heads(2)?)?.transpose(1, 2)?.reshape((b, t, width))
 }
 
 /// (batch, tokens, width, heads, causal): single tokens and heads, head widths 1 and 3, the
@@ -269,7 +253,7 @@ fn attention_matches_primitive_ops() {
         let qkv = random(&[b, t, 3 * width], seed as u64, 1.5, 0.0);
         assert_parity(
             |x| kernels::attention(&x[0], heads, mask.as_ref()),
-            |x| reference_attention(&x[0], heads, mask.as_ref()),
+            |x| reference::attention(&x[0], heads, mask.as_ref()),
             &[qkv],
             &format!("attention b={b} t={t} width={width} heads={heads} causal={causal}"),
         );
@@ -282,7 +266,7 @@ fn attention_with_a_trainable_mask_passes_it_gradients() {
     let inputs = [random(&[b, t, 3 * width], 70, 1.0, 0.0), random(&[t, t], 80, 1.0, 0.0)];
     assert_parity(
         |x| kernels::attention(&x[0], heads, Some(&x[1])),
-        |x| reference_attention(&x[0], heads, Some(&x[1])),
+        |x| reference::attention(&x[0], heads, Some(&x[1])),
         &inputs,
         "attention with a trainable mask",
     );

@@ -34,9 +34,11 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1)]
     warmup: usize,
 
-    /// The linear layers' products: fp32, or bf16 (operands rounded to bfloat16, fp32 sums;
-    /// AVX512-BF16 dot products where the CPU has them). Compare with PyTorch's CPU autocast:
-    /// `bench/pytorch_bench.py --precision bf16`.
+    /// The transformer's products: fp32, or bf16 (operands rounded to bfloat16, fp32 sums). On
+    /// the CPU: the linear layers', on AVX512-BF16 dot products where the CPU has them, into
+    /// fp32 outputs; compare with PyTorch's CPU autocast: `bench/pytorch_bench.py --precision
+    /// bf16`. On CUDA: the linear layers' and attention's, autocast-style (operands cast to
+    /// bfloat16, cuBLAS bf16 products cast back to fp32).
     #[arg(long, value_enum, default_value = "fp32")]
     precision: Precision,
 

@@ -14,38 +14,25 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
+use super::reference;
 use super::rows::{contiguous_f32, fused_applies, lane_sum2, rows_per_block};
-use super::softmax::{masked_softmax_last_dim, softmax_last_dim, softmax_row_in_place};
+use super::softmax::softmax_row_in_place;
 
 /// Attention of the packed `qkv` (`[b, t, 3·width]`: q, k, v side by side; `heads` heads of
 /// `width / heads` columns each) with an optional additive `mask` (`[t, t]`) ->
 /// `[b, t, width]`, heads merged.
 ///
-/// A mask that is itself trained (tracks gradients) goes through the unfused path, as do
-/// tensors off the CPU or not f32.
+/// A mask that is itself trained (tracks gradients) goes through the primitive-op formulation
+/// ([`reference::attention`], in the process's matmul precision), as do tensors off the CPU or
+/// not f32; the fused kernel's products are fp32 whatever the precision.
 pub fn attention(qkv: &Tensor, heads: usize, mask: Option<&Tensor>) -> Result<Tensor> {
     let geometry = Geometry::of(qkv, heads)?;
     let constant_mask = mask.is_none_or(|m| !m.track_op() && fused_applies(&[m]));
     if !constant_mask || !fused_applies(&[qkv]) {
-        return unfused_attention(qkv, geometry, mask);
+        return reference::attention(qkv, heads, mask);
     }
     let mask = mask.map(|m| mask_rows(m, geometry.tokens)).transpose()?;
     qkv.contiguous()?.apply_op1(Attention { geometry, mask })
-}
-
-/// The head-split formulation from tensor ops (with the softmax kernels).
-fn unfused_attention(qkv: &Tensor, geometry: Geometry, mask: Option<&Tensor>) -> Result<Tensor> {
-    let Geometry { batch, tokens, width, heads, head_dim, scale } = geometry;
-    let split_heads = |part: usize| {
-        let y = qkv.narrow(2, part * width, width)?;
-        y.reshape((batch, tokens, heads, head_dim))?.transpose(1, 2)?.contiguous()
-    };
-    let scores = (split_heads(0)? * f64::from(scale))?.matmul(&split_heads(1)?.t()?)?;
-    let probabilities = match mask {
-        Some(m) => masked_softmax_last_dim(&scores, m)?,
-        None => softmax_last_dim(&scores)?,
-    };
-    probabilities.matmul(&split_heads(2)?)?.transpose(1, 2)?.reshape((batch, tokens, width))
 }
 
 /// The `[t, t]` mask as row-major values.

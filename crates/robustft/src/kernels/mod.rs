@@ -7,9 +7,10 @@
 //!
 //! Each public function runs its fused kernel on contiguous f32 CPU tensors (one pass per row
 //! instead of one pass and one allocation per primitive op, parallel over blocks of rows) and
-//! otherwise falls back to the primitive-op formulation in [`reference`](mod@reference)
-//! (attention: to the head-split formulation with the softmax kernels), so CUDA and other
-//! dtypes keep working with the same values and gradients (in fp32).
+//! otherwise falls back to the primitive-op formulation in [`reference`](mod@reference), so
+//! CUDA and other dtypes keep working with the same values and gradients. The fallback honours
+//! the matmul precision too: in bf16 its linear and attention products take bfloat16 operands
+//! (autocast-style, [`reference`](mod@reference)), which is how bf16 runs on CUDA.
 
 mod activation;
 mod attention;

@@ -1,15 +1,23 @@
-//! The precision of the linear layers' matrix products, one setting for the whole process
-//! like PyTorch's `torch.set_float32_matmul_precision`: `fp32` (the default), or `bf16`, where
-//! both operands of every product of the linear kernel (forward `x Wᵀ`, and the backward's
-//! `g W` and `gᵀ x`) are rounded to bfloat16 and the products are summed in fp32, on the
-//! CPU's AVX512-BF16 dot products where it has them. Weights (the optimiser's master copy),
-//! activations, LayerNorm, softmax, attention scores and losses stay fp32, as under PyTorch's
-//! CPU autocast, which however also stores the linear layers' outputs in bf16 and runs the
+//! The precision of the transformer's matrix products, one setting for the whole process
+//! like PyTorch's `torch.set_float32_matmul_precision`: `fp32` (the default), or `bf16`.
+//!
+//! In bf16 on the CPU (the fused f32 kernels), both operands of every product of the linear
+//! kernel (forward `x Wᵀ`, and the backward's `g W` and `gᵀ x`) are rounded to bfloat16 and
+//! the products are summed in fp32, on the CPU's AVX512-BF16 dot products where it has them,
+//! into fp32 outputs. Weights (the optimiser's master copy), activations, LayerNorm, softmax,
+//! attention (the fused kernel's products) and losses stay fp32, as under PyTorch's CPU
+//! autocast, which however also stores the linear layers' outputs in bf16 and runs the
 //! attention products in bf16.
+//!
+//! Elsewhere (CUDA: the primitive-op formulations of [`super::reference`]) bf16 is PyTorch's
+//! autocast for these products: the linear layers' and attention's `q kᵀ` and `P v` cast both
+//! operands to bfloat16, multiply with fp32 sums, round the product to bfloat16 and cast it
+//! back to fp32, forward and backward; the fp32 master weights and every other op are as
+//! above.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
-/// How the linear layers multiply.
+/// How the transformer's matrix products multiply.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MatmulPrecision {

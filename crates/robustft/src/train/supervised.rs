@@ -157,8 +157,9 @@ pub struct TrainOptions {
     pub seed: u64,
     /// Optimiser steps between checkpoints (0: at the end of every epoch).
     pub checkpoint_every: u64,
-    /// The linear layers' products, for the whole run (training and its evaluations):
-    /// `fp32`, or `bf16` operands with fp32 sums ([`crate::kernels::MatmulPrecision`]).
+    /// The transformer's products, for the whole run (training and its evaluations): `fp32`,
+    /// or `bf16` operands with fp32 sums (on the CPU the linear layers'; on CUDA, autocast-style,
+    /// the linear layers' and attention's: [`crate::kernels::MatmulPrecision`]).
     #[serde(skip_serializing_if = "MatmulPrecision::is_fp32")]
     pub matmul_precision: MatmulPrecision,
 }
