@@ -3,7 +3,8 @@
 //! (forward, a 1000-class linear head with cross-entropy, backward, AdamW over the image tower
 //! and the head), with fp32 or bf16 matmuls ([`MatmulPrecision`]). `bench/pytorch_bench.py`
 //! runs the identical workload in PyTorch (bf16: under CPU autocast) so the two can be compared
-//! side by side (`bench/run.sh`).
+//! side by side (`bench/run.sh`); every report names the CPU and its vector, bf16 and AMX
+//! features ([`CpuInfo`]), since speed ratios hold only on one CPU.
 //!
 //! [`method_step_ms`] times the training steps of a whole method (objective + constraint) from a
 //! recipe, to measure a method's overhead over plain fine-tuning on the same data.
@@ -53,6 +54,48 @@ pub struct BenchReport {
     pub images_per_s: f64,
     pub peak_rss_mb: f64,
     pub engine: &'static str,
+    /// The CPU it ran on.
+    pub cpu: CpuInfo,
+}
+
+/// The CPU a benchmark ran on: its model name and the features its kernels' speed depends on.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct CpuInfo {
+    pub model: String,
+    /// Which of [`REPORTED_FEATURES`] the CPU has.
+    pub features: Vec<String>,
+}
+
+/// The CPU features a benchmark reports, as Linux's `/proc/cpuinfo` flags name them: the
+/// vector units of the fp32 kernels, the bf16 dot products, and the AMX tiles.
+pub const REPORTED_FEATURES: [&str; 7] =
+    ["avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"];
+
+impl CpuInfo {
+    /// This machine's CPU, from `/proc/cpuinfo` (model `unknown` and no features elsewhere).
+    pub fn detect() -> Self {
+        Self::parse(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default())
+    }
+
+    /// The first processor's `model name` and flags in `/proc/cpuinfo` text.
+    pub fn parse(cpuinfo: &str) -> Self {
+        let field = |name: &str| {
+            cpuinfo.lines().find_map(|line| {
+                let (key, value) = line.split_once(':')?;
+                (key.trim() == name).then(|| value.trim().to_string())
+            })
+        };
+        let flags = field("flags").unwrap_or_default();
+        let flags: Vec<&str> = flags.split_whitespace().collect();
+        let features =
+            REPORTED_FEATURES.iter().filter(|f| flags.contains(f)).map(|f| f.to_string()).collect();
+        Self { model: field("model name").unwrap_or_else(|| "unknown".into()), features }
+    }
+
+    /// `AMD EPYC (avx2, fma, avx512f, avx512_bf16)`.
+    pub fn summary(&self) -> String {
+        format!("{} ({})", self.model, self.features.join(", "))
+    }
 }
 
 /// Runs the workload's untimed and timed iterations on a randomly initialised model (the
@@ -87,6 +130,7 @@ pub fn run(workload: &Workload, device: &Device) -> crate::Result<BenchReport> {
         images_per_s: (batch * steps) as f64 / seconds,
         peak_rss_mb: peak_rss_mb(),
         engine: "robustft",
+        cpu: CpuInfo::detect(),
     })
 }
 
@@ -149,4 +193,25 @@ pub fn method_step_ms(
         }
     })?;
     Ok(times)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cpu_model_and_its_reported_features_are_read_from_cpuinfo() {
+        let cpuinfo = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz\n\
+                       flags\t\t: fpu avx2 fma avx512f avx512bw avx512_bf16 amx_bf16 amx_tile amx_int8\n\n\
+                       processor\t: 1\nmodel name\t: other\n";
+        let cpu = CpuInfo::parse(cpuinfo);
+        assert_eq!(cpu.model, "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz");
+        assert_eq!(
+            cpu.features,
+            ["avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"]
+        );
+        let amd = CpuInfo::parse("model name : AMD EPYC 9B14\nflags : avx2 fma avx512f avx512_bf16\n");
+        assert_eq!(amd.summary(), "AMD EPYC 9B14 (avx2, fma, avx512f, avx512_bf16)");
+        assert_eq!(CpuInfo::parse(""), CpuInfo { model: "unknown".into(), features: Vec::new() });
+    }
 }

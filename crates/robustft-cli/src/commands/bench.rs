@@ -9,7 +9,9 @@ use robustft::kernels::MatmulPrecision;
 use robustft::pretrain::shiftworld_model;
 
 /// Prints a line of text, or with `--json`
-/// `{"arch","mode","batch","steps","precision","images_per_s","peak_rss_mb","engine"}`.
+/// `{"arch","mode","batch","steps","precision","images_per_s","peak_rss_mb","engine",
+/// "cpu":{"model","features"}}` (the features: which of avx2, fma, avx512f, avx512_bf16,
+/// amx_tile, amx_bf16, amx_int8 the CPU has).
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// Architecture, randomly initialised: a preset (ViT-B-32, ViT-B-16, ViT-L-14,
@@ -127,14 +129,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "{} {} batch {} {}: {:.2} images/s over {} steps, peak RSS {:.0} MB",
+            "{} {} batch {} {}: {:.2} images/s over {} steps, peak RSS {:.0} MB, on {}",
             report.arch,
             args.mode.name(),
             report.batch,
             report.precision.name(),
             report.images_per_s,
             report.steps,
-            report.peak_rss_mb
+            report.peak_rss_mb,
+            report.cpu.summary()
         );
     }
     Ok(())
