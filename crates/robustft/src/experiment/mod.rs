@@ -95,7 +95,15 @@ impl Experiment {
         let descriptions = match recipe.data.descriptions.as_deref() {
             None => None,
             Some("shiftworld") if is_suite => Some(crate::shiftworld::concept_descriptions()),
-            Some(path) => Some(ConceptDescriptions::load(Path::new(path), &classes)?.per_class().to_vec()),
+            Some(path) => Some(
+                ConceptDescriptions::load_with(
+                    Path::new(path),
+                    &classes,
+                    recipe.data.descriptions_alignment,
+                )?
+                .per_class()
+                .to_vec(),
+            ),
         };
         if plan.method.uses_descriptions() && descriptions.is_none() {
             return Err(Error::Invalid {
