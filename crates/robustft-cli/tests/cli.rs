@@ -631,8 +631,10 @@ fn rehearse_paper_recipe(recipe: &str, layout: &str, overrides: &[&str]) -> Vec<
 
 #[test]
 fn paper_recipes_run_on_synthetic_imagenet_and_iwildcam_layouts() {
-    let splits = rehearse_paper_recipe("recipes/paper/flyp-iwildcam.toml", "iwildcam", &[]);
-    assert_eq!(splits, ["id_test", "id_val", "test", "val"]);
+    for recipe in ["recipes/paper/flyp-iwildcam.toml", "recipes/paper/drm-iwildcam.toml"] {
+        let splits = rehearse_paper_recipe(recipe, "iwildcam", &[]);
+        assert_eq!(splits, ["id_test", "id_val", "test", "val"], "{recipe}");
+    }
     let splits =
         rehearse_paper_recipe("recipes/paper/flyp-imagenet.toml", "imagenet", &["data.templates=\"simple\""]);
     assert_eq!(

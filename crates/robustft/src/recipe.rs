@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::Layout;
 use crate::error::{Error, Result};
 use crate::methods::registry::{Method, MethodEntry, MethodPlan, Shared, METHODS};
+use crate::prompts::AlignmentPolicy;
 use crate::sections::Sections;
 use crate::train::supervised::TrainOptions;
 use crate::train::trainable::Trainable;
@@ -30,7 +31,8 @@ pub struct Recipe {
     /// Seeds the training order (and a ShiftWorld suite's world).
     #[serde(default)]
     pub seed: u64,
-    /// The pre-trained checkpoint (`bundled`, a path or a cached hub id).
+    /// The pre-trained checkpoint (`bundled`, a path, a cached hub id, or `random:PRESET`: a
+    /// randomly initialised preset such as `random:ViT-B-32`).
     #[serde(default = "bundled")]
     pub model: String,
     /// The architecture facts `model`'s weights cannot tell (attention heads, activation): an
@@ -79,6 +81,12 @@ pub struct DataRecipe {
     pub templates: Option<String>,
     /// Concept descriptions: a DRM-format JSON file, or `shiftworld` (the suites' own).
     pub descriptions: Option<String>,
+    /// How the file's entries pair with the classes ([`AlignmentPolicy`]): `auto` (default:
+    /// by name, else by index keys), `name`, or `position` (file order, as DRM's evaluation
+    /// code pairs them; needed where the class list repeats a name, as OpenAI's ImageNet class
+    /// names repeat "missile" and "sunglasses"). Left out of a resolved recipe when `auto`.
+    #[serde(default, skip_serializing_if = "AlignmentPolicy::is_auto")]
+    pub descriptions_alignment: AlignmentPolicy,
 }
 
 fn train_split() -> String {
@@ -183,6 +191,9 @@ impl Recipe {
             (Some(_), None, None) | (None, Some(_), Some(_)) => {}
             _ => return Err("[data] needs either `suite` or both `format` and `root`".into()),
         }
+        if !self.data.descriptions_alignment.is_auto() && self.data.descriptions.is_none() {
+            return Err("data.descriptions_alignment needs data.descriptions".into());
+        }
         if let Some(alpha) = self.eval.wiseft.iter().find(|a| !(0.0..=1.0).contains(*a)) {
             return Err(format!("eval.wiseft: α = {alpha} is outside [0, 1]"));
         }
@@ -277,6 +288,20 @@ mod tests {
         assert_eq!(value(&recipe, "drm.wrm").as_str(), Some("reweighted"));
         assert_eq!(value(&recipe, "drm.beta").as_float(), Some(0.5));
         assert_eq!(Recipe::parse(&recipe.to_toml(), "again", &[]).unwrap(), recipe);
+    }
+
+    #[test]
+    fn descriptions_alignment_is_auto_unless_set_written_only_when_set_and_needs_descriptions() {
+        let auto = Recipe::parse(MINIMAL, "test", &[]).unwrap();
+        assert!(auto.data.descriptions_alignment.is_auto());
+        assert!(!auto.to_toml().contains("descriptions_alignment"), "{}", auto.to_toml());
+        let sets =
+            ["data.descriptions=\"cd.json\"", "data.descriptions_alignment=\"position\""].map(String::from);
+        let position = Recipe::parse(MINIMAL, "test", &sets).unwrap();
+        assert_eq!(position.data.descriptions_alignment, AlignmentPolicy::Position);
+        assert_eq!(Recipe::parse(&position.to_toml(), "again", &[]).unwrap(), position);
+        let err = Recipe::parse(MINIMAL, "test", &sets[1..]).unwrap_err();
+        assert!(err.to_string().contains("data.descriptions_alignment needs data.descriptions"), "{err}");
     }
 
     #[test]

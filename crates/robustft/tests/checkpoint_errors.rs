@@ -1,5 +1,6 @@
 //! A wrong checkpoint file gets an error naming the file and the missing key or mismatched
-//! shape, never a panic: truncated files, missing keys, wrong shapes, unknown layouts.
+//! shape, never a panic: truncated files, missing keys, wrong shapes, unknown layouts, and
+//! `random:PRESET` specs naming no preset.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -193,4 +194,15 @@ fn a_tensor_that_cannot_be_copied_is_a_write_error_not_a_short_file() {
         .to_string();
     assert!(err.contains(&path.display().to_string()) && err.contains("tensor `packed`"), "{err}");
     assert!(!path.exists(), "{} was written", path.display());
+}
+
+#[test]
+fn a_random_preset_that_is_unknown_or_given_a_config_is_refused_by_name() {
+    let err = ClipModel::load("random:ViT-Q-99", &Device::Cpu).err().expect("an unknown preset is refused");
+    assert!(err.to_string().starts_with("random:ViT-Q-99: unknown preset (known: ViT-B-32,"), "{err}");
+    let config = robustft::clip::ConfigSource::Preset("ViT-B-32");
+    let err = ClipModel::load_with_config("random:ViT-B-32", Some(&config), &Device::Cpu)
+        .err()
+        .expect("a config is refused");
+    assert!(err.to_string().contains("--config does not apply"), "{err}");
 }

@@ -386,6 +386,28 @@ fn drm_imagenet_concepts_are_descriptions_without_the_class_name() {
     }
 }
 
+/// OpenAI's ImageNet class names (what ImageNet runs use) repeat "missile" and "sunglasses",
+/// so DRM's ImageNet files, which key the second ones "projectile" and "sunglass", cannot pair
+/// by name; in file order (`data.descriptions_alignment = "position"`, as
+/// recipes/paper/drm-imagenet.toml sets) entry k is class k.
+#[test]
+fn drm_imagenet_concepts_pair_with_openai_imagenet_class_names_by_position() {
+    let classes: Vec<String> = robustft::data::IMAGENET_CLASS_NAMES.iter().map(|&n| n.to_owned()).collect();
+    assert_eq!((classes[657].as_str(), classes[744].as_str()), ("missile", "missile"));
+    for file in ["concept_description_result_cd_imagenet.json", "prompts_imagenet_cd.json"] {
+        let path = drm_file(file);
+        assert!(matches!(
+            ConceptDescriptions::load(&path, &classes),
+            Err(PromptError::UnrecognisedKey { key, .. }) if key == "projectile"
+        ));
+        let cds = ConceptDescriptions::load_with(&path, &classes, AlignmentPolicy::Position).unwrap();
+        let keys = imagenet_keys(&path);
+        assert_eq!(cds.keys(), keys, "{file}");
+        let unique_names_agree = (0..1000).filter(|&k| keys[k] == classes[k]).count();
+        assert_eq!(unique_names_agree, 998, "{file}: every key but the two renamed ones is its class's name");
+    }
+}
+
 // ---------------------------------------------------------------- alignment rules
 
 #[test]

@@ -29,8 +29,9 @@ pub struct ModelArgs {
     /// directory or weights file in the HF layout (model.safetensors + config.json) or the
     /// OpenAI/OpenCLIP layout (open_clip_model.safetensors, .bin/.pt state dicts), or a hub id
     /// such as openai/clip-vit-base-patch32 already in the local Hugging Face cache (nothing is
-    /// downloaded).
-    #[arg(long, default_value = "bundled", value_name = "bundled|PATH|HUB_ID")]
+    /// downloaded), or random:PRESET (random:ViT-B-32: a preset's architecture, randomly
+    /// initialised, the same weights every time; for rehearsing and timing at full size).
+    #[arg(long, default_value = "bundled", value_name = "bundled|PATH|HUB_ID|random:PRESET")]
     pub model: String,
 
     /// The architecture facts weights cannot tell (attention heads, activation), instead of the

@@ -36,9 +36,9 @@ const HEAD_FILE: &str = "head.safetensors";
 /// goes to stderr.
 #[derive(clap::Args, Debug)]
 pub struct WiseftArgs {
-    /// The zero-shot end (α = 0): `bundled`, a checkpoint directory or weights file, or a hub id
-    /// already in the local Hugging Face cache.
-    #[arg(long, value_name = "bundled|PATH|HUB_ID")]
+    /// The zero-shot end (α = 0): `bundled`, a checkpoint directory or weights file, a hub id
+    /// already in the local Hugging Face cache, or random:PRESET (a randomly initialised preset).
+    #[arg(long, value_name = "bundled|PATH|HUB_ID|random:PRESET")]
     zeroshot: String,
 
     /// The fine-tuned end (α = 1), of the same architecture, such as the `runs/<name>/model`

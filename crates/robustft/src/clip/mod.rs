@@ -63,6 +63,8 @@ pub enum CheckpointError {
     NotACheckpoint { path: PathBuf, looks_like: String },
     #[error("{path}: malformed PyTorch checkpoint (the pickle reader failed: {reason})")]
     MalformedPickle { path: PathBuf, reason: String },
+    #[error("{spec}: {reason}")]
+    RandomPreset { spec: String, reason: String },
     #[error("cannot write {path}: {reason}")]
     Write { path: PathBuf, reason: String },
     #[error("{path}: {source}")]
@@ -86,6 +88,11 @@ impl CheckpointError {
         }
     }
 }
+
+/// The `--model` prefix of a randomly initialised preset (`random:ViT-B-32`): a model at a
+/// preset's full size without pre-trained weights (the same ones every time), to rehearse a
+/// recipe or time it where no checkpoint is on disk. Its zero-shot accuracy is chance.
+pub const RANDOM_MODEL_PREFIX: &str = "random:";
 
 /// A CLIP model whose parameters are trainable candle `Var`s.
 pub struct ClipModel {
@@ -139,8 +146,9 @@ impl ClipModel {
         })
     }
 
-    /// Loads a checkpoint from a path or a cached hub id (see [`checkpoint`]), or the model
-    /// bundled in the binary when `spec` is [`bundled::BUNDLED_MODEL`].
+    /// Loads a checkpoint from a path or a cached hub id (see [`checkpoint`]), the model
+    /// bundled in the binary when `spec` is [`bundled::BUNDLED_MODEL`], or a randomly
+    /// initialised preset when `spec` is `random:PRESET` ([`RANDOM_MODEL_PREFIX`]).
     pub fn load(spec: &str, device: &Device) -> Result<(Self, LoadedCheckpointInfo), CheckpointError> {
         Self::load_with_config(spec, None, device)
     }
@@ -153,9 +161,12 @@ impl ClipModel {
         config: Option<&ConfigSource>,
         device: &Device,
     ) -> Result<(Self, LoadedCheckpointInfo), CheckpointError> {
+        let without_files = LoadedCheckpointInfo { files: None, layout: Layout::Hf, notices: Vec::new() };
         if spec == bundled::BUNDLED_MODEL {
-            let info = LoadedCheckpointInfo { files: None, layout: Layout::Hf, notices: Vec::new() };
-            return Ok((bundled::load_bundled(device)?, info));
+            return Ok((bundled::load_bundled(device)?, without_files));
+        }
+        if let Some(preset) = spec.strip_prefix(RANDOM_MODEL_PREFIX) {
+            return Ok((Self::random_preset(preset, config, device)?, without_files));
         }
         let files = checkpoint::resolve(spec)?;
         let loaded = checkpoint::load_with(&files, config, device)?;
@@ -181,6 +192,28 @@ impl ClipModel {
             })
             .collect::<Result<Vec<_>, CheckpointError>>()?;
         Self::from_tensors(config, tensors, device)
+    }
+
+    /// `random:PRESET`: the preset's architecture with [`ClipModel::random`]'s seed-0 weights.
+    /// The preset fixes heads and activation, so a config `source` is refused rather than
+    /// ignored.
+    fn random_preset(
+        preset: &str,
+        source: Option<&ConfigSource>,
+        device: &Device,
+    ) -> Result<Self, CheckpointError> {
+        let refuse = |reason: String| CheckpointError::RandomPreset {
+            spec: format!("{RANDOM_MODEL_PREFIX}{preset}"),
+            reason,
+        };
+        if source.is_some() {
+            return Err(refuse(
+                "a random preset takes its architecture from the preset; --config does not apply".into(),
+            ));
+        }
+        let architecture = ClipConfig::preset(preset)
+            .ok_or_else(|| refuse(format!("unknown preset (known: {})", config::PRESET_NAMES.join(", "))))?;
+        Self::random(architecture, 0, device)
     }
 
     pub fn device(&self) -> &Device {
@@ -230,7 +263,7 @@ impl ClipModel {
 /// Where a loaded model came from.
 #[derive(Clone, Debug)]
 pub struct LoadedCheckpointInfo {
-    /// `None` for the bundled model.
+    /// `None` for the bundled model and random presets.
     pub files: Option<ModelFiles>,
     pub layout: Layout,
     /// Values assumed from a convention (see [`LoadedCheckpoint::notices`]).

@@ -117,7 +117,11 @@ impl Experiment {
             None => None,
             Some(name) => match crate::shiftworld::description_set(name).filter(|_| is_suite) {
                 Some(set) => Some(set),
-                None => Some(ConceptDescriptions::load(Path::new(name), &classes)?.per_class().to_vec()),
+                None => Some(
+                    ConceptDescriptions::load_with(Path::new(name), &classes, recipe.data.descriptions_alignment)?
+                        .per_class()
+                        .to_vec(),
+                ),
             },
         };
         if plan.method.uses_descriptions() && descriptions.is_none() {

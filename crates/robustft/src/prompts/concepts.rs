@@ -21,8 +21,10 @@ pub enum Alignment {
     Position,
 }
 
-/// Which alignment [`ConceptDescriptions::load_with`] may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Which alignment [`ConceptDescriptions::load_with`] may use (in recipes:
+/// `data.descriptions_alignment = "auto" | "name" | "position"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum AlignmentPolicy {
     /// A JSON list by position; an object by name if every class matches a key, else by index
     /// if every key is one. Any key that is neither a class name nor an index is an error.
@@ -32,6 +34,12 @@ pub enum AlignmentPolicy {
     Name,
     /// By file order only, whatever the keys say, as DRM's evaluation code does.
     Position,
+}
+
+impl AlignmentPolicy {
+    pub fn is_auto(&self) -> bool {
+        *self == AlignmentPolicy::Auto
+    }
 }
 
 /// Concept descriptions: one or more sentences per class, aligned to the class list by position.
