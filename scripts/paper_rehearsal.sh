@@ -16,6 +16,7 @@
 #   scripts/paper_rehearsal.sh                              # the four runs
 #   scripts/paper_rehearsal.sh flyp-iwildcam drm-iwildcam   # some of them
 #   OUT=/tmp/rehearsal BATCH=16 PER_CLASS=2 MEM_GB=20 scripts/paper_rehearsal.sh
+#   BIN=/tmp/robustft-other OUT=/tmp/other scripts/paper_rehearsal.sh drm-iwildcam  # another build
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-runs/paper_rehearsal}
@@ -25,8 +26,11 @@ mem_gb=${MEM_GB:-16}
 runs=("$@")
 [ ${#runs[@]} -gt 0 ] || runs=(flyp-iwildcam drm-iwildcam flyp-imagenet drm-imagenet)
 
-cargo build --release -q -p robustft-cli || exit 1
-bin=$PWD/target/release/robustft
+bin=${BIN:-}
+if [ -z "$bin" ]; then
+  cargo build --release -q -p robustft-cli || exit 1
+  bin=$PWD/target/release/robustft
+fi
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 table=$out/rehearsal.tsv

@@ -143,7 +143,8 @@ mod tests {
         assert!(max_abs_diff(&grouped, &full) < 1e-5, "{}", max_abs_diff(&grouped, &full));
 
         let weights = Tensor::rand(-1f32, 1f32, full.shape(), &Device::Cpu).unwrap();
-        let gradients = |features: &Tensor| (features * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        let gradients =
+            |features: &Tensor| (features * &weights).unwrap().sum_all().unwrap().backward().unwrap();
         let (grouped_grads, full_grads) = (gradients(&grouped), gradients(&full));
         for name in [
             "text_model.embeddings.token_embedding.weight",

@@ -118,9 +118,13 @@ impl Experiment {
             Some(name) => match crate::shiftworld::description_set(name).filter(|_| is_suite) {
                 Some(set) => Some(set),
                 None => Some(
-                    ConceptDescriptions::load_with(Path::new(name), &classes, recipe.data.descriptions_alignment)?
-                        .per_class()
-                        .to_vec(),
+                    ConceptDescriptions::load_with(
+                        Path::new(name),
+                        &classes,
+                        recipe.data.descriptions_alignment,
+                    )?
+                    .per_class()
+                    .to_vec(),
                 ),
             },
         };
