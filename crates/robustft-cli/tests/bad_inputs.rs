@@ -453,30 +453,23 @@ fn robustness_refuses_bad_threats_budgets_steps_and_runs() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `robustness --dataset data --run runs/ft --eps 0,8/255 FLAGS --json` in `dir`: the outcome
+/// and its JSON rows.
+fn robustness_of_run_ft(dir: &Path, flags: &[&str]) -> (Outcome, Vec<serde_json::Value>) {
+    let mut args = vec!["robustness", "--dataset", "data", "--run", "runs/ft", "--eps", "0,8/255"];
+    args.extend(flags);
+    args.push("--json");
+    let outcome = succeeds(dir, &args);
+    let rows = outcome.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    (outcome, rows)
+}
+
 #[test]
 fn robustness_of_a_finished_run_prints_clean_and_robust_rows() {
     let dir = corpus("robustness-run");
     let recipe = write_recipe(&dir, "ft.toml", "ft", "");
     succeeds(&dir, &["train", "--recipe", &recipe, "--out", "runs"]);
-    let outcome = succeeds(
-        &dir,
-        &[
-            "robustness",
-            "--dataset",
-            "data",
-            "--run",
-            "runs/ft",
-            "--threat",
-            "linf,spatial",
-            "--eps",
-            "0,8/255",
-            "--steps",
-            "3",
-            "--json",
-        ],
-    );
-    let rows: Vec<serde_json::Value> =
-        outcome.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (outcome, rows) = robustness_of_run_ft(&dir, &["--threat", "linf,spatial", "--steps", "3"]);
     assert_eq!(rows.len(), 2 * 2 * 3, "2 threats × 2 budgets × 3 splits: {}", outcome.stdout);
     for row in &rows {
         assert_eq!(row["method"], "trained_head", "{row}");
@@ -500,25 +493,9 @@ fn robustness_of_a_vrf_run_refits_vrf_on_the_recipes_data() {
         .replace("[data]\n", "[data]\nval_split = \"id_test\"\n");
     std::fs::write(dir.join(&recipe), text).unwrap();
     succeeds(&dir, &["train", "--recipe", &recipe, "--out", "runs"]);
-    let outcome = succeeds(
-        &dir,
-        &[
-            "robustness",
-            "--dataset",
-            "data",
-            "--run",
-            "runs/ft",
-            "--eps",
-            "0,8/255",
-            "--steps",
-            "2",
-            "--json",
-        ],
-    );
+    let (outcome, rows) = robustness_of_run_ft(&dir, &["--steps", "2"]);
     assert!(outcome.stderr.contains("predicts through VRF"), "{}", outcome.stderr);
     assert!(outcome.stderr.contains("zero-shot failures"), "VRF must be refitted: {}", outcome.stderr);
-    let rows: Vec<serde_json::Value> =
-        outcome.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(!rows.is_empty() && rows.iter().all(|row| row["method"] == "ft+vrf"), "{}", outcome.stdout);
     for row in rows.iter().filter(|row| row["eps"] == 0.0) {
         assert_eq!(row["robust_top1"], row["clean_top1"], "{row}");
