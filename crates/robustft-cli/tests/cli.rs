@@ -19,6 +19,12 @@ use robustft::eval::suite::{evaluate_suite, shiftworld_head, PromptKind};
 use robustft::shiftworld::build_suite;
 use serde_json::Value;
 
+/// Where this test binary's scratch files go: Cargo's per-target temporary directory (under
+/// `target/`, so reruns replace them instead of piling up in the system's temporary directory).
+fn scratch_root() -> &'static Path {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+}
+
 fn root() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
@@ -127,7 +133,7 @@ fn stderr_of(args: &[&str]) -> String {
 
 #[test]
 fn unreadable_image_is_a_clear_error() {
-    let corrupt = std::env::temp_dir().join(format!("robustft-corrupt-{}.png", std::process::id()));
+    let corrupt = scratch_root().join("robustft-corrupt.png");
     std::fs::write(&corrupt, b"\x89PNG\r\n\x1a\nnot really a png").unwrap();
     let corrupt_path = corrupt.to_string_lossy().into_owned();
     let err = stderr_of(&["embed", "--model", "fixtures/models/clip_hf", "--image", &corrupt_path]);
@@ -150,7 +156,7 @@ fn bad_model_and_class_inputs_are_clear_errors() {
 /// Lays out `fixtures/models/clip_hf` as the Hugging Face cache does for `org/name`:
 /// `hub/models--org--name/refs/main` holding a revision and `snapshots/<revision>/<files>`.
 fn fake_hf_cache(tag: &str) -> PathBuf {
-    let home = std::env::temp_dir().join(format!("robustft-hfhome-{tag}-{}", std::process::id()));
+    let home = scratch_root().join(format!("robustft-hfhome-{tag}"));
     let repo = home.join("hub/models--tiny-org--tiny-clip");
     let revision = "0123456789abcdef0123456789abcdef01234567";
     std::fs::create_dir_all(repo.join("refs")).unwrap();
@@ -185,7 +191,8 @@ fn json_lines(output: &Output) -> Vec<Value> {
 
 #[test]
 fn eval_on_a_generated_suite_matches_the_in_memory_suite_and_survives_a_corrupt_image() {
-    let dir = std::env::temp_dir().join(format!("robustft-eval-suite-{}", std::process::id()));
+    let dir = scratch_root().join("robustft-eval-suite");
+    let _ = std::fs::remove_dir_all(&dir);
     let dir_str = dir.to_string_lossy().into_owned();
     assert!(robustft(&["shiftworld", "generate", "--suite", "spurious", "--out", &dir_str]).status.success());
     let corrupt = dir.join("id_test/circle/id_test_00000.png");
@@ -221,7 +228,7 @@ fn eval_on_a_generated_suite_matches_the_in_memory_suite_and_survives_a_corrupt_
 
 #[test]
 fn background_swap_reads_description_files_and_reports_groups() {
-    let dir = std::env::temp_dir().join(format!("robustft-swap-cli-{}", std::process::id()));
+    let dir = scratch_root().join("robustft-swap-cli");
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("cd.json");
     std::fs::write(&file, robustft::shiftworld::concept_descriptions_json()).unwrap();
@@ -260,7 +267,7 @@ fn quoted_class(prompt: &str) -> &str {
 }
 
 fn describe_scratch(tag: &str) -> (PathBuf, String) {
-    let dir = std::env::temp_dir().join(format!("robustft-describe-cli-{tag}-{}", std::process::id()));
+    let dir = scratch_root().join(format!("robustft-describe-cli-{tag}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let classes = dir.join("classes.txt");
@@ -348,7 +355,7 @@ fn describe_failures_are_clear_and_write_no_output() {
 
 /// An empty scratch directory for one test.
 fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("robustft-wiseft-{tag}-{}", std::process::id()));
+    let dir = scratch_root().join(format!("robustft-wiseft-{tag}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -641,6 +648,64 @@ fn paper_recipes_run_on_synthetic_imagenet_and_iwildcam_layouts() {
         splits,
         ["imagenet", "imagenet-a", "imagenet-r", "imagenet-sketch", "imagenet-v2", "objectnet"]
     );
+}
+
+#[test]
+fn synth_data_writes_images_of_the_size_asked_for() {
+    let dir = scratch("synth-size");
+    let out = dir.join("data");
+    let args =
+        ["synth-data", "--layout", "iwildcam", "--out", out.to_str().unwrap(), "--image-size", "40x30"];
+    let written = robustft(&args);
+    assert!(written.status.success(), "{}", String::from_utf8_lossy(&written.stderr));
+    let images = out.join("iwildcam_v2.0/train");
+    let first = std::fs::read_dir(&images).unwrap().next().unwrap().unwrap().path();
+    let image = image::open(&first).unwrap();
+    assert_eq!((image.width(), image.height()), (40, 30), "{}", first.display());
+
+    for bad in ["0x30", "40", "40x-1", "axb"] {
+        let err = stderr_of(&[
+            "synth-data",
+            "--layout",
+            "iwildcam",
+            "--out",
+            out.to_str().unwrap(),
+            "--image-size",
+            bad,
+        ]);
+        assert!(err.contains("--image-size") && err.contains("WxH"), "{bad}: {err}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// `eval --precision`'s rows and per-example confidences on the `spurious` suite.
+fn suite_eval_at(precision: &str) -> (Vec<Value>, Vec<f64>) {
+    let dir = scratch(&format!("suite-{precision}"));
+    let csv = dir.join("predictions.csv");
+    let args = ["eval", "--suite", "spurious", "--json", "--precision", precision, "--save-predictions"];
+    let rows = json_lines(&robustft(&[&args[..], &[csv.to_str().unwrap()]].concat()));
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let confidences =
+        text.lines().skip(1).map(|line| line.rsplit(',').next().unwrap().parse().unwrap()).collect();
+    std::fs::remove_dir_all(&dir).unwrap();
+    (rows, confidences)
+}
+
+#[test]
+fn eval_in_bf16_is_close_to_fp32_and_its_rows_say_so() {
+    let (fp32_rows, fp32_confidences) = suite_eval_at("fp32");
+    let (bf16_rows, bf16_confidences) = suite_eval_at("bf16");
+    assert_eq!(fp32_rows.len(), bf16_rows.len());
+    for (fp32, bf16) in fp32_rows.iter().zip(&bf16_rows) {
+        assert!(fp32.get("precision").is_none(), "{fp32}");
+        assert_eq!(bf16["precision"], "bf16", "{bf16}");
+        let gap = (fp32["top1"].as_f64().unwrap() - bf16["top1"].as_f64().unwrap()).abs();
+        assert!(gap <= 0.02, "top-1 moved by {gap} in bf16: {fp32} / {bf16}");
+    }
+    let largest_change =
+        fp32_confidences.iter().zip(&bf16_confidences).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(largest_change > 0.0, "bf16 changed no confidence: the fp32 path ran");
+    assert!(largest_change < 0.1, "a confidence moved by {largest_change} in bf16");
 }
 
 #[test]

@@ -58,10 +58,16 @@ pub struct BenchReport {
     pub cpu: CpuInfo,
 }
 
-/// The CPU a benchmark ran on: its model name and the features its kernels' speed depends on.
+/// The CPU a benchmark ran on: its model name, its family and model numbers (a virtual
+/// machine's model name may hide the generation: `AMD EPYC` is family 25 for Zen 3 and Zen 4,
+/// 26 for Zen 5), and the features its kernels' speed depends on.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct CpuInfo {
     pub model: String,
+    /// `cpu family` in `/proc/cpuinfo` (`None` where it is not reported).
+    pub family: Option<u32>,
+    /// `model` in `/proc/cpuinfo`, the model number within the family.
+    pub model_number: Option<u32>,
     /// Which of [`REPORTED_FEATURES`] the CPU has.
     pub features: Vec<String>,
 }
@@ -77,7 +83,8 @@ impl CpuInfo {
         Self::parse(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default())
     }
 
-    /// The first processor's `model name` and flags in `/proc/cpuinfo` text.
+    /// The first processor's `model name`, `cpu family`, `model` and flags in `/proc/cpuinfo`
+    /// text.
     pub fn parse(cpuinfo: &str) -> Self {
         let field = |name: &str| {
             cpuinfo.lines().find_map(|line| {
@@ -89,12 +96,22 @@ impl CpuInfo {
         let flags: Vec<&str> = flags.split_whitespace().collect();
         let features =
             REPORTED_FEATURES.iter().filter(|f| flags.contains(f)).map(|f| f.to_string()).collect();
-        Self { model: field("model name").unwrap_or_else(|| "unknown".into()), features }
+        let number = |name: &str| field(name).and_then(|value| value.parse().ok());
+        Self {
+            model: field("model name").unwrap_or_else(|| "unknown".into()),
+            family: number("cpu family"),
+            model_number: number("model"),
+            features,
+        }
     }
 
-    /// `AMD EPYC (avx2, fma, avx512f, avx512_bf16)`.
+    /// `AMD EPYC, family 25 model 17 (avx2, fma, avx512f, avx512_bf16)`.
     pub fn summary(&self) -> String {
-        format!("{} ({})", self.model, self.features.join(", "))
+        let numbers = match (self.family, self.model_number) {
+            (Some(family), Some(model)) => format!(", family {family} model {model}"),
+            _ => String::new(),
+        };
+        format!("{}{numbers} ({})", self.model, self.features.join(", "))
     }
 }
 
@@ -201,17 +218,26 @@ mod tests {
 
     #[test]
     fn the_cpu_model_and_its_reported_features_are_read_from_cpuinfo() {
-        let cpuinfo = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz\n\
+        let cpuinfo = "processor\t: 0\ncpu family\t: 6\nmodel\t\t: 143\n\
+                       model name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz\n\
                        flags\t\t: fpu avx2 fma avx512f avx512bw avx512_bf16 amx_bf16 amx_tile amx_int8\n\n\
                        processor\t: 1\nmodel name\t: other\n";
         let cpu = CpuInfo::parse(cpuinfo);
         assert_eq!(cpu.model, "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz");
+        assert_eq!((cpu.family, cpu.model_number), (Some(6), Some(143)));
         assert_eq!(
             cpu.features,
             ["avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"]
         );
-        let amd = CpuInfo::parse("model name : AMD EPYC 9B14\nflags : avx2 fma avx512f avx512_bf16\n");
-        assert_eq!(amd.summary(), "AMD EPYC 9B14 (avx2, fma, avx512f, avx512_bf16)");
-        assert_eq!(CpuInfo::parse(""), CpuInfo { model: "unknown".into(), features: Vec::new() });
+        let amd = CpuInfo::parse(
+            "cpu family : 25\nmodel : 17\nmodel name : AMD EPYC\nflags : avx2 fma avx512f avx512_bf16\n",
+        );
+        assert_eq!(amd.summary(), "AMD EPYC, family 25 model 17 (avx2, fma, avx512f, avx512_bf16)");
+        let unnumbered = CpuInfo::parse("model name : AMD EPYC 9B14\nflags : avx2\n");
+        assert_eq!(unnumbered.summary(), "AMD EPYC 9B14 (avx2)");
+        assert_eq!(
+            CpuInfo::parse(""),
+            CpuInfo { model: "unknown".into(), family: None, model_number: None, features: Vec::new() }
+        );
     }
 }

@@ -2,6 +2,9 @@
 //! shape, never a panic: truncated files, missing keys, wrong shapes, unknown layouts, and
 //! `random:PRESET` specs naming no preset.
 
+#[path = "support/scratch.rs"]
+mod scratch;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -13,8 +16,7 @@ fn hf_weights() -> PathBuf {
 }
 
 fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("robustft-ckpt-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch::scratch_dir(&format!("ckpt-{tag}"));
     std::fs::copy(hf_weights().with_file_name("config.json"), dir.join("config.json")).unwrap();
     dir
 }

@@ -4,6 +4,7 @@
 
 mod support {
     pub mod mock_chat;
+    pub mod scratch;
 }
 
 use std::path::{Path, PathBuf};
@@ -21,10 +22,7 @@ use support::mock_chat::{chat_completion, MockChat};
 const TEMPLATE: &str = "Describe the {class}. One sentence.";
 
 fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("robustft-describe-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    support::scratch::scratch_dir(&format!("describe-{tag}"))
 }
 
 fn names(list: &[&str]) -> Vec<String> {

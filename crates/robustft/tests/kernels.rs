@@ -168,6 +168,38 @@ fn bias_activation_matches_primitive_ops() {
     }
 }
 
+/// Without gradients the activation is written over the pre-activations' own storage, with the
+/// fused kernel's values to the bit; a tracked input keeps its values and gets its gradients.
+#[test]
+fn bias_activation_in_place_overwrites_only_untracked_inputs() {
+    for activation in [Activation::QuickGelu, Activation::Gelu] {
+        for (seed, shape) in shapes().enumerate() {
+            let what = format!("bias_activation_in_place {activation:?} {shape:?}");
+            let width = *shape.last().unwrap();
+            let (x, bias) =
+                (random(&shape, seed as u64, 2.0, 0.0), random(&[width], 700 + seed as u64, 1.0, 0.0));
+            let expected = flat(&kernels::bias_activation(&x, &bias, activation).unwrap());
+            let fresh = x.copy().unwrap();
+            let out = kernels::bias_activation_in_place(fresh.clone(), &bias, activation).unwrap();
+            assert_bits_equal(&flat(&out), &expected, &what);
+            assert_bits_equal(&flat(&fresh), &expected, &format!("{what}: the storage written over"));
+
+            let inputs = [x.clone(), bias.clone()];
+            assert_parity(
+                |t| kernels::bias_activation_in_place(t[0].clone(), &t[1], activation),
+                |t| reference::bias_activation(&t[0], &t[1], activation),
+                &inputs,
+                &format!("{what}, tracked"),
+            );
+        }
+    }
+    let x = Var::from_tensor(&random(&[3, 7], 1, 1.0, 0.0)).unwrap();
+    let before = flat(x.as_tensor());
+    kernels::bias_activation_in_place(x.as_tensor().clone(), &random(&[7], 2, 1.0, 0.0), Activation::Gelu)
+        .unwrap();
+    assert_bits_equal(&flat(x.as_tensor()), &before, "a tracked input");
+}
+
 #[test]
 fn bias_residual_matches_primitive_ops() {
     for (seed, shape) in shapes().enumerate() {

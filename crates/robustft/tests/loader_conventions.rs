@@ -3,6 +3,9 @@
 //! and the fix), a config (`--config` or beside the weights) gives exact results for heads of
 //! another width, and every value assumed from a convention is reported as a notice.
 
+#[path = "support/scratch.rs"]
+mod scratch;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -12,10 +15,7 @@ use robustft::clip::keymap::hf_to_openclip;
 use robustft::clip::{Activation, ClipConfig, ClipModel, ConfigSource, TextConfig, VisionConfig};
 
 fn scratch(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("robustft-loader-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    scratch::scratch_dir(&format!("loader-{tag}"))
 }
 
 /// A tiny CLIP whose towers are `vision_width` and `text_width` wide with the given heads.

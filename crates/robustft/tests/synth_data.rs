@@ -3,7 +3,8 @@
 //! paper recipe resolves on the ImageNet layout with its descriptions paired to the classes.
 
 use robustft::data::{
-    load_imagenet_variant, load_iwildcam_split, write_synthetic, SynthLayout, IWILDCAM_SPLITS,
+    load_imagenet_variant, load_iwildcam_split, write_synthetic, SynthImages, SynthLayout,
+    DEFAULT_SYNTH_SIDE, IWILDCAM_SPLITS,
 };
 use robustft::experiment::Experiment;
 use robustft::recipe::Recipe;
@@ -14,11 +15,16 @@ fn scratch(tag: &str) -> std::path::PathBuf {
     dir
 }
 
+/// `per_class` tiny images per class (the default size), noise seed 0.
+fn tiny(per_class: usize) -> SynthImages {
+    SynthImages { per_class, seed: 0, size: (DEFAULT_SYNTH_SIDE, DEFAULT_SYNTH_SIDE) }
+}
+
 /// One synthetic ImageNet dataset (4513 files) serves both checks.
 #[test]
 fn imagenet_layout_serves_every_variant_and_the_drm_paper_recipe() {
     let root = scratch("imagenet");
-    let written = write_synthetic(SynthLayout::Imagenet, &root, 1, 0).unwrap();
+    let written = write_synthetic(SynthLayout::Imagenet, &root, tiny(1)).unwrap();
     assert_eq!(written, 1000 * 4 + 200 * 2 + 113);
     assert_every_variant_has_its_label_space(&root);
     assert_drm_paper_recipe_pairs_its_descriptions_with_the_1000_classes(&root);
@@ -46,7 +52,7 @@ fn assert_every_variant_has_its_label_space(root: &std::path::Path) {
 #[test]
 fn iwildcam_layout_has_the_official_splits_and_182_classes() {
     let root = scratch("iwildcam");
-    let written = write_synthetic(SynthLayout::Iwildcam, &root, 2, 0).unwrap();
+    let written = write_synthetic(SynthLayout::Iwildcam, &root, tiny(2)).unwrap();
     assert_eq!(written, 182 * 2 * 5);
     for split in IWILDCAM_SPLITS {
         let loaded = load_iwildcam_split(&root, split).unwrap();
@@ -88,4 +94,13 @@ fn assert_drm_paper_recipe_pairs_its_descriptions_with_the_1000_classes(root: &s
         assert_eq!(experiment.classes[class], name);
         assert_eq!(resolved[class], [file[key].as_str().unwrap().trim()], "class {class}");
     }
+}
+
+#[test]
+fn an_image_size_without_pixels_is_refused_before_anything_is_written() {
+    let root = scratch("no-pixels");
+    let spec = SynthImages { size: (0, 375), ..tiny(1) };
+    let err = write_synthetic(SynthLayout::Iwildcam, &root, spec).unwrap_err().to_string();
+    assert!(err.contains("synthetic image size") && err.contains("0x375"), "{err}");
+    assert!(!root.exists(), "nothing is written");
 }

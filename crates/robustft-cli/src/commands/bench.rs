@@ -5,8 +5,9 @@ use anyhow::Context;
 use robustft::bench::{self, BenchMode, Workload};
 use robustft::clip::ClipConfig;
 use robustft::device::DeviceChoice;
-use robustft::kernels::MatmulPrecision;
 use robustft::pretrain::shiftworld_model;
+
+use super::Precision;
 
 /// Prints a line of text, or with `--json`
 /// `{"arch","mode","batch","steps","precision","images_per_s","peak_rss_mb","engine",
@@ -68,21 +69,6 @@ pub struct BenchArgs {
 enum Mode {
     Train,
     Infer,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-enum Precision {
-    Fp32,
-    Bf16,
-}
-
-impl Precision {
-    fn setting(self) -> MatmulPrecision {
-        match self {
-            Precision::Fp32 => MatmulPrecision::Fp32,
-            Precision::Bf16 => MatmulPrecision::Bf16,
-        }
-    }
 }
 
 impl Mode {

@@ -64,9 +64,10 @@ impl Linear {
         }
     }
 
-    /// `activation(x Wᵀ + b)`, the bias add fused into the activation.
+    /// `activation(x Wᵀ + b)`, the bias add fused into the activation (written over the
+    /// product when no gradient is tracked).
     pub fn forward_activated(&self, x: &Tensor, activation: Activation) -> Result<Tensor> {
-        kernels::bias_activation(&self.project(x)?, &self.bias_or_zeros()?, activation)
+        kernels::bias_activation_in_place(self.project(x)?, &self.bias_or_zeros()?, activation)
     }
 
     /// `residual + x Wᵀ + b`, the bias and residual adds fused.

@@ -44,7 +44,7 @@ pub use imagenet_classes::{
 pub use layout::{Layout, LAYOUT_NAMES};
 pub use loader::{decode_checked, epoch_order, Batch, Loader, LoaderConfig, Transform};
 pub use manifest::{load_manifest_split, manifest_splits};
-pub use synth::{write_synthetic, SynthLayout};
+pub use synth::{write_synthetic, SynthImages, SynthLayout, DEFAULT_SYNTH_SIDE};
 pub use wilds::{load_fmow_split, load_iwildcam_split, FMOW_SPLITS, IWILDCAM_SPLITS};
 
 /// One labelled example of a split.

@@ -1,6 +1,7 @@
 //! Synthetic datasets in the on-disk layouts of the paper benchmarks, to rehearse a paper
-//! recipe end to end (train, evaluation, WiSE-FT) without the data: tiny JPEGs whose colour
-//! depends on the class (plus per-image noise), written where the real loaders look.
+//! recipe end to end (train, evaluation, WiSE-FT) without the data: JPEGs (tiny by default;
+//! any size, to time decoding at a real dataset's image size) whose colour depends on the
+//! class (plus per-pixel noise), written where the real loaders look.
 //!
 //! * [`SynthLayout::Imagenet`]: `train/<wnid>/` and the variant folders `data.root` holds for
 //!   the ImageNet recipes (`data/imagenet.rs`): `imagenet/<wnid>/` (validation),
@@ -21,8 +22,8 @@ use super::{IMAGENET_A_CLASS_INDICES, IMAGENET_R_CLASS_INDICES, IMAGENET_WNIDS, 
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
 
-/// Side of every synthetic image, in pixels.
-const IMAGE_SIZE: u32 = 24;
+/// Side of a synthetic image unless a size is asked for, in pixels.
+pub const DEFAULT_SYNTH_SIDE: u32 = 24;
 /// iWildCam's class count (the WILDS label table).
 const IWILDCAM_CLASSES: usize = 182;
 /// ObjectNet classes that overlap ImageNet, as in the release.
@@ -48,10 +49,33 @@ impl std::str::FromStr for SynthLayout {
     }
 }
 
-/// Writes a synthetic dataset in `layout` under `out` with `per_class` images per class and
-/// split; returns the number of images written.
-pub fn write_synthetic(layout: SynthLayout, out: &Path, per_class: usize, seed: u64) -> Result<usize> {
-    let mut writer = Writer { rng: SplitMix64::new(seed), per_class, images: 0 };
+/// What [`write_synthetic`] writes besides the layout.
+#[derive(Clone, Copy, Debug)]
+pub struct SynthImages {
+    /// Images per class in each split or variant.
+    pub per_class: usize,
+    /// Seed of the per-pixel noise.
+    pub seed: u64,
+    /// Width and height of every image, in pixels.
+    pub size: (u32, u32),
+}
+
+/// Writes a synthetic dataset in `layout` under `out` with `images.per_class` images per class
+/// and split; returns the number of images written.
+pub fn write_synthetic(layout: SynthLayout, out: &Path, images: SynthImages) -> Result<usize> {
+    let (width, height) = images.size;
+    if width == 0 || height == 0 {
+        return Err(Error::Invalid {
+            what: "synthetic image size".into(),
+            reason: format!("{width}x{height} has no pixels"),
+        });
+    }
+    let mut writer = Writer {
+        rng: SplitMix64::new(images.seed),
+        per_class: images.per_class,
+        size: images.size,
+        images: 0,
+    };
     match layout {
         SynthLayout::Imagenet => writer.imagenet(out)?,
         SynthLayout::Iwildcam => writer.iwildcam(out)?,
@@ -62,6 +86,7 @@ pub fn write_synthetic(layout: SynthLayout, out: &Path, per_class: usize, seed: 
 struct Writer {
     rng: SplitMix64,
     per_class: usize,
+    size: (u32, u32),
     images: usize,
 }
 
@@ -147,7 +172,7 @@ impl Writer {
     /// A JPEG whose mean colour encodes `class`, with uniform noise per pixel.
     fn image(&mut self, path: &Path, class: usize) -> Result<()> {
         let base = [(class * 37) % 256, (class * 101) % 256, (class * 173) % 256];
-        let mut pixels = RgbImage::new(IMAGE_SIZE, IMAGE_SIZE);
+        let mut pixels = RgbImage::new(self.size.0, self.size.1);
         for pixel in pixels.pixels_mut() {
             for (channel, &mean) in pixel.0.iter_mut().zip(&base) {
                 let noise = (self.rng.uniform() * 48.0) as usize;

@@ -2,8 +2,8 @@
 //! gradient) feeds a predictor that turns features into class probabilities (a zero-shot
 //! head's softmax, DRM's mixture, ...), and the per-split metrics of [`super::metrics`] are
 //! computed on the collected probabilities. Results are written as JSON lines, one row per
-//! (model, split), naming every metric explicitly together with the seed, the preprocessing
-//! and the prompt set.
+//! (model, split), naming every metric explicitly together with the seed, the preprocessing,
+//! the prompt set and (when not fp32) the precision of the matrix products.
 
 use std::io::Write;
 use std::path::Path;
@@ -15,6 +15,7 @@ use super::predictor::ImagePredictor;
 use super::robustness::PerturbedInput;
 use crate::clip::ClipModel;
 use crate::error::{Error, Result};
+use crate::kernels::{matmul_precision, MatmulPrecision};
 
 /// Images of one batch with their labels and groups.
 pub struct LabelledBatch {
@@ -74,6 +75,10 @@ pub struct ResultRow {
     /// against the training labels).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub diagnostics: std::collections::BTreeMap<String, f64>,
+    /// The precision of the model's matrix products when the row was scored; written only
+    /// when it is not fp32.
+    #[serde(default, skip_serializing_if = "MatmulPrecision::is_fp32")]
+    pub precision: MatmulPrecision,
     /// The input perturbation a robustness row was measured under (its metrics are those of
     /// the perturbed images); absent in a clean row.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
@@ -111,6 +116,7 @@ impl ResultRow {
             wiseft_alpha: context.wiseft_alpha,
             recipe: None,
             diagnostics: Default::default(),
+            precision: matmul_precision(),
             perturbation: None,
             metrics: split_metrics(predictions, skip_groups),
         }
@@ -138,6 +144,7 @@ pub(crate) fn test_row(
         wiseft_alpha: alpha,
         recipe: recipe.map(String::from),
         diagnostics: Default::default(),
+        precision: MatmulPrecision::Fp32,
         perturbation: None,
         metrics: SplitMetrics {
             top1,

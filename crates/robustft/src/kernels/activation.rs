@@ -3,12 +3,17 @@
 //! `u · Φ(u)` (Hendrycks & Gimpel 2016). One pass forward; the backward recomputes `u` and
 //! yields `du = g · act′(u)` and `dbias = Σ_rows du` in one pass. QuickGELU's exponentials
 //! are taken a chunk of a row at a time by the vectorised `exp`, which equals `f32::exp`.
+//! Without gradients (inference) [`bias_activation_in_place`] writes over the pre-activations
+//! instead of allocating an output as large as them.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, InplaceOp2, Layout, Result, Shape, Tensor};
 
 use super::exp::exp_in_place;
 use super::reference;
-use super::rows::{contiguous_f32, fused_applies, map_rows, rows_and_width, rows_with_column_sums};
+use super::rows::{
+    contiguous_f32, contiguous_f32_mut, fused_applies, map_row_blocks, map_rows, rows_and_width,
+    rows_with_column_sums,
+};
 use crate::clip::config::Activation;
 
 /// QuickGELU's sigmoid gain.
@@ -27,6 +32,19 @@ pub fn bias_activation(x: &Tensor, bias: &Tensor, activation: Activation) -> Res
         candle_core::bail!("bias_activation: bias has shape {:?}, expected [{width}]", bias.dims());
     }
     x.contiguous()?.apply_op2(&bias.contiguous()?, BiasActivation { activation })
+}
+
+/// [`bias_activation`] of `x`, a tensor nobody else reads (a fresh product), written over
+/// `x`'s own storage when neither input tracks a gradient; otherwise as [`bias_activation`].
+/// The values are the same to the bit either way.
+pub fn bias_activation_in_place(x: Tensor, bias: &Tensor, activation: Activation) -> Result<Tensor> {
+    let (_, width) = rows_and_width(&x)?;
+    let in_place = !x.track_op() && !bias.track_op() && x.is_contiguous() && bias.is_contiguous();
+    if !in_place || !fused_applies(&[&x, bias]) || bias.dims() != [width] {
+        return bias_activation(&x, bias, activation);
+    }
+    x.inplace_op2(bias, &BiasActivationInPlace { activation })?;
+    Ok(x)
 }
 
 /// `pick((activation(u), activation′(u)))` for each `u` of `us`, in place; QuickGELU's
@@ -111,6 +129,29 @@ impl CustomOp2 for BiasActivation {
         let packed = x.apply_op3_no_bwd(bias, &grad.contiguous()?, &backward)?;
         let dx = packed.narrow(0, 0, rows)?.reshape(x.shape())?;
         Ok((Some(dx), Some(packed.get(rows)?)))
+    }
+}
+
+/// `x ← activation(x + bias)`, row by row.
+struct BiasActivationInPlace {
+    activation: Activation,
+}
+
+impl InplaceOp2 for BiasActivationInPlace {
+    fn name(&self) -> &'static str {
+        "bias-activation-in-place"
+    }
+
+    fn cpu_fwd(&self, xs: &mut CpuStorage, xl: &Layout, bs: &CpuStorage, bl: &Layout) -> Result<()> {
+        let bias = contiguous_f32(bs, bl, self.name())?;
+        let x = contiguous_f32_mut(xs, xl, self.name())?;
+        map_row_blocks(x, bias.len(), |_, block| {
+            for row in block.chunks_exact_mut(bias.len()) {
+                row.iter_mut().zip(bias).for_each(|(u, &b)| *u += b);
+                activation_in_place(self.activation, row, |(value, _)| value);
+            }
+        });
+        Ok(())
     }
 }
 

@@ -24,7 +24,7 @@ pub mod reference;
 mod rows;
 mod softmax;
 
-pub use activation::bias_activation;
+pub use activation::{bias_activation, bias_activation_in_place};
 pub use attention::attention;
 pub use bias::bias_residual;
 pub use layer_norm::layer_norm;

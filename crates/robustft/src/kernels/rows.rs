@@ -31,6 +31,22 @@ pub(super) fn contiguous_f32<'a>(
     }
 }
 
+/// The f32 elements of `storage` under the contiguous `layout`, to be overwritten.
+pub(super) fn contiguous_f32_mut<'a>(
+    storage: &'a mut CpuStorage,
+    layout: &Layout,
+    op: &'static str,
+) -> Result<&'a mut [f32]> {
+    let (start, end) = match layout.contiguous_offsets() {
+        Some(offsets) => offsets,
+        None => candle_core::bail!("{op}: expects a contiguous output"),
+    };
+    match storage {
+        CpuStorage::F32(data) => Ok(&mut data[start..end]),
+        _ => candle_core::bail!("{op}: expects f32"),
+    }
+}
+
 /// The number of rows of a tensor whose last dimension is `width`, and `width` itself.
 pub(super) fn rows_and_width(t: &Tensor) -> Result<(usize, usize)> {
     let width = t.dim(candle_core::D::Minus1)?;
