@@ -11,7 +11,8 @@ use super::Precision;
 
 /// Prints a line of text, or with `--json`
 /// `{"arch","mode","batch","steps","precision","images_per_s","peak_rss_mb","engine",
-/// "cpu":{"model","features"}}` (the features: which of avx2, fma, avx512f, avx512_bf16,
+/// "cpu":{"model","family","model_number","features"}}` (family and model number as
+/// `/proc/cpuinfo` gives them; the features: which of avx2, fma, avx512f, avx512_bf16,
 /// amx_tile, amx_bf16, amx_int8 the CPU has).
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
