@@ -571,6 +571,20 @@ fn bench_prints_text_or_one_json_line_with_the_requested_shape() {
 }
 
 #[test]
+fn bench_products_prints_one_json_line_per_linear_layer_of_a_block() {
+    let args = ["bench", "--products", "--arch", "shiftworld", "--batch", "2", "--steps", "1", "--json"];
+    let reports = json_lines(&robustft(&[&args[..], &["--precision", "bf16"]].concat()));
+    let layers: Vec<&str> = reports.iter().map(|r| r["layer"].as_str().unwrap()).collect();
+    assert_eq!(layers, ["qkv", "out", "fc1", "fc2"]);
+    for report in &reports {
+        assert_eq!(report["precision"], "bf16", "{report}");
+        assert!(report["gflops"].as_f64().unwrap() > 0.0, "{report}");
+    }
+    let err = stderr_of(&["bench", "--products", "--recipes", "recipes/shiftworld/ft.toml"]);
+    assert!(err.contains("--products") && err.contains("--recipes"), "{err}");
+}
+
+#[test]
 fn bare_weights_take_a_config_or_say_what_they_assume() {
     let dir = scratch("bare");
     let model = bundled();

@@ -8,13 +8,16 @@
 //!
 //! [`method_step_ms`] times the training steps of a whole method (objective + constraint) from a
 //! recipe, to measure a method's overhead over plain fine-tuning on the same data.
+//! [`time_products`] times the matrix products alone: the forward `x Wᵀ` of each linear layer
+//! of an image-tower block, through the linear kernel the model runs, in GFLOP/s.
 
 use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
 
+use crate::clip::config::VisionConfig;
 use crate::clip::{ClipConfig, ClipModel};
-use crate::kernels::{set_matmul_precision, MatmulPrecision};
+use crate::kernels::{linear, set_matmul_precision, MatmulPrecision};
 use crate::losses::cross_entropy;
 use crate::optim::{default_groups, AdamW, AdamWConfig};
 use crate::rng::SplitMix64;
@@ -179,6 +182,51 @@ fn random_tensor(shape: &[usize], seed: u64, device: &Device) -> candle_core::Re
     Tensor::from_vec(values, shape, device)
 }
 
+/// One timed linear-layer product `x Wᵀ` (`x`: `rows × fan_in`, `W`: `fan_out × fan_in`).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ProductReport {
+    /// The layer: `qkv`, `out` (attention's output projection), `fc1` or `fc2`.
+    pub layer: &'static str,
+    pub rows: usize,
+    pub fan_out: usize,
+    pub fan_in: usize,
+    pub precision: MatmulPrecision,
+    /// `2 · rows · fan_out · fan_in` per product over the mean time of one.
+    pub gflops: f64,
+    pub cpu: CpuInfo,
+}
+
+/// The forward products of one image-tower block at `batch` images (`rows` = batch × tokens),
+/// each run through [`linear`] in `precision` once untimed, then timed over `reps` runs.
+pub fn time_products(
+    vision: &VisionConfig,
+    batch: usize,
+    precision: MatmulPrecision,
+    reps: usize,
+    device: &Device,
+) -> candle_core::Result<Vec<ProductReport>> {
+    set_matmul_precision(precision);
+    let (rows, width, mlp) = (batch * vision.tokens(), vision.width, vision.mlp_dim);
+    let layers = [("qkv", 3 * width, width), ("out", width, width), ("fc1", mlp, width), ("fc2", width, mlp)];
+    let cpu = CpuInfo::detect();
+    layers
+        .into_iter()
+        .enumerate()
+        .map(|(i, (layer, fan_out, fan_in))| {
+            let x = random_tensor(&[rows, fan_in], 10 + i as u64, device)?;
+            let weight = random_tensor(&[fan_out, fan_in], 20 + i as u64, device)?;
+            linear(&x, &weight, None)?;
+            let start = Instant::now();
+            for _ in 0..reps {
+                linear(&x, &weight, None)?;
+            }
+            let seconds = start.elapsed().as_secs_f64() / reps.max(1) as f64;
+            let gflops = 2.0 * (rows * fan_out * fan_in) as f64 / seconds / 1e9;
+            Ok(ProductReport { layer, rows, fan_out, fan_in, precision, gflops, cpu: cpu.clone() })
+        })
+        .collect()
+}
+
 /// The process's peak resident set size (`VmHWM`), in MiB; 0 where /proc is unavailable.
 pub fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -215,6 +263,19 @@ pub fn method_step_ms(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_products_are_those_of_one_image_tower_block() {
+        let vision = crate::pretrain::shiftworld_model().vision;
+        let reports = time_products(&vision, 3, MatmulPrecision::Fp32, 1, &Device::Cpu).unwrap();
+        let shapes: Vec<_> = reports.iter().map(|r| (r.layer, r.rows, r.fan_out, r.fan_in)).collect();
+        let (rows, w, mlp) = (3 * vision.tokens(), vision.width, vision.mlp_dim);
+        assert_eq!(
+            shapes,
+            [("qkv", rows, 3 * w, w), ("out", rows, w, w), ("fc1", rows, mlp, w), ("fc2", rows, w, mlp)]
+        );
+        assert!(reports.iter().all(|r| r.gflops.is_finite() && r.gflops > 0.0), "{reports:?}");
+    }
 
     #[test]
     fn the_cpu_model_and_its_reported_features_are_read_from_cpuinfo() {

@@ -56,6 +56,12 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FILE.toml", num_args = 1..)]
     recipes: Vec<std::path::PathBuf>,
 
+    /// Instead of the image tower: time the forward products `x Wᵀ` of one block's linear
+    /// layers (qkv, out, fc1, fc2; rows = --batch × tokens) in --precision through the model's
+    /// linear kernel, one untimed run then --steps timed ones each, and print GFLOP/s.
+    #[arg(long, conflicts_with = "recipes")]
+    products: bool,
+
     /// Rounds over the recipes (with --recipes): alternating recipes spreads machine noise
     /// over all of them.
     #[arg(long, default_value_t = 3)]
@@ -97,6 +103,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.batch == 0 || args.steps == 0 {
         anyhow::bail!("--batch and --steps must be at least 1");
     }
+    if args.products {
+        return bench_products(&args, &config);
+    }
     let mode = match args.mode {
         Mode::Train => BenchMode::Train,
         Mode::Infer => BenchMode::Infer,
@@ -126,6 +135,31 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             report.peak_rss_mb,
             report.cpu.summary()
         );
+    }
+    Ok(())
+}
+
+/// GFLOP/s of each forward product of one image-tower block.
+fn bench_products(args: &BenchArgs, config: &ClipConfig) -> anyhow::Result<()> {
+    let device = args.device.open()?;
+    let reports =
+        bench::time_products(&config.vision, args.batch, args.precision.setting(), args.steps, &device)?;
+    for report in reports {
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            println!(
+                "{} {} x Wᵀ {}×{}×{} {}: {:.0} GFLOP/s, on {}",
+                args.arch,
+                report.layer,
+                report.rows,
+                report.fan_out,
+                report.fan_in,
+                report.precision.name(),
+                report.gflops,
+                report.cpu.summary()
+            );
+        }
     }
     Ok(())
 }
