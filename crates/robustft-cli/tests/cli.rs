@@ -557,7 +557,7 @@ fn bench_prints_text_or_one_json_line_with_the_requested_shape() {
     assert!(text.status.success(), "failed: {}", String::from_utf8_lossy(&text.stderr));
     let line = String::from_utf8_lossy(&text.stdout);
     assert!(
-        line.starts_with("shiftworld train batch 3 fp32: ") && line.contains(" images/s over 2 steps"),
+        line.starts_with("shiftworld train batch 3 fp32 (gemm): ") && line.contains(" images/s over 2 steps"),
         "{line}"
     );
 
@@ -567,6 +567,7 @@ fn bench_prints_text_or_one_json_line_with_the_requested_shape() {
     assert_eq!(report["batch"], 3);
     assert_eq!(report["steps"], 2);
     assert_eq!(report["precision"], "bf16");
+    assert_eq!(report["kernel"], robustft::kernels::Bf16Kernel::on_this_cpu().name());
     assert!(report["images_per_s"].as_f64().unwrap() > 0.0 && report["peak_rss_mb"].as_f64().unwrap() > 0.0);
 }
 
@@ -578,6 +579,7 @@ fn bench_products_prints_one_json_line_per_linear_layer_of_a_block() {
     assert_eq!(layers, ["qkv", "out", "fc1", "fc2"]);
     for report in &reports {
         assert_eq!(report["precision"], "bf16", "{report}");
+        assert_eq!(report["kernel"], robustft::kernels::Bf16Kernel::on_this_cpu().name(), "{report}");
         assert!(report["gflops"].as_f64().unwrap() > 0.0, "{report}");
     }
     let err = stderr_of(&["bench", "--products", "--recipes", "recipes/shiftworld/ft.toml"]);

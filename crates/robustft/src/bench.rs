@@ -54,6 +54,8 @@ pub struct BenchReport {
     pub batch: usize,
     pub steps: usize,
     pub precision: MatmulPrecision,
+    /// The linear layers' CPU kernel ([`MatmulPrecision::cpu_kernel`]).
+    pub kernel: &'static str,
     pub images_per_s: f64,
     pub peak_rss_mb: f64,
     pub engine: &'static str,
@@ -147,6 +149,7 @@ pub fn run(workload: &Workload, device: &Device) -> crate::Result<BenchReport> {
         batch,
         steps,
         precision: workload.precision,
+        kernel: workload.precision.cpu_kernel(),
         images_per_s: (batch * steps) as f64 / seconds,
         peak_rss_mb: peak_rss_mb(),
         engine: "robustft",
@@ -191,6 +194,8 @@ pub struct ProductReport {
     pub fan_out: usize,
     pub fan_in: usize,
     pub precision: MatmulPrecision,
+    /// The linear kernel ([`MatmulPrecision::cpu_kernel`]).
+    pub kernel: &'static str,
     /// `2 · rows · fan_out · fan_in` per product over the mean time of one.
     pub gflops: f64,
     pub cpu: CpuInfo,
@@ -222,7 +227,8 @@ pub fn time_products(
             }
             let seconds = start.elapsed().as_secs_f64() / reps.max(1) as f64;
             let gflops = 2.0 * (rows * fan_out * fan_in) as f64 / seconds / 1e9;
-            Ok(ProductReport { layer, rows, fan_out, fan_in, precision, gflops, cpu: cpu.clone() })
+            let kernel = precision.cpu_kernel();
+            Ok(ProductReport { layer, rows, fan_out, fan_in, precision, kernel, gflops, cpu: cpu.clone() })
         })
         .collect()
 }

@@ -10,10 +10,11 @@ use robustft::pretrain::shiftworld_model;
 use super::Precision;
 
 /// Prints a line of text, or with `--json`
-/// `{"arch","mode","batch","steps","precision","images_per_s","peak_rss_mb","engine",
-/// "cpu":{"model","family","model_number","features"}}` (family and model number as
-/// `/proc/cpuinfo` gives them; the features: which of avx2, fma, avx512f, avx512_bf16,
-/// amx_tile, amx_bf16, amx_int8 the CPU has).
+/// `{"arch","mode","batch","steps","precision","kernel","images_per_s","peak_rss_mb","engine",
+/// "cpu":{"model","family","model_number","features"}}` (kernel: the linear layers' CPU
+/// kernel, `gemm` in fp32, `amx`, `avx512_bf16` or `portable` in bf16; family and model
+/// number as `/proc/cpuinfo` gives them; the features: which of avx2, fma, avx512f,
+/// avx512_bf16, amx_tile, amx_bf16, amx_int8 the CPU has).
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// Architecture, randomly initialised: a preset (ViT-B-32, ViT-B-16, ViT-L-14,
@@ -39,9 +40,9 @@ pub struct BenchArgs {
     warmup: usize,
 
     /// The transformer's products: fp32, or bf16 (operands rounded to bfloat16, fp32 sums). On
-    /// the CPU: the linear layers', on AVX512-BF16 dot products where the CPU has them, into
-    /// fp32 outputs; compare with PyTorch's CPU autocast: `bench/pytorch_bench.py --precision
-    /// bf16`. On CUDA: the linear layers' and attention's, autocast-style (operands cast to
+    /// the CPU: the linear layers', on AMX tiles or AVX512-BF16 dot products where the CPU has
+    /// them, into fp32 outputs; compare with PyTorch's CPU autocast: `bench/pytorch_bench.py
+    /// --precision bf16`. On CUDA: the linear layers' and attention's, autocast-style (operands cast to
     /// bfloat16, cuBLAS bf16 products cast back to fp32).
     #[arg(long, value_enum, default_value = "fp32")]
     precision: Precision,
@@ -58,7 +59,9 @@ pub struct BenchArgs {
 
     /// Instead of the image tower: time the forward products `x Wᵀ` of one block's linear
     /// layers (qkv, out, fc1, fc2; rows = --batch × tokens) in --precision through the model's
-    /// linear kernel, one untimed run then --steps timed ones each, and print GFLOP/s.
+    /// linear kernel, one untimed run then --steps timed ones each, and print GFLOP/s (and the
+    /// kernel: `gemm` in fp32; in bf16 `amx` on CPUs with AMX-BF16 tiles, `avx512_bf16` on
+    /// AVX512-BF16 ones, `portable` elsewhere).
     #[arg(long, conflicts_with = "recipes")]
     products: bool,
 
@@ -125,11 +128,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "{} {} batch {} {}: {:.2} images/s over {} steps, peak RSS {:.0} MB, on {}",
+            "{} {} batch {} {} ({}): {:.2} images/s over {} steps, peak RSS {:.0} MB, on {}",
             report.arch,
             args.mode.name(),
             report.batch,
             report.precision.name(),
+            report.kernel,
             report.images_per_s,
             report.steps,
             report.peak_rss_mb,
@@ -149,13 +153,14 @@ fn bench_products(args: &BenchArgs, config: &ClipConfig) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&report)?);
         } else {
             println!(
-                "{} {} x Wᵀ {}×{}×{} {}: {:.0} GFLOP/s, on {}",
+                "{} {} x Wᵀ {}×{}×{} {} ({}): {:.0} GFLOP/s, on {}",
                 args.arch,
                 report.layer,
                 report.rows,
                 report.fan_out,
                 report.fan_in,
                 report.precision.name(),
+                report.kernel,
                 report.gflops,
                 report.cpu.summary()
             );

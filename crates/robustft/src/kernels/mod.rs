@@ -29,5 +29,6 @@ pub use attention::attention;
 pub use bias::bias_residual;
 pub use layer_norm::layer_norm;
 pub use linear::linear;
+pub use matmul_bf16::Bf16Kernel;
 pub use precision::{matmul_precision, set_matmul_precision, MatmulPrecision};
 pub use softmax::{masked_softmax_last_dim, softmax_last_dim};

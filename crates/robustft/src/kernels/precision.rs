@@ -3,8 +3,8 @@
 //!
 //! In bf16 on the CPU (the fused f32 kernels), both operands of every product of the linear
 //! kernel (forward `x Wᵀ`, and the backward's `g W` and `gᵀ x`) are rounded to bfloat16 and
-//! the products are summed in fp32, on the CPU's AVX512-BF16 dot products where it has them,
-//! into fp32 outputs. Weights (the optimiser's master copy), activations, LayerNorm, softmax,
+//! the products are summed in fp32, on the CPU's AMX tiles or AVX512-BF16 dot products where
+//! it has them, into fp32 outputs. Weights (the optimiser's master copy), activations, LayerNorm, softmax,
 //! attention (the fused kernel's products) and losses stay fp32, as under PyTorch's CPU
 //! autocast, which however also stores the linear layers' outputs in bf16 and runs the
 //! attention products in bf16.
@@ -16,6 +16,8 @@
 //! above.
 
 use std::sync::atomic::{AtomicU8, Ordering};
+
+use super::matmul_bf16::Bf16Kernel;
 
 /// How the transformer's matrix products multiply.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -46,6 +48,15 @@ pub fn matmul_precision() -> MatmulPrecision {
 impl MatmulPrecision {
     pub fn is_fp32(&self) -> bool {
         *self == MatmulPrecision::Fp32
+    }
+
+    /// The CPU kernel of the linear layers' products at this precision: `gemm` (fp32), or the
+    /// bf16 kernel this CPU runs (`amx`, `avx512_bf16` or `portable`: [`Bf16Kernel`]).
+    pub fn cpu_kernel(self) -> &'static str {
+        match self {
+            MatmulPrecision::Fp32 => "gemm",
+            MatmulPrecision::Bf16 => Bf16Kernel::on_this_cpu().name(),
+        }
     }
 
     /// The name used in recipes and on the command line.

@@ -1,0 +1,466 @@
+//! A matrix product on bfloat16 inputs with f32 accumulation, the precision of PyTorch's CPU
+//! autocast and of `torch.set_float32_matmul_precision("medium")`: every element of both
+//! operands is rounded to bfloat16 as Intel's AVX512_BF16 conversion VCVTNE2PS2BF16 rounds
+//! (to nearest, ties to even; subnormals to a zero of their sign; NaN stays a quiet NaN), and
+//! the products of the rounded elements, exact in f32, are summed in f32.
+//!
+//! On x86_64 CPUs with AVX-512F, AVX-512BW and AVX512_BF16 (detected at run time) the product
+//! runs on VDPBF16PS, which multiplies the two bf16 halves of each 32-bit lane of two vectors
+//! and adds both products to an f32 lane. Both operands are converted by VCVTNE2PS2BF16 into
+//! bf16 pairs of consecutive k: the rhs once, into panels of 32 columns by blocks of k; the
+//! lhs by each parallel block of rows, into micro-panels of [`avx512`]'s `MR` rows, block of k
+//! by block of k. A register tile of `MR` × 32 f32 accumulators takes one k-pair per step (two
+//! rhs vectors, `MR` broadcast lhs pairs, 2 · `MR` VDPBF16PS) while the rhs panel's block stays
+//! in L1; each output element is summed in the order of k, whatever the number of threads.
+//! On x86_64 Linux CPUs that also have AMX-BF16 tiles, the product runs on TDPBF16PS
+//! instead ([`amx`]), from the same packers. Elsewhere the rounded operands are multiplied by
+//! the f32 gemm. All agree up to the order of the f32 sums (and VDPBF16PS and TDPBF16PS flush
+//! results of magnitude below 2⁻¹²⁶ to zero). [`Bf16Kernel::on_this_cpu`] says which runs.
+
+use std::sync::OnceLock;
+
+use super::linear::{matmul, Operand};
+
+/// `lhs · rhs` as a new row-major `m × n` matrix, from the bf16 roundings of both operands'
+/// elements with f32 sums.
+pub(super) fn matmul_bf16(lhs: Operand, rhs: Operand) -> Vec<f32> {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    assert_eq!(k, rhs.rows, "matmul_bf16: inner dimensions differ");
+    assert!(holds_all_elements(&lhs) && holds_all_elements(&rhs), "matmul_bf16: operand out of its slice");
+    if m == 0 || n == 0 || k == 0 {
+        return vec![0.0; m * n];
+    }
+    match Bf16Kernel::on_this_cpu() {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        // SAFETY: `on_this_cpu` has checked that the CPU supports AMX-TILE, AMX-BF16 and the
+        // AVX-512 features, and that Linux lets this process use tile data.
+        Bf16Kernel::Amx => unsafe { amx::matmul_bf16(lhs, rhs) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `on_this_cpu` has checked that the CPU supports AVX-512F, AVX-512BW and
+        // AVX512_BF16.
+        Bf16Kernel::Avx512Bf16 => unsafe { avx512::matmul_bf16(lhs, rhs) },
+        _ => matmul_of_rounded(lhs, rhs),
+    }
+}
+
+/// The kernel that runs bf16 products on this CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bf16Kernel {
+    /// AMX tiles (TDPBF16PS).
+    Amx,
+    /// AVX-512 vectors (VDPBF16PS).
+    Avx512Bf16,
+    /// The f32 gemm on operands rounded to bf16.
+    Portable,
+}
+
+impl Bf16Kernel {
+    /// The kernel bf16 products run on (chosen once): the fastest this CPU (and, for AMX,
+    /// Linux) runs, or the one named by the environment variable `ROBUSTFT_BF16_KERNEL`
+    /// (`amx`, `avx512_bf16` or `portable`) where it runs, to compare kernels on one machine.
+    pub fn on_this_cpu() -> Self {
+        static KERNEL: OnceLock<Bf16Kernel> = OnceLock::new();
+        *KERNEL.get_or_init(|| Self::chosen(std::env::var("ROBUSTFT_BF16_KERNEL").ok().as_deref()))
+    }
+
+    /// The kernel named `requested` where this CPU runs it, else the fastest one (saying so on
+    /// the terminal when a request is not followed).
+    fn chosen(requested: Option<&str>) -> Self {
+        let available = Self::available();
+        let fastest = available[0];
+        let Some(name) = requested else { return fastest };
+        if let Some(&kernel) = available.iter().find(|kernel| kernel.name() == name) {
+            return kernel;
+        }
+        let reason = if [Self::Amx, Self::Avx512Bf16, Self::Portable].iter().any(|k| k.name() == name) {
+            "this CPU does not run it"
+        } else {
+            "not a kernel (amx, avx512_bf16 or portable)"
+        };
+        eprintln!("warning: ROBUSTFT_BF16_KERNEL={name}: {reason}; using {}", fastest.name());
+        fastest
+    }
+
+    /// The kernels this CPU runs, fastest first.
+    fn available() -> Vec<Self> {
+        let mut kernels = Vec::new();
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        if amx::available() {
+            kernels.push(Self::Amx);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if avx512::available() {
+            kernels.push(Self::Avx512Bf16);
+        }
+        kernels.push(Self::Portable);
+        kernels
+    }
+
+    /// The name in benchmark reports: `amx`, `avx512_bf16` or `portable`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Amx => "amx",
+            Self::Avx512Bf16 => "avx512_bf16",
+            Self::Portable => "portable",
+        }
+    }
+}
+
+/// `x` rounded to the nearest bfloat16, as a f32.
+pub(super) fn round_to_bf16(x: f32) -> f32 {
+    f32::from_bits(u32::from(bf16_bits(x)) << 16)
+}
+
+/// The bits of `x` rounded to bfloat16 as VCVTNE2PS2BF16 rounds: to nearest, ties to even
+/// (overflowing to infinity); subnormals become a zero of their sign; a NaN keeps its sign
+/// and upper payload and becomes quiet.
+fn bf16_bits(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let rounded = if x.is_nan() {
+        (bits >> 16) | 0x40
+    } else if x.is_subnormal() {
+        (bits >> 16) & 0x8000
+    } else {
+        let lowest_kept_bit = (bits >> 16) & 1;
+        (bits + 0x7fff + lowest_kept_bit) >> 16
+    };
+    rounded as u16
+}
+
+/// Whether the operand's slice holds its last element (and so all of them).
+fn holds_all_elements(op: &Operand) -> bool {
+    op.rows == 0
+        || op.cols == 0
+        || (op.rows - 1) * op.row_stride + (op.cols - 1) * op.col_stride < op.data.len()
+}
+
+/// The product on any CPU: both operands rounded to bf16 values held in f32, multiplied by the
+/// f32 gemm (products of two bf16 values are exact in f32).
+fn matmul_of_rounded(lhs: Operand, rhs: Operand) -> Vec<f32> {
+    let (lhs_rounded, rhs_rounded) = (rounded_row_major(&lhs), rounded_row_major(&rhs));
+    matmul(row_major(&lhs_rounded, lhs.rows, lhs.cols), row_major(&rhs_rounded, rhs.rows, rhs.cols))
+}
+
+/// The operand's elements rounded to bf16, as a row-major matrix.
+fn rounded_row_major(op: &Operand) -> Vec<f32> {
+    (0..op.rows)
+        .flat_map(|i| {
+            (0..op.cols).map(move |j| round_to_bf16(op.data[i * op.row_stride + j * op.col_stride]))
+        })
+        .collect()
+}
+
+fn row_major(data: &[f32], rows: usize, cols: usize) -> Operand<'_> {
+    Operand { data, rows, cols, row_stride: cols, col_stride: 1 }
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod amx;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+
+#[cfg(test)]
+mod tests {
+    use super::{matmul_bf16, matmul_of_rounded, round_to_bf16, Bf16Kernel, Operand};
+
+    /// A matrix stored row-major, transposed (`[cols, rows]`) or row-major with every other
+    /// stored column skipped (neither stride 1).
+    #[derive(Clone, Copy, Debug)]
+    pub(super) enum Layout {
+        Plain,
+        Transposed,
+        Strided,
+    }
+
+    /// A `rows × cols` matrix's storage in a layout, and its view.
+    pub(super) struct Stored {
+        data: Vec<f32>,
+        rows: usize,
+        cols: usize,
+        layout: Layout,
+    }
+
+    impl Stored {
+        /// The matrix whose element `(i, j)` is `value(i, j)`, stored in `layout`; storage
+        /// outside the matrix (the skipped columns) holds NaN, which no product may read.
+        fn new(rows: usize, cols: usize, layout: Layout, value: impl Fn(usize, usize) -> f32) -> Self {
+            let len = rows * cols * if matches!(layout, Layout::Strided) { 2 } else { 1 };
+            let mut stored = Self { data: vec![f32::NAN; len], rows, cols, layout };
+            for i in 0..rows {
+                for j in 0..cols {
+                    let index = stored.index(i, j);
+                    stored.data[index] = value(i, j);
+                }
+            }
+            stored
+        }
+
+        fn strides(&self) -> (usize, usize) {
+            match self.layout {
+                Layout::Plain => (self.cols, 1),
+                Layout::Transposed => (1, self.rows),
+                Layout::Strided => (2 * self.cols, 2),
+            }
+        }
+
+        fn index(&self, i: usize, j: usize) -> usize {
+            let (row_stride, col_stride) = self.strides();
+            i * row_stride + j * col_stride
+        }
+
+        pub(super) fn operand(&self) -> Operand<'_> {
+            let (row_stride, col_stride) = self.strides();
+            Operand { data: &self.data, rows: self.rows, cols: self.cols, row_stride, col_stride }
+        }
+    }
+
+    /// A deterministic f32 in [-1, 1) with all 23 mantissa bits in use, from `seed`.
+    fn noise(seed: usize) -> f32 {
+        let mixed = (seed as u64 ^ 0x9e37_79b9_7f4a_7c15).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        let mixed = (mixed ^ (mixed >> 31)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ((mixed >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+    }
+
+    /// A matrix of noise, different for each `salt`.
+    pub(super) fn noise_matrix(rows: usize, cols: usize, layout: Layout, salt: usize) -> Stored {
+        Stored::new(rows, cols, layout, |i, j| noise(salt * 1_000_003 + i * cols + j))
+    }
+
+    /// Checks `product` against `Σ_k bf16(a_ik) · bf16(b_kj)` in f64. Each product of two bf16
+    /// values is exact in f32, so only the sums round: k f32 additions in any order err by at
+    /// most `(k − 1) · 2⁻²⁴ · Σ_k |a_ik b_kj|` (to first order), within the tolerance
+    /// `k · 2⁻²³ · Σ_k |a_ik b_kj|` per element.
+    pub(super) fn assert_matches_reference(product: &[f32], lhs: &Stored, rhs: &Stored, context: &str) {
+        let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+        assert_eq!(product.len(), m * n, "{context}: length");
+        let a = |i: usize, p: usize| f64::from(round_to_bf16(lhs.data[lhs.index(i, p)]));
+        let b = |p: usize, j: usize| f64::from(round_to_bf16(rhs.data[rhs.index(p, j)]));
+        for i in 0..m {
+            for j in 0..n {
+                let exact: f64 = (0..k).map(|p| a(i, p) * b(p, j)).sum();
+                let magnitude: f64 = (0..k).map(|p| (a(i, p) * b(p, j)).abs()).sum();
+                let tolerance = k as f64 * 2f64.powi(-23) * magnitude;
+                let got = f64::from(product[i * n + j]);
+                assert!(
+                    (got - exact).abs() <= tolerance,
+                    "{context}: ({i}, {j}) is {got}, expected {exact} ± {tolerance}"
+                );
+            }
+        }
+    }
+
+    /// Runs `check` for every product shape of `sizes` and every pair of operand layouts.
+    pub(super) fn for_all_cases(sizes: &[usize], mut check: impl FnMut(&Stored, &Stored, &str)) {
+        let layouts = [Layout::Plain, Layout::Transposed, Layout::Strided];
+        for &m in sizes {
+            for &k in sizes {
+                for &n in sizes {
+                    for lhs_layout in layouts {
+                        for rhs_layout in layouts {
+                            let lhs = noise_matrix(m, k, lhs_layout, 1);
+                            let rhs = noise_matrix(k, n, rhs_layout, 2);
+                            check(&lhs, &rhs, &format!("{m}×{k}×{n}, {lhs_layout:?} × {rhs_layout:?}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Awkward shapes: single rows, columns and k; odd k; n around the 16- and 32-column
+    /// vectors and panels; m across several register tiles.
+    pub(super) const SIZES: [usize; 5] = [1, 3, 17, 33, 100];
+
+    /// The bf16 path this CPU runs: the AVX-512 kernels when it has AVX-512F, -BW and
+    /// AVX512_BF16; otherwise the portable fallback, saying so on the terminal (written past
+    /// the test harness's capture, so the substitution is visible in every run).
+    #[derive(Clone, Copy)]
+    enum Path {
+        #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+        Avx512,
+        Fallback,
+    }
+
+    impl Path {
+        fn on_this_cpu(test: &str) -> Self {
+            #[cfg(target_arch = "x86_64")]
+            if super::avx512::available() {
+                return Self::Avx512;
+            }
+            use std::io::Write;
+            let note = format!(
+                "note: {test}: this CPU lacks AVX-512F/BW/BF16, so the portable fallback is tested \
+                 instead of the AVX-512 kernels\n"
+            );
+            let _ = std::io::stderr().write_all(note.as_bytes());
+            Self::Fallback
+        }
+
+        fn product(self, lhs: Operand, rhs: Operand) -> Vec<f32> {
+            match self {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `on_this_cpu` has checked the CPU's features.
+                Self::Avx512 => unsafe { super::avx512::matmul_bf16(lhs, rhs) },
+                _ => matmul_of_rounded(lhs, rhs),
+            }
+        }
+    }
+
+    #[test]
+    fn avx512_product_matches_the_reference_on_every_layout() {
+        let path = Path::on_this_cpu("avx512_product_matches_the_reference_on_every_layout");
+        for_all_cases(&SIZES, |lhs, rhs, context| {
+            assert_matches_reference(&path.product(lhs.operand(), rhs.operand()), lhs, rhs, context);
+        });
+    }
+
+    #[test]
+    fn fallback_product_matches_the_reference_on_every_layout() {
+        for_all_cases(&SIZES, |lhs, rhs, context| {
+            assert_matches_reference(&matmul_of_rounded(lhs.operand(), rhs.operand()), lhs, rhs, context);
+        });
+    }
+
+    /// k across three k-blocks (odd, so the last pair is padded), n neither a multiple of 16
+    /// nor of 32, m not a multiple of the tile rows and large enough to split into row blocks
+    /// on several threads.
+    #[test]
+    fn large_products_match_the_reference() {
+        for (lhs_layout, rhs_layout) in [
+            (Layout::Plain, Layout::Plain),
+            (Layout::Plain, Layout::Transposed),
+            (Layout::Transposed, Layout::Plain),
+        ] {
+            let (lhs, rhs) = (noise_matrix(101, 1101, lhs_layout, 3), noise_matrix(1101, 71, rhs_layout, 4));
+            let context = format!("{lhs_layout:?} × {rhs_layout:?}");
+            assert_matches_reference(&matmul_bf16(lhs.operand(), rhs.operand()), &lhs, &rhs, &context);
+            let fallback = matmul_of_rounded(lhs.operand(), rhs.operand());
+            assert_matches_reference(&fallback, &lhs, &rhs, &format!("{context} (fallback)"));
+        }
+    }
+
+    /// Row blocks (and their number) follow the thread count; the sums must not.
+    #[test]
+    fn avx512_product_does_not_depend_on_the_thread_count() {
+        let path = Path::on_this_cpu("avx512_product_does_not_depend_on_the_thread_count");
+        let (lhs, rhs) =
+            (noise_matrix(150, 700, Layout::Plain, 5), noise_matrix(700, 90, Layout::Transposed, 6));
+        let on_threads = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| path.product(lhs.operand(), rhs.operand()))
+        };
+        let serial = on_threads(1);
+        for threads in [2, 3, 5] {
+            let parallel = on_threads(threads);
+            assert!(
+                serial.iter().zip(&parallel).all(|(s, p)| s.to_bits() == p.to_bits()),
+                "{threads} threads"
+            );
+        }
+    }
+
+    #[test]
+    fn inputs_are_rounded_before_the_products() {
+        // bf16 has 7 fraction bits: 1 + 2⁻¹⁰ rounds down to 1, 1 + 3 · 2⁻⁹ up to 1 + 2⁻⁷, and
+        // 1 + 2⁻⁸ (halfway) to the even 1; the rows of these times a column of ones sum
+        // exactly, where the f32 product keeps the excess.
+        let k = 40;
+        let values = [1.0 + 2f32.powi(-10), 1.0 + 3.0 * 2f32.powi(-9), 1.0 + 2f32.powi(-8)];
+        let lhs = Stored::new(3, k, Layout::Plain, |i, _| values[i]);
+        let rhs = Stored::new(k, 2, Layout::Plain, |_, _| 1.0);
+        let rounded = matmul_bf16(lhs.operand(), rhs.operand());
+        let full = super::matmul(lhs.operand(), rhs.operand());
+        let expected_row_sums = [k as f32, k as f32 * (1.0 + 2f32.powi(-7)), k as f32];
+        for (i, expected) in expected_row_sums.into_iter().enumerate() {
+            assert_eq!(rounded[2 * i], expected, "row {i}");
+            assert_ne!(rounded[2 * i], full[2 * i], "row {i}");
+        }
+    }
+
+    /// A kernel this CPU runs is chosen when named; an unknown name or none gives the fastest.
+    #[test]
+    fn a_named_kernel_is_chosen_where_the_cpu_runs_it() {
+        let fastest = Bf16Kernel::available()[0];
+        assert_eq!(Bf16Kernel::chosen(None), fastest);
+        assert_eq!(Bf16Kernel::chosen(Some("portable")), Bf16Kernel::Portable);
+        assert_eq!(Bf16Kernel::chosen(Some("avx")), fastest);
+        #[cfg(target_arch = "x86_64")]
+        if super::avx512::available() {
+            assert_eq!(Bf16Kernel::chosen(Some("avx512_bf16")), Bf16Kernel::Avx512Bf16);
+        }
+    }
+
+    #[test]
+    fn round_to_bf16_rounds_to_nearest_even() {
+        let bf16 = |bits: u32| f32::from_bits(bits);
+        // Halfway between 1 and the next bf16 (1 + 2⁻⁷): to the even one, 1.
+        assert_eq!(round_to_bf16(bf16(0x3f80_8000)), bf16(0x3f80_0000));
+        // Halfway above an odd bf16: up to the even one.
+        assert_eq!(round_to_bf16(bf16(0x3f81_8000)), bf16(0x3f82_0000));
+        // Just above or below halfway: to the nearer one.
+        assert_eq!(round_to_bf16(bf16(0x3f80_8001)), bf16(0x3f81_0000));
+        assert_eq!(round_to_bf16(bf16(0xbf81_7fff)), bf16(0xbf81_0000));
+        // The largest f32 rounds up to infinity; infinities and zeros stay.
+        assert_eq!(round_to_bf16(f32::MAX), f32::INFINITY);
+        assert_eq!(round_to_bf16(f32::NEG_INFINITY), f32::NEG_INFINITY);
+        assert_eq!(round_to_bf16(f32::INFINITY), f32::INFINITY);
+        assert_eq!(round_to_bf16(-0.0).to_bits(), (-0.0f32).to_bits());
+        // Subnormals become zeros of their sign.
+        assert_eq!(round_to_bf16(bf16(0x807f_ffff)).to_bits(), (-0.0f32).to_bits());
+        // A NaN whose payload lies only in the dropped bits stays a NaN.
+        assert!(round_to_bf16(bf16(0x7f80_0001)).is_nan());
+        assert!(round_to_bf16(f32::NAN).is_nan());
+    }
+
+    /// Bit patterns where the rounding changes behaviour: ties to even and odd, around them,
+    /// overflow, infinities, subnormals, zeros and NaNs, of both signs, and some noise.
+    fn rounding_edges() -> Vec<f32> {
+        let edges = [
+            0x3f80_8000,
+            0x3f81_8000,
+            0x3f80_7fff,
+            0x3f80_8001,
+            0x7f7f_ffff,
+            0x7f7f_7fff,
+            0x7f80_0000,
+            0x0080_0000,
+            0x007f_ffff,
+            0x0000_0001,
+            0x0000_0000,
+            0x7f80_0001,
+            0x7fc0_0000,
+            0x7fff_ffff,
+            0x4049_0fdb,
+        ];
+        let signed = edges.into_iter().flat_map(|bits: u32| [bits, bits | 0x8000_0000]).map(f32::from_bits);
+        signed.chain((0..100).map(|i| noise(i) * 1e3)).collect()
+    }
+
+    /// The products of a column of values with the 1 × 1 matrix `[1]` and of `[1]` with a row
+    /// of values, through every packing path of either operand, are the values rounded by
+    /// `round_to_bf16`: the packers' conversion and the scalar rounding agree.
+    #[test]
+    fn packed_conversion_agrees_with_round_to_bf16() {
+        let values = rounding_edges();
+        let one = Stored::new(1, 1, Layout::Plain, |_, _| 1.0);
+        for layout in [Layout::Plain, Layout::Transposed, Layout::Strided] {
+            let column = Stored::new(values.len(), 1, layout, |i, _| values[i]);
+            let row = Stored::new(1, values.len(), layout, |_, j| values[j]);
+            let products = [
+                ("lhs", matmul_bf16(column.operand(), one.operand())),
+                ("rhs", matmul_bf16(one.operand(), row.operand())),
+            ];
+            for (operand, product) in products {
+                for (&value, &got) in values.iter().zip(&product) {
+                    let expected = round_to_bf16(value);
+                    let agrees = if expected.is_nan() { got.is_nan() } else { got == expected };
+                    assert!(
+                        agrees,
+                        "{operand} {layout:?}: {value:e} ({:#010x}) gave {got:e}",
+                        value.to_bits()
+                    );
+                }
+            }
+        }
+    }
+}
