@@ -7,9 +7,13 @@
 //! maximum (32 MiB on 64-bit) and the trim threshold far above it, so freed blocks stay in the
 //! heap and are reused (mallopt(3): `M_MMAP_THRESHOLD`, `M_TRIM_THRESHOLD`).
 
-/// glibc's largest accepted `M_MMAP_THRESHOLD` on 64-bit targets (`HEAP_MAX_SIZE / 2`).
+/// The largest block [`keep_freed_memory`] makes glibc serve from freed memory: glibc's
+/// largest accepted `M_MMAP_THRESHOLD` on 64-bit targets (`HEAP_MAX_SIZE / 2`). Larger blocks
+/// are fresh mappings, page-faulted and zeroed on first touch.
+pub const LARGEST_REUSED_BLOCK_BYTES: usize = 32 << 20;
+
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-const MMAP_THRESHOLD_BYTES: libc::c_int = 32 << 20;
+const MMAP_THRESHOLD_BYTES: libc::c_int = LARGEST_REUSED_BLOCK_BYTES as libc::c_int;
 /// Free memory at the top of the heap kept instead of being returned to the kernel.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const TRIM_THRESHOLD_BYTES: libc::c_int = 1 << 30;

@@ -107,19 +107,30 @@ pub struct ClipModel {
 pub struct Towers {
     vision: vision::VisionTower,
     text: text::TextTower,
+    /// Without gradients, the image tower's architecture, to split large batches into passes
+    /// ([`vision::passes`]); with them, `None`: the whole batch in one pass.
+    passes_for: Option<VisionConfig>,
 }
 
 impl Towers {
-    fn load(config: &ClipConfig, weights: params::WeightView<'_>) -> Result<Self, CheckpointError> {
+    fn load(
+        config: &ClipConfig,
+        weights: params::WeightView<'_>,
+        passes_for: Option<VisionConfig>,
+    ) -> Result<Self, CheckpointError> {
         Ok(Self {
             vision: vision::VisionTower::load(config, weights)?,
             text: text::TextTower::load(config, weights)?,
+            passes_for,
         })
     }
 
     /// `pixels`: `[b, 3, s, s]` -> unnormalised image features `[b, embed_dim]`.
     pub fn encode_image(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
-        self.vision.forward(pixels)
+        match &self.passes_for {
+            Some(vision) => self.vision.forward_in_passes(pixels, vision::passes(vision, pixels.dim(0)?)),
+            None => self.vision.forward(pixels),
+        }
     }
 
     /// `ids`: `[b, t]` u32 token ids -> unnormalised text features `[b, embed_dim]`.
@@ -138,8 +149,8 @@ impl ClipModel {
     ) -> Result<Self, CheckpointError> {
         let params = ParamStore::from_tensors(tensors)?;
         Ok(Self {
-            trainable: Towers::load(&config, params.tracked())?,
-            frozen: Towers::load(&config, params.detached())?,
+            trainable: Towers::load(&config, params.tracked(), None)?,
+            frozen: Towers::load(&config, params.detached(), Some(config.vision.clone()))?,
             config,
             params,
             device: device.clone(),
@@ -232,7 +243,8 @@ impl ClipModel {
     }
 
     /// The same towers for inference: current weights, no autograd graph, so activations
-    /// are freed as soon as they are used.
+    /// are freed as soon as they are used; large image batches pass through the image tower
+    /// in passes of fewer images ([`vision::passes`]), with the same features.
     pub fn no_grad(&self) -> &Towers {
         &self.frozen
     }

@@ -31,7 +31,7 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 use super::avx512::{self, Lines, BLOCKS_PER_THREAD, LANES, MIN_PARALLEL_WORK};
-use super::Operand;
+use super::{written_by_row_blocks, Operand};
 
 /// Rows of every tile.
 const TILE_ROWS: usize = 16;
@@ -131,22 +131,14 @@ unsafe fn matmul_with_tiles<T: Tiles>(lhs: Operand, rhs: Operand) -> Vec<f32> {
     let rhs_panels = pack_rhs(Lines::columns_of(rhs), chunks, parallel);
     let lhs = Lines::rows_of(lhs);
     let rows_per_block = if parallel { rows_per_parallel_block(m) } else { m };
-    let mut out = Vec::with_capacity(m * n);
-    let multiply_rows = |(index, block): (usize, &mut [MaybeUninit<f32>])| {
+    let multiply_rows = |index: usize, block: &mut [MaybeUninit<f32>]| {
         let rows = lhs.slice(index * rows_per_block, block.len() / n);
         // SAFETY: the caller vouches for `T` on this CPU.
         let mut tiles = unsafe { T::configured() };
         multiply_row_block(&mut tiles, rows, &rhs_panels, chunks, n, block);
     };
-    let unwritten = &mut out.spare_capacity_mut()[..m * n];
-    if parallel {
-        unwritten.par_chunks_mut(rows_per_block * n).enumerate().for_each(multiply_rows);
-    } else {
-        multiply_rows((0, unwritten));
-    }
-    // SAFETY: `multiply_row_block` has written every element of every block of rows.
-    unsafe { out.set_len(m * n) };
-    out
+    // SAFETY: `multiply_row_block` writes every element of its block of rows.
+    unsafe { written_by_row_blocks(m, n, rows_per_block, parallel, multiply_rows) }
 }
 
 /// Rows per parallel block: `BLOCKS_PER_THREAD` blocks per thread, whole output blocks.
@@ -468,7 +460,10 @@ fn load_tile<const TMM: u8>(source: &[u32], stride: usize) {
 mod tests {
     use std::mem::MaybeUninit;
 
-    use super::super::tests::{assert_matches_reference, for_all_cases, noise_matrix, Layout, Stored, SIZES};
+    use super::super::tests::{
+        assert_independent_of_the_thread_count, assert_matches_reference, for_all_cases, for_large_cases,
+        Stored, SIZES,
+    };
     use super::{
         avx512, cpu_supported, matmul_with_tiles, tile_data_permitted, Tiles, TILE_ROWS, TILE_WIDTH,
     };
@@ -582,36 +577,15 @@ mod tests {
         if !packers_available("emulated_large_products_match_the_reference") {
             return;
         }
-        for (lhs_layout, rhs_layout) in [
-            (Layout::Plain, Layout::Plain),
-            (Layout::Plain, Layout::Transposed),
-            (Layout::Transposed, Layout::Plain),
-        ] {
-            let (lhs, rhs) = (noise_matrix(101, 1101, lhs_layout, 3), noise_matrix(1101, 71, rhs_layout, 4));
-            let context = format!("{lhs_layout:?} × {rhs_layout:?}");
-            assert_matches_reference(&emulated_product(&lhs, &rhs), &lhs, &rhs, &context);
-        }
+        for_large_cases(|lhs, rhs, context| {
+            assert_matches_reference(&emulated_product(lhs, rhs), lhs, rhs, context);
+        });
     }
 
-    /// Row blocks (and their number) follow the thread count; the sums must not.
     #[test]
     fn emulated_amx_product_does_not_depend_on_the_thread_count() {
-        if !packers_available("emulated_amx_product_does_not_depend_on_the_thread_count") {
-            return;
-        }
-        let (lhs, rhs) =
-            (noise_matrix(150, 700, Layout::Plain, 5), noise_matrix(700, 90, Layout::Transposed, 6));
-        let on_threads = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(|| emulated_product(&lhs, &rhs))
-        };
-        let serial = on_threads(1);
-        for threads in [2, 3, 5] {
-            let parallel = on_threads(threads);
-            assert!(
-                serial.iter().zip(&parallel).all(|(s, p)| s.to_bits() == p.to_bits()),
-                "{threads} threads"
-            );
+        if packers_available("emulated_amx_product_does_not_depend_on_the_thread_count") {
+            assert_independent_of_the_thread_count(emulated_product);
         }
     }
 
@@ -639,9 +613,7 @@ mod tests {
             assert_matches_reference(&hardware, lhs, rhs, context);
         };
         for_all_cases(&SIZES, check);
-        let (lhs, rhs) =
-            (noise_matrix(101, 1101, Layout::Plain, 3), noise_matrix(1101, 71, Layout::Transposed, 4));
-        check(&lhs, &rhs, "large");
+        for_large_cases(check);
         eprintln!("note: hardware_amx_product_matches_the_reference: ran on AMX tiles");
     }
 }

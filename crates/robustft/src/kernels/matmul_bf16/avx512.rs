@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::{bf16_bits, Operand};
+use super::{bf16_bits, written_by_row_blocks, Operand};
 
 /// f32 lanes of a vector, and bf16 pairs of a packed vector.
 pub(super) const LANES: usize = 16;
@@ -106,20 +106,12 @@ pub(super) unsafe fn matmul_bf16(lhs: Operand, rhs: Operand) -> Vec<f32> {
     let rhs_blocks = pack_rhs(Lines::columns_of(rhs), parallel);
     let lhs = Lines::rows_of(lhs);
     let rows_per_block = if parallel { rows_per_parallel_block(m) } else { m };
-    let mut out = Vec::with_capacity(m * n);
-    let multiply_rows = |(index, block): (usize, &mut [MaybeUninit<f32>])| {
+    let multiply_rows = |index: usize, block: &mut [MaybeUninit<f32>]| {
         let rows = block.len() / n;
         multiply_row_block(lhs.slice(index * rows_per_block, rows), &rhs_blocks, n, block)
     };
-    let unwritten = &mut out.spare_capacity_mut()[..m * n];
-    if parallel {
-        unwritten.par_chunks_mut(rows_per_block * n).enumerate().for_each(multiply_rows);
-    } else {
-        multiply_rows((0, unwritten));
-    }
-    // SAFETY: `multiply_row_block` has written every element of every block of rows.
-    unsafe { out.set_len(m * n) };
-    out
+    // SAFETY: `multiply_row_block` writes every element of its block of rows.
+    unsafe { written_by_row_blocks(m, n, rows_per_block, parallel, multiply_rows) }
 }
 
 /// Rows per parallel block: `BLOCKS_PER_THREAD` blocks per thread, whole micro-panels.

@@ -17,7 +17,10 @@
 //! the f32 gemm. All agree up to the order of the f32 sums (and VDPBF16PS and TDPBF16PS flush
 //! results of magnitude below 2⁻¹²⁶ to zero). [`Bf16Kernel::on_this_cpu`] says which runs.
 
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
+
+use rayon::prelude::*;
 
 use super::linear::{matmul, Operand};
 
@@ -104,6 +107,34 @@ impl Bf16Kernel {
             Self::Portable => "portable",
         }
     }
+}
+
+/// A new row-major `m × n` matrix, each block of `rows_per_block` rows (the last one shorter)
+/// written by `write_block(index, block)`, on the thread pool when `parallel`.
+///
+/// # Safety
+/// `write_block` must write every element of the block it is given.
+#[cfg(target_arch = "x86_64")]
+unsafe fn written_by_row_blocks(
+    m: usize,
+    n: usize,
+    rows_per_block: usize,
+    parallel: bool,
+    write_block: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
+) -> Vec<f32> {
+    let mut out = Vec::with_capacity(m * n);
+    let unwritten = &mut out.spare_capacity_mut()[..m * n];
+    if parallel {
+        unwritten
+            .par_chunks_mut(rows_per_block * n)
+            .enumerate()
+            .for_each(|(index, block)| write_block(index, block));
+    } else {
+        write_block(0, unwritten);
+    }
+    // SAFETY: the caller's `write_block` has written every element of every block.
+    unsafe { out.set_len(m * n) };
+    out
 }
 
 /// `x` rounded to the nearest bfloat16, as a f32.
@@ -326,16 +357,22 @@ mod tests {
     /// on several threads.
     #[test]
     fn large_products_match_the_reference() {
+        for_large_cases(|lhs, rhs, context| {
+            assert_matches_reference(&matmul_bf16(lhs.operand(), rhs.operand()), lhs, rhs, context);
+            let fallback = matmul_of_rounded(lhs.operand(), rhs.operand());
+            assert_matches_reference(&fallback, lhs, rhs, &format!("{context} (fallback)"));
+        });
+    }
+
+    /// Runs `check` on a 101 × 1101 × 71 product with the lhs, the rhs or neither transposed.
+    pub(super) fn for_large_cases(mut check: impl FnMut(&Stored, &Stored, &str)) {
         for (lhs_layout, rhs_layout) in [
             (Layout::Plain, Layout::Plain),
             (Layout::Plain, Layout::Transposed),
             (Layout::Transposed, Layout::Plain),
         ] {
             let (lhs, rhs) = (noise_matrix(101, 1101, lhs_layout, 3), noise_matrix(1101, 71, rhs_layout, 4));
-            let context = format!("{lhs_layout:?} × {rhs_layout:?}");
-            assert_matches_reference(&matmul_bf16(lhs.operand(), rhs.operand()), &lhs, &rhs, &context);
-            let fallback = matmul_of_rounded(lhs.operand(), rhs.operand());
-            assert_matches_reference(&fallback, &lhs, &rhs, &format!("{context} (fallback)"));
+            check(&lhs, &rhs, &format!("{lhs_layout:?} × {rhs_layout:?}"));
         }
     }
 
@@ -343,11 +380,20 @@ mod tests {
     #[test]
     fn avx512_product_does_not_depend_on_the_thread_count() {
         let path = Path::on_this_cpu("avx512_product_does_not_depend_on_the_thread_count");
+        assert_independent_of_the_thread_count(|lhs, rhs| path.product(lhs.operand(), rhs.operand()));
+    }
+
+    /// Checks that `product` of a product large enough to run in parallel row blocks gives the
+    /// same bits on 1, 2, 3 and 5 threads (row blocks, and their number, follow the thread
+    /// count; the sums must not).
+    pub(super) fn assert_independent_of_the_thread_count(
+        product: impl Fn(&Stored, &Stored) -> Vec<f32> + Sync,
+    ) {
         let (lhs, rhs) =
             (noise_matrix(150, 700, Layout::Plain, 5), noise_matrix(700, 90, Layout::Transposed, 6));
         let on_threads = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(|| path.product(lhs.operand(), rhs.operand()))
+            pool.install(|| product(&lhs, &rhs))
         };
         let serial = on_threads(1);
         for threads in [2, 3, 5] {
