@@ -61,6 +61,10 @@ enum Command {
     Zeroshot(commands::zeroshot::ZeroshotArgs),
 }
 
+/// Freed blocks above glibc's mmap threshold are kept for reuse (see the type).
+#[global_allocator]
+static ALLOCATOR: robustft::allocator::LargeBlockCache = robustft::allocator::LargeBlockCache::new();
+
 fn main() -> std::process::ExitCode {
     robustft::allocator::keep_freed_memory();
     let cli = Cli::parse();
