@@ -42,8 +42,8 @@ pub struct BenchArgs {
     /// The transformer's products: fp32, or bf16 (operands rounded to bfloat16, fp32 sums). On
     /// the CPU: the linear layers', on AMX tiles or AVX512-BF16 dot products where the CPU has
     /// them, into fp32 outputs; compare with PyTorch's CPU autocast: `bench/pytorch_bench.py
-    /// --precision bf16`. On CUDA: the linear layers' and attention's, autocast-style (operands cast to
-    /// bfloat16, cuBLAS bf16 products cast back to fp32).
+    /// --precision bf16`. On CUDA: the linear layers' and attention's, autocast-style
+    /// (operands cast to bfloat16, cuBLAS bf16 products cast back to fp32).
     #[arg(long, value_enum, default_value = "fp32")]
     precision: Precision,
 

@@ -107,29 +107,30 @@ pub struct ClipModel {
 pub struct Towers {
     vision: vision::VisionTower,
     text: text::TextTower,
-    /// Without gradients, the image tower's architecture, to split large batches into passes
-    /// ([`vision::passes`]); with them, `None`: the whole batch in one pass.
-    passes_for: Option<VisionConfig>,
+    /// Whether the image tower takes large batches in passes ([`vision::passes`]): without
+    /// gradients; with them, the whole batch in one pass.
+    in_passes: bool,
 }
 
 impl Towers {
     fn load(
         config: &ClipConfig,
         weights: params::WeightView<'_>,
-        passes_for: Option<VisionConfig>,
+        in_passes: bool,
     ) -> Result<Self, CheckpointError> {
         Ok(Self {
             vision: vision::VisionTower::load(config, weights)?,
             text: text::TextTower::load(config, weights)?,
-            passes_for,
+            in_passes,
         })
     }
 
     /// `pixels`: `[b, 3, s, s]` -> unnormalised image features `[b, embed_dim]`.
     pub fn encode_image(&self, pixels: &Tensor) -> candle_core::Result<Tensor> {
-        match &self.passes_for {
-            Some(vision) => self.vision.forward_in_passes(pixels, vision::passes(vision, pixels.dim(0)?)),
-            None => self.vision.forward(pixels),
+        if self.in_passes {
+            self.vision.forward_without_grad(pixels)
+        } else {
+            self.vision.forward(pixels)
         }
     }
 
@@ -149,8 +150,8 @@ impl ClipModel {
     ) -> Result<Self, CheckpointError> {
         let params = ParamStore::from_tensors(tensors)?;
         Ok(Self {
-            trainable: Towers::load(&config, params.tracked(), None)?,
-            frozen: Towers::load(&config, params.detached(), Some(config.vision.clone()))?,
+            trainable: Towers::load(&config, params.tracked(), false)?,
+            frozen: Towers::load(&config, params.detached(), true)?,
             config,
             params,
             device: device.clone(),

@@ -41,7 +41,8 @@ pub struct VisionTower {
     encoder: Encoder,
     post_norm: LayerNorm,
     projection: Linear,
-    patch_size: usize,
+    /// The architecture: the patch size, and the widths [`passes`] reads.
+    config: VisionConfig,
 }
 
 impl VisionTower {
@@ -63,7 +64,7 @@ impl VisionTower {
             )?,
             post_norm: LayerNorm::load(params, "vision_model.post_layernorm", eps)?,
             projection: Linear::load_no_bias(params, "visual_projection.weight")?,
-            patch_size: v.patch_size,
+            config: v.clone(),
         })
     }
 
@@ -78,12 +79,17 @@ impl VisionTower {
         self.projection.forward(&pooled)
     }
 
+    /// [`Self::forward`] in [`passes`] passes over the batch, for use without gradients.
+    pub fn forward_without_grad(&self, pixels: &Tensor) -> Result<Tensor> {
+        self.forward_in_passes(pixels, passes(&self.config, pixels.dim(0)?))
+    }
+
     /// [`Self::forward`] in `passes` passes over the batch (as even as may be), the features
     /// concatenated: the same features, each image's computation being its own, with smaller
     /// activations.
     pub fn forward_in_passes(&self, pixels: &Tensor, passes: usize) -> Result<Tensor> {
         let images = pixels.dim(0)?;
-        if passes <= 1 || images <= 1 {
+        if passes.min(images) <= 1 {
             return self.forward(pixels);
         }
         let per_pass = images.div_ceil(passes);
@@ -97,7 +103,7 @@ impl VisionTower {
     /// `[b, 3, s, s]` -> `[b, (s/p)², width]`, row-major over the patch grid like the conv.
     fn embed_patches(&self, pixels: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = pixels.dims4()?;
-        let p = self.patch_size;
+        let p = self.config.patch_size;
         if h % p != 0 || w % p != 0 {
             candle_core::bail!("image size {h}x{w} is not a multiple of the patch size {p}");
         }
