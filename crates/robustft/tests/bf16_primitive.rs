@@ -4,11 +4,13 @@
 //! autocast-style). Checked against fp32 references within bf16's tolerance, above fp32's
 //! level of error (bf16 is really used), against the fused CPU bf16 linear kernel (the same
 //! rounded operands, an fp32 rather than a bf16-rounded product), and with gradients flowing
-//! back through the casts. A test binary of its own, because the precision is a process-wide
+//! back through the casts; and the fused branch ends (`kernels::residual_linear`,
+//! `kernels::layer_norm_linear`) against the chains of fused kernels they replace. A test binary of its own, because the precision is a process-wide
 //! setting: every test here sets bf16, and the fp32 references are computed without the
 //! setting (plain candle matmuls, and the fused attention kernel, whose products are fp32).
 
 use candle_core::{DType, Device, Result, Tensor, Var};
+use robustft::clip::config::Activation;
 use robustft::clip::layers::causal_mask;
 use robustft::kernels::{self, reference, set_matmul_precision, MatmulPrecision};
 use robustft::rng::SplitMix64;
@@ -129,4 +131,53 @@ fn bf16_primitive_attention_is_within_bf16_of_fp32_and_not_fp32() {
         assert_bf16_of(&value, &expected, &format!("{what} forward"));
         assert_bf16_of(&grads[0], &expected_grads[0], &format!("{what} gradient"));
     }
+}
+
+/// The fused branch ends (`residual + f(x) Wᵀ + b` and `LN(x) Wᵀ + b`, each one node that
+/// recomputes its activation or LayerNorm in the backward pass) round the same operands in
+/// bf16 as the chains of fused kernels they replace, so values and gradients are the
+/// chains' to the bit; and their products are bf16 ones (beyond fp32's level from fp32).
+#[test]
+fn bf16_branch_ends_equal_the_chained_fused_kernels_bit_for_bit() {
+    set_matmul_precision(MatmulPrecision::Bf16);
+    let [x, weight, bias] = linear_inputs();
+    let zeros = Tensor::zeros(96, DType::F32, &Device::Cpu).unwrap();
+    let quick_gelu = |x: &Tensor| reference::bias_activation(x, &zeros, Activation::QuickGelu);
+    assert_bf16_bit_parity(
+        |t| kernels::residual_linear(&t[0], &t[1], Some(&t[2]), &t[3], Some(Activation::QuickGelu)),
+        |t| {
+            let hidden = kernels::bias_activation(&t[0], &zeros, Activation::QuickGelu)?;
+            kernels::bias_residual(&kernels::linear(&hidden, &t[1], None)?, &t[2], &t[3])
+        },
+        |t| &t[3] + fp32_linear(&[quick_gelu(&t[0])?, t[1].clone(), t[2].clone()])?,
+        &[x.clone(), weight.clone(), bias.clone(), random(&[4, 9, 40], 5, 1.0)],
+        "residual_linear",
+    );
+    let norm = [random(&[96], 6, 0.5), random(&[96], 7, 0.5)];
+    assert_bf16_bit_parity(
+        |t| kernels::layer_norm_linear(&t[0], (&t[3], &t[4], 1e-5), &t[1], Some(&t[2])),
+        |t| kernels::linear(&kernels::layer_norm(&t[0], &t[3], &t[4], 1e-5)?, &t[1], Some(&t[2])),
+        |t| fp32_linear(&[reference::layer_norm(&t[0], &t[3], &t[4], 1e-5)?, t[1].clone(), t[2].clone()]),
+        &[x, weight, bias, norm[0].clone(), norm[1].clone()],
+        "layer_norm_linear",
+    );
+}
+
+/// `fused` equals `chained` to the bit at `inputs` (value and gradients), and its value is
+/// further from `fp32`'s than fp32 rounding would be.
+fn assert_bf16_bit_parity(
+    fused: impl Fn(&[Tensor]) -> Result<Tensor>,
+    chained: impl Fn(&[Tensor]) -> Result<Tensor>,
+    fp32: impl Fn(&[Tensor]) -> Result<Tensor>,
+    inputs: &[Tensor],
+    what: &str,
+) {
+    let (value, grads) = value_and_grads(fused, inputs);
+    let (expected, expected_grads) = value_and_grads(chained, inputs);
+    for (actual, expected) in std::iter::once((&value, &expected)).chain(grads.iter().zip(&expected_grads)) {
+        let same_bits = actual.iter().zip(expected).all(|(a, e)| a.to_bits() == e.to_bits());
+        assert!(same_bits, "{what}: the fused branch end differs from the chained kernels");
+    }
+    let (fp32_value, _) = value_and_grads(fp32, inputs);
+    assert!(relative_error(&value, &fp32_value) > FP32_LEVEL, "{what}: the products were not bf16");
 }

@@ -3,7 +3,7 @@
 //! backprop of a randomly weighted sum of the output) on awkward shapes, on both sides of the
 //! kernels' serial/parallel threshold, including masked softmax with `-inf` entries.
 
-use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_core::{DType, Device, Result, Tensor, Var, D};
 use robustft::clip::config::Activation;
 use robustft::clip::layers::causal_mask;
 use robustft::kernels::{self, reference};
@@ -218,6 +218,223 @@ fn bias_residual_matches_primitive_ops() {
     }
 }
 
+/// The activations of [`kernels::residual_linear`]: none (attention's output projection) and
+/// the MLP's two.
+const BRANCH_ACTIVATIONS: [Option<Activation>; 3] =
+    [None, Some(Activation::QuickGelu), Some(Activation::Gelu)];
+
+/// `[x, weight, bias, residual]` for `x` of `shape` and `fan_out` outputs.
+fn residual_linear_inputs(shape: &[usize], fan_out: usize, seed: u64) -> [Tensor; 4] {
+    let fan_in = *shape.last().unwrap();
+    let mut out_shape = shape.to_vec();
+    *out_shape.last_mut().unwrap() = fan_out;
+    [
+        random(shape, seed, 2.0, 0.0),
+        random(&[fan_out, fan_in], 300 + seed, 0.5, 0.0),
+        random(&[fan_out], 500 + seed, 1.0, 0.0),
+        random(&out_shape, 700 + seed, 1.0, 0.0),
+    ]
+}
+
+#[test]
+fn residual_linear_matches_primitive_ops() {
+    for activation in BRANCH_ACTIVATIONS {
+        for (seed, shape) in shapes().enumerate() {
+            for fan_out in [1, 7, 129] {
+                assert_parity(
+                    |t| kernels::residual_linear(&t[0], &t[1], Some(&t[2]), &t[3], activation),
+                    |t| reference::residual_linear(&t[0], &t[1], Some(&t[2]), &t[3], activation),
+                    &residual_linear_inputs(&shape, fan_out, seed as u64),
+                    &format!("residual_linear {activation:?} {shape:?} -> {fan_out}"),
+                );
+            }
+        }
+    }
+}
+
+/// One node that recomputes the activation in its backward pass gives the values and
+/// gradients of the chain of kernels that keeps it, to the bit (700 rows span several of the
+/// gemm's depth blocks in the weight gradient).
+#[test]
+fn residual_linear_equals_the_chained_kernels_bit_for_bit() {
+    for activation in BRANCH_ACTIVATIONS {
+        for (seed, shape) in [vec![3, 17, 64], vec![2, 700, 33], vec![50, 768]].into_iter().enumerate() {
+            let chained = |t: &[Tensor]| {
+                let hidden = match activation {
+                    Some(a) => kernels::bias_activation(
+                        &t[0],
+                        &Tensor::zeros(t[0].dim(D::Minus1)?, DType::F32, &Device::Cpu)?,
+                        a,
+                    )?,
+                    None => t[0].clone(),
+                };
+                kernels::bias_residual(&kernels::linear(&hidden, &t[1], None)?, &t[2], &t[3])
+            };
+            assert_bit_parity(
+                |t| kernels::residual_linear(&t[0], &t[1], Some(&t[2]), &t[3], activation),
+                chained,
+                &residual_linear_inputs(&shape, 48, seed as u64),
+                &format!("residual_linear {activation:?} {shape:?}"),
+            );
+        }
+    }
+}
+
+/// Compares `fused` with `chained` at `inputs` to the bit: outputs and every input's gradient.
+fn assert_bit_parity(
+    fused: impl Fn(&[Tensor]) -> Result<Tensor>,
+    chained: impl Fn(&[Tensor]) -> Result<Tensor>,
+    inputs: &[Tensor],
+    what: &str,
+) {
+    let (value, grads) = value_and_grads(fused, inputs);
+    let (expected_value, expected_grads) = value_and_grads(chained, inputs);
+    assert_bits_equal(&value, &expected_value, &format!("{what} forward"));
+    for (i, (g, e)) in grads.iter().zip(&expected_grads).enumerate() {
+        assert_bits_equal(g, e, &format!("{what} gradient of input {i}"));
+    }
+}
+
+/// `[x, norm_weight, norm_bias, weight, bias]` for `x` of `shape` and `fan_out` outputs; the
+/// rows have an offset mean, as LayerNorm's test's do.
+fn layer_norm_linear_inputs(shape: &[usize], fan_out: usize, seed: u64) -> [Tensor; 5] {
+    let fan_in = *shape.last().unwrap();
+    [
+        random(shape, seed, 2.0, 3.0),
+        random(&[fan_in], 100 + seed, 0.5, 1.0),
+        random(&[fan_in], 200 + seed, 0.5, 0.0),
+        random(&[fan_out, fan_in], 300 + seed, 0.5, 0.0),
+        random(&[fan_out], 500 + seed, 1.0, 0.0),
+    ]
+}
+
+#[test]
+fn layer_norm_linear_matches_primitive_ops() {
+    for (seed, shape) in shapes().enumerate() {
+        for fan_out in [1, 7, 129] {
+            assert_parity(
+                |t| kernels::layer_norm_linear(&t[0], (&t[1], &t[2], 1e-5), &t[3], Some(&t[4])),
+                |t| reference::linear(&reference::layer_norm(&t[0], &t[1], &t[2], 1e-5)?, &t[3], Some(&t[4])),
+                &layer_norm_linear_inputs(&shape, fan_out, seed as u64),
+                &format!("layer_norm_linear {shape:?} -> {fan_out}"),
+            );
+        }
+    }
+}
+
+/// One node that recomputes the LayerNorm in its backward pass gives the values and
+/// gradients of the chain of kernels that keeps its output, to the bit.
+#[test]
+fn layer_norm_linear_equals_the_chained_kernels_bit_for_bit() {
+    for (seed, shape) in [vec![3, 17, 64], vec![2, 700, 33], vec![50, 768]].into_iter().enumerate() {
+        assert_bit_parity(
+            |t| kernels::layer_norm_linear(&t[0], (&t[1], &t[2], 1e-5), &t[3], Some(&t[4])),
+            |t| kernels::linear(&kernels::layer_norm(&t[0], &t[1], &t[2], 1e-5)?, &t[3], Some(&t[4])),
+            &layer_norm_linear_inputs(&shape, 48, seed as u64),
+            &format!("layer_norm_linear {shape:?}"),
+        );
+    }
+}
+
+/// Without a bias, and with a frozen LayerNorm and weight (an attack's input gradient), the
+/// other inputs get the reference's gradients.
+#[test]
+fn layer_norm_linear_without_a_bias_or_with_constant_inputs_matches_primitive_ops() {
+    let [x, norm_weight, norm_bias, weight, _] = layer_norm_linear_inputs(&[4, 9, 40], 24, 5);
+    assert_parity(
+        |t| kernels::layer_norm_linear(&t[0], (&t[1], &t[2], 1e-5), &t[3], None),
+        |t| reference::linear(&reference::layer_norm(&t[0], &t[1], &t[2], 1e-5)?, &t[3], None),
+        &[x.clone(), norm_weight.clone(), norm_bias.clone(), weight.clone()],
+        "layer_norm_linear without a bias",
+    );
+    let x_var = Var::from_tensor(&x).unwrap();
+    let loss_weights = random(&[4, 9, 24], 3, 1.0, 0.0);
+    let grad_of = |y: Tensor| (y * &loss_weights).unwrap().sum_all().unwrap().backward().unwrap();
+    let norm = (&norm_weight, &norm_bias, 1e-5);
+    let grads = grad_of(kernels::layer_norm_linear(x_var.as_tensor(), norm, &weight, None).unwrap());
+    let normed = reference::layer_norm(x_var.as_tensor(), &norm_weight, &norm_bias, 1e-5).unwrap();
+    let expected = grad_of(reference::linear(&normed, &weight, None).unwrap());
+    assert!(
+        [&norm_weight, &norm_bias, &weight].iter().all(|t| grads.get(t).is_none()),
+        "a constant got a gradient"
+    );
+    assert_close(
+        &flat(grads.get(x_var.as_tensor()).unwrap()),
+        &flat(expected.get(x_var.as_tensor()).unwrap()),
+        "input gradient with a frozen LayerNorm and weight",
+    );
+}
+
+#[test]
+fn layer_norm_linear_rejects_parameters_that_do_not_fit() {
+    let [x, norm_weight, norm_bias, weight, bias] = layer_norm_linear_inputs(&[4, 8], 3, 1);
+    let short = random(&[7], 2, 1.0, 0.0);
+    let cases = [
+        (&short, &norm_bias, &weight, &bias, "LayerNorm weight [7] does not fit x [4, 8]"),
+        (&norm_weight, &short, &weight, &bias, "LayerNorm bias [7] does not fit x [4, 8]"),
+        (
+            &norm_weight,
+            &norm_bias,
+            &random(&[3, 9], 3, 1.0, 0.0),
+            &bias,
+            "weight [3, 9] does not fit x [4, 8]",
+        ),
+        (&norm_weight, &norm_bias, &weight, &short, "bias [7] does not fit weight [3, 8]"),
+    ];
+    for (norm_weight, norm_bias, weight, bias, message) in cases {
+        let err =
+            kernels::layer_norm_linear(&x, (norm_weight, norm_bias, 1e-5), weight, Some(bias)).unwrap_err();
+        assert!(err.to_string().contains(message), "{err}");
+    }
+}
+
+/// Without a bias, and with inputs that track no gradient (a frozen weight, constant
+/// pixels), the other inputs get the reference's gradients.
+#[test]
+fn residual_linear_without_a_bias_or_with_constant_inputs_matches_primitive_ops() {
+    let [x, weight, _, residual] = residual_linear_inputs(&[4, 9, 40], 24, 5);
+    assert_parity(
+        |t| kernels::residual_linear(&t[0], &t[1], None, &t[2], Some(Activation::QuickGelu)),
+        |t| reference::residual_linear(&t[0], &t[1], None, &t[2], Some(Activation::QuickGelu)),
+        &[x.clone(), weight.clone(), residual.clone()],
+        "residual_linear without a bias",
+    );
+    let loss_weights = random(residual.dims(), 3, 1.0, 0.0);
+    let grad_of = |y: Tensor| (y * &loss_weights).unwrap().sum_all().unwrap().backward().unwrap();
+    let x_var = Var::from_tensor(&x).unwrap();
+    let grads = grad_of(kernels::residual_linear(x_var.as_tensor(), &weight, None, &residual, None).unwrap());
+    let expected =
+        grad_of(reference::residual_linear(x_var.as_tensor(), &weight, None, &residual, None).unwrap());
+    assert!(
+        grads.get(&weight).is_none() && grads.get(&residual).is_none(),
+        "a constant input got a gradient"
+    );
+    assert_close(
+        &flat(grads.get(x_var.as_tensor()).unwrap()),
+        &flat(expected.get(x_var.as_tensor()).unwrap()),
+        "input gradient with a frozen weight",
+    );
+}
+
+#[test]
+fn residual_linear_rejects_a_weight_bias_or_residual_that_does_not_fit() {
+    let [x, weight, bias, residual] = residual_linear_inputs(&[4, 8], 3, 1);
+    let cases = [
+        (random(&[3, 9], 2, 1.0, 0.0), bias.clone(), residual.clone(), "weight [3, 9] does not fit x [4, 8]"),
+        (weight.clone(), random(&[4], 3, 1.0, 0.0), residual.clone(), "bias [4] does not fit weight [3, 8]"),
+        (
+            weight.clone(),
+            bias.clone(),
+            random(&[4, 4], 4, 1.0, 0.0),
+            "residual [4, 4] does not fit the output [4, 3]",
+        ),
+    ];
+    for (weight, bias, residual, message) in cases {
+        let err = kernels::residual_linear(&x, &weight, Some(&bias), &residual, None).unwrap_err();
+        assert!(err.to_string().contains(message), "{err}");
+    }
+}
+
 #[test]
 fn other_dtypes_fall_back_to_primitive_ops() {
     let f64s = |shape: &[usize], seed: u64| random(shape, seed, 1.0, 0.5).to_dtype(DType::F64).unwrap();
@@ -225,7 +442,8 @@ fn other_dtypes_fall_back_to_primitive_ops() {
     let causal = causal_mask(5, &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap();
     let qkv = f64s(&[2, 5, 36], 5);
     let weight = f64s(&[9, 12], 6);
-    let cases: [(&str, Tensor, Tensor); 7] = [
+    let residual = f64s(&[2, 5, 9], 7);
+    let cases: [(&str, Tensor, Tensor); 9] = [
         (
             "linear",
             kernels::linear(&x, &weight, Some(&b.narrow(0, 0, 9).unwrap())).unwrap(),
@@ -251,6 +469,16 @@ fn other_dtypes_fall_back_to_primitive_ops() {
             "bias_residual",
             kernels::bias_residual(&x, &b, &x).unwrap(),
             reference::bias_residual(&x, &b, &x).unwrap(),
+        ),
+        (
+            "residual_linear",
+            kernels::residual_linear(&x, &weight, None, &residual, Some(Activation::Gelu)).unwrap(),
+            reference::residual_linear(&x, &weight, None, &residual, Some(Activation::Gelu)).unwrap(),
+        ),
+        (
+            "layer_norm_linear",
+            kernels::layer_norm_linear(&x, (&w, &b, 1e-5), &weight, None).unwrap(),
+            reference::linear(&reference::layer_norm(&x, &w, &b, 1e-5).unwrap(), &weight, None).unwrap(),
         ),
         (
             "attention",

@@ -72,11 +72,36 @@ impl Linear {
 
     /// `residual + x Wᵀ + b`, the bias and residual adds fused.
     pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        if x.track_op() || residual.track_op() || self.tracks_gradient() {
+            return kernels::residual_linear(x, &self.weight, self.bias.as_ref(), residual, None);
+        }
         let y = self.project(x)?;
         match &self.bias {
             Some(b) => kernels::bias_residual(&y, b, residual),
             None => residual + y,
         }
+    }
+
+    /// `residual + activation(x) Wᵀ + b` as one graph node that keeps `x`, not the
+    /// activation's output, for the backward pass (where the activation is recomputed).
+    pub fn forward_activated_residual(
+        &self,
+        x: &Tensor,
+        activation: Activation,
+        residual: &Tensor,
+    ) -> Result<Tensor> {
+        kernels::residual_linear(x, &self.weight, self.bias.as_ref(), residual, Some(activation))
+    }
+
+    /// Whether the weight or the bias tracks a gradient.
+    fn tracks_gradient(&self) -> bool {
+        self.weight.track_op() || self.bias.as_ref().is_some_and(Tensor::track_op)
+    }
+
+    /// `norm(x) Wᵀ + b` as one graph node that keeps `x`, not the LayerNorm's output, for
+    /// the backward pass (where the LayerNorm is recomputed).
+    pub fn forward_normed(&self, norm: &LayerNorm, x: &Tensor) -> Result<Tensor> {
+        kernels::layer_norm_linear(x, (&norm.weight, &norm.bias, norm.eps), &self.weight, self.bias.as_ref())
     }
 
     /// `x Wᵀ` without the bias: `[..., in]` -> `[..., out]`.
@@ -109,6 +134,11 @@ impl LayerNorm {
     /// `x`: `[..., width]` -> same shape.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         kernels::layer_norm(x, &self.weight, &self.bias, self.eps)
+    }
+
+    /// Whether the weight or the bias tracks a gradient.
+    fn tracks_gradient(&self) -> bool {
+        self.weight.track_op() || self.bias.track_op()
     }
 }
 
@@ -147,12 +177,12 @@ impl SelfAttention {
         })
     }
 
-    /// `residual + attention(x)` with `x`, `residual`: `[b, t, width]` and `mask`: optional
-    /// additive `[t, t]`.
-    pub fn forward_residual(&self, x: &Tensor, mask: Option<&Tensor>, residual: &Tensor) -> Result<Tensor> {
-        let qkv = Linear::stacked(&[&self.q, &self.k, &self.v])?.forward(x)?;
+    /// `x + attention(norm(x))` with `x`: `[b, t, width]` and `mask`: optional additive
+    /// `[t, t]`.
+    pub fn forward_residual(&self, norm: &LayerNorm, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let qkv = Linear::stacked(&[&self.q, &self.k, &self.v])?.forward_normed(norm, x)?;
         let merged = kernels::attention(&qkv, self.heads, mask)?;
-        self.out.forward_residual(&merged, residual)
+        self.out.forward_residual(&merged, x)
     }
 }
 
@@ -187,9 +217,25 @@ impl ResidualBlock {
 
     /// `x`: `[b, t, width]` -> same shape.
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let x = self.attn.forward_residual(&self.ln1.forward(x)?, mask, x)?;
-        let hidden = self.fc1.forward_activated(&self.ln2.forward(&x)?, self.activation)?;
-        self.fc2.forward_residual(&hidden, &x)
+        let x = self.attn.forward_residual(&self.ln1, x, mask)?;
+        self.mlp_residual(&x)
+    }
+
+    /// `x + mlp(ln2(x))`. With gradients neither the LayerNorm's output nor the activation's
+    /// (the widest tensor of the block) is kept for the backward pass: both are recomputed
+    /// there ([`Linear::forward_normed`], [`Linear::forward_activated_residual`]). Without,
+    /// the activation is written over the first layer's product.
+    fn mlp_residual(&self, x: &Tensor) -> Result<Tensor> {
+        if x.track_op()
+            || self.ln2.tracks_gradient()
+            || self.fc1.tracks_gradient()
+            || self.fc2.tracks_gradient()
+        {
+            let pre_activation = self.fc1.forward_normed(&self.ln2, x)?;
+            return self.fc2.forward_activated_residual(&pre_activation, self.activation, x);
+        }
+        let hidden = self.fc1.forward_activated(&self.ln2.forward(x)?, self.activation)?;
+        self.fc2.forward_residual(&hidden, x)
     }
 }
 
@@ -222,4 +268,58 @@ impl Encoder {
 /// L2-normalises the rows of `x` (`[n, d]`).
 pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
     x.broadcast_div(&x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::{Activation, ResidualBlock};
+    use crate::clip::params::ParamStore;
+    use crate::rng::SplitMix64;
+
+    fn random(shape: &[usize], rng: &mut SplitMix64) -> Tensor {
+        let values: Vec<f32> = (0..shape.iter().product()).map(|_| 0.3 * rng.normal()).collect();
+        Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+    }
+
+    /// A block of width 64, 4 heads and an MLP of 256, with random parameters.
+    fn block_params(rng: &mut SplitMix64) -> ParamStore {
+        let (width, mlp) = (64, 256);
+        let mut shapes = vec![
+            ("layer_norm1".to_string(), vec![width], vec![width]),
+            ("layer_norm2".to_string(), vec![width], vec![width]),
+            ("mlp.fc1".to_string(), vec![mlp, width], vec![mlp]),
+            ("mlp.fc2".to_string(), vec![width, mlp], vec![width]),
+        ];
+        for projection in ["q", "k", "v", "out"] {
+            shapes.push((format!("self_attn.{projection}_proj"), vec![width, width], vec![width]));
+        }
+        let tensors = shapes.into_iter().flat_map(|(name, weight, bias)| {
+            let weight = (format!("block.{name}.weight"), random(&weight, rng));
+            [weight, (format!("block.{name}.bias"), random(&bias, rng))]
+        });
+        ParamStore::from_tensors(tensors.collect::<Vec<_>>()).unwrap()
+    }
+
+    /// With gradients the block runs its branch ends as nodes that recompute LayerNorm and the
+    /// activation in the backward pass; without, as chained kernels written in place. Both give
+    /// the same output to the bit.
+    #[test]
+    fn a_block_gives_the_same_output_with_and_without_gradients() {
+        let mut rng = SplitMix64::new(7);
+        let params = block_params(&mut rng);
+        let x = random(&[2, 5, 64], &mut rng);
+        for activation in [Activation::QuickGelu, Activation::Gelu] {
+            let [tracked, detached] = [params.tracked(), params.detached()]
+                .map(|view| ResidualBlock::load(view, "block", 4, activation, 1e-5).unwrap());
+            let trained = tracked.forward(&x, None).unwrap();
+            assert!(trained.track_op(), "the tracked block builds a graph");
+            let inferred = detached.forward(&x, None).unwrap();
+            let bits = |t: &Tensor| -> Vec<u32> {
+                t.flatten_all().unwrap().to_vec1::<f32>().unwrap().into_iter().map(f32::to_bits).collect()
+            };
+            assert_eq!(bits(&trained), bits(&inferred), "{activation:?}");
+        }
+    }
 }

@@ -50,7 +50,7 @@ pub fn bias_activation_in_place(x: Tensor, bias: &Tensor, activation: Activation
 /// `pick((activation(u), activation′(u)))` for each `u` of `us`, in place; QuickGELU's
 /// exponentials are taken `EXP_CHUNK` at a time by the vectorised `exp`.
 #[inline(always)]
-fn activation_in_place(activation: Activation, us: &mut [f32], pick: impl Fn((f32, f32)) -> f32) {
+pub(super) fn activation_in_place(activation: Activation, us: &mut [f32], pick: impl Fn((f32, f32)) -> f32) {
     match activation {
         Activation::QuickGelu => {
             let mut scratch = [0f32; EXP_CHUNK];

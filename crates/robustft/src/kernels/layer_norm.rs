@@ -33,6 +33,22 @@ fn row_moments(x: &[f32], eps: f32) -> (f32, f32) {
     (mean, 1.0 / (variance + eps).sqrt())
 }
 
+/// LayerNorm of each row of `x` (`weight.len()` elements each).
+pub(super) fn normalized(x: &[f32], weight: &[f32], bias: &[f32], eps: f32) -> Vec<f32> {
+    let width = weight.len();
+    let mut out = vec![0f32; x.len()];
+    map_row_blocks(&mut out, width, |first_row, block| {
+        let x_block = &x[first_row * width..first_row * width + block.len()];
+        for (y, x) in block.chunks_exact_mut(width).zip(x_block.chunks_exact(width)) {
+            let (mean, rstd) = row_moments(x, eps);
+            for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(weight).zip(bias) {
+                *y = (x - mean) * rstd * w + b;
+            }
+        }
+    });
+    out
+}
+
 struct LayerNormOp {
     eps: f32,
 }
@@ -53,17 +69,7 @@ impl CustomOp3 for LayerNormOp {
     ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(xs, xl, self.name())?;
         let (weight, bias) = (contiguous_f32(ws, wl, self.name())?, contiguous_f32(bs, bl, self.name())?);
-        let width = weight.len();
-        let mut out = vec![0f32; x.len()];
-        map_row_blocks(&mut out, width, |first_row, block| {
-            let x_block = &x[first_row * width..first_row * width + block.len()];
-            for (y, x) in block.chunks_exact_mut(width).zip(x_block.chunks_exact(width)) {
-                let (mean, rstd) = row_moments(x, self.eps);
-                for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(weight).zip(bias) {
-                    *y = (x - mean) * rstd * w + b;
-                }
-            }
-        });
+        let out = normalized(x, weight, bias, self.eps);
         Ok((CpuStorage::F32(out), xl.shape().clone()))
     }
 
@@ -75,13 +81,22 @@ impl CustomOp3 for LayerNormOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (rows, _) = rows_and_width(x)?;
-        let packed = x.apply_op3_no_bwd(weight, &grad.contiguous()?, &LayerNormBackward { eps: self.eps })?;
-        let dx = packed.narrow(0, 0, rows)?.reshape(x.shape())?;
-        let dweight = packed.get(rows)?;
-        let dbias = packed.get(rows + 1)?;
+        let (dx, dweight, dbias) = layer_norm_grads(x, weight, &grad.contiguous()?, self.eps)?;
         Ok((Some(dx), Some(dweight), Some(dbias)))
     }
+}
+
+/// The gradients of `x`, `weight` and `bias` of LayerNorm at `x` from the output gradient
+/// `grad` (contiguous).
+pub(super) fn layer_norm_grads(
+    x: &Tensor,
+    weight: &Tensor,
+    grad: &Tensor,
+    eps: f32,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (rows, _) = rows_and_width(x)?;
+    let packed = x.apply_op3_no_bwd(weight, grad, &LayerNormBackward { eps })?;
+    Ok((packed.narrow(0, 0, rows)?.reshape(x.shape())?, packed.get(rows)?, packed.get(rows + 1)?))
 }
 
 /// `(x, weight, grad)` -> `[rows + 2, width]`: the rows of `dx`, then `dweight`, then `dbias`.

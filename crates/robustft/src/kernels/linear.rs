@@ -41,22 +41,22 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
 }
 
 /// A row-major f32 matrix, read as itself or transposed.
-struct Matrix<'a> {
+pub(super) struct Matrix<'a> {
     data: &'a [f32],
     cols: usize,
 }
 
 impl<'a> Matrix<'a> {
-    fn new(data: &'a [f32], cols: usize) -> Self {
+    pub(super) fn new(data: &'a [f32], cols: usize) -> Self {
         Self { data, cols }
     }
 
-    fn plain(&self) -> Operand<'a> {
+    pub(super) fn plain(&self) -> Operand<'a> {
         let rows = self.data.len() / self.cols;
         Operand { data: self.data, rows, cols: self.cols, row_stride: self.cols, col_stride: 1 }
     }
 
-    fn transposed(&self) -> Operand<'a> {
+    pub(super) fn transposed(&self) -> Operand<'a> {
         let rows = self.data.len() / self.cols;
         Operand { data: self.data, rows: self.cols, cols: rows, row_stride: 1, col_stride: self.cols }
     }
@@ -73,7 +73,7 @@ pub(super) struct Operand<'a> {
 }
 
 /// `lhs · rhs` as a new row-major matrix, in the process's [`matmul_precision`].
-fn product(lhs: Operand, rhs: Operand) -> Vec<f32> {
+pub(super) fn product(lhs: Operand, rhs: Operand) -> Vec<f32> {
     match matmul_precision() {
         MatmulPrecision::Fp32 => matmul(lhs, rhs),
         MatmulPrecision::Bf16 => matmul_bf16(lhs, rhs),
@@ -119,7 +119,7 @@ pub(super) fn matmul(lhs: Operand, rhs: Operand) -> Vec<f32> {
 }
 
 /// The shape of `x`'s layout with its last dimension replaced by `width`.
-fn with_last_dim(layout: &Layout, width: usize) -> Shape {
+pub(super) fn with_last_dim(layout: &Layout, width: usize) -> Shape {
     let mut dims = layout.dims().to_vec();
     if let Some(last) = dims.last_mut() {
         *last = width;
@@ -147,9 +147,19 @@ fn input_and_weight_grads(
     weight: &Tensor,
     grad: &Tensor,
 ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-    let dx = x.track_op().then(|| grad.apply_op2_no_bwd(weight, &InputGrad)).transpose()?;
-    let dweight = weight.track_op().then(|| grad.apply_op2_no_bwd(x, &WeightGrad)).transpose()?;
+    let dx = x.track_op().then(|| input_grad(grad, weight)).transpose()?;
+    let dweight = weight.track_op().then(|| weight_grad(grad, x)).transpose()?;
     Ok((dx, dweight))
+}
+
+/// `g W`: the gradient of the layer's input from the output gradient `grad` (contiguous).
+pub(super) fn input_grad(grad: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    grad.apply_op2_no_bwd(weight, &InputGrad)
+}
+
+/// `gᵀ x`: the gradient of the layer's weight from the output gradient `grad` (contiguous).
+pub(super) fn weight_grad(grad: &Tensor, x: &Tensor) -> Result<Tensor> {
+    grad.apply_op2_no_bwd(x, &WeightGrad)
 }
 
 struct Linear;

@@ -2,7 +2,9 @@
 //! backward passes: the linear projection `x Wᵀ (+ b)` (in fp32, or in bf16 with fp32 sums:
 //! [`MatmulPrecision`]), LayerNorm, softmax over the last dimension (optionally with an
 //! additive mask fused in), bias add + MLP activation, bias add + residual add, and multi-head
-//! attention read from a packed q/k/v projection and written in the merged-head layout; a
+//! attention read from a packed q/k/v projection and written in the merged-head layout, and
+//! a transformer branch's first linear layer with the LayerNorm before it and its last with
+//! the residual add after it (each keeping only its input for the backward pass); a
 //! vectorised `exp` equal to glibc's serves the softmax and QuickGELU.
 //!
 //! Each public function runs its fused kernel on contiguous f32 CPU tensors (one pass per row
@@ -17,10 +19,12 @@ mod attention;
 mod bias;
 mod exp;
 mod layer_norm;
+mod layer_norm_linear;
 mod linear;
 mod matmul_bf16;
 mod precision;
 pub mod reference;
+mod residual_linear;
 mod rows;
 mod softmax;
 
@@ -28,7 +32,9 @@ pub use activation::{bias_activation, bias_activation_in_place};
 pub use attention::attention;
 pub use bias::bias_residual;
 pub use layer_norm::layer_norm;
+pub use layer_norm_linear::layer_norm_linear;
 pub use linear::linear;
 pub use matmul_bf16::Bf16Kernel;
 pub use precision::{matmul_precision, set_matmul_precision, MatmulPrecision};
+pub use residual_linear::residual_linear;
 pub use softmax::{masked_softmax_last_dim, softmax_last_dim};

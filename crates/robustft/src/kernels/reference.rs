@@ -57,9 +57,13 @@ pub fn masked_softmax_last_dim(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
 
 /// `activation(x + bias)`, `bias` over the last dimension.
 pub fn bias_activation(x: &Tensor, bias: &Tensor, activation: Activation) -> Result<Tensor> {
-    let u = x.broadcast_add(bias)?;
+    activate(&x.broadcast_add(bias)?, activation)
+}
+
+/// `activation(u)`, elementwise.
+fn activate(u: &Tensor, activation: Activation) -> Result<Tensor> {
     match activation {
-        Activation::QuickGelu => u.mul(&candle_nn::ops::sigmoid(&(&u * 1.702)?)?),
+        Activation::QuickGelu => u.mul(&candle_nn::ops::sigmoid(&(u * 1.702)?)?),
         Activation::Gelu => u.gelu_erf(),
     }
 }
@@ -81,6 +85,21 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
 /// `x + bias + residual`, `bias` over the last dimension, `residual` shaped like `x`.
 pub fn bias_residual(x: &Tensor, bias: &Tensor, residual: &Tensor) -> Result<Tensor> {
     residual + x.broadcast_add(bias)?
+}
+
+/// `residual + f(x) Wᵀ + bias` with `f` the `activation` (the identity when `None`).
+pub fn residual_linear(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    residual: &Tensor,
+    activation: Option<Activation>,
+) -> Result<Tensor> {
+    let hidden = match activation {
+        Some(activation) => activate(x, activation)?,
+        None => x.clone(),
+    };
+    residual + linear(&hidden, weight, bias)?
 }
 
 /// Multi-head attention over the packed `qkv` (`[b, t, 3·width]`: q, k, v side by side;
