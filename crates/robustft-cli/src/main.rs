@@ -63,7 +63,7 @@ enum Command {
 
 /// Freed blocks above glibc's mmap threshold are kept for reuse (see the type).
 #[global_allocator]
-static ALLOCATOR: robustft::allocator::LargeBlockCache = robustft::allocator::LargeBlockCache::new();
+static ALLOCATOR: robustft::allocator::CachedSystem = robustft::allocator::CachedSystem;
 
 fn main() -> std::process::ExitCode {
     robustft::allocator::keep_freed_memory();

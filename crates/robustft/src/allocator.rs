@@ -6,8 +6,8 @@
 //! and half of the tiny model's. [`keep_freed_memory`] raises the mmap threshold to glibc's
 //! maximum (32 MiB on 64-bit) and the trim threshold far above it, so freed blocks stay in the
 //! heap and are reused (mallopt(3): `M_MMAP_THRESHOLD`, `M_TRIM_THRESHOLD`). Blocks above
-//! that threshold are still mapped afresh by glibc; [`LargeBlockCache`], the CLI's global
-//! allocator, keeps a few of them for reuse.
+//! that threshold are still mapped afresh by glibc; [`LargeBlockCache`] keeps a few of them
+//! for reuse, as the process's cache behind [`CachedSystem`], the CLI's global allocator.
 
 use std::alloc::{GlobalAlloc, Layout};
 
@@ -59,8 +59,9 @@ const CACHED_BYTES: usize = 2 << 30;
 /// [`CACHED_BYTES`] bytes are kept, and kept blocks stay resident until reused, so the peak
 /// resident memory can grow by what is kept at the peak: ViT-B/16 bf16 training at batch 32
 /// peaked 0–6% higher, and ran 24–27% faster (BENCHMARKS.md). Blocks aligned to more than
-/// 16 bytes and smaller ones go straight to the system allocator. Install it with
-/// `#[global_allocator]`; an instance that is dropped returns its kept blocks.
+/// 16 bytes and smaller ones go straight to the system allocator. [`CachedSystem`] is the
+/// process's instance as a global allocator; an instance that is dropped returns its kept
+/// blocks.
 pub struct LargeBlockCache {
     kept: std::sync::Mutex<KeptBlocks>,
 }
@@ -140,6 +141,45 @@ impl LargeBlockCache {
         }
         self.kept().take_fitting(layout.size()).map(|(address, _)| address as *mut u8)
     }
+}
+
+/// The process's large-block cache, which [`CachedSystem`] serves allocations through.
+static LARGE_BLOCKS: LargeBlockCache = LargeBlockCache::new();
+
+/// The system allocator with the process's [`LargeBlockCache`] in front: install it with
+/// `#[global_allocator]` (the CLI does), so that [`release_kept_blocks`] reaches its blocks.
+pub struct CachedSystem;
+
+// SAFETY: every call goes to the process's `LargeBlockCache`, whose own implementation holds
+// `GlobalAlloc`'s contract.
+unsafe impl GlobalAlloc for CachedSystem {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { LARGE_BLOCKS.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { LARGE_BLOCKS.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract, passed on; every block came from `LARGE_BLOCKS`.
+        unsafe { LARGE_BLOCKS.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller's contract, passed on; every block came from `LARGE_BLOCKS`.
+        unsafe { LARGE_BLOCKS.realloc(ptr, layout, new_size) }
+    }
+}
+
+/// Returns the blocks the process's cache keeps to the system, after a phase whose freed
+/// blocks later requests will not fit: a model's construction, which copies each parameter
+/// into a variable and frees the first buffer (ViT-B/32's 96 MiB token embedding among them).
+/// Does nothing unless [`CachedSystem`] is the global allocator.
+pub fn release_kept_blocks() {
+    LARGE_BLOCKS.release();
 }
 
 impl Default for LargeBlockCache {
@@ -315,6 +355,19 @@ mod tests {
         }
         let kept = cache.kept_bytes();
         assert!(kept <= CACHED_BYTES && kept >= 4 * size && kept < 5 * size, "{kept} bytes kept");
+    }
+
+    /// Blocks freed through the process's allocator are kept until the caller releases them.
+    #[test]
+    fn released_blocks_leave_the_process_cache() {
+        let cached = super::CachedSystem;
+        // SAFETY: a non-zero size.
+        let block = unsafe { cached.alloc(layout(LARGE)) };
+        // SAFETY: from `cached.alloc(layout(LARGE))`.
+        unsafe { cached.dealloc(block, layout(LARGE)) };
+        assert!(super::LARGE_BLOCKS.kept_bytes() >= LARGE);
+        super::release_kept_blocks();
+        assert_eq!(super::LARGE_BLOCKS.kept_bytes(), 0);
     }
 
     #[test]

@@ -149,13 +149,17 @@ impl ClipModel {
         device: &Device,
     ) -> Result<Self, CheckpointError> {
         let params = ParamStore::from_tensors(tensors)?;
-        Ok(Self {
+        let model = Self {
             trainable: Towers::load(&config, params.tracked(), false)?,
             frozen: Towers::load(&config, params.detached(), true)?,
             config,
             params,
             device: device.clone(),
-        })
+        };
+        // The parameters' first buffers, freed as they were copied into variables, would
+        // otherwise stay kept beside the activations.
+        crate::allocator::release_kept_blocks();
+        Ok(model)
     }
 
     /// Loads a checkpoint from a path or a cached hub id (see [`checkpoint`]), the model
