@@ -70,7 +70,9 @@ impl Linear {
         kernels::bias_activation_in_place(self.project(x)?, &self.bias_or_zeros()?, activation)
     }
 
-    /// `residual + x Wᵀ + b`, the bias and residual adds fused.
+    /// `residual + x Wᵀ + b`. With gradients one graph node that keeps `x`, not the
+    /// product, for the backward pass; without, the product and then the bias and residual
+    /// adds fused in one pass.
     pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
         if x.track_op() || residual.track_op() || self.tracks_gradient() {
             return kernels::residual_linear(x, &self.weight, self.bias.as_ref(), residual, None);
