@@ -14,7 +14,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::bias::bias_grad;
 use super::layer_norm::{layer_norm_grads, normalized};
-use super::linear::{input_grad, product, weight_grad, with_last_dim, Matrix};
+use super::linear::{check_weight_and_bias, input_grad, product, weight_grad, with_last_dim, Matrix};
 use super::reference;
 use super::rows::{contiguous_f32, fused_applies, map_row_blocks, rows_and_width};
 
@@ -60,13 +60,7 @@ fn check_shapes(
             );
         }
     }
-    if weight.rank() != 2 || weight.dim(1)? != fan_in {
-        candle_core::bail!("layer_norm_linear: weight {:?} does not fit x {:?}", weight.dims(), x.dims());
-    }
-    if let Some(b) = bias.filter(|b| b.dims() != [weight.dims()[0]]) {
-        candle_core::bail!("layer_norm_linear: bias {:?} does not fit weight {:?}", b.dims(), weight.dims());
-    }
-    Ok(())
+    check_weight_and_bias("layer_norm_linear", x, weight, bias)
 }
 
 /// The vector `[b | γ | β]` of the op, split (as tensors) by the layer's widths.

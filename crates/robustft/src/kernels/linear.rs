@@ -28,16 +28,30 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     if !fused_applies(&[x, weight]) || !bias.is_none_or(|b| fused_applies(&[b])) {
         return reference::linear(x, weight, bias);
     }
-    let (_, fan_in) = rows_and_width(x)?;
-    if weight.rank() != 2 || weight.dim(1)? != fan_in {
-        candle_core::bail!("linear: weight {:?} does not fit x {:?}", weight.dims(), x.dims());
-    }
+    check_weight_and_bias("linear", x, weight, bias)?;
     let (x, weight) = (x.contiguous()?, weight.contiguous()?);
     match bias {
         None => x.apply_op2(&weight, Linear),
-        Some(b) if b.dims() == [weight.dim(0)?] => x.apply_op3(&weight, &b.contiguous()?, LinearWithBias),
-        Some(b) => candle_core::bail!("linear: bias {:?} does not fit weight {:?}", b.dims(), weight.dims()),
+        Some(b) => x.apply_op3(&weight, &b.contiguous()?, LinearWithBias),
     }
+}
+
+/// Fails (naming `op`) unless `weight` is `[out, in]` for `x`'s last dimension `in` and
+/// `bias` is `[out]`.
+pub(super) fn check_weight_and_bias(
+    op: &str,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<()> {
+    let (_, fan_in) = rows_and_width(x)?;
+    if weight.rank() != 2 || weight.dim(1)? != fan_in {
+        candle_core::bail!("{op}: weight {:?} does not fit x {:?}", weight.dims(), x.dims());
+    }
+    if let Some(b) = bias.filter(|b| b.dims() != [weight.dims()[0]]) {
+        candle_core::bail!("{op}: bias {:?} does not fit weight {:?}", b.dims(), weight.dims());
+    }
+    Ok(())
 }
 
 /// A row-major f32 matrix, read as itself or transposed.

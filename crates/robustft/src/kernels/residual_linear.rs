@@ -19,9 +19,9 @@ use std::borrow::Cow;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::activation::activation_in_place;
-use super::linear::{product, Matrix, Operand};
+use super::linear::{check_weight_and_bias, product, Matrix, Operand};
 use super::reference;
-use super::rows::{column_sums, contiguous_f32, fused_applies, map_row_blocks, rows_and_width};
+use super::rows::{column_sums, contiguous_f32, fused_applies, map_row_blocks};
 use crate::clip::config::Activation;
 
 /// `residual + f(x) Wᵀ + bias` with `x`: `[..., in]`, `weight`: `[out, in]`, `bias`: `[out]`
@@ -50,14 +50,8 @@ pub fn residual_linear(
 /// Fails unless `weight` is `[out, in]` for `x`'s last dimension `in`, `bias` is `[out]` and
 /// `residual` is shaped like the product.
 fn check_shapes(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, residual: &Tensor) -> Result<()> {
-    let (_, fan_in) = rows_and_width(x)?;
-    if weight.rank() != 2 || weight.dim(1)? != fan_in {
-        candle_core::bail!("residual_linear: weight {:?} does not fit x {:?}", weight.dims(), x.dims());
-    }
+    check_weight_and_bias("residual_linear", x, weight, bias)?;
     let fan_out = weight.dim(0)?;
-    if let Some(b) = bias.filter(|b| b.dims() != [fan_out]) {
-        candle_core::bail!("residual_linear: bias {:?} does not fit weight {:?}", b.dims(), weight.dims());
-    }
     let mut out_dims = x.dims().to_vec();
     if let Some(last) = out_dims.last_mut() {
         *last = fan_out;
