@@ -572,11 +572,11 @@ fn bench_prints_text_or_one_json_line_with_the_requested_shape() {
 }
 
 #[test]
-fn bench_products_prints_one_json_line_per_linear_layer_of_a_block() {
+fn bench_products_prints_one_json_line_per_linear_layer_and_the_attention_of_a_block() {
     let args = ["bench", "--products", "--arch", "shiftworld", "--batch", "2", "--steps", "1", "--json"];
     let reports = json_lines(&robustft(&[&args[..], &["--precision", "bf16"]].concat()));
     let layers: Vec<&str> = reports.iter().map(|r| r["layer"].as_str().unwrap()).collect();
-    assert_eq!(layers, ["qkv", "out", "fc1", "fc2"]);
+    assert_eq!(layers, ["qkv", "out", "fc1", "fc2", "attention"]);
     for report in &reports {
         assert_eq!(report["precision"], "bf16", "{report}");
         assert_eq!(report["kernel"], robustft::kernels::Bf16Kernel::on_this_cpu().name(), "{report}");

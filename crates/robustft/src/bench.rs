@@ -9,7 +9,8 @@
 //! [`method_step_ms`] times the training steps of a whole method (objective + constraint) from a
 //! recipe, to measure a method's overhead over plain fine-tuning on the same data.
 //! [`time_products`] times the matrix products alone: the forward `x Wᵀ` of each linear layer
-//! of an image-tower block, through the linear kernel the model runs, in GFLOP/s.
+//! of an image-tower block, through the linear kernel the model runs, and the block's attention
+//! (`q kᵀ` and `P v` of every head, the softmax between), in GFLOP/s.
 
 use std::time::Instant;
 
@@ -17,7 +18,7 @@ use candle_core::{Device, Tensor, Var};
 
 use crate::clip::config::VisionConfig;
 use crate::clip::{ClipConfig, ClipModel};
-use crate::kernels::{linear, set_matmul_precision, MatmulPrecision};
+use crate::kernels::{attention, linear, set_matmul_precision, MatmulPrecision};
 use crate::losses::cross_entropy;
 use crate::optim::{default_groups, AdamW, AdamWConfig};
 use crate::rng::SplitMix64;
@@ -185,24 +186,36 @@ fn random_tensor(shape: &[usize], seed: u64, device: &Device) -> candle_core::Re
     Tensor::from_vec(values, shape, device)
 }
 
-/// One timed linear-layer product `x Wᵀ` (`x`: `rows × fan_in`, `W`: `fan_out × fan_in`).
+/// One timed linear-layer product `x Wᵀ` (`x`: `rows × fan_in`, `W`: `fan_out × fan_in`), or
+/// one attention (`layer` = `attention`: `rows` queries, each against `fan_out` = tokens keys
+/// of its own image, over `fan_in` = width columns summed over the heads).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ProductReport {
-    /// The layer: `qkv`, `out` (attention's output projection), `fc1` or `fc2`.
+    /// The layer: `qkv`, `out` (attention's output projection), `fc1`, `fc2` or `attention`.
     pub layer: &'static str,
     pub rows: usize,
     pub fan_out: usize,
     pub fan_in: usize,
     pub precision: MatmulPrecision,
-    /// The linear kernel ([`MatmulPrecision::cpu_kernel`]).
+    /// The products' kernel ([`MatmulPrecision::cpu_kernel`]).
     pub kernel: &'static str,
-    /// `2 · rows · fan_out · fan_in` per product over the mean time of one.
+    /// The products' floating-point operations per call, `2 · rows · fan_out · fan_in` (twice
+    /// that for attention's two products), over the mean time of one call.
     pub gflops: f64,
     pub cpu: CpuInfo,
 }
 
-/// The forward products of one image-tower block at `batch` images (`rows` = batch × tokens),
-/// each run through [`linear`] in `precision` once untimed, then timed over `reps` runs.
+impl ProductReport {
+    /// The products, in words: `x Wᵀ 3200×2304×768`, or `attention q kᵀ and P v 3200×50×768`.
+    pub fn products(&self) -> String {
+        let what = if self.layer == "attention" { "q kᵀ and P v" } else { "x Wᵀ" };
+        format!("{what} {}×{}×{}", self.rows, self.fan_out, self.fan_in)
+    }
+}
+
+/// The forward products of one image-tower block at `batch` images (`rows` = batch × tokens):
+/// each linear layer's through [`linear`], then the attention through [`attention`], in
+/// `precision`, each run once untimed, then timed over `reps` runs.
 pub fn time_products(
     vision: &VisionConfig,
     batch: usize,
@@ -211,26 +224,35 @@ pub fn time_products(
     device: &Device,
 ) -> candle_core::Result<Vec<ProductReport>> {
     set_matmul_precision(precision);
-    let (rows, width, mlp) = (batch * vision.tokens(), vision.width, vision.mlp_dim);
+    let (tokens, width, mlp) = (vision.tokens(), vision.width, vision.mlp_dim);
+    let rows = batch * tokens;
     let layers = [("qkv", 3 * width, width), ("out", width, width), ("fc1", mlp, width), ("fc2", width, mlp)];
-    let cpu = CpuInfo::detect();
-    layers
-        .into_iter()
-        .enumerate()
-        .map(|(i, (layer, fan_out, fan_in))| {
-            let x = random_tensor(&[rows, fan_in], 10 + i as u64, device)?;
-            let weight = random_tensor(&[fan_out, fan_in], 20 + i as u64, device)?;
-            linear(&x, &weight, None)?;
-            let start = Instant::now();
-            for _ in 0..reps {
-                linear(&x, &weight, None)?;
-            }
-            let seconds = start.elapsed().as_secs_f64() / reps.max(1) as f64;
-            let gflops = 2.0 * (rows * fan_out * fan_in) as f64 / seconds / 1e9;
-            let kernel = precision.cpu_kernel();
-            Ok(ProductReport { layer, rows, fan_out, fan_in, precision, kernel, gflops, cpu: cpu.clone() })
-        })
-        .collect()
+    let report = |layer, fan_out, fan_in, seconds: f64| {
+        let flops = if layer == "attention" { 4.0 } else { 2.0 } * (rows * fan_out * fan_in) as f64;
+        let (kernel, cpu) = (precision.cpu_kernel(), CpuInfo::detect());
+        ProductReport { layer, rows, fan_out, fan_in, precision, kernel, gflops: flops / seconds / 1e9, cpu }
+    };
+    let mut reports = Vec::new();
+    for (i, (layer, fan_out, fan_in)) in layers.into_iter().enumerate() {
+        let x = random_tensor(&[rows, fan_in], 10 + i as u64, device)?;
+        let weight = random_tensor(&[fan_out, fan_in], 20 + i as u64, device)?;
+        let seconds = seconds_per_call(reps, || linear(&x, &weight, None).map(drop))?;
+        reports.push(report(layer, fan_out, fan_in, seconds));
+    }
+    let qkv = random_tensor(&[batch, tokens, 3 * width], 30, device)?;
+    let seconds = seconds_per_call(reps, || attention(&qkv, vision.heads, None).map(drop))?;
+    reports.push(report("attention", tokens, width, seconds));
+    Ok(reports)
+}
+
+/// The mean wall time of `reps` calls of `call` (at least one), after one untimed call.
+fn seconds_per_call(reps: usize, call: impl Fn() -> candle_core::Result<()>) -> candle_core::Result<f64> {
+    call()?;
+    let start = Instant::now();
+    for _ in 0..reps {
+        call()?;
+    }
+    Ok(start.elapsed().as_secs_f64() / reps.max(1) as f64)
 }
 
 /// The process's peak resident set size (`VmHWM`), in MiB; 0 where /proc is unavailable.
@@ -275,10 +297,17 @@ mod tests {
         let vision = crate::pretrain::shiftworld_model().vision;
         let reports = time_products(&vision, 3, MatmulPrecision::Fp32, 1, &Device::Cpu).unwrap();
         let shapes: Vec<_> = reports.iter().map(|r| (r.layer, r.rows, r.fan_out, r.fan_in)).collect();
-        let (rows, w, mlp) = (3 * vision.tokens(), vision.width, vision.mlp_dim);
+        let (t, w, mlp) = (vision.tokens(), vision.width, vision.mlp_dim);
+        let rows = 3 * t;
         assert_eq!(
             shapes,
-            [("qkv", rows, 3 * w, w), ("out", rows, w, w), ("fc1", rows, mlp, w), ("fc2", rows, w, mlp)]
+            [
+                ("qkv", rows, 3 * w, w),
+                ("out", rows, w, w),
+                ("fc1", rows, mlp, w),
+                ("fc2", rows, w, mlp),
+                ("attention", rows, t, w)
+            ]
         );
         assert!(reports.iter().all(|r| r.gflops.is_finite() && r.gflops > 0.0), "{reports:?}");
     }

@@ -1,5 +1,5 @@
-//! The bf16 matmul path (`MatmulPrecision::Bf16`: the linear layers' operands rounded to
-//! bfloat16, fp32 sums) on the parity fixtures of `tests/model_parity.rs`, against the same
+//! The bf16 matmul path (`MatmulPrecision::Bf16`: the operands of the linear layers' and
+//! attention's products rounded to bfloat16, fp32 sums) on the parity fixtures of `tests/model_parity.rs`, against the same
 //! fp32 references of transformers and open_clip: embeddings, logits, the contrastive loss and
 //! every gradient stay within the tolerances documented in BENCHMARKS.md ("bf16"), and differ
 //! from them by more than fp32 rounding (the path is really taken). A test binary of its own,
@@ -19,10 +19,11 @@ use clip_reference::{
 
 /// bf16 operands against fp32 references (documented in BENCHMARKS.md, "bf16"): a bf16
 /// operand carries a relative error of up to 2⁻⁹, which the layers compound. Measured on these
-/// fixtures: embeddings 6.7e-3, logits 0.11 (logit scale 14.3), loss 0.017, gradients up to
-/// 5% of the tensor's largest entry; the tolerances leave about 1.5× of room.
+/// fixtures: embeddings 8.5e-3, logits 0.14 (logit scale 14.3), loss 0.012, gradients up to
+/// 7.7% of the tensor's largest entry (with attention's products in fp32: 6.7e-3, 0.11,
+/// 0.017 and 5%); the tolerances leave 1.4–2× of room.
 const BF16: Tolerances =
-    Tolerances { embeds: 1e-2, logits: 0.16, loss: 0.025, gradient_relative: 0.08, gradient_floor: 1e-6 };
+    Tolerances { embeds: 1.2e-2, logits: 0.2, loss: 0.025, gradient_relative: 0.11, gradient_floor: 1e-6 };
 
 /// Below this error in the image embeddings, the bf16 path was not taken (fp32 gives ~1e-6).
 const FP32_LEVEL: f32 = 1e-4;

@@ -40,10 +40,11 @@ pub struct BenchArgs {
     warmup: usize,
 
     /// The transformer's products: fp32, or bf16 (operands rounded to bfloat16, fp32 sums). On
-    /// the CPU: the linear layers', on AMX tiles or AVX512-BF16 dot products where the CPU has
-    /// them, into fp32 outputs; compare with PyTorch's CPU autocast: `bench/pytorch_bench.py
-    /// --precision bf16`. On CUDA: the linear layers' and attention's, autocast-style
-    /// (operands cast to bfloat16, cuBLAS bf16 products cast back to fp32).
+    /// the CPU: the linear layers' and attention's `q kᵀ` and `P v`, on AMX tiles or
+    /// AVX512-BF16 dot products where the CPU has them, into fp32 outputs; compare with
+    /// PyTorch's CPU autocast: `bench/pytorch_bench.py --precision bf16`. On CUDA: the same
+    /// products autocast-style (operands cast to bfloat16, cuBLAS bf16 products cast back to
+    /// fp32).
     #[arg(long, value_enum, default_value = "fp32")]
     precision: Precision,
 
@@ -58,10 +59,11 @@ pub struct BenchArgs {
     recipes: Vec<std::path::PathBuf>,
 
     /// Instead of the image tower: time the forward products `x Wᵀ` of one block's linear
-    /// layers (qkv, out, fc1, fc2; rows = --batch × tokens) in --precision through the model's
-    /// linear kernel, one untimed run then --steps timed ones each, and print GFLOP/s (and the
-    /// kernel: `gemm` in fp32; in bf16 `amx` on CPUs with AMX-BF16 tiles, `avx512_bf16` on
-    /// AVX512-BF16 ones, `portable` elsewhere).
+    /// layers (qkv, out, fc1, fc2; rows = --batch × tokens) through the model's linear kernel,
+    /// and its attention (`q kᵀ` and `P v` of every head, the softmax between), in --precision,
+    /// one untimed run then --steps timed ones each, and print GFLOP/s (and the kernel: `gemm`
+    /// in fp32; in bf16 `amx` on CPUs with AMX-BF16 tiles, `avx512_bf16` on AVX512-BF16 ones,
+    /// `portable` elsewhere).
     #[arg(long, conflicts_with = "recipes")]
     products: bool,
 
@@ -153,12 +155,10 @@ fn bench_products(args: &BenchArgs, config: &ClipConfig) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&report)?);
         } else {
             println!(
-                "{} {} x Wᵀ {}×{}×{} {} ({}): {:.0} GFLOP/s, on {}",
+                "{} {} {} {} ({}): {:.0} GFLOP/s, on {}",
                 args.arch,
                 report.layer,
-                report.rows,
-                report.fan_out,
-                report.fan_in,
+                report.products(),
                 report.precision.name(),
                 report.kernel,
                 report.gflops,

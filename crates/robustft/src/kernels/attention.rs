@@ -5,15 +5,22 @@
 //! The kernel reads each head's columns of q, k and v in place and writes its output straight
 //! into the merged `[b, t, width]` layout, so no head split, transpose or `contiguous` copy is
 //! materialised and no `[b, heads, t, t]` score tensor is kept for the backward pass. Per
-//! batch element and head it runs two strided `gemm` calls around an in-place (masked)
+//! batch element and head it runs two strided products around an in-place (masked)
 //! softmax; the backward recomputes the probabilities and writes the packed `d(qkv)` with five
 //! more (`dP = dO vᵀ`, `dS = P ⊙ (dP − rowsum(dP ⊙ P))`, `dq = dS k / √d`, `dk = dSᵀ q / √d`,
-//! `dv = Pᵀ dO`). Batch elements run in parallel.
+//! `dv = Pᵀ dO`). Batch elements run in parallel, each head's products on one thread. The
+//! products follow the process's matmul precision (as PyTorch's CPU autocast runs attention's
+//! `bmm`s in bfloat16): in fp32 `gemm`, in bf16 the bf16 kernel of [`super::matmul_bf16`]
+//! (both operands rounded to bfloat16, fp32 sums, fp32 results); the scores, the softmax and
+//! its backward stay fp32 in both.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
+use super::linear::{matmul_with, Operand};
+use super::matmul_bf16::matmul_bf16_on_this_thread;
+use super::precision::{matmul_precision, MatmulPrecision};
 use super::reference;
 use super::rows::{contiguous_f32, fused_applies, lane_sum2, rows_per_block};
 use super::softmax::softmax_row_in_place;
@@ -22,9 +29,9 @@ use super::softmax::softmax_row_in_place;
 /// `width / heads` columns each) with an optional additive `mask` (`[t, t]`) ->
 /// `[b, t, width]`, heads merged.
 ///
-/// A mask that is itself trained (tracks gradients) goes through the primitive-op formulation
-/// ([`reference::attention`], in the process's matmul precision), as do tensors off the CPU or
-/// not f32; the fused kernel's products are fp32 whatever the precision.
+/// The products run in the process's matmul precision, the backward pass's in the precision
+/// the forward pass had. A mask that is itself trained (tracks gradients) goes through the
+/// primitive-op formulation ([`reference::attention`]), as do tensors off the CPU or not f32.
 pub fn attention(qkv: &Tensor, heads: usize, mask: Option<&Tensor>) -> Result<Tensor> {
     let geometry = Geometry::of(qkv, heads)?;
     let constant_mask = mask.is_none_or(|m| !m.track_op() && fused_applies(&[m]));
@@ -43,7 +50,8 @@ fn mask_rows(mask: &Tensor, tokens: usize) -> Result<Vec<f32>> {
     mask.flatten_all()?.to_vec1()
 }
 
-/// The sizes of one attention call.
+/// The sizes of one attention call, and the precision of its products (the process's when the
+/// op is built, so the backward pass multiplies as the forward pass did).
 #[derive(Clone, Copy, Debug)]
 struct Geometry {
     batch: usize,
@@ -52,6 +60,7 @@ struct Geometry {
     heads: usize,
     head_dim: usize,
     scale: f32,
+    precision: MatmulPrecision,
 }
 
 /// Which third of a packed q/k/v row.
@@ -73,7 +82,8 @@ impl Geometry {
             candle_core::bail!("attention: width {width} does not split into {heads} heads");
         }
         let head_dim = width / heads;
-        Ok(Self { batch, tokens, width, heads, head_dim, scale: (head_dim as f32).powf(-0.5) })
+        let scale = (head_dim as f32).powf(-0.5);
+        Ok(Self { batch, tokens, width, heads, head_dim, scale, precision: matmul_precision() })
     }
 
     /// Elements of one batch element's `[t, width]` output block.
@@ -139,12 +149,47 @@ impl View {
     fn fits(&self, len: usize) -> bool {
         self.offset + (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride < len
     }
+
+    /// The matrix this view shows of `data`, as a product's operand.
+    fn operand(self, data: &[f32]) -> Operand<'_> {
+        let (rows, cols, row_stride, col_stride) = (self.rows, self.cols, self.row_stride, self.col_stride);
+        Operand { data: &data[self.offset..], rows, cols, row_stride, col_stride }
+    }
 }
 
-/// `dst[d] = scale · lhs[l] · rhs[r]`, overwriting `d` (single-threaded `gemm`).
-fn matmul_into(dst: &mut [f32], d: View, lhs: &[f32], l: View, rhs: &[f32], r: View, scale: f32) {
+/// A product's operand: a slice and the view of it to multiply.
+type Strided<'a> = (&'a [f32], View);
+
+/// `lhs · rhs` as a new dense row-major matrix, on this thread, in `precision`.
+fn product(precision: MatmulPrecision, (lhs, l): Strided, (rhs, r): Strided) -> Vec<f32> {
+    assert!(l.cols == r.rows && l.fits(lhs.len()) && r.fits(rhs.len()), "attention: product operands");
+    match precision {
+        MatmulPrecision::Fp32 => matmul_with(l.operand(lhs), r.operand(rhs), Parallelism::None),
+        MatmulPrecision::Bf16 => matmul_bf16_on_this_thread(l.operand(lhs), r.operand(rhs)),
+    }
+}
+
+/// `dst[d] = scale · lhs · rhs`, overwriting `d` (whose rows are contiguous), on this thread,
+/// in `precision`: gemm writes fp32 products in place; bf16 ones are copied in by rows.
+fn matmul_into(
+    precision: MatmulPrecision,
+    dst: &mut [f32],
+    d: View,
+    (lhs, l): Strided,
+    (rhs, r): Strided,
+    scale: f32,
+) {
     assert!(l.rows == d.rows && r.cols == d.cols && l.cols == r.rows, "attention: matmul shapes");
     assert!(d.fits(dst.len()) && l.fits(lhs.len()) && r.fits(rhs.len()), "attention: matmul bounds");
+    assert_eq!(d.col_stride, 1, "attention: a product is written by contiguous rows");
+    if precision == MatmulPrecision::Bf16 {
+        let product = product(precision, (lhs, l), (rhs, r));
+        for (i, row) in product.chunks_exact(d.cols).enumerate() {
+            let first = d.offset + i * d.row_stride;
+            dst[first..first + d.cols].iter_mut().zip(row).for_each(|(out, p)| *out = scale * p);
+        }
+        return;
+    }
     // SAFETY: the assertions keep every strided access inside its slice, and `dst` is a
     // unique borrow, so it aliases neither input; `read_dst = false` never reads `dst`.
     unsafe {
@@ -172,16 +217,21 @@ fn matmul_into(dst: &mut [f32], d: View, lhs: &[f32], l: View, rhs: &[f32], r: V
     }
 }
 
-/// `probabilities ← softmax(scale · q_h k_hᵀ + mask)` for head `h` of one packed block.
-fn head_probabilities(g: &Geometry, h: usize, qkv: &[f32], mask: Option<&[f32]>, probabilities: &mut [f32]) {
+/// `softmax(scale · q_h k_hᵀ + mask)` for head `h` of one packed block, a dense `[t, t]` matrix.
+fn head_probabilities(g: &Geometry, h: usize, qkv: &[f32], mask: Option<&[f32]>) -> Vec<f32> {
     let (q, k) = (g.packed_head(Part::Query, h), g.packed_head(Part::Key, h));
-    matmul_into(probabilities, g.square(), qkv, q, qkv, k.transposed(), g.scale);
-    for (i, row) in probabilities.chunks_exact_mut(g.tokens).enumerate() {
-        if let Some(mask) = mask {
-            row.iter_mut().zip(&mask[i * g.tokens..(i + 1) * g.tokens]).for_each(|(s, &m)| *s += m);
+    let mut scores = product(g.precision, (qkv, q), (qkv, k.transposed()));
+    for (i, row) in scores.chunks_exact_mut(g.tokens).enumerate() {
+        match mask {
+            Some(mask) => {
+                let mask = &mask[i * g.tokens..(i + 1) * g.tokens];
+                row.iter_mut().zip(mask).for_each(|(s, &m)| *s = g.scale * *s + m);
+            }
+            None => row.iter_mut().for_each(|s| *s *= g.scale),
         }
         softmax_row_in_place(row);
     }
+    scores
 }
 
 /// Packed `qkv` -> merged-head attention output.
@@ -200,17 +250,14 @@ impl CustomOp1 for Attention {
         let g = self.geometry;
         let (n_in, n_out) = (g.packed_block_len(), g.out_block_len());
         let mut out = vec![0f32; g.batch * n_out];
-        out.par_chunks_mut(n_out).enumerate().with_min_len(g.batches_per_task()).for_each_init(
-            || vec![0f32; g.tokens * g.tokens],
-            |probabilities, (b, out)| {
-                let qkv = &qkv[b * n_in..(b + 1) * n_in];
-                for h in 0..g.heads {
-                    head_probabilities(&g, h, qkv, self.mask.as_deref(), probabilities);
-                    let v = g.packed_head(Part::Value, h);
-                    matmul_into(out, g.out_head(h), probabilities, g.square(), qkv, v, 1.0);
-                }
-            },
-        );
+        out.par_chunks_mut(n_out).enumerate().with_min_len(g.batches_per_task()).for_each(|(b, out)| {
+            let qkv = &qkv[b * n_in..(b + 1) * n_in];
+            for h in 0..g.heads {
+                let probabilities = head_probabilities(&g, h, qkv, self.mask.as_deref());
+                let v = g.packed_head(Part::Value, h);
+                matmul_into(g.precision, out, g.out_head(h), (&probabilities, g.square()), (qkv, v), 1.0);
+            }
+        });
         Ok((CpuStorage::F32(out), Shape::from((g.batch, g.tokens, g.width))))
     }
 
@@ -241,41 +288,30 @@ impl candle_core::CustomOp2 for AttentionBackward<'_> {
         let g = self.forward.geometry;
         let (n_in, n_out) = (g.packed_block_len(), g.out_block_len());
         let mut dqkv = vec![0f32; qkv.len()];
-        dqkv.par_chunks_mut(n_in).enumerate().with_min_len(g.batches_per_task()).for_each_init(
-            || (vec![0f32; g.tokens * g.tokens], vec![0f32; g.tokens * g.tokens]),
-            |(probabilities, dscores), (b, dqkv)| {
-                let (qkv, dout) = (&qkv[b * n_in..(b + 1) * n_in], &dout[b * n_out..(b + 1) * n_out]);
-                for h in 0..g.heads {
-                    self.head_backward(h, qkv, dout, probabilities, dscores, dqkv);
-                }
-            },
-        );
+        dqkv.par_chunks_mut(n_in).enumerate().with_min_len(g.batches_per_task()).for_each(|(b, dqkv)| {
+            let (qkv, dout) = (&qkv[b * n_in..(b + 1) * n_in], &dout[b * n_out..(b + 1) * n_out]);
+            for h in 0..g.heads {
+                self.head_backward(h, qkv, dout, dqkv);
+            }
+        });
         Ok((CpuStorage::F32(dqkv), qkv_layout.shape().clone()))
     }
 }
 
 impl AttentionBackward<'_> {
     /// Head `h` of one batch element: writes its q, k and v columns of `dqkv`.
-    fn head_backward(
-        &self,
-        h: usize,
-        qkv: &[f32],
-        dout: &[f32],
-        probabilities: &mut [f32],
-        dscores: &mut [f32],
-        dqkv: &mut [f32],
-    ) {
+    fn head_backward(&self, h: usize, qkv: &[f32], dout: &[f32], dqkv: &mut [f32]) {
         let g = &self.forward.geometry;
-        let square = g.square();
+        let (square, out_head, precision) = (g.square(), g.out_head(h), g.precision);
         let [q, k, v] = [Part::Query, Part::Key, Part::Value].map(|part| g.packed_head(part, h));
-        head_probabilities(g, h, qkv, self.forward.mask.as_deref(), probabilities);
-        matmul_into(dqkv, v, probabilities, square.transposed(), dout, g.out_head(h), 1.0);
-        matmul_into(dscores, square, dout, g.out_head(h), qkv, v.transposed(), 1.0);
+        let probabilities = head_probabilities(g, h, qkv, self.forward.mask.as_deref());
+        matmul_into(precision, dqkv, v, (&probabilities, square.transposed()), (dout, out_head), 1.0);
+        let mut dscores = product(precision, (dout, out_head), (qkv, v.transposed()));
         for (ds, p) in dscores.chunks_exact_mut(g.tokens).zip(probabilities.chunks_exact(g.tokens)) {
             let dp_dot_p = lane_sum2(ds, p, |d, p| d * p);
             ds.iter_mut().zip(p).for_each(|(d, &p)| *d = p * (*d - dp_dot_p));
         }
-        matmul_into(dqkv, q, dscores, square, qkv, k, g.scale);
-        matmul_into(dqkv, k, dscores, square.transposed(), qkv, q, g.scale);
+        matmul_into(precision, dqkv, q, (&dscores, square), (qkv, k), g.scale);
+        matmul_into(precision, dqkv, k, (&dscores, square.transposed()), (qkv, q), g.scale);
     }
 }

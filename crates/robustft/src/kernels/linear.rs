@@ -96,10 +96,15 @@ pub(super) fn product(lhs: Operand, rhs: Operand) -> Vec<f32> {
 
 /// `lhs · rhs` as a new row-major matrix, by candle's gemm on candle's thread count.
 pub(super) fn matmul(lhs: Operand, rhs: Operand) -> Vec<f32> {
-    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
-    assert_eq!(k, rhs.rows, "matmul: inner dimensions differ");
     let threads = candle_core::utils::get_num_threads();
     let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    matmul_with(lhs, rhs, parallelism)
+}
+
+/// `lhs · rhs` as a new row-major matrix, by candle's gemm with the given `parallelism`.
+pub(super) fn matmul_with(lhs: Operand, rhs: Operand, parallelism: gemm::Parallelism) -> Vec<f32> {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    assert_eq!(k, rhs.rows, "matmul: inner dimensions differ");
     let mut out = Vec::with_capacity(m * n);
     // SAFETY: the operands' slices hold all `m × k` and `k × n` elements under their strides
     // (they are whole row-major matrices, read as themselves or transposed); gemm writes all

@@ -2,12 +2,12 @@
 //! like PyTorch's `torch.set_float32_matmul_precision`: `fp32` (the default), or `bf16`.
 //!
 //! In bf16 on the CPU (the fused f32 kernels), both operands of every product of the linear
-//! kernel (forward `x Wᵀ`, and the backward's `g W` and `gᵀ x`) are rounded to bfloat16 and
-//! the products are summed in fp32, on the CPU's AMX tiles or AVX512-BF16 dot products where
-//! it has them, into fp32 outputs. Weights (the optimiser's master copy), activations, LayerNorm, softmax,
-//! attention (the fused kernel's products) and losses stay fp32, as under PyTorch's CPU
-//! autocast, which however also stores the linear layers' outputs in bf16 and runs the
-//! attention products in bf16.
+//! kernel (forward `x Wᵀ`, and the backward's `g W` and `gᵀ x`) and of the attention kernel
+//! (forward `q kᵀ` and `P v`, and the five products of its backward) are rounded to bfloat16
+//! and the products are summed in fp32, on the CPU's AMX tiles or AVX512-BF16 dot products
+//! where it has them, into fp32 outputs. Weights (the optimiser's master copy), activations,
+//! LayerNorm, softmax and losses stay fp32, as under PyTorch's CPU autocast, which however
+//! also stores the products' outputs in bf16.
 //!
 //! Elsewhere (CUDA: the primitive-op formulations of [`super::reference`]) bf16 is PyTorch's
 //! autocast for these products: the linear layers' and attention's `q kᵀ` and `P v` cast both

@@ -99,7 +99,7 @@ fn agrees_with_avx512() -> bool {
     let rhs = Operand { data: &rhs, rows: k, cols: n, row_stride: 1, col_stride: k };
     // SAFETY: the callers have checked AMX-TILE, AMX-BF16, the AVX-512 features and the
     // permission to use tile data.
-    let (amx, reference) = unsafe { (matmul_bf16(lhs, rhs), avx512::matmul_bf16(lhs, rhs)) };
+    let (amx, reference) = unsafe { (matmul_bf16(lhs, rhs, true), avx512::matmul_bf16(lhs, rhs, true)) };
     // Each sum is of 70 products of magnitude below 1: f32 rounding stays far below 10⁻³.
     let agrees = amx.iter().zip(&reference).all(|(a, r)| (a - r).abs() <= 1e-3);
     if !agrees {
@@ -108,26 +108,27 @@ fn agrees_with_avx512() -> bool {
     agrees
 }
 
-/// `lhs · rhs` as a new row-major matrix (see [`super::matmul_bf16`]; all dimensions > 0).
+/// `lhs · rhs` as a new row-major matrix (see [`super::matmul_bf16`]; all dimensions > 0), on
+/// the thread pool where `may_parallelise` and the product is large.
 ///
 /// # Safety
 /// [`cpu_supported`] and [`tile_data_permitted`] must hold.
-pub(super) unsafe fn matmul_bf16(lhs: Operand, rhs: Operand) -> Vec<f32> {
+pub(super) unsafe fn matmul_bf16(lhs: Operand, rhs: Operand, may_parallelise: bool) -> Vec<f32> {
     // SAFETY: the caller has checked the CPU's features and the permission.
-    unsafe { matmul_with_tiles::<Hardware>(lhs, rhs) }
+    unsafe { matmul_with_tiles::<Hardware>(lhs, rhs, may_parallelise) }
 }
 
-/// `lhs · rhs` on tiles `T`, packed by the AVX-512 packers, parallel over blocks of rows when
-/// the product is large.
+/// `lhs · rhs` on tiles `T`, packed by the AVX-512 packers, parallel over blocks of rows where
+/// `may_parallelise` and the product is large.
 ///
 /// # Safety
 /// The CPU must support AVX-512F, AVX-512BW and AVX512_BF16, and [`Tiles::configured`]'s
 /// conditions for `T` must hold.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn matmul_with_tiles<T: Tiles>(lhs: Operand, rhs: Operand) -> Vec<f32> {
+unsafe fn matmul_with_tiles<T: Tiles>(lhs: Operand, rhs: Operand, may_parallelise: bool) -> Vec<f32> {
     let (m, n) = (lhs.rows, rhs.cols);
     let chunks = lhs.cols.div_ceil(2).div_ceil(TILE_WIDTH);
-    let parallel = m * n * lhs.cols >= MIN_PARALLEL_WORK;
+    let parallel = may_parallelise && m * n * lhs.cols >= MIN_PARALLEL_WORK;
     let rhs_panels = pack_rhs(Lines::columns_of(rhs), chunks, parallel);
     let lhs = Lines::rows_of(lhs);
     let rows_per_block = if parallel { rows_per_parallel_block(m) } else { m };
@@ -557,7 +558,7 @@ mod tests {
 
     fn emulated_product(lhs: &Stored, rhs: &Stored) -> Vec<f32> {
         // SAFETY: `packers_available` has checked the AVX-512 features; the emulator runs anywhere.
-        unsafe { matmul_with_tiles::<Emulated>(lhs.operand(), rhs.operand()) }
+        unsafe { matmul_with_tiles::<Emulated>(lhs.operand(), rhs.operand(), true) }
     }
 
     #[test]
@@ -605,7 +606,7 @@ mod tests {
         let check = |lhs: &Stored, rhs: &Stored, context: &str| {
             let product = super::super::matmul_bf16(lhs.operand(), rhs.operand());
             // SAFETY: the features and the permission were checked above.
-            let hardware = unsafe { super::matmul_bf16(lhs.operand(), rhs.operand()) };
+            let hardware = unsafe { super::matmul_bf16(lhs.operand(), rhs.operand(), true) };
             assert!(
                 product.iter().zip(&hardware).all(|(p, h)| p.to_bits() == h.to_bits()),
                 "{context}: dispatch"

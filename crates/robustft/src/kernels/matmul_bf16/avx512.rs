@@ -95,14 +95,15 @@ impl<'a> Lines<'a> {
     }
 }
 
-/// `lhs · rhs` as a new row-major matrix (see [`super::matmul_bf16`]; all dimensions > 0).
+/// `lhs · rhs` as a new row-major matrix (see [`super::matmul_bf16`]; all dimensions > 0), on
+/// the thread pool where `may_parallelise` and the product is large.
 ///
 /// # Safety
 /// The CPU must support AVX-512F, AVX-512BW and AVX512_BF16.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-pub(super) unsafe fn matmul_bf16(lhs: Operand, rhs: Operand) -> Vec<f32> {
+pub(super) unsafe fn matmul_bf16(lhs: Operand, rhs: Operand, may_parallelise: bool) -> Vec<f32> {
     let (m, n) = (lhs.rows, rhs.cols);
-    let parallel = m * n * lhs.cols >= MIN_PARALLEL_WORK;
+    let parallel = may_parallelise && m * n * lhs.cols >= MIN_PARALLEL_WORK;
     let rhs_blocks = pack_rhs(Lines::columns_of(rhs), parallel);
     let lhs = Lines::rows_of(lhs);
     let rows_per_block = if parallel { rows_per_parallel_block(m) } else { m };

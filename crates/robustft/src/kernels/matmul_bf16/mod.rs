@@ -22,11 +22,22 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::linear::{matmul, Operand};
+use super::linear::{matmul, matmul_with, Operand};
 
 /// `lhs · rhs` as a new row-major `m × n` matrix, from the bf16 roundings of both operands'
-/// elements with f32 sums.
+/// elements with f32 sums, on the thread pool when the product is large.
 pub(super) fn matmul_bf16(lhs: Operand, rhs: Operand) -> Vec<f32> {
+    product(lhs, rhs, true)
+}
+
+/// [`matmul_bf16`] on the calling thread alone, for callers that run in parallel themselves
+/// (attention's products, one head at a time).
+pub(super) fn matmul_bf16_on_this_thread(lhs: Operand, rhs: Operand) -> Vec<f32> {
+    product(lhs, rhs, false)
+}
+
+/// [`matmul_bf16`], on the thread pool only where `may_parallelise` and the product is large.
+fn product(lhs: Operand, rhs: Operand, may_parallelise: bool) -> Vec<f32> {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert_eq!(k, rhs.rows, "matmul_bf16: inner dimensions differ");
     assert!(holds_all_elements(&lhs) && holds_all_elements(&rhs), "matmul_bf16: operand out of its slice");
@@ -37,12 +48,12 @@ pub(super) fn matmul_bf16(lhs: Operand, rhs: Operand) -> Vec<f32> {
         #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
         // SAFETY: `on_this_cpu` has checked that the CPU supports AMX-TILE, AMX-BF16 and the
         // AVX-512 features, and that Linux lets this process use tile data.
-        Bf16Kernel::Amx => unsafe { amx::matmul_bf16(lhs, rhs) },
+        Bf16Kernel::Amx => unsafe { amx::matmul_bf16(lhs, rhs, may_parallelise) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `on_this_cpu` has checked that the CPU supports AVX-512F, AVX-512BW and
         // AVX512_BF16.
-        Bf16Kernel::Avx512Bf16 => unsafe { avx512::matmul_bf16(lhs, rhs) },
-        _ => matmul_of_rounded(lhs, rhs),
+        Bf16Kernel::Avx512Bf16 => unsafe { avx512::matmul_bf16(lhs, rhs, may_parallelise) },
+        _ => matmul_of_rounded(lhs, rhs, may_parallelise),
     }
 }
 
@@ -166,10 +177,17 @@ fn holds_all_elements(op: &Operand) -> bool {
 }
 
 /// The product on any CPU: both operands rounded to bf16 values held in f32, multiplied by the
-/// f32 gemm (products of two bf16 values are exact in f32).
-fn matmul_of_rounded(lhs: Operand, rhs: Operand) -> Vec<f32> {
+/// f32 gemm (products of two bf16 values are exact in f32), on candle's threads where
+/// `may_parallelise`.
+fn matmul_of_rounded(lhs: Operand, rhs: Operand, may_parallelise: bool) -> Vec<f32> {
     let (lhs_rounded, rhs_rounded) = (rounded_row_major(&lhs), rounded_row_major(&rhs));
-    matmul(row_major(&lhs_rounded, lhs.rows, lhs.cols), row_major(&rhs_rounded, rhs.rows, rhs.cols))
+    let (lhs, rhs) =
+        (row_major(&lhs_rounded, lhs.rows, lhs.cols), row_major(&rhs_rounded, rhs.rows, rhs.cols));
+    if may_parallelise {
+        matmul(lhs, rhs)
+    } else {
+        matmul_with(lhs, rhs, gemm::Parallelism::None)
+    }
 }
 
 /// The operand's elements rounded to bf16, as a row-major matrix.
@@ -331,8 +349,8 @@ mod tests {
             match self {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: `on_this_cpu` has checked the CPU's features.
-                Self::Avx512 => unsafe { super::avx512::matmul_bf16(lhs, rhs) },
-                _ => matmul_of_rounded(lhs, rhs),
+                Self::Avx512 => unsafe { super::avx512::matmul_bf16(lhs, rhs, true) },
+                _ => matmul_of_rounded(lhs, rhs, true),
             }
         }
     }
@@ -348,7 +366,12 @@ mod tests {
     #[test]
     fn fallback_product_matches_the_reference_on_every_layout() {
         for_all_cases(&SIZES, |lhs, rhs, context| {
-            assert_matches_reference(&matmul_of_rounded(lhs.operand(), rhs.operand()), lhs, rhs, context);
+            assert_matches_reference(
+                &matmul_of_rounded(lhs.operand(), rhs.operand(), true),
+                lhs,
+                rhs,
+                context,
+            );
         });
     }
 
@@ -359,7 +382,7 @@ mod tests {
     fn large_products_match_the_reference() {
         for_large_cases(|lhs, rhs, context| {
             assert_matches_reference(&matmul_bf16(lhs.operand(), rhs.operand()), lhs, rhs, context);
-            let fallback = matmul_of_rounded(lhs.operand(), rhs.operand());
+            let fallback = matmul_of_rounded(lhs.operand(), rhs.operand(), true);
             assert_matches_reference(&fallback, lhs, rhs, &format!("{context} (fallback)"));
         });
     }
