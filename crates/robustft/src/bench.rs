@@ -227,10 +227,11 @@ pub fn time_products(
     let (tokens, width, mlp) = (vision.tokens(), vision.width, vision.mlp_dim);
     let rows = batch * tokens;
     let layers = [("qkv", 3 * width, width), ("out", width, width), ("fc1", mlp, width), ("fc2", width, mlp)];
+    let (kernel, cpu) = (precision.cpu_kernel(), CpuInfo::detect());
     let report = |layer, fan_out, fan_in, seconds: f64| {
         let flops = if layer == "attention" { 4.0 } else { 2.0 } * (rows * fan_out * fan_in) as f64;
-        let (kernel, cpu) = (precision.cpu_kernel(), CpuInfo::detect());
-        ProductReport { layer, rows, fan_out, fan_in, precision, kernel, gflops: flops / seconds / 1e9, cpu }
+        let gflops = flops / seconds / 1e9;
+        ProductReport { layer, rows, fan_out, fan_in, precision, kernel, gflops, cpu: cpu.clone() }
     };
     let mut reports = Vec::new();
     for (i, (layer, fan_out, fan_in)) in layers.into_iter().enumerate() {

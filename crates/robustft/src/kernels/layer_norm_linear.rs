@@ -14,9 +14,11 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::bias::bias_grad;
 use super::layer_norm::{layer_norm_grads, normalized};
-use super::linear::{check_weight_and_bias, input_grad, product, weight_grad, with_last_dim, Matrix};
+use super::linear::{
+    add_bias_in_place, check_weight_and_bias, input_grad, product, weight_grad, with_last_dim, Matrix,
+};
 use super::reference;
-use super::rows::{contiguous_f32, fused_applies, map_row_blocks, rows_and_width};
+use super::rows::{contiguous_f32, fused_applies, rows_and_width};
 
 /// `LN(x) Wᵀ + bias` with `x`: `[..., in]`, LayerNorm's `norm_weight` and `norm_bias`: `[in]`
 /// and `eps`, `weight`: `[out, in]` and `bias`: `[out]` (or none).
@@ -97,11 +99,7 @@ impl CustomOp3 for LayerNormLinear {
         let (norm_weight, norm_bias) = norm.split_at(fan_in);
         let normed = normalized(x, norm_weight, norm_bias, self.eps as f32);
         let mut y = product(Matrix::new(&normed, fan_in).plain(), weight.transposed());
-        map_row_blocks(&mut y, fan_out, |_, block| {
-            for row in block.chunks_exact_mut(fan_out) {
-                row.iter_mut().zip(bias).for_each(|(y, &b)| *y += b);
-            }
-        });
+        add_bias_in_place(&mut y, bias);
         Ok((CpuStorage::F32(y), with_last_dim(xl, fan_out)))
     }
 

@@ -71,8 +71,7 @@ impl<'a> Matrix<'a> {
     }
 
     pub(super) fn transposed(&self) -> Operand<'a> {
-        let rows = self.data.len() / self.cols;
-        Operand { data: self.data, rows: self.cols, cols: rows, row_stride: 1, col_stride: self.cols }
+        self.plain().transposed()
     }
 }
 
@@ -84,6 +83,23 @@ pub(super) struct Operand<'a> {
     pub cols: usize,
     pub row_stride: usize,
     pub col_stride: usize,
+}
+
+impl Operand<'_> {
+    /// The same elements read as the transposed matrix.
+    pub(super) fn transposed(self) -> Self {
+        let (rows, cols, row_stride, col_stride) = (self.cols, self.rows, self.col_stride, self.row_stride);
+        Self { rows, cols, row_stride, col_stride, ..self }
+    }
+}
+
+/// `y ← y + bias` on every row of `y` (`bias.len()` elements each).
+pub(super) fn add_bias_in_place(y: &mut [f32], bias: &[f32]) {
+    map_row_blocks(y, bias.len(), |_, block| {
+        for row in block.chunks_exact_mut(bias.len()) {
+            row.iter_mut().zip(bias).for_each(|(y, &b)| *y += b);
+        }
+    });
 }
 
 /// `lhs · rhs` as a new row-major matrix, in the process's [`matmul_precision`].
@@ -227,12 +243,7 @@ impl CustomOp3 for LinearWithBias {
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (mut y, shape) = project(self.name(), xs, xl, ws, wl)?;
-        let bias = contiguous_f32(bs, bl, self.name())?;
-        map_row_blocks(&mut y, bias.len(), |_, block| {
-            for row in block.chunks_exact_mut(bias.len()) {
-                row.iter_mut().zip(bias).for_each(|(y, &b)| *y += b);
-            }
-        });
+        add_bias_in_place(&mut y, contiguous_f32(bs, bl, self.name())?);
         Ok((CpuStorage::F32(y), shape))
     }
 

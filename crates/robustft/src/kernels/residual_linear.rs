@@ -19,7 +19,7 @@ use std::borrow::Cow;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::activation::activation_in_place;
-use super::linear::{check_weight_and_bias, product, Matrix, Operand};
+use super::linear::{check_weight_and_bias, product, with_last_dim, Matrix, Operand};
 use super::reference;
 use super::rows::{column_sums, contiguous_f32, fused_applies, map_row_blocks};
 use crate::clip::config::Activation;
@@ -51,15 +51,12 @@ pub fn residual_linear(
 /// `residual` is shaped like the product.
 fn check_shapes(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, residual: &Tensor) -> Result<()> {
     check_weight_and_bias("residual_linear", x, weight, bias)?;
-    let fan_out = weight.dim(0)?;
-    let mut out_dims = x.dims().to_vec();
-    if let Some(last) = out_dims.last_mut() {
-        *last = fan_out;
-    }
-    if residual.dims() != out_dims {
+    let out_dims = with_last_dim(x.layout(), weight.dim(0)?);
+    if residual.dims() != out_dims.dims() {
         candle_core::bail!(
-            "residual_linear: residual {:?} does not fit the output {out_dims:?}",
-            residual.dims()
+            "residual_linear: residual {:?} does not fit the output {:?}",
+            residual.dims(),
+            out_dims.dims()
         );
     }
     Ok(())
@@ -101,18 +98,6 @@ impl<'a> Augmented<'a> {
         }
     }
 
-    /// The weight transposed, `[in, out]`, read in place.
-    fn weight_transposed(&self) -> Operand<'a> {
-        let weight = self.weight();
-        Operand {
-            rows: weight.cols,
-            cols: weight.rows,
-            row_stride: weight.col_stride,
-            col_stride: weight.row_stride,
-            ..weight
-        }
-    }
-
     fn bias(&self) -> Vec<f32> {
         self.data.chunks_exact(self.in_features + 1).map(|row| row[self.in_features]).collect()
     }
@@ -141,7 +126,7 @@ impl CustomOp3 for ResidualLinear {
         let residual = contiguous_f32(rs, rl, self.name())?;
         let hidden = activated(x, augmented.in_features, self.activation);
         let mut y =
-            product(Matrix::new(&hidden, augmented.in_features).plain(), augmented.weight_transposed());
+            product(Matrix::new(&hidden, augmented.in_features).plain(), augmented.weight().transposed());
         let bias = augmented.bias();
         map_row_blocks(&mut y, bias.len(), |first_row, block| {
             let residual = &residual[first_row * bias.len()..first_row * bias.len() + block.len()];
