@@ -7,7 +7,9 @@
 //! back through the casts. The fused CPU attention kernel in bf16: within bf16's tolerance of
 //! fp32, and equal to its products written out on rounded operands up to the order of the
 //! sums. The fused branch ends (`kernels::residual_linear`, `kernels::layer_norm_linear`)
-//! against the chains of fused kernels they replace. A test binary of its own, because the
+//! against the chains of fused kernels they replace; the whole-branch ops
+//! (`kernels::normed_attention`, `kernels::mlp_residual`) against those chains with the
+//! first linear layer's output kept in bfloat16. A test binary of its own, because the
 //! precision is a process-wide setting: every test here sets bf16, and the fp32 references
 //! are computed from candle's plain ops, which the setting does not touch.
 
@@ -225,6 +227,12 @@ fn fused_bf16_attention_rounds_the_operands_of_every_product_and_nothing_else() 
     });
 }
 
+/// `t` rounded to bfloat16 and widened back, forward, and the same for its gradient backward
+/// (candle's casts, whose backward casts the gradient).
+fn rounded_both_ways(t: &Tensor) -> Result<Tensor> {
+    t.to_dtype(DType::BF16)?.to_dtype(DType::F32)
+}
+
 /// The fused branch ends (`residual + f(x) Wᵀ + b` and `LN(x) Wᵀ + b`, each one node that
 /// recomputes its activation or LayerNorm in the backward pass) round the same operands in
 /// bf16 as the chains of fused kernels they replace, so values and gradients are the
@@ -264,12 +272,101 @@ fn assert_bf16_bit_parity(
     inputs: &[Tensor],
     what: &str,
 ) {
-    let (value, grads) = value_and_grads(fused, inputs);
-    let (expected, expected_grads) = value_and_grads(chained, inputs);
-    for (actual, expected) in std::iter::once((&value, &expected)).chain(grads.iter().zip(&expected_grads)) {
-        let same_bits = actual.iter().zip(expected).all(|(a, e)| a.to_bits() == e.to_bits());
-        assert!(same_bits, "{what}: the fused branch end differs from the chained kernels");
-    }
+    let value = assert_same_bits(fused, chained, inputs, &format!("{what} against the chained kernels"));
     let (fp32_value, _) = value_and_grads(fp32, inputs);
     assert!(relative_error(&value, &fp32_value) > FP32_LEVEL, "{what}: the products were not bf16");
+}
+
+/// In bf16 the whole-branch ops keep their first linear layer's output in bfloat16, as
+/// autocast stores a linear layer's output: `normed_attention` and `mlp_residual` give the
+/// values and gradients of their chained kernels with that output (and its gradient) rounded
+/// to bfloat16, to the bit, and not those of the chain that keeps it in f32.
+#[test]
+fn bf16_whole_branch_ops_keep_the_first_layer_output_in_bfloat16() {
+    set_matmul_precision(MatmulPrecision::Bf16);
+    let (batch, tokens, width, heads) = ATTENTION;
+    let x = random(&[batch, tokens, width], 1, 1.0);
+    let norm = [random(&[width], 6, 0.5), random(&[width], 7, 0.5)];
+    let qkv = [random(&[3 * width, width], 2, 0.1), random(&[3 * width], 3, 0.1)];
+    let mask = causal_mask(tokens, &Device::Cpu).unwrap();
+    for mask in [None, Some(&mask)] {
+        let first =
+            |t: &[Tensor]| kernels::layer_norm_linear(&t[0], (&t[1], &t[2], 1e-5), &t[3], Some(&t[4]));
+        assert_kept_in_bf16(
+            |t| kernels::normed_attention(&t[0], (&t[1], &t[2], 1e-5), (&t[3], Some(&t[4])), heads, mask),
+            |t, rounding| kernels::attention(&rounding(&first(t)?)?, heads, mask),
+            &[x.clone(), norm[0].clone(), norm[1].clone(), qkv[0].clone(), qkv[1].clone()],
+            &format!("normed_attention, mask {}", mask.is_some()),
+        );
+    }
+    let fc1 = [random(&[40, width], 8, 0.1), random(&[40], 9, 0.1)];
+    let fc2 = [random(&[width, 40], 10, 0.1), random(&[width], 11, 0.1)];
+    for activation in [Activation::QuickGelu, Activation::Gelu] {
+        assert_kept_in_bf16(
+            |t| {
+                kernels::mlp_residual(
+                    &t[0],
+                    (&t[1], &t[2], 1e-5),
+                    (&t[3], Some(&t[4])),
+                    (&t[5], Some(&t[6])),
+                    activation,
+                )
+            },
+            |t, rounding| {
+                let pre_activation =
+                    kernels::layer_norm_linear(&t[0], (&t[1], &t[2], 1e-5), &t[3], Some(&t[4]))?;
+                kernels::residual_linear(
+                    &rounding(&pre_activation)?,
+                    &t[5],
+                    Some(&t[6]),
+                    &t[0],
+                    Some(activation),
+                )
+            },
+            &[
+                x.clone(),
+                norm[0].clone(),
+                norm[1].clone(),
+                fc1[0].clone(),
+                fc1[1].clone(),
+                fc2[0].clone(),
+                fc2[1].clone(),
+            ],
+            &format!("mlp_residual {activation:?}"),
+        );
+    }
+}
+
+/// `fused` equals `chained` with its intermediate rounded to bfloat16 both ways, to the bit,
+/// and that differs (in values or gradients) from `chained` with the intermediate left in
+/// f32. (Attention's values alone would not tell: its bf16 products round q, k and v anyway.)
+fn assert_kept_in_bf16(
+    fused: impl Fn(&[Tensor]) -> Result<Tensor>,
+    chained: impl Fn(&[Tensor], &dyn Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor>,
+    inputs: &[Tensor],
+    what: &str,
+) {
+    assert_same_bits(&fused, |t| chained(t, &rounded_both_ways), inputs, what);
+    let rounded = value_and_grads(|t| chained(t, &rounded_both_ways), inputs);
+    let unrounded = value_and_grads(|t| chained(t, &|h| Ok(h.clone())), inputs);
+    assert_ne!(
+        rounded, unrounded,
+        "{what}: rounding the kept output changes nothing, so the test tells nothing"
+    );
+}
+
+/// `f` and `g` give the same values and gradients at `inputs`, to the bit; returns the values.
+fn assert_same_bits(
+    f: impl Fn(&[Tensor]) -> Result<Tensor>,
+    g: impl Fn(&[Tensor]) -> Result<Tensor>,
+    inputs: &[Tensor],
+    what: &str,
+) -> Vec<f32> {
+    let (value, grads) = value_and_grads(f, inputs);
+    let (expected, expected_grads) = value_and_grads(g, inputs);
+    for (actual, expected) in std::iter::once((&value, &expected)).chain(grads.iter().zip(&expected_grads)) {
+        let same_bits = actual.iter().zip(expected).all(|(a, e)| a.to_bits() == e.to_bits());
+        assert!(same_bits, "{what}: not the same bits");
+    }
+    value
 }

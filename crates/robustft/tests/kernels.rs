@@ -435,6 +435,165 @@ fn residual_linear_rejects_a_weight_bias_or_residual_that_does_not_fit() {
     }
 }
 
+/// `[x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias]` for the MLP
+/// branch on `x` of `shape` with `hidden` units.
+fn mlp_inputs(shape: &[usize], hidden: usize, seed: u64) -> [Tensor; 7] {
+    let width = *shape.last().unwrap();
+    let [x, norm_weight, norm_bias, fc1_weight, fc1_bias] = layer_norm_linear_inputs(shape, hidden, seed);
+    let fc2_weight = random(&[width, hidden], 900 + seed, 0.5, 0.0);
+    let fc2_bias = random(&[width], 1100 + seed, 1.0, 0.0);
+    [x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias]
+}
+
+fn mlp_branch(t: &[Tensor], activation: Activation) -> Result<Tensor> {
+    kernels::mlp_residual(&t[0], (&t[1], &t[2], 1e-5), (&t[3], Some(&t[4])), (&t[5], Some(&t[6])), activation)
+}
+
+fn chained_mlp_branch(t: &[Tensor], activation: Activation) -> Result<Tensor> {
+    let pre_activation = kernels::layer_norm_linear(&t[0], (&t[1], &t[2], 1e-5), &t[3], Some(&t[4]))?;
+    kernels::residual_linear(&pre_activation, &t[5], Some(&t[6]), &t[0], Some(activation))
+}
+
+/// The whole MLP branch as one node (keeping the first layer's output inside itself) gives
+/// the values and gradients of its two branch-end kernels chained, to the bit.
+#[test]
+fn mlp_residual_equals_the_chained_kernels_bit_for_bit() {
+    for activation in [Activation::QuickGelu, Activation::Gelu] {
+        for (seed, (shape, hidden)) in
+            [(vec![3, 17, 64], 256), (vec![2, 300, 33], 7), (vec![50, 96], 129)].into_iter().enumerate()
+        {
+            assert_bit_parity(
+                |t| mlp_branch(t, activation),
+                |t| chained_mlp_branch(t, activation),
+                &mlp_inputs(&shape, hidden, seed as u64),
+                &format!("mlp_residual {activation:?} {shape:?} hidden {hidden}"),
+            );
+        }
+    }
+}
+
+/// `[x, norm_weight, norm_bias, qkv_weight, qkv_bias]` for the attention branch on `x`:
+/// `[batch, tokens, width]`.
+fn normed_attention_inputs(batch: usize, tokens: usize, width: usize, seed: u64) -> [Tensor; 5] {
+    layer_norm_linear_inputs(&[batch, tokens, width], 3 * width, seed)
+}
+
+/// The attention branch up to its output projection as one node (keeping the q/k/v
+/// projection inside itself) gives the values and gradients of its two kernels chained, to
+/// the bit, with and without the text tower's causal mask.
+#[test]
+fn normed_attention_equals_the_chained_kernels_bit_for_bit() {
+    for (seed, (b, t, width, heads, causal)) in ATTENTION_CASES.into_iter().enumerate() {
+        let mask = causal.then(|| causal_mask(t, &Device::Cpu).unwrap());
+        assert_bit_parity(
+            |x| {
+                kernels::normed_attention(
+                    &x[0],
+                    (&x[1], &x[2], 1e-5),
+                    (&x[3], Some(&x[4])),
+                    heads,
+                    mask.as_ref(),
+                )
+            },
+            |x| {
+                let qkv = kernels::layer_norm_linear(&x[0], (&x[1], &x[2], 1e-5), &x[3], Some(&x[4]))?;
+                kernels::attention(&qkv, heads, mask.as_ref())
+            },
+            &normed_attention_inputs(b, t, width, seed as u64),
+            &format!("normed_attention b={b} t={t} width={width} heads={heads} causal={causal}"),
+        );
+    }
+}
+
+/// With frozen parameters (an attack's input gradient) only `x` gets a gradient, and with a
+/// constant `x` (the block after a frozen embedding) only the parameters do: the chain's
+/// gradients, to the bit, for both whole-branch ops.
+#[test]
+fn whole_branch_ops_give_gradients_only_to_inputs_that_track_them() {
+    let mlp = mlp_inputs(&[4, 9, 40], 24, 5);
+    let attention = normed_attention_inputs(2, 9, 40, 6);
+    let normed =
+        |t: &[Tensor]| kernels::normed_attention(&t[0], (&t[1], &t[2], 1e-5), (&t[3], Some(&t[4])), 4, None);
+    let chained_attention = |t: &[Tensor]| {
+        kernels::attention(
+            &kernels::layer_norm_linear(&t[0], (&t[1], &t[2], 1e-5), &t[3], Some(&t[4]))?,
+            4,
+            None,
+        )
+    };
+    for x_tracks in [true, false] {
+        assert_same_partial_grads(
+            |t| mlp_branch(t, Activation::QuickGelu),
+            |t| chained_mlp_branch(t, Activation::QuickGelu),
+            &mlp,
+            x_tracks,
+            "mlp_residual",
+        );
+        assert_same_partial_grads(normed, chained_attention, &attention, x_tracks, "normed_attention");
+    }
+}
+
+/// `fused` and `chained` at `inputs` with only `x` (`inputs[0]`) tracking gradients, or only
+/// the others: the same gradients to the bit, and none for the constants.
+fn assert_same_partial_grads(
+    fused: impl Fn(&[Tensor]) -> Result<Tensor>,
+    chained: impl Fn(&[Tensor]) -> Result<Tensor>,
+    inputs: &[Tensor],
+    x_tracks: bool,
+    what: &str,
+) {
+    let tracked: Vec<Tensor> =
+        inputs
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                if (i == 0) == x_tracks {
+                    Var::from_tensor(t).unwrap().as_tensor().clone()
+                } else {
+                    t.clone()
+                }
+            })
+            .collect();
+    let grads_of = |f: &dyn Fn(&[Tensor]) -> Result<Tensor>| {
+        let out = f(&tracked).unwrap();
+        let weights = random(out.dims(), 99, 1.0, 0.0);
+        (&out * &weights).unwrap().sum_all().unwrap().backward().unwrap()
+    };
+    let (grads, expected) = (grads_of(&fused), grads_of(&chained));
+    for (i, t) in tracked.iter().enumerate() {
+        let what = format!("{what}, x tracking {x_tracks}, input {i}");
+        match (grads.get(t), expected.get(t)) {
+            (Some(g), Some(e)) => assert_bits_equal(&flat(g), &flat(e), &what),
+            (None, None) => assert!(!t.track_op(), "{what}: a tracked input got no gradient"),
+            _ => panic!("{what}: the fused op and the chain disagree on which inputs get gradients"),
+        }
+    }
+}
+
+#[test]
+fn mlp_residual_rejects_a_second_layer_that_does_not_fit() {
+    let [x, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias] = mlp_inputs(&[4, 8], 5, 1);
+    let cases = [
+        (
+            random(&[8, 6], 2, 1.0, 0.0),
+            fc2_bias.clone(),
+            "second weight [8, 6] does not fit x [4, 8] and first weight [5, 8]",
+        ),
+        (fc2_weight.clone(), random(&[5], 3, 1.0, 0.0), "second bias [5] does not fit x [4, 8]"),
+    ];
+    for (fc2_weight, fc2_bias, message) in cases {
+        let err = kernels::mlp_residual(
+            &x,
+            (&norm_weight, &norm_bias, 1e-5),
+            (&fc1_weight, Some(&fc1_bias)),
+            (&fc2_weight, Some(&fc2_bias)),
+            Activation::Gelu,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains(message), "{err}");
+    }
+}
+
 #[test]
 fn other_dtypes_fall_back_to_primitive_ops() {
     let f64s = |shape: &[usize], seed: u64| random(shape, seed, 1.0, 0.5).to_dtype(DType::F64).unwrap();
@@ -443,7 +602,9 @@ fn other_dtypes_fall_back_to_primitive_ops() {
     let qkv = f64s(&[2, 5, 36], 5);
     let weight = f64s(&[9, 12], 6);
     let residual = f64s(&[2, 5, 9], 7);
-    let cases: [(&str, Tensor, Tensor); 9] = [
+    let fc2 = f64s(&[12, 9], 8);
+    let attention_weight = f64s(&[36, 12], 9);
+    let cases: [(&str, Tensor, Tensor); 11] = [
         (
             "linear",
             kernels::linear(&x, &weight, Some(&b.narrow(0, 0, 9).unwrap())).unwrap(),
@@ -484,6 +645,35 @@ fn other_dtypes_fall_back_to_primitive_ops() {
             "attention",
             kernels::attention(&qkv, 3, Some(&causal)).unwrap(),
             reference::attention(&qkv, 3, Some(&causal)).unwrap(),
+        ),
+        (
+            "normed_attention",
+            kernels::normed_attention(&x, (&w, &b, 1e-5), (&attention_weight, None), 3, Some(&causal))
+                .unwrap(),
+            reference::attention(
+                &reference::linear(
+                    &reference::layer_norm(&x, &w, &b, 1e-5).unwrap(),
+                    &attention_weight,
+                    None,
+                )
+                .unwrap(),
+                3,
+                Some(&causal),
+            )
+            .unwrap(),
+        ),
+        (
+            "mlp_residual",
+            kernels::mlp_residual(&x, (&w, &b, 1e-5), (&weight, None), (&fc2, None), Activation::Gelu)
+                .unwrap(),
+            reference::residual_linear(
+                &reference::linear(&reference::layer_norm(&x, &w, &b, 1e-5).unwrap(), &weight, None).unwrap(),
+                &fc2,
+                None,
+                &x,
+                Some(Activation::Gelu),
+            )
+            .unwrap(),
         ),
     ];
     for (name, fallback, expected) in cases {

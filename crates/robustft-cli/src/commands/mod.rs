@@ -46,8 +46,9 @@ pub struct ModelArgs {
     pub device: DeviceChoice,
 
     /// The precision of the model's matrix products: fp32, or bf16 (operands rounded to
-    /// bfloat16, fp32 sums; 1.5–1.9× faster on the AVX512-BF16 CPUs in BENCHMARKS.md,
-    /// embeddings within about 1e-2 of fp32's). Rows computed in bf16 say so
+    /// bfloat16, fp32 sums; 1.5–1.9× faster on the AVX512-BF16 CPUs in BENCHMARKS.md, but
+    /// slower than fp32 on CPUs with neither AVX512-BF16 nor AMX; embeddings within about
+    /// 1e-2 of fp32's). Rows computed in bf16 say so
     /// (`"precision": "bf16"`).
     #[arg(long, value_enum, default_value = "fp32")]
     pub precision: Precision,

@@ -84,26 +84,14 @@ impl Linear {
         }
     }
 
-    /// `residual + activation(x) Wᵀ + b` as one graph node that keeps `x`, not the
-    /// activation's output, for the backward pass (where the activation is recomputed).
-    pub fn forward_activated_residual(
-        &self,
-        x: &Tensor,
-        activation: Activation,
-        residual: &Tensor,
-    ) -> Result<Tensor> {
-        kernels::residual_linear(x, &self.weight, self.bias.as_ref(), residual, Some(activation))
-    }
-
     /// Whether the weight or the bias tracks a gradient.
     fn tracks_gradient(&self) -> bool {
         self.weight.track_op() || self.bias.as_ref().is_some_and(Tensor::track_op)
     }
 
-    /// `norm(x) Wᵀ + b` as one graph node that keeps `x`, not the LayerNorm's output, for
-    /// the backward pass (where the LayerNorm is recomputed).
-    pub fn forward_normed(&self, norm: &LayerNorm, x: &Tensor) -> Result<Tensor> {
-        kernels::layer_norm_linear(x, (&norm.weight, &norm.bias, norm.eps), &self.weight, self.bias.as_ref())
+    /// The weight and the bias, as the fused kernels take them.
+    fn parameters(&self) -> (&Tensor, Option<&Tensor>) {
+        (&self.weight, self.bias.as_ref())
     }
 
     /// `x Wᵀ` without the bias: `[..., in]` -> `[..., out]`.
@@ -141,6 +129,11 @@ impl LayerNorm {
     /// Whether the weight or the bias tracks a gradient.
     fn tracks_gradient(&self) -> bool {
         self.weight.track_op() || self.bias.track_op()
+    }
+
+    /// The weight, the bias and eps, as the fused kernels take them.
+    fn parameters(&self) -> (&Tensor, &Tensor, f64) {
+        (&self.weight, &self.bias, self.eps)
     }
 }
 
@@ -180,10 +173,12 @@ impl SelfAttention {
     }
 
     /// `x + attention(norm(x))` with `x`: `[b, t, width]` and `mask`: optional additive
-    /// `[t, t]`.
+    /// `[t, t]`. The LayerNorm, the stacked q/k/v projection and attention run as one graph
+    /// node, which keeps `x` and the projection (in bf16 under bf16 precision) for the
+    /// backward pass, where the LayerNorm is recomputed ([`kernels::normed_attention`]).
     pub fn forward_residual(&self, norm: &LayerNorm, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let qkv = Linear::stacked(&[&self.q, &self.k, &self.v])?.forward_normed(norm, x)?;
-        let merged = kernels::attention(&qkv, self.heads, mask)?;
+        let qkv = Linear::stacked(&[&self.q, &self.k, &self.v])?;
+        let merged = kernels::normed_attention(x, norm.parameters(), qkv.parameters(), self.heads, mask)?;
         self.out.forward_residual(&merged, x)
     }
 }
@@ -223,18 +218,18 @@ impl ResidualBlock {
         self.mlp_residual(&x)
     }
 
-    /// `x + mlp(ln2(x))`. With gradients neither the LayerNorm's output nor the activation's
-    /// (the widest tensor of the block) is kept for the backward pass: both are recomputed
-    /// there ([`Linear::forward_normed`], [`Linear::forward_activated_residual`]). Without,
-    /// the activation is written over the first layer's product.
+    /// `x + mlp(ln2(x))`. With gradients one graph node that keeps `x` and the first layer's
+    /// output (in bf16 under bf16 precision) for the backward pass, where the LayerNorm and
+    /// the activation are recomputed ([`kernels::mlp_residual`]). Without, the activation is
+    /// written over the first layer's product.
     fn mlp_residual(&self, x: &Tensor) -> Result<Tensor> {
         if x.track_op()
             || self.ln2.tracks_gradient()
             || self.fc1.tracks_gradient()
             || self.fc2.tracks_gradient()
         {
-            let pre_activation = self.fc1.forward_normed(&self.ln2, x)?;
-            return self.fc2.forward_activated_residual(&pre_activation, self.activation, x);
+            let (fc1, fc2) = (self.fc1.parameters(), self.fc2.parameters());
+            return kernels::mlp_residual(x, self.ln2.parameters(), fc1, fc2, self.activation);
         }
         let hidden = self.fc1.forward_activated(&self.ln2.forward(x)?, self.activation)?;
         self.fc2.forward_residual(&hidden, x)

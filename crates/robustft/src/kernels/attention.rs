@@ -13,16 +13,27 @@
 //! `bmm`s in bfloat16): in fp32 `gemm`, in bf16 the bf16 kernel of [`super::matmul_bf16`]
 //! (both operands rounded to bfloat16, fp32 sums, fp32 results); the scores, the softmax and
 //! its backward stay fp32 in both.
+//!
+//! [`normed_attention`] runs the branch up to the output projection, `LN(x) → q/k/v projection
+//! → attention`, as one node that keeps the q/k/v projection inside itself, in bf16 under bf16
+//! precision (as autocast stores a linear layer's output), rather than as a graph edge, which
+//! candle would keep in f32 and whose gradient it would add into a zero-filled buffer. The
+//! kernel reads a bf16 q/k/v by widening each batch element's block to f32, and gives `d(qkv)`
+//! in bf16 too.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use super::linear::{matmul_with, Operand};
+use super::layer_norm_linear::{fused_inputs, layer_norm_linear, LayerNormLinear};
+use super::linear::{matmul_with, with_last_dim, Operand};
 use super::matmul_bf16::matmul_bf16_on_this_thread;
 use super::precision::{matmul_precision, MatmulPrecision};
 use super::reference;
-use super::rows::{contiguous_f32, fused_applies, lane_sum2, rows_per_block};
+use super::rows::{
+    contiguous_f32, fused_applies, kept_dtype, lane_sum2, rows_per_block, storage_of, stored_tensor,
+    with_values, Kept, Values,
+};
 use super::softmax::softmax_row_in_place;
 
 /// Attention of the packed `qkv` (`[b, t, 3·width]`: q, k, v side by side; `heads` heads of
@@ -33,13 +44,41 @@ use super::softmax::softmax_row_in_place;
 /// the forward pass had. A mask that is itself trained (tracks gradients) goes through the
 /// primitive-op formulation ([`reference::attention`]), as do tensors off the CPU or not f32.
 pub fn attention(qkv: &Tensor, heads: usize, mask: Option<&Tensor>) -> Result<Tensor> {
-    let geometry = Geometry::of(qkv, heads)?;
+    let geometry = Geometry::of(qkv.shape(), heads)?;
     let constant_mask = mask.is_none_or(|m| !m.track_op() && fused_applies(&[m]));
     if !constant_mask || !fused_applies(&[qkv]) {
         return reference::attention(qkv, heads, mask);
     }
     let mask = mask.map(|m| mask_rows(m, geometry.tokens)).transpose()?;
     qkv.contiguous()?.apply_op1(Attention { geometry, mask })
+}
+
+/// `attention(LN(x) Wᵀ + bias)` with `x`: `[b, t, width]`, LayerNorm's `(γ, β, eps)`, the
+/// stacked q/k/v projection `weight`: `[3·width, width]` and `bias`: `[3·width]` (or none):
+/// [`attention`] of [`layer_norm_linear`] as one node that keeps `x` and, inside itself, the
+/// projection (in bf16 under bf16 precision). Values and gradients equal those of the two
+/// kernels chained, to the bit, in fp32; in bf16, those of the chain with the projection and
+/// its gradient rounded to bfloat16.
+pub fn normed_attention(
+    x: &Tensor,
+    norm: (&Tensor, &Tensor, f64),
+    (weight, bias): (&Tensor, Option<&Tensor>),
+    heads: usize,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let constant_mask = mask.is_none_or(|m| !m.track_op() && fused_applies(&[m]));
+    let inputs = fused_inputs(x, norm, weight, bias)?.filter(|_| constant_mask);
+    let Some([x, weight, vectors]) = inputs else {
+        return attention(&layer_norm_linear(x, norm, weight, bias)?, heads, mask);
+    };
+    let geometry = Geometry::of(&with_last_dim(x.layout(), weight.dim(0)?), heads)?;
+    let mask = mask.map(|m| mask_rows(m, geometry.tokens)).transpose()?;
+    let branch = NormedAttention {
+        first: LayerNormLinear { eps: norm.2 },
+        attention: Attention { geometry, mask },
+        qkv: Kept::default(),
+    };
+    x.apply_op3(&weight, &vectors, branch)
 }
 
 /// The `[t, t]` mask as row-major values.
@@ -72,8 +111,9 @@ enum Part {
 }
 
 impl Geometry {
-    fn of(qkv: &Tensor, heads: usize) -> Result<Self> {
-        let (batch, tokens, packed) = qkv.dims3()?;
+    /// The geometry of a packed q/k/v of `shape`.
+    fn of(shape: &Shape, heads: usize) -> Result<Self> {
+        let (batch, tokens, packed) = shape.dims3()?;
         if packed % 3 != 0 {
             candle_core::bail!("attention: packed q/k/v width {packed} is not a multiple of 3");
         }
@@ -246,27 +286,89 @@ impl CustomOp1 for Attention {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let qkv = contiguous_f32(storage, layout, self.name())?;
+        let out = self.forward(Values::of(storage, layout, self.name())?);
+        let g = self.geometry;
+        Ok((CpuStorage::F32(out), Shape::from((g.batch, g.tokens, g.width))))
+    }
+
+    fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(self.qkv_grad(qkv, grad)?))
+    }
+}
+
+impl Attention {
+    /// The merged-head output of the packed `qkv`, row-major.
+    fn forward(&self, qkv: Values) -> Vec<f32> {
         let g = self.geometry;
         let (n_in, n_out) = (g.packed_block_len(), g.out_block_len());
         let mut out = vec![0f32; g.batch * n_out];
         out.par_chunks_mut(n_out).enumerate().with_min_len(g.batches_per_task()).for_each(|(b, out)| {
-            let qkv = &qkv[b * n_in..(b + 1) * n_in];
+            let qkv = &qkv.widened(b * n_in..(b + 1) * n_in);
             for h in 0..g.heads {
                 let probabilities = head_probabilities(&g, h, qkv, self.mask.as_deref());
                 let v = g.packed_head(Part::Value, h);
                 matmul_into(g.precision, out, g.out_head(h), (&probabilities, g.square()), (qkv, v), 1.0);
             }
         });
-        Ok((CpuStorage::F32(out), Shape::from((g.batch, g.tokens, g.width))))
+        out
     }
 
-    fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(qkv.apply_op2_no_bwd(&grad.contiguous()?, &AttentionBackward { forward: self })?))
+    /// The packed `d(qkv)` (in the dtype of `qkv`) from the output's gradient `grad`.
+    fn qkv_grad(&self, qkv: &Tensor, grad: &Tensor) -> Result<Tensor> {
+        qkv.apply_op2_no_bwd(&grad.contiguous()?, &AttentionBackward { forward: self })
     }
 }
 
-/// `(qkv, dout)` -> the packed `d(qkv)` of [`Attention`].
+/// `LN(x) → q/k/v projection → attention` as one node, keeping the projection inside itself.
+struct NormedAttention {
+    first: LayerNormLinear,
+    attention: Attention,
+    /// The q/k/v projection of the forward pass, in bf16 under bf16 precision.
+    qkv: Kept,
+}
+
+impl CustomOp3 for NormedAttention {
+    fn name(&self) -> &'static str {
+        "normed-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        vs: &CpuStorage,
+        vl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let [x, weight, vectors] =
+            [(xs, xl), (ws, wl), (vs, vl)].map(|(s, l)| contiguous_f32(s, l, self.name()));
+        let g = self.attention.geometry;
+        let projection = self.first.values(x?, weight?, vectors?, g.width);
+        let qkv = stored_tensor(
+            projection,
+            kept_dtype(g.precision),
+            Shape::from((g.batch, g.tokens, 3 * g.width)),
+        )?;
+        let out = with_values(&qkv, self.name(), |qkv| self.attention.forward(qkv))?;
+        self.qkv.keep(qkv, self.name())?;
+        Ok((CpuStorage::F32(out), Shape::from((g.batch, g.tokens, g.width))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        vectors: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let qkv = self.qkv.get(self.name())?;
+        self.first.grads(x, weight, vectors, &self.attention.qkv_grad(qkv, grad)?)
+    }
+}
+
+/// `(qkv, dout)` -> the packed `d(qkv)` of [`Attention`], in the dtype of `qkv`.
 struct AttentionBackward<'a> {
     forward: &'a Attention,
 }
@@ -283,18 +385,18 @@ impl candle_core::CustomOp2 for AttentionBackward<'_> {
         grad_storage: &CpuStorage,
         grad_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let qkv = contiguous_f32(qkv_storage, qkv_layout, self.name())?;
+        let qkv = Values::of(qkv_storage, qkv_layout, self.name())?;
         let dout = contiguous_f32(grad_storage, grad_layout, self.name())?;
         let g = self.forward.geometry;
         let (n_in, n_out) = (g.packed_block_len(), g.out_block_len());
         let mut dqkv = vec![0f32; qkv.len()];
         dqkv.par_chunks_mut(n_in).enumerate().with_min_len(g.batches_per_task()).for_each(|(b, dqkv)| {
-            let (qkv, dout) = (&qkv[b * n_in..(b + 1) * n_in], &dout[b * n_out..(b + 1) * n_out]);
+            let (qkv, dout) = (&qkv.widened(b * n_in..(b + 1) * n_in), &dout[b * n_out..(b + 1) * n_out]);
             for h in 0..g.heads {
                 self.head_backward(h, qkv, dout, dqkv);
             }
         });
-        Ok((CpuStorage::F32(dqkv), qkv_layout.shape().clone()))
+        Ok((storage_of(dqkv, qkv.dtype()), qkv_layout.shape().clone()))
     }
 }
 

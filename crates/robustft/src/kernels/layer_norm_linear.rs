@@ -8,7 +8,8 @@
 //! backward pass, one more pass over the rows. The linear bias and LayerNorm's weight and
 //! bias travel as one vector `[b | γ | β]`, because a candle op takes three inputs at most.
 //! Values and gradients equal those of the chained kernels ([`super::layer_norm`],
-//! [`super::linear`]) to the bit, in either matmul precision.
+//! [`super::linear`]) to the bit, in either matmul precision. The whole branches
+//! ([`super::normed_attention`], [`super::mlp_residual`]) start with the same computation.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
@@ -18,29 +19,43 @@ use super::linear::{
     add_bias_in_place, check_weight_and_bias, input_grad, product, weight_grad, with_last_dim, Matrix,
 };
 use super::reference;
-use super::rows::{contiguous_f32, fused_applies, rows_and_width};
+use super::rows::{contiguous_f32, fused_applies, rows_and_width, to_f32};
 
 /// `LN(x) Wᵀ + bias` with `x`: `[..., in]`, LayerNorm's `norm_weight` and `norm_bias`: `[in]`
 /// and `eps`, `weight`: `[out, in]` and `bias`: `[out]` (or none).
 pub fn layer_norm_linear(
     x: &Tensor,
-    (norm_weight, norm_bias, eps): (&Tensor, &Tensor, f64),
+    norm: (&Tensor, &Tensor, f64),
     weight: &Tensor,
     bias: Option<&Tensor>,
 ) -> Result<Tensor> {
+    let Some([x, weight, vectors]) = fused_inputs(x, norm, weight, bias)? else {
+        let normed = reference::layer_norm(x, norm.0, norm.1, norm.2)?;
+        return reference::linear(&normed, weight, bias);
+    };
+    x.apply_op3(&weight, &vectors, LayerNormLinear { eps: norm.2 })
+}
+
+/// The fused op's inputs `x`, `W` and `[b | γ | β]` (checked to fit each other), or `None`
+/// where the fused kernels do not apply.
+pub(super) fn fused_inputs(
+    x: &Tensor,
+    (norm_weight, norm_bias, _): (&Tensor, &Tensor, f64),
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Option<[Tensor; 3]>> {
     check_shapes(x, norm_weight, norm_bias, weight, bias)?;
     let mut inputs = vec![x, norm_weight, norm_bias, weight];
     inputs.extend(bias);
     if !fused_applies(&inputs) {
-        let normed = reference::layer_norm(x, norm_weight, norm_bias, eps)?;
-        return reference::linear(&normed, weight, bias);
+        return Ok(None);
     }
     let bias = match bias {
         Some(b) => b.clone(),
         None => Tensor::zeros(weight.dim(0)?, weight.dtype(), weight.device())?,
     };
     let vectors = Tensor::cat(&[&bias, norm_weight, norm_bias], 0)?;
-    x.contiguous()?.apply_op3(&weight.contiguous()?, &vectors, LayerNormLinear { eps })
+    Ok(Some([x.contiguous()?, weight.contiguous()?, vectors]))
 }
 
 /// Fails unless LayerNorm's parameters are `[in]` for `x`'s last dimension `in`, `weight` is
@@ -74,8 +89,49 @@ fn split_vectors(vectors: &Tensor, fan_out: usize, fan_in: usize) -> Result<[Ten
     ])
 }
 
-struct LayerNormLinear {
-    eps: f64,
+pub(super) struct LayerNormLinear {
+    pub eps: f64,
+}
+
+impl LayerNormLinear {
+    /// `LN(x) Wᵀ + b` row-major, from the rows of `x` (`fan_in` wide), the row-major `weight`
+    /// and `vectors` = `[b | γ | β]`.
+    pub(super) fn values(&self, x: &[f32], weight: &[f32], vectors: &[f32], fan_in: usize) -> Vec<f32> {
+        let (bias, norm) = vectors.split_at(vectors.len() - 2 * fan_in);
+        let (norm_weight, norm_bias) = norm.split_at(fan_in);
+        let normed = normalized(x, norm_weight, norm_bias, self.eps as f32);
+        let mut y = product(Matrix::new(&normed, fan_in).plain(), Matrix::new(weight, fan_in).transposed());
+        add_bias_in_place(&mut y, bias);
+        y
+    }
+
+    /// The gradients of `x`, `weight` and `vectors` (each where it tracks one) from the output
+    /// gradient `grad` (f32 or bf16).
+    pub(super) fn grads(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        vectors: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = to_f32(&grad.contiguous()?)?;
+        let (fan_out, fan_in) = weight.dims2()?;
+        let [_, norm_weight, norm_bias] = split_vectors(vectors, fan_out, fan_in)?;
+        let dweight = if weight.track_op() {
+            let normed =
+                super::layer_norm(&x.detach(), &norm_weight.detach(), &norm_bias.detach(), self.eps)?;
+            Some(weight_grad(&grad, &normed)?)
+        } else {
+            None
+        };
+        if !x.track_op() && !vectors.track_op() {
+            return Ok((None, dweight, None));
+        }
+        let dnormed = input_grad(&grad, weight)?;
+        let (dx, dnorm_weight, dnorm_bias) = layer_norm_grads(x, &norm_weight, &dnormed, self.eps as f32)?;
+        let dvectors = Tensor::cat(&[&bias_grad(&grad)?, &dnorm_weight, &dnorm_bias], 0)?;
+        Ok((x.track_op().then_some(dx), dweight, vectors.track_op().then_some(dvectors)))
+    }
 }
 
 impl CustomOp3 for LayerNormLinear {
@@ -93,13 +149,9 @@ impl CustomOp3 for LayerNormLinear {
         vl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (fan_out, fan_in) = wl.shape().dims2()?;
-        let x = contiguous_f32(xs, xl, self.name())?;
-        let weight = Matrix::new(contiguous_f32(ws, wl, self.name())?, fan_in);
-        let (bias, norm) = contiguous_f32(vs, vl, self.name())?.split_at(fan_out);
-        let (norm_weight, norm_bias) = norm.split_at(fan_in);
-        let normed = normalized(x, norm_weight, norm_bias, self.eps as f32);
-        let mut y = product(Matrix::new(&normed, fan_in).plain(), weight.transposed());
-        add_bias_in_place(&mut y, bias);
+        let [x, weight, vectors] =
+            [(xs, xl), (ws, wl), (vs, vl)].map(|(s, l)| contiguous_f32(s, l, self.name()));
+        let y = self.values(x?, weight?, vectors?, fan_in);
         Ok((CpuStorage::F32(y), with_last_dim(xl, fan_out)))
     }
 
@@ -111,22 +163,6 @@ impl CustomOp3 for LayerNormLinear {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
-        let (fan_out, fan_in) = weight.dims2()?;
-        let [_, norm_weight, norm_bias] = split_vectors(vectors, fan_out, fan_in)?;
-        let dweight = if weight.track_op() {
-            let normed =
-                super::layer_norm(&x.detach(), &norm_weight.detach(), &norm_bias.detach(), self.eps)?;
-            Some(weight_grad(&grad, &normed)?)
-        } else {
-            None
-        };
-        if !x.track_op() && !vectors.track_op() {
-            return Ok((None, dweight, None));
-        }
-        let dnormed = input_grad(&grad, weight)?;
-        let (dx, dnorm_weight, dnorm_bias) = layer_norm_grads(x, &norm_weight, &dnormed, self.eps as f32)?;
-        let dvectors = Tensor::cat(&[&bias_grad(&grad)?, &dnorm_weight, &dnorm_bias], 0)?;
-        Ok((x.track_op().then_some(dx), dweight, vectors.track_op().then_some(dvectors)))
+        self.grads(x, weight, vectors, grad)
     }
 }

@@ -4,7 +4,9 @@
 //! additive mask fused in), bias add + MLP activation, bias add + residual add, and multi-head
 //! attention read from a packed q/k/v projection and written in the merged-head layout, and
 //! a transformer branch's first linear layer with the LayerNorm before it and its last with
-//! the residual add after it (each keeping only its input for the backward pass); a
+//! the residual add after it (each keeping only its input for the backward pass), and whole
+//! branches as one node (`LN → q/k/v → attention`, `LN → fc1 → activation → fc2 + residual`)
+//! that keep their first layer's output inside themselves, in bf16 under bf16 precision; a
 //! vectorised `exp` equal to glibc's serves the softmax and QuickGELU.
 //!
 //! Each public function runs its fused kernel on contiguous f32 CPU tensors (one pass per row
@@ -29,12 +31,12 @@ mod rows;
 mod softmax;
 
 pub use activation::{bias_activation, bias_activation_in_place};
-pub use attention::attention;
+pub use attention::{attention, normed_attention};
 pub use bias::bias_residual;
 pub use layer_norm::layer_norm;
 pub use layer_norm_linear::layer_norm_linear;
 pub use linear::linear;
 pub use matmul_bf16::Bf16Kernel;
 pub use precision::{matmul_precision, set_matmul_precision, MatmulPrecision};
-pub use residual_linear::residual_linear;
+pub use residual_linear::{mlp_residual, residual_linear};
 pub use softmax::{masked_softmax_last_dim, softmax_last_dim};

@@ -5,9 +5,11 @@
 //! kernel (forward `x Wᵀ`, and the backward's `g W` and `gᵀ x`) and of the attention kernel
 //! (forward `q kᵀ` and `P v`, and the five products of its backward) are rounded to bfloat16
 //! and the products are summed in fp32, on the CPU's AMX tiles or AVX512-BF16 dot products
-//! where it has them, into fp32 outputs. Weights (the optimiser's master copy), activations,
-//! LayerNorm, softmax and losses stay fp32, as under PyTorch's CPU autocast, which however
-//! also stores the products' outputs in bf16.
+//! where it has them, into fp32 outputs. Weights (the optimiser's master copy), LayerNorm,
+//! softmax and losses stay fp32, as under PyTorch's CPU autocast. In training, the output of
+//! each branch's first linear layer (the q/k/v projection, the MLP's pre-activation) is kept
+//! for the backward pass in bfloat16, as autocast stores a linear layer's output
+//! ([`super::normed_attention`], [`super::mlp_residual`]); the other activations stay fp32.
 //!
 //! Elsewhere (CUDA: the primitive-op formulations of [`super::reference`]) bf16 is PyTorch's
 //! autocast for these products: the linear layers' and attention's `q kᵀ` and `P v` cast both

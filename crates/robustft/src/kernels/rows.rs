@@ -1,11 +1,21 @@
 //! Row-blocked helpers shared by the fused kernels: the contiguous f32 view of a candle CPU
-//! storage, parallel iteration over blocks of whole rows (rayon; tensors below a size
+//! storage (or the widening of a bf16 one, and the storing of f32 values as either), parallel iteration over blocks of whole rows (rayon; tensors below a size
 //! threshold stay on the calling thread so they pay no scheduling overhead), column sums
 //! accumulated per block and reduced once, and lane-split reductions that the compiler
 //! vectorises (and that round better than one serial accumulator).
 
-use candle_core::{CpuStorage, DType, Layout, Result, Tensor};
+use std::borrow::Cow;
+use std::ops::Range;
+use std::sync::OnceLock;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, DType, Device, Layout, Result, Shape, Storage, Tensor};
+use half::bf16;
+use half::vec::HalfBitsVecExt;
 use rayon::prelude::*;
+
+use super::matmul_bf16::bf16_bits;
+use super::precision::MatmulPrecision;
 
 /// Elements one parallel task covers at least; smaller tensors run on the calling thread.
 const MIN_TASK_ELEMENTS: usize = 1 << 15;
@@ -16,6 +26,123 @@ const LANES: usize = 16;
 /// Whether the fused CPU f32 kernels apply: every tensor is a non-empty f32 tensor on the CPU.
 pub(super) fn fused_applies(tensors: &[&Tensor]) -> bool {
     tensors.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && t.elem_count() > 0)
+}
+
+/// The elements of an f32 or bf16 activation, read as f32.
+#[derive(Clone, Copy)]
+pub(super) enum Values<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [bf16]),
+}
+
+impl<'a> Values<'a> {
+    /// The elements of `storage` under the contiguous `layout`.
+    pub(super) fn of(storage: &'a CpuStorage, layout: &Layout, op: &'static str) -> Result<Self> {
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("{op}: expects contiguous inputs")
+        };
+        match storage {
+            CpuStorage::F32(data) => Ok(Self::F32(&data[start..end])),
+            CpuStorage::BF16(data) => Ok(Self::Bf16(&data[start..end])),
+            other => candle_core::bail!("{op}: expects f32 or bf16, got {:?}", other.dtype()),
+        }
+    }
+
+    pub(super) fn dtype(&self) -> DType {
+        match self {
+            Self::F32(_) => DType::F32,
+            Self::Bf16(_) => DType::BF16,
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        match self {
+            Self::F32(data) => data.len(),
+            Self::Bf16(data) => data.len(),
+        }
+    }
+
+    /// The elements in `range` as f32: borrowed from f32, widened (exactly) from bf16.
+    pub(super) fn widened(&self, range: Range<usize>) -> Cow<'a, [f32]> {
+        match *self {
+            Self::F32(data) => Cow::Borrowed(&data[range]),
+            Self::Bf16(data) => Cow::Owned(data[range].iter().map(|&v| widened(v)).collect()),
+        }
+    }
+
+    /// Every element as f32 in a new vector, by parallel blocks of rows (`width` elements
+    /// each), each block then passed through `then`.
+    pub(super) fn to_f32_then(self, width: usize, then: impl Fn(&mut [f32]) + Sync + Send) -> Vec<f32> {
+        let mut out = vec![0f32; self.len()];
+        map_row_blocks(&mut out, width, |first_row, block| {
+            let range = first_row * width..first_row * width + block.len();
+            match self {
+                Self::F32(data) => block.copy_from_slice(&data[range]),
+                Self::Bf16(data) => widen_into(block, &data[range]),
+            }
+            then(block);
+        });
+        out
+    }
+}
+
+/// `out[i] = values[i]` widened to f32.
+fn widen_into(out: &mut [f32], values: &[bf16]) {
+    out.iter_mut().zip(values).for_each(|(o, &v)| *o = widened(v));
+}
+
+/// `v` as f32 (exact: a bf16 is the upper half of an f32).
+#[inline(always)]
+fn widened(v: bf16) -> f32 {
+    f32::from_bits(u32::from(v.to_bits()) << 16)
+}
+
+/// `t` (contiguous) as an f32 tensor: itself, or a bf16 one widened by parallel blocks.
+pub(super) fn to_f32(t: &Tensor) -> Result<Tensor> {
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(cpu @ CpuStorage::BF16(_)) => {
+            let (_, width) = rows_and_width(t)?;
+            let values = Values::of(cpu, layout, "to_f32")?.to_f32_then(width, |_| {});
+            Tensor::from_vec(values, t.shape(), t.device())
+        }
+        _ => t.to_dtype(DType::F32),
+    }
+}
+
+/// `values` as a CPU storage of `dtype` (f32 or bf16): f32 as they are, or bf16 rounded as
+/// the bf16 kernel rounds its operands (so a product of the stored values rounds nothing more).
+pub(super) fn storage_of(values: Vec<f32>, dtype: DType) -> CpuStorage {
+    match dtype {
+        DType::BF16 => CpuStorage::BF16(rounded_to_bf16(&values)),
+        _ => CpuStorage::F32(values),
+    }
+}
+
+/// `values` as a CPU tensor of `shape` and `dtype` (f32 or bf16, rounded as [`storage_of`]),
+/// outside any graph: what a fused branch keeps inside its node for the backward pass.
+pub(super) fn stored_tensor(values: Vec<f32>, dtype: DType, shape: Shape) -> Result<Tensor> {
+    match dtype {
+        DType::BF16 => Tensor::from_vec(rounded_to_bf16(&values), shape, &Device::Cpu),
+        _ => Tensor::from_vec(values, shape, &Device::Cpu),
+    }
+}
+
+/// `f` of the elements of the contiguous f32 or bf16 CPU tensor `t`.
+pub(super) fn with_values<R>(t: &Tensor, op: &'static str, f: impl FnOnce(Values) -> R) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(cpu) => Ok(f(Values::of(cpu, layout, op)?)),
+        _ => candle_core::bail!("{op}: expects a CPU tensor"),
+    }
+}
+
+/// `values` rounded to bfloat16 (by parallel blocks).
+fn rounded_to_bf16(values: &[f32]) -> Vec<bf16> {
+    let mut bits = vec![0u16; values.len()];
+    let blocks = bits.par_chunks_mut(MIN_TASK_ELEMENTS).zip(values.par_chunks(MIN_TASK_ELEMENTS));
+    blocks.for_each(|(bits, values)| bits.iter_mut().zip(values).for_each(|(b, &v)| *b = bf16_bits(v)));
+    bits.reinterpret_into()
 }
 
 /// The f32 elements of `storage` under the contiguous `layout`.
@@ -151,4 +278,35 @@ pub(super) fn lane_sum2(a: &[f32], b: &[f32], term: impl Fn(f32, f32) -> f32) ->
         acc.iter_mut().zip(ca.iter().zip(cb)).for_each(|(s, (&x, &y))| *s += term(x, y));
     }
     acc.iter().sum::<f32>() + tail
+}
+
+/// A tensor a node keeps inside itself from its forward pass for its backward pass.
+#[derive(Default)]
+pub(super) struct Kept(OnceLock<Tensor>);
+
+impl Kept {
+    /// Keeps `t` (a node runs its forward pass once).
+    pub(super) fn keep(&self, t: Tensor, op: &str) -> Result<()> {
+        if self.0.set(t).is_err() {
+            candle_core::bail!("{op}: a node runs its forward pass once");
+        }
+        Ok(())
+    }
+
+    /// The kept tensor.
+    pub(super) fn get(&self, op: &str) -> Result<&Tensor> {
+        match self.0.get() {
+            Some(t) => Ok(t),
+            None => candle_core::bail!("{op}: backward before forward"),
+        }
+    }
+}
+
+/// The dtype a whole-branch node keeps its first layer's output in: bfloat16 under bf16
+/// precision (as autocast stores a linear layer's output), else f32.
+pub(super) fn kept_dtype(precision: MatmulPrecision) -> DType {
+    match precision {
+        MatmulPrecision::Fp32 => DType::F32,
+        MatmulPrecision::Bf16 => DType::BF16,
+    }
 }

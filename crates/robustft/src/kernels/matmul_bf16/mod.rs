@@ -155,18 +155,18 @@ pub(super) fn round_to_bf16(x: f32) -> f32 {
 
 /// The bits of `x` rounded to bfloat16 as VCVTNE2PS2BF16 rounds: to nearest, ties to even
 /// (overflowing to infinity); subnormals become a zero of their sign; a NaN keeps its sign
-/// and upper payload and becomes quiet.
-fn bf16_bits(x: f32) -> u16 {
+/// and upper payload and becomes quiet. Written with selects rather than branches, so that
+/// loops over slices vectorise.
+#[inline(always)]
+pub(super) fn bf16_bits(x: f32) -> u16 {
     let bits = x.to_bits();
-    let rounded = if x.is_nan() {
-        (bits >> 16) | 0x40
-    } else if x.is_subnormal() {
-        (bits >> 16) & 0x8000
-    } else {
-        let lowest_kept_bit = (bits >> 16) & 1;
-        (bits + 0x7fff + lowest_kept_bit) >> 16
-    };
-    rounded as u16
+    let magnitude = bits & 0x7fff_ffff;
+    let lowest_kept_bit = (bits >> 16) & 1;
+    let nearest_even = bits.wrapping_add(0x7fff + lowest_kept_bit) >> 16;
+    let signed_zero = (bits >> 16) & 0x8000;
+    let quiet_nan = (bits >> 16) | 0x40;
+    let below_normal = if magnitude < 0x0080_0000 { signed_zero } else { nearest_even };
+    (if magnitude > 0x7f80_0000 { quiet_nan } else { below_normal }) as u16
 }
 
 /// Whether the operand's slice holds its last element (and so all of them).
