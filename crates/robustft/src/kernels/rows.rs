@@ -1,8 +1,10 @@
 //! Row-blocked helpers shared by the fused kernels: the contiguous f32 view of a candle CPU
-//! storage (or the widening of a bf16 one, and the storing of f32 values as either), parallel iteration over blocks of whole rows (rayon; tensors below a size
-//! threshold stay on the calling thread so they pay no scheduling overhead), column sums
-//! accumulated per block and reduced once, and lane-split reductions that the compiler
-//! vectorises (and that round better than one serial accumulator).
+//! storage (or the widening of a bf16 one, and the storing of f32 values as either), the
+//! tensor a whole-branch node keeps for its backward pass, parallel iteration over blocks of
+//! whole rows (rayon; tensors below a size threshold stay on the calling thread so they pay
+//! no scheduling overhead), column sums accumulated per block and reduced once, and
+//! lane-split reductions that the compiler vectorises (and that round better than one serial
+//! accumulator).
 
 use std::borrow::Cow;
 use std::ops::Range;
