@@ -561,13 +561,17 @@ fn bench_prints_text_or_one_json_line_with_the_requested_shape() {
         "{line}"
     );
 
-    let report = stdout_json(&robustft(&[&args[..], &["--json", "--precision", "bf16"]].concat()));
+    let bf16 = robustft(&[&args[..], &["--json", "--precision", "bf16"]].concat());
+    let kernel = robustft::kernels::Bf16Kernel::on_this_cpu();
+    let said = String::from_utf8_lossy(&bf16.stderr).matches(robustft::kernels::PORTABLE_BF16_NOTE).count();
+    assert_eq!(said, usize::from(kernel == robustft::kernels::Bf16Kernel::Portable), "kernel {kernel:?}");
+    let report = stdout_json(&bf16);
     assert_eq!(report["arch"], "shiftworld");
     assert_eq!(report["mode"], "train");
     assert_eq!(report["batch"], 3);
     assert_eq!(report["steps"], 2);
     assert_eq!(report["precision"], "bf16");
-    assert_eq!(report["kernel"], robustft::kernels::Bf16Kernel::on_this_cpu().name());
+    assert_eq!(report["kernel"], kernel.name());
     assert!(report["images_per_s"].as_f64().unwrap() > 0.0 && report["peak_rss_mb"].as_f64().unwrap() > 0.0);
 }
 

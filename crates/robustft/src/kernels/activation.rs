@@ -1,13 +1,15 @@
 //! Fused bias add and MLP activation, `activation(x + bias)`, for CLIP's two activations:
 //! QuickGELU `u · σ(1.702 u)` (OpenAI CLIP, `clip/model.py: QuickGELU`) and the exact GELU
 //! `u · Φ(u)` (Hendrycks & Gimpel 2016). One pass forward; the backward recomputes `u` and
-//! yields `du = g · act′(u)` and `dbias = Σ_rows du` in one pass. QuickGELU's exponentials
-//! are taken a chunk of a row at a time by the vectorised `exp`, which equals `f32::exp`.
+//! yields `du = g · act′(u)` and `dbias = Σ_rows du` in one pass. The exponentials (and the
+//! exact GELU's `erf`) are taken a chunk of a row at a time by the vectorised `exp`, which
+//! equals `f32::exp`, and `erf`, which equals `libm`'s `erff`.
 //! Without gradients (inference) [`bias_activation_in_place`] writes over the pre-activations
 //! instead of allocating an output as large as them.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, InplaceOp2, Layout, Result, Shape, Tensor};
 
+use super::erf::erf_in_place;
 use super::exp::exp_in_place;
 use super::reference;
 use super::rows::{
@@ -19,7 +21,7 @@ use crate::clip::config::Activation;
 /// QuickGELU's sigmoid gain.
 const QUICK_GELU_GAIN: f32 = 1.702;
 
-/// Elements whose exponentials one stack buffer holds.
+/// Elements whose exponentials (or `erf`s) one stack buffer holds.
 const EXP_CHUNK: usize = 256;
 
 /// `activation(x + bias)` with `x`: `[..., width]`, `bias`: `[width]`.
@@ -47,19 +49,41 @@ pub fn bias_activation_in_place(x: Tensor, bias: &Tensor, activation: Activation
     Ok(x)
 }
 
-/// `pick((activation(u), activation′(u)))` for each `u` of `us`, in place; QuickGELU's
-/// exponentials are taken `EXP_CHUNK` at a time by the vectorised `exp`.
+/// Which of an activation's two functions [`activation_in_place`] computes.
+#[derive(Clone, Copy, PartialEq)]
+pub(super) enum Part {
+    /// `activation(u)`.
+    Value,
+    /// `activation′(u)`.
+    Slope,
+}
+
+/// `activation(u)` or `activation′(u)` (`part`) for each `u` of `us`, in place; the
+/// exponentials and `erf`s are taken `EXP_CHUNK` at a time by the vectorised `exp` and `erf`
+/// (the exact GELU's value needs no exponential).
 #[inline(always)]
-pub(super) fn activation_in_place(activation: Activation, us: &mut [f32], pick: impl Fn((f32, f32)) -> f32) {
+pub(super) fn activation_in_place(activation: Activation, part: Part, us: &mut [f32]) {
+    let pick = |(value, slope)| if part == Part::Value { value } else { slope };
+    let mut scratch = [0f32; EXP_CHUNK];
     match activation {
         Activation::QuickGelu => {
-            let mut scratch = [0f32; EXP_CHUNK];
             for us in us.chunks_mut(EXP_CHUNK) {
                 let exps = sigmoid_exps(us, &mut scratch);
                 us.iter_mut().zip(exps).for_each(|(u, &e)| *u = pick(quick_gelu_and_slope(*u, e)));
             }
         }
-        Activation::Gelu => us.iter_mut().for_each(|u| *u = pick(gelu_and_slope(*u))),
+        Activation::Gelu => {
+            let mut exp_scratch = [0f32; EXP_CHUNK];
+            for us in us.chunks_mut(EXP_CHUNK) {
+                let erfs = gelu_erfs(us, &mut scratch);
+                if part == Part::Value {
+                    us.iter_mut().zip(erfs).for_each(|(u, &erf)| *u *= gelu_cdf(erf));
+                } else {
+                    let parts = erfs.iter().zip(gelu_exps(us, &mut exp_scratch));
+                    us.iter_mut().zip(parts).for_each(|(u, (&erf, &e))| *u = gelu_slope(*u, erf, e));
+                }
+            }
+        }
     }
 }
 
@@ -78,13 +102,33 @@ fn quick_gelu_and_slope(u: f32, e: f32) -> (f32, f32) {
     (u * s, s + QUICK_GELU_GAIN * u * s * (1.0 - s))
 }
 
-/// GELU and its derivative at `u`.
+/// GELU's `erf(u / √2)` of `us` (at most `EXP_CHUNK`) in `scratch`.
+fn gelu_erfs<'a>(us: &[f32], scratch: &'a mut [f32; EXP_CHUNK]) -> &'a [f32] {
+    let erfs = &mut scratch[..us.len()];
+    erfs.iter_mut().zip(us).for_each(|(erf, &u)| *erf = u * std::f32::consts::FRAC_1_SQRT_2);
+    erf_in_place(erfs);
+    erfs
+}
+
+/// GELU's `exp(−u²/2)` of `us` (at most `EXP_CHUNK`) in `scratch`.
+fn gelu_exps<'a>(us: &[f32], scratch: &'a mut [f32; EXP_CHUNK]) -> &'a [f32] {
+    let exps = &mut scratch[..us.len()];
+    exps.iter_mut().zip(us).for_each(|(e, &u)| *e = -0.5 * u * u);
+    exp_in_place(exps);
+    exps
+}
+
+/// `Φ(u)` given `erf = erf(u / √2)`: GELU is `u · Φ(u)`.
 #[inline(always)]
-fn gelu_and_slope(u: f32) -> (f32, f32) {
-    let cdf = 0.5 * (1.0 + candle_core::cpu::erf::erf_f32(u * std::f32::consts::FRAC_1_SQRT_2));
-    let pdf =
-        (-0.5 * u * u).exp() * (0.5 * std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2);
-    (u * cdf, cdf + u * pdf)
+fn gelu_cdf(erf: f32) -> f32 {
+    0.5 * (1.0 + erf)
+}
+
+/// GELU's derivative `Φ(u) + u φ(u)` at `u`, given `erf = erf(u / √2)` and `e = exp(−u²/2)`.
+#[inline(always)]
+fn gelu_slope(u: f32, erf: f32, e: f32) -> f32 {
+    let pdf = e * (0.5 * std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2);
+    gelu_cdf(erf) + u * pdf
 }
 
 /// `y ← x + bias` for one row.
@@ -112,7 +156,7 @@ impl CustomOp2 for BiasActivation {
         let bias = contiguous_f32(bs, bl, self.name())?;
         let out = map_rows(x, bias.len(), |y, x| {
             add_bias(y, x, bias);
-            activation_in_place(self.activation, y, |(value, _)| value);
+            activation_in_place(self.activation, Part::Value, y);
         });
         Ok((CpuStorage::F32(out), xl.shape().clone()))
     }
@@ -148,7 +192,7 @@ impl InplaceOp2 for BiasActivationInPlace {
         map_row_blocks(x, bias.len(), |_, block| {
             for row in block.chunks_exact_mut(bias.len()) {
                 row.iter_mut().zip(bias).for_each(|(u, &b)| *u += b);
-                activation_in_place(self.activation, row, |(value, _)| value);
+                activation_in_place(self.activation, Part::Value, row);
             }
         });
         Ok(())
@@ -189,7 +233,7 @@ impl CustomOp3 for BiasActivationBackward {
                 .zip(x_block.chunks_exact(width).zip(g_block.chunks_exact(width)));
             for (du, (x, g)) in rows {
                 add_bias(du, x, bias);
-                activation_in_place(self.activation, du, |(_, slope)| slope);
+                activation_in_place(self.activation, Part::Slope, du);
                 for ((du, db), &g) in du.iter_mut().zip(dbias.iter_mut()).zip(g) {
                     *du *= g;
                     *db += *du;
@@ -218,8 +262,8 @@ mod tests {
             let expected: Vec<(f32, f32)> =
                 us.iter().map(|&u| quick_gelu_and_slope(u, (-QUICK_GELU_GAIN * u).exp())).collect();
             let (mut values, mut slopes) = (us.clone(), us.clone());
-            activation_in_place(Activation::QuickGelu, &mut values, |(value, _)| value);
-            activation_in_place(Activation::QuickGelu, &mut slopes, |(_, slope)| slope);
+            activation_in_place(Activation::QuickGelu, Part::Value, &mut values);
+            activation_in_place(Activation::QuickGelu, Part::Slope, &mut slopes);
             for (i, (&(value, slope), (v, s))) in expected.iter().zip(values.iter().zip(&slopes)).enumerate()
             {
                 let bits = |x: f32| if x.is_nan() { f32::NAN.to_bits() } else { x.to_bits() };

@@ -6,88 +6,131 @@
 //! adding and subtracting `1.5 · 2^52`, `r = z − k`, `2^(k/32)` from a 32-entry table of
 //! `2^(i/32)` whose exponent field receives `k` shifted, and a degree-3 polynomial in `r`. On
 //! CPUs with FMA and AVX2 its run-time dispatch picks `__expf_fma`, whose fused multiply-adds
-//! are reproduced here with the same constants (glibc's `__exp2f_data`). With AVX-512F, 16
-//! lanes at a time; lanes with `|x| ≥ 88` (overflow, underflow, infinities, NaN) are
-//! recomputed by `f32::exp`, and so is everything on other targets or CPUs.
+//! are reproduced here with the same constants (glibc's `__exp2f_data`): 16 lanes at a time
+//! with AVX-512F, 8 with AVX2 and FMA. Lanes with `|x| ≥ 88` (overflow, underflow,
+//! infinities, NaN) are recomputed by `f32::exp`, and so is everything on other targets or
+//! CPUs.
 
 /// `exp` of every element of `xs`, in place; equal to `f32::exp` bit for bit.
 pub(super) fn exp_in_place(xs: &mut [f32]) {
-    #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
-    if avx512::available() {
-        // SAFETY: `available` has checked that the CPU supports AVX-512F, AVX2 and FMA.
-        return unsafe { avx512::exp_in_place(xs) };
-    }
-    xs.iter_mut().for_each(|x| *x = x.exp());
+    exp_in_place_by(Lanes::widest(), xs);
 }
+
+/// The vector widths `exp_in_place` (and [`super::erf`]) run at.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum Lanes {
+    /// AVX-512F (with AVX2 and FMA).
+    Sixteen,
+    /// AVX2 and FMA.
+    Eight,
+    /// `f32::exp` one element at a time.
+    One,
+}
+
+impl Lanes {
+    /// Every width, widest first.
+    #[cfg(test)]
+    const ALL: [Lanes; 3] = [Lanes::Sixteen, Lanes::Eight, Lanes::One];
+
+    /// The widest width this CPU runs (checked once).
+    pub(super) fn widest() -> Self {
+        static WIDEST: std::sync::OnceLock<Lanes> = std::sync::OnceLock::new();
+        *WIDEST.get_or_init(|| {
+            [Lanes::Sixteen, Lanes::Eight].into_iter().find(|lanes| lanes.runs_here()).unwrap_or(Lanes::One)
+        })
+    }
+
+    /// Whether this CPU (and target) runs this width.
+    fn runs_here(self) -> bool {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+        {
+            let avx2_fma = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+            match self {
+                Lanes::Sixteen => avx2_fma && is_x86_feature_detected!("avx512f"),
+                Lanes::Eight => avx2_fma,
+                Lanes::One => true,
+            }
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu")))]
+        {
+            self == Lanes::One
+        }
+    }
+}
+
+/// [`exp_in_place`] at the given width, which must run here ([`Lanes::runs_here`]).
+fn exp_in_place_by(lanes: Lanes, xs: &mut [f32]) {
+    assert!(lanes.runs_here(), "exp: {lanes:?} lanes do not run on this CPU");
+    match lanes {
+        // SAFETY: `runs_here` has checked that the CPU supports AVX-512F, AVX2 and FMA.
+        #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+        Lanes::Sixteen => unsafe { avx512::exp_in_place(xs) },
+        // SAFETY: `runs_here` has checked that the CPU supports AVX2 and FMA.
+        #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+        Lanes::Eight => unsafe { avx2::exp_in_place(xs) },
+        _ => xs.iter_mut().for_each(|x| *x = x.exp()),
+    }
+}
+
+/// `32 / ln 2`, glibc's `InvLn2N`.
+const INV_LN2_SCALED: f64 = f64::from_bits(0x40471547652b82fe);
+
+/// `1.5 · 2^52`: adding it rounds to an integer held in the low mantissa bits.
+const SHIFT: f64 = f64::from_bits(0x4338000000000000);
+
+/// The polynomial's coefficients of `r³`, `r²` and `r`: `2^(r/32) ≈ 1 + C2 r + C1 r² + C0 r³`.
+const C0: f64 = f64::from_bits(0x3ebc6af84b912394);
+const C1: f64 = f64::from_bits(0x3f2ebfce50fac4f3);
+const C2: f64 = f64::from_bits(0x3f962e42ff0c52d6);
+
+/// The bits of `2^(i/32)` (correctly rounded) minus `i << 47`, so that adding `k << 47`
+/// for any `k ≡ i (mod 32)` yields the bits of `2^(k/32)`.
+const TABLE: [u64; 32] = [
+    0x3ff0000000000000,
+    0x3fefd9b0d3158574,
+    0x3fefb5586cf9890f,
+    0x3fef9301d0125b51,
+    0x3fef72b83c7d517b,
+    0x3fef54873168b9aa,
+    0x3fef387a6e756238,
+    0x3fef1e9df51fdee1,
+    0x3fef06fe0a31b715,
+    0x3feef1a7373aa9cb,
+    0x3feedea64c123422,
+    0x3feece086061892d,
+    0x3feebfdad5362a27,
+    0x3feeb42b569d4f82,
+    0x3feeab07dd485429,
+    0x3feea47eb03a5585,
+    0x3feea09e667f3bcd,
+    0x3fee9f75e8ec5f74,
+    0x3feea11473eb0187,
+    0x3feea589994cce13,
+    0x3feeace5422aa0db,
+    0x3feeb737b0cdc5e5,
+    0x3feec49182a3f090,
+    0x3feed503b23e255d,
+    0x3feee89f995ad3ad,
+    0x3feeff76f2fb5e47,
+    0x3fef199bdd85529c,
+    0x3fef3720dcef9069,
+    0x3fef5818dcfba487,
+    0x3fef7c97337b9b5f,
+    0x3fefa4afa2a490da,
+    0x3fefd0765b6e4540,
+];
+
+/// Bits of the smallest `|x|` that glibc leaves its fast path for (88.0).
+const SPECIAL_ABS_BITS: i32 = 0x42b00000;
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
 mod avx512 {
     use std::arch::x86_64::*;
-    use std::sync::OnceLock;
+
+    use super::{C0, C1, C2, INV_LN2_SCALED, SHIFT, SPECIAL_ABS_BITS, TABLE};
 
     /// f32 lanes per iteration.
     const LANES: usize = 16;
-
-    /// `32 / ln 2`, glibc's `InvLn2N`.
-    const INV_LN2_SCALED: f64 = f64::from_bits(0x40471547652b82fe);
-
-    /// `1.5 · 2^52`: adding it rounds to an integer held in the low mantissa bits.
-    const SHIFT: f64 = f64::from_bits(0x4338000000000000);
-
-    /// The polynomial's coefficients of `r³`, `r²` and `r`: `2^(r/32) ≈ 1 + C2 r + C1 r² + C0 r³`.
-    const C0: f64 = f64::from_bits(0x3ebc6af84b912394);
-    const C1: f64 = f64::from_bits(0x3f2ebfce50fac4f3);
-    const C2: f64 = f64::from_bits(0x3f962e42ff0c52d6);
-
-    /// The bits of `2^(i/32)` (correctly rounded) minus `i << 47`, so that adding `k << 47`
-    /// for any `k ≡ i (mod 32)` yields the bits of `2^(k/32)`.
-    const TABLE: [u64; 32] = [
-        0x3ff0000000000000,
-        0x3fefd9b0d3158574,
-        0x3fefb5586cf9890f,
-        0x3fef9301d0125b51,
-        0x3fef72b83c7d517b,
-        0x3fef54873168b9aa,
-        0x3fef387a6e756238,
-        0x3fef1e9df51fdee1,
-        0x3fef06fe0a31b715,
-        0x3feef1a7373aa9cb,
-        0x3feedea64c123422,
-        0x3feece086061892d,
-        0x3feebfdad5362a27,
-        0x3feeb42b569d4f82,
-        0x3feeab07dd485429,
-        0x3feea47eb03a5585,
-        0x3feea09e667f3bcd,
-        0x3fee9f75e8ec5f74,
-        0x3feea11473eb0187,
-        0x3feea589994cce13,
-        0x3feeace5422aa0db,
-        0x3feeb737b0cdc5e5,
-        0x3feec49182a3f090,
-        0x3feed503b23e255d,
-        0x3feee89f995ad3ad,
-        0x3feeff76f2fb5e47,
-        0x3fef199bdd85529c,
-        0x3fef3720dcef9069,
-        0x3fef5818dcfba487,
-        0x3fef7c97337b9b5f,
-        0x3fefa4afa2a490da,
-        0x3fefd0765b6e4540,
-    ];
-
-    /// Bits of the smallest `|x|` that glibc leaves its fast path for (88.0).
-    const SPECIAL_ABS_BITS: i32 = 0x42b00000;
-
-    /// Whether the CPU runs this module's code (checked once).
-    pub(super) fn available() -> bool {
-        static AVAILABLE: OnceLock<bool> = OnceLock::new();
-        *AVAILABLE.get_or_init(|| {
-            is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-        })
-    }
 
     /// `exp` of every element of `xs`, in place, by 16 lanes, the tail under a lane mask.
     ///
@@ -186,9 +229,85 @@ mod avx512 {
     }
 }
 
+#[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{C0, C1, C2, INV_LN2_SCALED, SHIFT, SPECIAL_ABS_BITS, TABLE};
+
+    /// f32 lanes per iteration.
+    const LANES: usize = 8;
+
+    /// `exp` of every element of `xs`, in place, by 8 lanes; the tail through a zero-padded
+    /// copy.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn exp_in_place(xs: &mut [f32]) {
+        let mut chunks = xs.chunks_exact_mut(LANES);
+        for chunk in &mut chunks {
+            exp_lanes(chunk.try_into().expect("a chunk of 8"));
+        }
+        let tail = chunks.into_remainder();
+        if !tail.is_empty() {
+            let mut padded = [0f32; LANES];
+            padded[..tail.len()].copy_from_slice(tail);
+            exp_lanes(&mut padded);
+            tail.copy_from_slice(&padded[..tail.len()]);
+        }
+    }
+
+    /// `exp` of the 8 elements of `xs`, in place.
+    #[target_feature(enable = "avx2,fma")]
+    fn exp_lanes(xs: &mut [f32; LANES]) {
+        // SAFETY: `xs` holds 8 f32, one vector.
+        let x = unsafe { _mm256_loadu_ps(xs.as_ptr()) };
+        let low = _mm256_cvtpd_ps(exp_f64(_mm256_cvtps_pd(_mm256_castps256_ps128(x))));
+        let high = _mm256_cvtpd_ps(exp_f64(_mm256_cvtps_pd(_mm256_extractf128_ps::<1>(x))));
+        // SAFETY: as for the load.
+        unsafe { _mm256_storeu_ps(xs.as_mut_ptr(), _mm256_set_m128(high, low)) };
+        let special = special_lanes(x);
+        if special != 0 {
+            let mut inputs = [0f32; LANES];
+            // SAFETY: `inputs` holds 8 f32.
+            unsafe { _mm256_storeu_ps(inputs.as_mut_ptr(), x) };
+            for lane in (0..LANES).filter(|lane| special & (1 << lane) != 0) {
+                xs[lane] = inputs[lane].exp();
+            }
+        }
+    }
+
+    /// A bit per lane with `|x| ≥ 88` or NaN, which glibc handles off its fast path.
+    #[target_feature(enable = "avx2,fma")]
+    fn special_lanes(x: __m256) -> i32 {
+        let abs_bits = _mm256_and_si256(_mm256_castps_si256(x), _mm256_set1_epi32(i32::MAX));
+        let special = _mm256_cmpgt_epi32(abs_bits, _mm256_set1_epi32(SPECIAL_ABS_BITS - 1));
+        _mm256_movemask_ps(_mm256_castsi256_ps(special))
+    }
+
+    /// glibc's fast path of `expf` on 4 lanes (`|x| < 88`), before rounding to f32.
+    #[target_feature(enable = "avx2,fma")]
+    fn exp_f64(x: __m256d) -> __m256d {
+        let inv_ln2_scaled = _mm256_set1_pd(INV_LN2_SCALED);
+        let shift = _mm256_set1_pd(SHIFT);
+        let shifted = _mm256_fmadd_pd(inv_ln2_scaled, x, shift);
+        let k = _mm256_castpd_si256(shifted);
+        let r = _mm256_fmsub_pd(inv_ln2_scaled, x, _mm256_sub_pd(shifted, shift));
+        let index = _mm256_and_si256(k, _mm256_set1_epi64x(31));
+        // SAFETY: every index is below 32, the table's length.
+        let entries = unsafe { _mm256_i64gather_epi64::<8>(TABLE.as_ptr().cast(), index) };
+        let scale = _mm256_castsi256_pd(_mm256_add_epi64(entries, _mm256_slli_epi64::<47>(k)));
+        let cubic_part = _mm256_fmadd_pd(_mm256_set1_pd(C0), r, _mm256_set1_pd(C1));
+        let linear_part = _mm256_fmadd_pd(_mm256_set1_pd(C2), r, _mm256_set1_pd(1.0));
+        let poly = _mm256_fmadd_pd(cubic_part, _mm256_mul_pd(r, r), linear_part);
+        _mm256_mul_pd(poly, scale)
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::exp_in_place;
+    use super::{exp_in_place, exp_in_place_by, Lanes};
 
     /// Every this many-th f32 bit pattern forms the spread sample (about 4 million inputs).
     const STRIDE: usize = 1021;
@@ -227,7 +346,21 @@ mod tests {
         }
     }
 
+    /// The widths this CPU runs; says which it skips.
+    fn widths_run_here() -> Vec<Lanes> {
+        let (run, skipped): (Vec<_>, Vec<_>) = Lanes::ALL.into_iter().partition(|lanes| lanes.runs_here());
+        if !skipped.is_empty() {
+            eprintln!("exp: {skipped:?} lanes skipped, this CPU does not run them");
+        }
+        run
+    }
+
     fn assert_exp_in_place_equals_f32_exp(xs: &[f32]) {
+        for lanes in widths_run_here() {
+            let mut ys = xs.to_vec();
+            exp_in_place_by(lanes, &mut ys);
+            assert_equals_f32_exp(xs, &ys);
+        }
         let mut ys = xs.to_vec();
         exp_in_place(&mut ys);
         assert_equals_f32_exp(xs, &ys);
@@ -254,15 +387,17 @@ mod tests {
     #[test]
     fn every_length_gets_each_element_and_nothing_beyond() {
         let pool: Vec<f32> = HARD_TO_ROUND.into_iter().chain(EDGES).map(f32::from_bits).collect();
-        for len in 0..=40 {
+        for (lanes, len) in
+            widths_run_here().into_iter().flat_map(|lanes| (0..=40).map(move |len| (lanes, len)))
+        {
             let xs: Vec<f32> = pool.iter().cycle().skip(len).take(len + 16).copied().collect();
             let mut ys = xs.clone();
-            exp_in_place(&mut ys[..len]);
+            exp_in_place_by(lanes, &mut ys[..len]);
             assert_equals_f32_exp(&xs[..len], &ys[..len]);
             assert_eq!(
                 ys[len..].iter().map(|y| y.to_bits()).collect::<Vec<_>>(),
                 xs[len..].iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
-                "length {len}: elements past the end changed"
+                "{lanes:?} lanes, length {len}: elements past the end changed"
             );
         }
     }

@@ -7,7 +7,8 @@
 //! the residual add after it (each keeping only its input for the backward pass), and whole
 //! branches as one node (`LN → q/k/v → attention`, `LN → fc1 → activation → fc2 + residual`)
 //! that keep their first layer's output inside themselves, in bf16 under bf16 precision; a
-//! vectorised `exp` equal to glibc's serves the softmax and QuickGELU.
+//! vectorised `exp` equal to glibc's serves the softmax and both GELUs, and a vectorised `erf`
+//! with `libm`'s values the exact GELU.
 //!
 //! Each public function runs its fused kernel on contiguous f32 CPU tensors (one pass per row
 //! instead of one pass and one allocation per primitive op, parallel over blocks of rows) and
@@ -19,6 +20,7 @@
 mod activation;
 mod attention;
 mod bias;
+mod erf;
 mod exp;
 mod layer_norm;
 mod layer_norm_linear;
@@ -37,6 +39,6 @@ pub use layer_norm::layer_norm;
 pub use layer_norm_linear::layer_norm_linear;
 pub use linear::linear;
 pub use matmul_bf16::Bf16Kernel;
-pub use precision::{matmul_precision, set_matmul_precision, MatmulPrecision};
+pub use precision::{matmul_precision, set_matmul_precision, MatmulPrecision, PORTABLE_BF16_NOTE};
 pub use residual_linear::{mlp_residual, residual_linear};
 pub use softmax::{masked_softmax_last_dim, softmax_last_dim};

@@ -34,10 +34,22 @@ pub enum MatmulPrecision {
 
 static PRECISION: AtomicU8 = AtomicU8::new(0);
 
-/// Sets the precision of every later linear-layer product in the process.
+/// Sets the precision of every later linear-layer product in the process. Setting bf16 on a
+/// CPU without bfloat16 instructions (the [`Bf16Kernel::Portable`] kernel) says once on the
+/// terminal that fp32 is faster there.
 pub fn set_matmul_precision(precision: MatmulPrecision) {
     PRECISION.store(precision as u8, Ordering::Relaxed);
+    if precision == MatmulPrecision::Bf16 && Bf16Kernel::on_this_cpu() == Bf16Kernel::Portable {
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| eprintln!("{PORTABLE_BF16_NOTE}"));
+    }
 }
+
+/// What [`set_matmul_precision`] says when bf16 is set on a CPU without bfloat16 instructions.
+pub const PORTABLE_BF16_NOTE: &str =
+    "note: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX-BF16): \
+     bf16 products on the CPU round their operands and run on the fp32 kernel, slower than fp32 \
+     (about 0.6x); fp32 is the faster setting here";
 
 /// The precision set by [`set_matmul_precision`] (fp32 until then).
 pub fn matmul_precision() -> MatmulPrecision {

@@ -24,7 +24,7 @@ use std::borrow::Cow;
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
-use super::activation::activation_in_place;
+use super::activation::{activation_in_place, Part};
 use super::layer_norm_linear::{fused_inputs, layer_norm_linear, LayerNormLinear};
 use super::linear::{check_weight_and_bias, product, with_last_dim, Matrix, Operand};
 use super::precision::matmul_precision;
@@ -133,9 +133,9 @@ fn activated(x: Values<'_>, width: usize, activation: Option<Activation>) -> Cow
     match (x, activation) {
         (Values::F32(x), None) => Cow::Borrowed(x),
         (x, None) => Cow::Owned(x.to_f32_then(width, |_| {})),
-        (x, Some(activation)) => Cow::Owned(
-            x.to_f32_then(width, |block| activation_in_place(activation, block, |(value, _)| value)),
-        ),
+        (x, Some(activation)) => {
+            Cow::Owned(x.to_f32_then(width, |block| activation_in_place(activation, Part::Value, block)))
+        }
     }
 }
 
@@ -339,7 +339,7 @@ impl CustomOp3 for InputGrad {
 fn scale_by_slopes(d: &mut [f32], x: Values, width: usize, activation: Activation) {
     map_row_blocks(d, width, |first_row, block| {
         let mut slopes = x.widened(first_row * width..first_row * width + block.len()).into_owned();
-        activation_in_place(activation, &mut slopes, |(_, slope)| slope);
+        activation_in_place(activation, Part::Slope, &mut slopes);
         block.iter_mut().zip(&slopes).for_each(|(d, &slope)| *d *= slope);
     });
 }
