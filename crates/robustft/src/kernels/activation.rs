@@ -68,18 +68,19 @@ pub(super) fn activation_in_place(activation: Activation, part: Part, us: &mut [
     match activation {
         Activation::QuickGelu => {
             for us in us.chunks_mut(EXP_CHUNK) {
-                let exps = sigmoid_exps(us, &mut scratch);
+                let exps = applied(us, &mut scratch, |u| -QUICK_GELU_GAIN * u, exp_in_place);
                 us.iter_mut().zip(exps).for_each(|(u, &e)| *u = pick(quick_gelu_and_slope(*u, e)));
             }
         }
         Activation::Gelu => {
             let mut exp_scratch = [0f32; EXP_CHUNK];
             for us in us.chunks_mut(EXP_CHUNK) {
-                let erfs = gelu_erfs(us, &mut scratch);
+                let erfs = applied(us, &mut scratch, |u| u * std::f32::consts::FRAC_1_SQRT_2, erf_in_place);
                 if part == Part::Value {
                     us.iter_mut().zip(erfs).for_each(|(u, &erf)| *u *= gelu_cdf(erf));
                 } else {
-                    let parts = erfs.iter().zip(gelu_exps(us, &mut exp_scratch));
+                    let parts =
+                        erfs.iter().zip(applied(us, &mut exp_scratch, |u| -0.5 * u * u, exp_in_place));
                     us.iter_mut().zip(parts).for_each(|(u, (&erf, &e))| *u = gelu_slope(*u, erf, e));
                 }
             }
@@ -87,12 +88,19 @@ pub(super) fn activation_in_place(activation: Activation, part: Part, us: &mut [
     }
 }
 
-/// QuickGELU's sigmoid exponentials `exp(−1.702 u)` of `us` (at most `EXP_CHUNK`) in `scratch`.
-fn sigmoid_exps<'a>(us: &[f32], scratch: &'a mut [f32; EXP_CHUNK]) -> &'a [f32] {
-    let exps = &mut scratch[..us.len()];
-    exps.iter_mut().zip(us).for_each(|(e, &u)| *e = -QUICK_GELU_GAIN * u);
-    exp_in_place(exps);
-    exps
+/// `apply(f(u))` for each `u` of `us` (at most `EXP_CHUNK`), in `scratch`: the vectorised
+/// `exp` or `erf` of a chunk of an activation's arguments.
+#[inline(always)]
+fn applied<'a>(
+    us: &[f32],
+    scratch: &'a mut [f32; EXP_CHUNK],
+    f: impl Fn(f32) -> f32,
+    apply: fn(&mut [f32]),
+) -> &'a [f32] {
+    let out = &mut scratch[..us.len()];
+    out.iter_mut().zip(us).for_each(|(out, &u)| *out = f(u));
+    apply(out);
+    out
 }
 
 /// QuickGELU and its derivative at `u`, given `e = exp(−1.702 u)`.
@@ -100,22 +108,6 @@ fn sigmoid_exps<'a>(us: &[f32], scratch: &'a mut [f32; EXP_CHUNK]) -> &'a [f32] 
 fn quick_gelu_and_slope(u: f32, e: f32) -> (f32, f32) {
     let s = 1.0 / (1.0 + e);
     (u * s, s + QUICK_GELU_GAIN * u * s * (1.0 - s))
-}
-
-/// GELU's `erf(u / √2)` of `us` (at most `EXP_CHUNK`) in `scratch`.
-fn gelu_erfs<'a>(us: &[f32], scratch: &'a mut [f32; EXP_CHUNK]) -> &'a [f32] {
-    let erfs = &mut scratch[..us.len()];
-    erfs.iter_mut().zip(us).for_each(|(erf, &u)| *erf = u * std::f32::consts::FRAC_1_SQRT_2);
-    erf_in_place(erfs);
-    erfs
-}
-
-/// GELU's `exp(−u²/2)` of `us` (at most `EXP_CHUNK`) in `scratch`.
-fn gelu_exps<'a>(us: &[f32], scratch: &'a mut [f32; EXP_CHUNK]) -> &'a [f32] {
-    let exps = &mut scratch[..us.len()];
-    exps.iter_mut().zip(us).for_each(|(e, &u)| *e = -0.5 * u * u);
-    exp_in_place(exps);
-    exps
 }
 
 /// `Φ(u)` given `erf = erf(u / √2)`: GELU is `u · Φ(u)`.

@@ -13,7 +13,8 @@
 
 /// `exp` of every element of `xs`, in place; equal to `f32::exp` bit for bit.
 pub(super) fn exp_in_place(xs: &mut [f32]) {
-    exp_in_place_by(Lanes::widest(), xs);
+    // SAFETY: `widest` is a width this CPU runs.
+    unsafe { exp_in_place_at(Lanes::widest(), xs) }
 }
 
 /// The vector widths `exp_in_place` (and [`super::erf`]) run at.
@@ -58,14 +59,24 @@ impl Lanes {
     }
 }
 
-/// [`exp_in_place`] at the given width, which must run here ([`Lanes::runs_here`]).
+/// [`exp_in_place`] at the given width, checked to run here (for the tests of every width).
+#[cfg(test)]
 fn exp_in_place_by(lanes: Lanes, xs: &mut [f32]) {
     assert!(lanes.runs_here(), "exp: {lanes:?} lanes do not run on this CPU");
+    // SAFETY: checked just above.
+    unsafe { exp_in_place_at(lanes, xs) }
+}
+
+/// [`exp_in_place`] at the given width.
+///
+/// # Safety
+/// The width must run on this CPU ([`Lanes::runs_here`]).
+unsafe fn exp_in_place_at(lanes: Lanes, xs: &mut [f32]) {
     match lanes {
-        // SAFETY: `runs_here` has checked that the CPU supports AVX-512F, AVX2 and FMA.
+        // SAFETY: the caller guarantees AVX-512F, AVX2 and FMA.
         #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
         Lanes::Sixteen => unsafe { avx512::exp_in_place(xs) },
-        // SAFETY: `runs_here` has checked that the CPU supports AVX2 and FMA.
+        // SAFETY: the caller guarantees AVX2 and FMA.
         #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
         Lanes::Eight => unsafe { avx2::exp_in_place(xs) },
         _ => xs.iter_mut().for_each(|x| *x = x.exp()),
