@@ -47,7 +47,7 @@ pub struct ModelArgs {
 
     /// The precision of the model's matrix products: fp32, or bf16 (operands rounded to
     /// bfloat16, fp32 sums; 1.5–1.9× faster on the AVX512-BF16 CPUs in BENCHMARKS.md, but
-    /// slower than fp32 on CPUs with neither AVX512-BF16 nor AMX; embeddings within about
+    /// no faster than fp32 on CPUs with neither AVX512-BF16 nor AMX; embeddings within about
     /// 1e-2 of fp32's). Rows computed in bf16 say so
     /// (`"precision": "bf16"`).
     #[arg(long, value_enum, default_value = "fp32")]

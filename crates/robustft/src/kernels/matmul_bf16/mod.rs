@@ -13,16 +13,20 @@
 //! rhs vectors, `MR` broadcast lhs pairs, 2 · `MR` VDPBF16PS) while the rhs panel's block stays
 //! in L1; each output element is summed in the order of k, whatever the number of threads.
 //! On x86_64 Linux CPUs that also have AMX-BF16 tiles, the product runs on TDPBF16PS
-//! instead ([`amx`]), from the same packers. Elsewhere the rounded operands are multiplied by
-//! the f32 gemm. All agree up to the order of the f32 sums (and VDPBF16PS and TDPBF16PS flush
-//! results of magnitude below 2⁻¹²⁶ to zero). [`Bf16Kernel::on_this_cpu`] says which runs.
+//! instead ([`amx`]), from the same packers. Elsewhere both operands are copied, rounded, in
+//! the order of their storage (row-major or column-major) into a buffer each thread keeps
+//! between products, and multiplied by the f32 gemm. All agree up to the order of the f32
+//! sums (and VDPBF16PS and TDPBF16PS flush results of magnitude below 2⁻¹²⁶ to zero).
+//! [`Bf16Kernel::on_this_cpu`] says which runs.
 
+use std::cell::Cell;
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
 use super::linear::{matmul, matmul_with, Operand};
+use super::rows::rows_per_block;
 
 /// `lhs · rhs` as a new row-major `m × n` matrix, from the bf16 roundings of both operands'
 /// elements with f32 sums, on the thread pool when the product is large.
@@ -134,18 +138,28 @@ unsafe fn written_by_row_blocks(
     write_block: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
 ) -> Vec<f32> {
     let mut out = Vec::with_capacity(m * n);
-    let unwritten = &mut out.spare_capacity_mut()[..m * n];
-    if parallel {
-        unwritten
-            .par_chunks_mut(rows_per_block * n)
-            .enumerate()
-            .for_each(|(index, block)| write_block(index, block));
-    } else {
-        write_block(0, unwritten);
-    }
+    write_by_row_blocks(&mut out.spare_capacity_mut()[..m * n], n, rows_per_block, parallel, write_block);
     // SAFETY: the caller's `write_block` has written every element of every block.
     unsafe { out.set_len(m * n) };
     out
+}
+
+/// Runs `write_block(index, block)` over the consecutive blocks of `rows_per_block` rows of
+/// `n` elements (the last one shorter) of `out`, on the thread pool when `parallel`.
+fn write_by_row_blocks(
+    out: &mut [MaybeUninit<f32>],
+    n: usize,
+    rows_per_block: usize,
+    parallel: bool,
+    write_block: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
+) {
+    if parallel {
+        out.par_chunks_mut(rows_per_block * n)
+            .enumerate()
+            .for_each(|(index, block)| write_block(index, block));
+    } else {
+        write_block(0, out);
+    }
 }
 
 /// `x` rounded to the nearest bfloat16, as a f32.
@@ -176,27 +190,105 @@ fn holds_all_elements(op: &Operand) -> bool {
         || (op.rows - 1) * op.row_stride + (op.cols - 1) * op.col_stride < op.data.len()
 }
 
+thread_local! {
+    /// This thread's copy of the rounded operands of its last product on the portable path,
+    /// kept for the next one (so as large as the largest product's operands so far): a fresh
+    /// copy at every product would leave holes of its size in the heap between the
+    /// activations that outlive it (ViT-B/32 training peaked 0.5 GB higher that way).
+    static ROUNDED_OPERANDS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
 /// The product on any CPU: both operands rounded to bf16 values held in f32, multiplied by the
 /// f32 gemm (products of two bf16 values are exact in f32), on candle's threads where
 /// `may_parallelise`.
 fn matmul_of_rounded(lhs: Operand, rhs: Operand, may_parallelise: bool) -> Vec<f32> {
-    let (lhs_rounded, rhs_rounded) = (rounded_row_major(&lhs), rounded_row_major(&rhs));
-    let (lhs, rhs) =
-        (row_major(&lhs_rounded, lhs.rows, lhs.cols), row_major(&rhs_rounded, rhs.rows, rhs.cols));
-    if may_parallelise {
-        matmul(lhs, rhs)
-    } else {
-        matmul_with(lhs, rhs, gemm::Parallelism::None)
+    // Taken rather than borrowed: a product that runs on this thread meanwhile (work taken up
+    // while gemm's threads are joined) finds it empty and makes its own.
+    let mut buffer = ROUNDED_OPERANDS.take();
+    let product = {
+        let (lhs, rhs) = rounded_copies(&mut buffer, &lhs, &rhs, may_parallelise);
+        if may_parallelise {
+            matmul(lhs, rhs)
+        } else {
+            matmul_with(lhs, rhs, gemm::Parallelism::None)
+        }
+    };
+    ROUNDED_OPERANDS.set(buffer);
+    product
+}
+
+/// Both operands with their elements rounded to bf16, copied into `buffer` (replaced by a
+/// larger one when too small), by parallel blocks of rows where `parallel`.
+fn rounded_copies<'a>(
+    buffer: &'a mut Vec<f32>,
+    lhs: &Operand,
+    rhs: &Operand,
+    parallel: bool,
+) -> (Operand<'a>, Operand<'a>) {
+    let (lhs_len, rhs_len) = (lhs.rows * lhs.cols, rhs.rows * rhs.cols);
+    if buffer.capacity() < lhs_len + rhs_len {
+        *buffer = Vec::with_capacity(lhs_len + rhs_len);
+    }
+    buffer.clear();
+    let (lhs_out, rhs_out) = buffer.spare_capacity_mut()[..lhs_len + rhs_len].split_at_mut(lhs_len);
+    let (lhs_order, rhs_order) =
+        (write_rounded(lhs, lhs_out, parallel), write_rounded(rhs, rhs_out, parallel));
+    // SAFETY: `write_rounded` has written all `lhs_len` and `rhs_len` elements.
+    unsafe { buffer.set_len(lhs_len + rhs_len) };
+    let (lhs_data, rhs_data) = buffer.split_at(lhs_len);
+    (lhs_order.dense(lhs_data, lhs.rows, lhs.cols), rhs_order.dense(rhs_data, rhs.rows, rhs.cols))
+}
+
+/// How a dense copy of an operand is laid out.
+#[derive(Clone, Copy)]
+enum Order {
+    RowMajor,
+    ColumnMajor,
+}
+
+impl Order {
+    /// `data` (`rows × cols` elements in this order) as a matrix operand.
+    fn dense(self, data: &[f32], rows: usize, cols: usize) -> Operand<'_> {
+        match self {
+            Order::RowMajor => row_major(data, rows, cols),
+            Order::ColumnMajor => row_major(data, cols, rows).transposed(),
+        }
     }
 }
 
-/// The operand's elements rounded to bf16, as a row-major matrix.
-fn rounded_row_major(op: &Operand) -> Vec<f32> {
-    (0..op.rows)
-        .flat_map(|i| {
-            (0..op.cols).map(move |j| round_to_bf16(op.data[i * op.row_stride + j * op.col_stride]))
-        })
-        .collect()
+/// Writes `op`'s elements rounded to bf16 into `out` (all `rows × cols` of it) in the order of
+/// its storage, and returns that order: row-major when its columns are the nearer elements
+/// (`col_stride ≤ row_stride`), column-major when its rows are (a transposed matrix: a weight
+/// in `x Wᵀ`, the output gradient in `gᵀ x`), so that the copy reads memory in order instead of
+/// striding across it at every element.
+fn write_rounded(op: &Operand, out: &mut [MaybeUninit<f32>], parallel: bool) -> Order {
+    let (order, stored) = if op.col_stride > op.row_stride {
+        (Order::ColumnMajor, op.transposed())
+    } else {
+        (Order::RowMajor, *op)
+    };
+    let rows_per_block = rows_per_block(stored.cols);
+    let write_block = |index: usize, block: &mut [MaybeUninit<f32>]| {
+        for (row, out) in block.chunks_exact_mut(stored.cols).enumerate() {
+            write_rounded_row(&stored, index * rows_per_block + row, out);
+        }
+    };
+    write_by_row_blocks(out, stored.cols, rows_per_block, parallel, write_block);
+    order
+}
+
+/// Writes row `i` of `op`, rounded to bf16, into `out` (`op.cols` elements).
+fn write_rounded_row(op: &Operand, i: usize, out: &mut [MaybeUninit<f32>]) {
+    let start = i * op.row_stride;
+    if op.col_stride == 1 {
+        for (o, &x) in out.iter_mut().zip(&op.data[start..start + op.cols]) {
+            o.write(round_to_bf16(x));
+        }
+    } else {
+        for (j, o) in out.iter_mut().enumerate() {
+            o.write(round_to_bf16(op.data[start + j * op.col_stride]));
+        }
+    }
 }
 
 fn row_major(data: &[f32], rows: usize, cols: usize) -> Operand<'_> {
