@@ -18,6 +18,8 @@
 //! exponentials only if one of its lanes needs them, and keeps for each lane the formula
 //! `erff` would take. Elsewhere `erff` itself runs on each element.
 
+#[cfg(target_arch = "x86_64")]
+use super::exp::in_padded_blocks;
 use super::exp::Lanes;
 
 /// `|x|` bits below which `erff` returns a scaled `x` (2⁻²⁸).
@@ -169,17 +171,7 @@ mod avx2 {
     /// The CPU must support AVX2.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn erf_in_place(xs: &mut [f32]) {
-        let mut blocks = xs.chunks_exact_mut(LANES);
-        for block in &mut blocks {
-            erf_lanes(block.try_into().expect("a block of 8"));
-        }
-        let tail = blocks.into_remainder();
-        if !tail.is_empty() {
-            let mut padded = [0f32; LANES];
-            padded[..tail.len()].copy_from_slice(tail);
-            erf_lanes(&mut padded);
-            tail.copy_from_slice(&padded[..tail.len()]);
-        }
+        in_padded_blocks::<LANES>(xs, |block| erf_lanes(block));
     }
 
     /// `erff` of the 8 elements of `xs`, in place.

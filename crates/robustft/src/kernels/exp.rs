@@ -134,6 +134,24 @@ const TABLE: [u64; 32] = [
 /// Bits of the smallest `|x|` that glibc leaves its fast path for (88.0).
 const SPECIAL_ABS_BITS: i32 = 0x42b00000;
 
+/// `lanes` on every block of `N` elements of `xs`, in place; the tail through a zero-padded
+/// copy. The AVX2 drivers of `exp` and `erf`, inlined into their `target_feature` functions.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) fn in_padded_blocks<const N: usize>(xs: &mut [f32], mut lanes: impl FnMut(&mut [f32; N])) {
+    let mut blocks = xs.chunks_exact_mut(N);
+    for block in &mut blocks {
+        lanes(block.try_into().expect("a block of N"));
+    }
+    let tail = blocks.into_remainder();
+    if !tail.is_empty() {
+        let mut padded = [0f32; N];
+        padded[..tail.len()].copy_from_slice(tail);
+        lanes(&mut padded);
+        tail.copy_from_slice(&padded[..tail.len()]);
+    }
+}
+
 #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
 mod avx512 {
     use std::arch::x86_64::*;
@@ -244,7 +262,7 @@ mod avx512 {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{C0, C1, C2, INV_LN2_SCALED, SHIFT, SPECIAL_ABS_BITS, TABLE};
+    use super::{in_padded_blocks, C0, C1, C2, INV_LN2_SCALED, SHIFT, SPECIAL_ABS_BITS, TABLE};
 
     /// f32 lanes per iteration.
     const LANES: usize = 8;
@@ -256,17 +274,7 @@ mod avx2 {
     /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn exp_in_place(xs: &mut [f32]) {
-        let mut chunks = xs.chunks_exact_mut(LANES);
-        for chunk in &mut chunks {
-            exp_lanes(chunk.try_into().expect("a chunk of 8"));
-        }
-        let tail = chunks.into_remainder();
-        if !tail.is_empty() {
-            let mut padded = [0f32; LANES];
-            padded[..tail.len()].copy_from_slice(tail);
-            exp_lanes(&mut padded);
-            tail.copy_from_slice(&padded[..tail.len()]);
-        }
+        in_padded_blocks::<LANES>(xs, |block| exp_lanes(block));
     }
 
     /// `exp` of the 8 elements of `xs`, in place.
