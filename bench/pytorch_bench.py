@@ -97,12 +97,13 @@ def main():
         "images_per_s": args.batch * args.steps / seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "engine": f"pytorch {torch.__version__}",
+        "threads": torch.get_num_threads(),
     }
     if args.json:
         print(json.dumps(report))
     else:
         print("{arch} {mode} batch {batch} {precision}: {images_per_s:.2f} images/s over {steps} steps, "
-              "peak RSS {peak_rss_mb:.0f} MB ({engine})".format(**report))
+              "{threads} threads, peak RSS {peak_rss_mb:.0f} MB ({engine})".format(**report))
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@
 # alternate R times per workload and the median of the R ratios is printed too (a shared VM's
 # speed drifts by several percent within minutes; alternating spreads the drift over both).
 #   bench/run.sh [--arch ViT-B-32|shiftworld] [--steps 5] [--infer-batch 64] [--train-batch 32]
-#                [--precision fp32|bf16] [--rounds 1]
-# (bf16: robustft's bf16 matmuls against PyTorch's CPU autocast to bfloat16)
+#                [--precision fp32|bf16] [--rounds 1] [--threads N]
+# (bf16: robustft's bf16 matmuls against PyTorch's CPU autocast to bfloat16; --threads: both
+# engines on N threads, robustft --threads and torch.set_num_threads; default every logical CPU)
 # (PyTorch comes from the fixture venv of scripts/fixtures/setup_venv.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,7 @@ infer_batch=64
 train_batch=32
 precision=fp32
 rounds=1
+threads=$(nproc)
 while [ $# -gt 0 ]; do
   case "$1" in
     --arch) arch=$2; shift 2 ;;
@@ -23,6 +25,7 @@ while [ $# -gt 0 ]; do
     --train-batch) train_batch=$2; shift 2 ;;
     --precision) precision=$2; shift 2 ;;
     --rounds) rounds=$2; shift 2 ;;
+    --threads) threads=$2; shift 2 ;;
     *) echo "unknown flag $1" >&2; exit 2 ;;
   esac
 done
@@ -41,8 +44,8 @@ for spec in "infer $infer_batch" "train $train_batch"; do
   flags=(--arch "$arch" --mode "$1" --batch "$2" --steps "$steps" --precision "$precision" --json)
   pairs=()
   for _ in $(seq "$rounds"); do
-    ours=$(target/release/robustft bench "${flags[@]}")
-    theirs=$(.venv/bin/python bench/pytorch_bench.py "${flags[@]}" 2>/dev/null)
+    ours=$(target/release/robustft --threads "$threads" bench "${flags[@]}")
+    theirs=$(.venv/bin/python bench/pytorch_bench.py "${flags[@]}" --threads "$threads" 2>/dev/null)
     echo "$ours"
     echo "$theirs"
     python3 -c "$ratio" "$ours" "$theirs"

@@ -11,13 +11,18 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "robustft", version)]
 struct Cli {
+    /// Threads for the computation, for any command (default: RAYON_NUM_THREADS if set, else
+    /// every logical CPU). Results do not depend on it.
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<std::num::NonZeroUsize>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Measure image-tower throughput (inference or a training step) as one JSON line.
+    /// Measure image-tower throughput (inference or a training step), as a line of text or one
+    /// JSON line, on every logical CPU (or --threads N).
     Bench(commands::bench::BenchArgs),
     /// The headline comparison on ShiftWorld with the bundled model (zero-shot, FT, LP-FT,
     /// FLYP, DRM, each with WiSE-FT): a table and runs/demo/report.html.
@@ -68,7 +73,7 @@ static ALLOCATOR: robustft::allocator::CachedSystem = robustft::allocator::Cache
 fn main() -> std::process::ExitCode {
     robustft::allocator::keep_freed_memory();
     let cli = Cli::parse();
-    match robustft::threads::run_on_one_pool(|| run(cli.command)) {
+    match robustft::threads::run_on_one_pool(cli.threads, || run(cli.command)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");

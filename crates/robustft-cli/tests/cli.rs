@@ -573,6 +573,47 @@ fn bench_prints_text_or_one_json_line_with_the_requested_shape() {
     assert_eq!(report["precision"], "bf16");
     assert_eq!(report["kernel"], kernel.name());
     assert!(report["images_per_s"].as_f64().unwrap() > 0.0 && report["peak_rss_mb"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["threads"], std::thread::available_parallelism().unwrap().get(), "{report}");
+
+    // --threads, else RAYON_NUM_THREADS, sizes the pool every command runs on; the report says so.
+    let three = stdout_json(&robustft(&[&["--threads", "3"], &args[..], &["--json"]].concat()));
+    assert_eq!(three["threads"], 3, "{three}");
+    let one = Command::new(env!("CARGO_BIN_EXE_robustft"))
+        .args(args)
+        .env("RAYON_NUM_THREADS", "1")
+        .current_dir(root())
+        .output()
+        .expect("binary runs");
+    let line = String::from_utf8_lossy(&one.stdout);
+    assert!(line.contains(" images/s over 2 steps on 1 thread, "), "{line}");
+}
+
+/// Training's weights do not depend on `--threads`: no op splits a sum by thread count.
+#[test]
+fn training_reaches_the_same_weights_on_any_thread_count() {
+    let dir = scratch("threads");
+    let trained = |threads: &str| {
+        let out = dir.join(format!("pretrain-{threads}"));
+        let run =
+            robustft(&["--threads", threads, "pretrain", "--steps", "2", "--out", out.to_str().unwrap()]);
+        assert!(run.status.success(), "failed: {}", String::from_utf8_lossy(&run.stderr));
+        let tensors =
+            candle_core::safetensors::load(out.join("model/model.safetensors"), &Device::Cpu).unwrap();
+        let mut values: Vec<(String, Vec<f32>)> = tensors
+            .into_iter()
+            .map(|(name, t)| {
+                (name, t.to_dtype(candle_core::DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap())
+            })
+            .collect();
+        values.sort_by(|a, b| a.0.cmp(&b.0));
+        values
+    };
+    let (one, three) = (trained("1"), trained("3"));
+    assert!(!one.is_empty());
+    for ((name, a), (_, b)) in one.iter().zip(&three) {
+        assert!(a == b, "`{name}` differs between 1 and 3 threads");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]

@@ -60,13 +60,17 @@ pub struct BenchReport {
     pub images_per_s: f64,
     pub peak_rss_mb: f64,
     pub engine: &'static str,
+    /// The threads of the pool the work ran on (`RAYON_NUM_THREADS`, else every logical CPU).
+    pub threads: usize,
     /// The CPU it ran on.
     pub cpu: CpuInfo,
 }
 
 /// The CPU a benchmark ran on: its model name, its family and model numbers (a virtual
 /// machine's model name may hide the generation: `AMD EPYC` is family 25 for Zen 3 and Zen 4,
-/// 26 for Zen 5), and the features its kernels' speed depends on.
+/// 26 for Zen 5), its cores and logical CPUs (two vCPUs may be two cores, or one core's two
+/// hyper-threads sharing its vector units and caches), and the features its kernels' speed
+/// depends on.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct CpuInfo {
     pub model: String,
@@ -74,6 +78,11 @@ pub struct CpuInfo {
     pub family: Option<u32>,
     /// `model` in `/proc/cpuinfo`, the model number within the family.
     pub model_number: Option<u32>,
+    /// `cpu cores` in `/proc/cpuinfo`: the physical cores of the first processor's package.
+    pub cores: Option<u32>,
+    /// `siblings` in `/proc/cpuinfo`: the logical CPUs of that package (twice the cores where
+    /// each core runs two hyper-threads).
+    pub logical_cpus: Option<u32>,
     /// Which of [`REPORTED_FEATURES`] the CPU has.
     pub features: Vec<String>,
 }
@@ -89,8 +98,8 @@ impl CpuInfo {
         Self::parse(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default())
     }
 
-    /// The first processor's `model name`, `cpu family`, `model` and flags in `/proc/cpuinfo`
-    /// text.
+    /// The first processor's `model name`, `cpu family`, `model`, `cpu cores`, `siblings` and
+    /// flags in `/proc/cpuinfo` text.
     pub fn parse(cpuinfo: &str) -> Self {
         let field = |name: &str| {
             cpuinfo.lines().find_map(|line| {
@@ -107,17 +116,28 @@ impl CpuInfo {
             model: field("model name").unwrap_or_else(|| "unknown".into()),
             family: number("cpu family"),
             model_number: number("model"),
+            cores: number("cpu cores"),
+            logical_cpus: number("siblings"),
             features,
         }
     }
 
-    /// `AMD EPYC, family 25 model 17 (avx2, fma, avx512f, avx512_bf16)`.
+    /// `AMD EPYC, family 25 model 17, 2 cores (avx2, fma, avx512f, avx512_bf16)`, or `…, 1 core
+    /// × 2 threads (…)` where the cores run hyper-threads.
     pub fn summary(&self) -> String {
         let numbers = match (self.family, self.model_number) {
             (Some(family), Some(model)) => format!(", family {family} model {model}"),
             _ => String::new(),
         };
-        format!("{}{numbers} ({})", self.model, self.features.join(", "))
+        let plural = |count: u32, noun: &str| format!("{count} {noun}{}", if count == 1 { "" } else { "s" });
+        let cores = match (self.cores, self.logical_cpus) {
+            (Some(cores), Some(logical)) if logical > cores && cores > 0 && logical % cores == 0 => {
+                format!(", {} × {}", plural(cores, "core"), plural(logical / cores, "thread"))
+            }
+            (Some(cores), _) => format!(", {}", plural(cores, "core")),
+            (None, _) => String::new(),
+        };
+        format!("{}{numbers}{cores} ({})", self.model, self.features.join(", "))
     }
 }
 
@@ -154,6 +174,7 @@ pub fn run(workload: &Workload, device: &Device) -> crate::Result<BenchReport> {
         images_per_s: (batch * steps) as f64 / seconds,
         peak_rss_mb: peak_rss_mb(),
         engine: "robustft",
+        threads: rayon::current_num_threads(),
         cpu: CpuInfo::detect(),
     })
 }
@@ -202,6 +223,8 @@ pub struct ProductReport {
     /// The products' floating-point operations per call, `2 · rows · fan_out · fan_in` (twice
     /// that for attention's two products), over the mean time of one call.
     pub gflops: f64,
+    /// The threads of the pool the products ran on.
+    pub threads: usize,
     pub cpu: CpuInfo,
 }
 
@@ -227,11 +250,11 @@ pub fn time_products(
     let (tokens, width, mlp) = (vision.tokens(), vision.width, vision.mlp_dim);
     let rows = batch * tokens;
     let layers = [("qkv", 3 * width, width), ("out", width, width), ("fc1", mlp, width), ("fc2", width, mlp)];
-    let (kernel, cpu) = (precision.cpu_kernel(), CpuInfo::detect());
+    let (kernel, threads, cpu) = (precision.cpu_kernel(), rayon::current_num_threads(), CpuInfo::detect());
     let report = |layer, fan_out, fan_in, seconds: f64| {
         let flops = if layer == "attention" { 4.0 } else { 2.0 } * (rows * fan_out * fan_in) as f64;
         let gflops = flops / seconds / 1e9;
-        ProductReport { layer, rows, fan_out, fan_in, precision, kernel, gflops, cpu: cpu.clone() }
+        ProductReport { layer, rows, fan_out, fan_in, precision, kernel, gflops, threads, cpu: cpu.clone() }
     };
     let mut reports = Vec::new();
     for (i, (layer, fan_out, fan_in)) in layers.into_iter().enumerate() {
@@ -317,24 +340,37 @@ mod tests {
     fn the_cpu_model_and_its_reported_features_are_read_from_cpuinfo() {
         let cpuinfo = "processor\t: 0\ncpu family\t: 6\nmodel\t\t: 143\n\
                        model name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz\n\
+                       siblings\t: 2\ncpu cores\t: 1\n\
                        flags\t\t: fpu avx2 fma avx512f avx512bw avx512_bf16 amx_bf16 amx_tile amx_int8\n\n\
                        processor\t: 1\nmodel name\t: other\n";
         let cpu = CpuInfo::parse(cpuinfo);
         assert_eq!(cpu.model, "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz");
         assert_eq!((cpu.family, cpu.model_number), (Some(6), Some(143)));
+        assert_eq!((cpu.cores, cpu.logical_cpus), (Some(1), Some(2)));
         assert_eq!(
             cpu.features,
             ["avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"]
         );
-        let amd = CpuInfo::parse(
-            "cpu family : 25\nmodel : 17\nmodel name : AMD EPYC\nflags : avx2 fma avx512f avx512_bf16\n",
+        assert_eq!(
+            cpu.summary(),
+            "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz, family 6 model 143, 1 core × 2 threads \
+             (avx2, fma, avx512f, avx512_bf16, amx_tile, amx_bf16, amx_int8)"
         );
-        assert_eq!(amd.summary(), "AMD EPYC, family 25 model 17 (avx2, fma, avx512f, avx512_bf16)");
+        let amd = CpuInfo::parse(
+            "cpu family : 25\nmodel : 17\nmodel name : AMD EPYC\nsiblings : 2\ncpu cores : 2\n\
+             flags : avx2 fma avx512f avx512_bf16\n",
+        );
+        assert_eq!(amd.summary(), "AMD EPYC, family 25 model 17, 2 cores (avx2, fma, avx512f, avx512_bf16)");
         let unnumbered = CpuInfo::parse("model name : AMD EPYC 9B14\nflags : avx2\n");
         assert_eq!(unnumbered.summary(), "AMD EPYC 9B14 (avx2)");
-        assert_eq!(
-            CpuInfo::parse(""),
-            CpuInfo { model: "unknown".into(), family: None, model_number: None, features: Vec::new() }
-        );
+        let unknown = CpuInfo {
+            model: "unknown".into(),
+            family: None,
+            model_number: None,
+            cores: None,
+            logical_cpus: None,
+            features: Vec::new(),
+        };
+        assert_eq!(CpuInfo::parse(""), unknown);
     }
 }

@@ -9,14 +9,21 @@
 //! ops on the calling thread. On the bundled model's training step this is about 13% faster
 //! (BENCHMARKS.md); results are unchanged, since no op splits a reduction by thread count.
 
-/// Runs `f` on a rayon pool of the default size, with candle's elementwise barrier pool off.
-/// Call it from `main` before the first tensor op; if the pool cannot be built, `f` runs on
-/// the calling thread.
-pub fn run_on_one_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+use std::num::NonZeroUsize;
+
+/// Runs `f` on a rayon pool of `threads` threads (`None`: rayon's default, `RAYON_NUM_THREADS`
+/// or else every logical CPU), with candle's elementwise barrier pool off. Call it from `main`
+/// before the first tensor op; if the pool cannot be built, `f` runs on the calling thread.
+pub fn run_on_one_pool<R: Send>(threads: Option<NonZeroUsize>, f: impl FnOnce() -> R + Send) -> R {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
-    match rayon::ThreadPoolBuilder::new().build() {
+    let builder = rayon::ThreadPoolBuilder::new();
+    let builder = match threads {
+        Some(threads) => builder.num_threads(threads.get()),
+        None => builder,
+    };
+    match builder.build() {
         Ok(pool) => pool.install(f),
         Err(_) => f(),
     }
@@ -29,7 +36,15 @@ mod tests {
     #[test]
     fn the_work_runs_on_a_pool_thread_with_candles_elementwise_pool_off() {
         assert_eq!(rayon::current_thread_index(), None);
-        assert!(run_on_one_pool(|| rayon::current_thread_index().is_some()));
+        assert!(run_on_one_pool(None, || rayon::current_thread_index().is_some()));
         assert!(std::env::var_os("CANDLE_NUM_THREADS").is_some());
+    }
+
+    #[test]
+    fn the_pool_has_the_threads_asked_for() {
+        for threads in [1, 3] {
+            let asked = std::num::NonZeroUsize::new(threads);
+            assert_eq!(run_on_one_pool(asked, rayon::current_num_threads), threads);
+        }
     }
 }

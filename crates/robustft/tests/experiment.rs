@@ -18,6 +18,10 @@ use robustft::recipe::Recipe;
 mod dataset;
 use dataset::SplitSpec;
 
+#[path = "support/run_weights.rs"]
+mod run_weights;
+use run_weights::{assert_resumed_weights_equal, weights};
+
 fn scratch(tag: &str) -> PathBuf {
     dataset::scratch("experiment", tag)
 }
@@ -65,20 +69,6 @@ fn run_with(recipe: Recipe, settings: RunSettings) -> robustft::Result<Vec<Strin
     Ok(stages)
 }
 
-fn weights(run_dir: &Path) -> Vec<(String, Vec<f32>)> {
-    let (model, _) = ClipModel::load(run_dir.join("model").to_str().unwrap(), &Device::Cpu).unwrap();
-    let mut tensors: Vec<(String, Vec<f32>)> =
-        model.tensors().into_iter().map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1().unwrap())).collect();
-    let head = run_dir.join("model/head.safetensors");
-    if head.exists() {
-        for (name, t) in candle_core::safetensors::load(head, &Device::Cpu).unwrap() {
-            tensors.push((name, t.flatten_all().unwrap().to_vec1().unwrap()));
-        }
-    }
-    tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    tensors
-}
-
 fn resume_matches_uninterrupted(method: &str) {
     let (dir, _) = resumed_run_matches(method, method, &[]);
     std::fs::remove_dir_all(&dir).unwrap();
@@ -99,10 +89,7 @@ fn resumed_run_matches(name: &str, method: &str, extra: &[&str]) -> (PathBuf, Pa
     run(recipe(&dir, method, &sets), &killed, false, Some(3)).unwrap();
     run(recipe(&dir, method, &sets), &killed, true, None).unwrap();
     let (a, b) = (weights(&whole.join(name)), weights(&killed.join(name)));
-    assert_eq!(a.len(), b.len());
-    for ((tensor, x), (_, y)) in a.iter().zip(&b) {
-        assert_eq!(x, y, "{name}: `{tensor}` differs after resume");
-    }
+    assert_resumed_weights_equal(name, &a, &b);
     let (bundled, _) = ClipModel::load("bundled", &Device::Cpu).unwrap();
     let moved = bundled.tensors().iter().any(|(tensor, t)| {
         let before: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
@@ -159,7 +146,7 @@ fn constrained_run_resumes_and_differs_from_the_plain_method(
     run(recipe(&dir, method, constraint), &killed, true, None).unwrap();
     run(recipe(&dir, method, plain), &unconstrained, false, None).unwrap();
     let trained = weights(&whole.join(method));
-    assert_eq!(trained, weights(&killed.join(method)), "{method}: weights differ after resume");
+    assert_resumed_weights_equal(method, &trained, &weights(&killed.join(method)));
     let (bundled, _) = ClipModel::load("bundled", &Device::Cpu).unwrap();
     let moved = bundled.tensors().iter().any(|(name, t)| {
         let before: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();

@@ -27,6 +27,10 @@ use robustft::recipe::Recipe;
 mod dataset;
 use dataset::SplitSpec;
 
+#[path = "support/run_weights.rs"]
+mod run_weights;
+use run_weights::{assert_resumed_weights_equal, weights};
+
 fn scratch(tag: &str) -> PathBuf {
     dataset::scratch("terms", tag)
 }
@@ -138,21 +142,6 @@ fn vrf_is_refused_for_a_method_without_a_trained_head() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Every trained tensor of a finished run (the towers and, when there is one, the head).
-fn weights(run_dir: &Path) -> Vec<(String, Vec<f32>)> {
-    let (model, _) = ClipModel::load(run_dir.join("model").to_str().unwrap(), &Device::Cpu).unwrap();
-    let mut tensors: Vec<(String, Vec<f32>)> =
-        model.tensors().into_iter().map(|(n, t)| (n, t.flatten_all().unwrap().to_vec1().unwrap())).collect();
-    let head = run_dir.join("model/head.safetensors");
-    if head.exists() {
-        for (name, t) in candle_core::safetensors::load(head, &Device::Cpu).unwrap() {
-            tensors.push((name, t.flatten_all().unwrap().to_vec1().unwrap()));
-        }
-    }
-    tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    tensors
-}
-
 /// Trains `method` with the term `sets` three ways — plain, with the term, and with the term
 /// killed after 3 steps then resumed — and checks the term changes the weights and the resumed
 /// run reaches the uninterrupted one's weights exactly; returns the term's result rows.
@@ -176,10 +165,7 @@ fn term_changes_training_and_resumes_exactly(
     run_with(recipe(&dir, "term", method, sets), killed(true, None));
     let (plain, term, resumed) =
         (weights(&out.join("plain")), weights(&out.join("term")), weights(&dir.join("killed/term")));
-    assert_eq!(term.len(), resumed.len());
-    for ((name, x), (_, y)) in term.iter().zip(&resumed) {
-        assert_eq!(x, y, "{tag}: `{name}` differs after resume");
-    }
+    assert_resumed_weights_equal(tag, &term, &resumed);
     assert!(plain.iter().zip(&term).any(|((_, x), (_, y))| x != y), "{tag}: the term changed no weight");
     std::fs::remove_dir_all(&dir).unwrap();
     rows

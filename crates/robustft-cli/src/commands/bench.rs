@@ -11,10 +11,12 @@ use super::Precision;
 
 /// Prints a line of text, or with `--json`
 /// `{"arch","mode","batch","steps","precision","kernel","images_per_s","peak_rss_mb","engine",
-/// "cpu":{"model","family","model_number","features"}}` (kernel: the linear layers' CPU
-/// kernel, `gemm` in fp32, `amx`, `avx512_bf16` or `portable` in bf16; family and model
-/// number as `/proc/cpuinfo` gives them; the features: which of avx2, fma, avx512f,
-/// avx512_bf16, amx_tile, amx_bf16, amx_int8 the CPU has).
+/// "threads","cpu":{"model","family","model_number","cores","logical_cpus","features"}}`
+/// (kernel: the linear layers' CPU kernel, `gemm` in fp32, `amx`, `avx512_bf16` or `portable`
+/// in bf16; threads: the pool's, every logical CPU unless `--threads` or `RAYON_NUM_THREADS`
+/// says otherwise; family, model number, cores and logical CPUs (of the first package) as
+/// `/proc/cpuinfo` gives them; the features: which of avx2, fma, avx512f, avx512_bf16,
+/// amx_tile, amx_bf16, amx_int8 the CPU has).
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// Architecture, randomly initialised: a preset (ViT-B-32, ViT-B-16, ViT-L-14,
@@ -130,7 +132,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "{} {} batch {} {} ({}): {:.2} images/s over {} steps, peak RSS {:.0} MB, on {}",
+            "{} {} batch {} {} ({}): {:.2} images/s over {} steps on {}, peak RSS {:.0} MB, on {}",
             report.arch,
             args.mode.name(),
             report.batch,
@@ -138,11 +140,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             report.kernel,
             report.images_per_s,
             report.steps,
+            threads(report.threads),
             report.peak_rss_mb,
             report.cpu.summary()
         );
     }
     Ok(())
+}
+
+/// `1 thread`, `2 threads`.
+fn threads(count: usize) -> String {
+    format!("{count} thread{}", if count == 1 { "" } else { "s" })
 }
 
 /// GFLOP/s of each forward product of one image-tower block.
@@ -155,13 +163,14 @@ fn bench_products(args: &BenchArgs, config: &ClipConfig) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&report)?);
         } else {
             println!(
-                "{} {} {} {} ({}): {:.0} GFLOP/s, on {}",
+                "{} {} {} {} ({}): {:.0} GFLOP/s on {}, on {}",
                 args.arch,
                 report.layer,
                 report.products(),
                 report.precision.name(),
                 report.kernel,
                 report.gflops,
+                threads(report.threads),
                 report.cpu.summary()
             );
         }
