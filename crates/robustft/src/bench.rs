@@ -10,7 +10,10 @@
 //! recipe, to measure a method's overhead over plain fine-tuning on the same data.
 //! [`time_products`] times the matrix products alone: the forward `x Wᵀ` of each linear layer
 //! of an image-tower block, through the linear kernel the model runs, and the block's attention
-//! (`q kᵀ` and `P v` of every head, the softmax between), in GFLOP/s.
+//! (`q kᵀ` and `P v` of every head, the softmax between), in GFLOP/s, beside the CPU's
+//! multiply-add ceiling measured in the same run ([`peak`]).
+
+pub mod peak;
 
 use std::time::Instant;
 
@@ -225,6 +228,10 @@ pub struct ProductReport {
     pub gflops: f64,
     /// The threads of the pool the products ran on.
     pub threads: usize,
+    /// GFLOP/s of independent multiply-adds on those threads, the higher of two measurements,
+    /// before and after the products ([`peak::fma_peak_gflops`]; `None` off the CPU or without
+    /// AVX2 and FMA).
+    pub fma_peak_gflops: Option<f64>,
     pub cpu: CpuInfo,
 }
 
@@ -251,10 +258,24 @@ pub fn time_products(
     let rows = batch * tokens;
     let layers = [("qkv", 3 * width, width), ("out", width, width), ("fc1", mlp, width), ("fc2", width, mlp)];
     let (kernel, threads, cpu) = (precision.cpu_kernel(), rayon::current_num_threads(), CpuInfo::detect());
+    let measure_peak = || if device.is_cpu() { peak::fma_peak_gflops() } else { None };
+    let peak_before = measure_peak();
     let report = |layer, fan_out, fan_in, seconds: f64| {
         let flops = if layer == "attention" { 4.0 } else { 2.0 } * (rows * fan_out * fan_in) as f64;
         let gflops = flops / seconds / 1e9;
-        ProductReport { layer, rows, fan_out, fan_in, precision, kernel, gflops, threads, cpu: cpu.clone() }
+        let cpu = cpu.clone();
+        ProductReport {
+            layer,
+            rows,
+            fan_out,
+            fan_in,
+            precision,
+            kernel,
+            gflops,
+            threads,
+            fma_peak_gflops: None,
+            cpu,
+        }
     };
     let mut reports = Vec::new();
     for (i, (layer, fan_out, fan_in)) in layers.into_iter().enumerate() {
@@ -266,6 +287,11 @@ pub fn time_products(
     let qkv = random_tensor(&[batch, tokens, 3 * width], 30, device)?;
     let seconds = seconds_per_call(reps, || attention(&qkv, vision.heads, None).map(drop))?;
     reports.push(report("attention", tokens, width, seconds));
+    let fma_peak_gflops = match (peak_before, measure_peak()) {
+        (Some(before), Some(after)) => Some(before.max(after)),
+        (before, after) => before.or(after),
+    };
+    reports.iter_mut().for_each(|report| report.fma_peak_gflops = fma_peak_gflops);
     Ok(reports)
 }
 
@@ -334,6 +360,13 @@ mod tests {
             ]
         );
         assert!(reports.iter().all(|r| r.gflops.is_finite() && r.gflops > 0.0), "{reports:?}");
+        #[cfg(target_arch = "x86_64")]
+        let has_fma = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        #[cfg(not(target_arch = "x86_64"))]
+        let has_fma = false;
+        let peaks: Vec<Option<f64>> = reports.iter().map(|r| r.fma_peak_gflops).collect();
+        assert!(peaks.iter().all(|p| *p == peaks[0]), "one peak, measured once: {peaks:?}");
+        assert_eq!(peaks[0].is_some(), has_fma, "{peaks:?}");
     }
 
     #[test]

@@ -65,7 +65,10 @@ pub struct BenchArgs {
     /// and its attention (`q kᵀ` and `P v` of every head, the softmax between), in --precision,
     /// one untimed run then --steps timed ones each, and print GFLOP/s (and the kernel: `gemm`
     /// in fp32; in bf16 `amx` on CPUs with AMX-BF16 tiles, `avx512_bf16` on AVX512-BF16 ones,
-    /// `portable` elsewhere).
+    /// `portable` elsewhere), each beside the fp32 FMA peak of the same threads (independent
+    /// multiply-adds in registers, AVX-512 or AVX2, the higher of a measurement before and one
+    /// after the products: what the cores could issue in that minute; `fma_peak_gflops` in
+    /// --json).
     #[arg(long, conflicts_with = "recipes")]
     products: bool,
 
@@ -162,8 +165,11 @@ fn bench_products(args: &BenchArgs, config: &ClipConfig) -> anyhow::Result<()> {
         if args.json {
             println!("{}", serde_json::to_string(&report)?);
         } else {
+            let of_peak = report.fma_peak_gflops.map_or(String::new(), |peak| {
+                format!(" ({:.0}% of {peak:.0}, the FMA peak)", 100.0 * report.gflops / peak)
+            });
             println!(
-                "{} {} {} {} ({}): {:.0} GFLOP/s on {}, on {}",
+                "{} {} {} {} ({}): {:.0} GFLOP/s{of_peak} on {}, on {}",
                 args.arch,
                 report.layer,
                 report.products(),

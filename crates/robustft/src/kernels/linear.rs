@@ -110,9 +110,10 @@ pub(super) fn product(lhs: Operand, rhs: Operand) -> Vec<f32> {
     }
 }
 
-/// `lhs · rhs` as a new row-major matrix, by candle's gemm on candle's thread count.
+/// `lhs · rhs` as a new row-major matrix, by candle's gemm on the threads of the current
+/// rayon pool (the CLI's `--threads`).
 pub(super) fn matmul(lhs: Operand, rhs: Operand) -> Vec<f32> {
-    let threads = candle_core::utils::get_num_threads();
+    let threads = rayon::current_num_threads();
     let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     matmul_with(lhs, rhs, parallelism)
 }
