@@ -7,6 +7,8 @@
 
 #[path = "../../robustft/tests/support/mock_chat.rs"]
 mod mock_chat;
+#[path = "../../robustft/tests/support/run_weights.rs"]
+mod run_weights;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -597,16 +599,7 @@ fn training_reaches_the_same_weights_on_any_thread_count() {
         let run =
             robustft(&["--threads", threads, "pretrain", "--steps", "2", "--out", out.to_str().unwrap()]);
         assert!(run.status.success(), "failed: {}", String::from_utf8_lossy(&run.stderr));
-        let tensors =
-            candle_core::safetensors::load(out.join("model/model.safetensors"), &Device::Cpu).unwrap();
-        let mut values: Vec<(String, Vec<f32>)> = tensors
-            .into_iter()
-            .map(|(name, t)| {
-                (name, t.to_dtype(candle_core::DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap())
-            })
-            .collect();
-        values.sort_by(|a, b| a.0.cmp(&b.0));
-        values
+        run_weights::weights(&out)
     };
     let (one, three) = (trained("1"), trained("3"));
     assert!(!one.is_empty());

@@ -63,7 +63,8 @@ pub struct BenchReport {
     pub images_per_s: f64,
     pub peak_rss_mb: f64,
     pub engine: &'static str,
-    /// The threads of the pool the work ran on (`RAYON_NUM_THREADS`, else every logical CPU).
+    /// The threads of the pool the work ran on (the CLI's `--threads`, else
+    /// `RAYON_NUM_THREADS`, else every logical CPU).
     pub threads: usize,
     /// The CPU it ran on.
     pub cpu: CpuInfo,
@@ -132,16 +133,21 @@ impl CpuInfo {
             (Some(family), Some(model)) => format!(", family {family} model {model}"),
             _ => String::new(),
         };
-        let plural = |count: u32, noun: &str| format!("{count} {noun}{}", if count == 1 { "" } else { "s" });
         let cores = match (self.cores, self.logical_cpus) {
             (Some(cores), Some(logical)) if logical > cores && cores > 0 && logical % cores == 0 => {
-                format!(", {} × {}", plural(cores, "core"), plural(logical / cores, "thread"))
+                format!(", {} × {}", counted(cores, "core"), counted(logical / cores, "thread"))
             }
-            (Some(cores), _) => format!(", {}", plural(cores, "core")),
+            (Some(cores), _) => format!(", {}", counted(cores, "core")),
             (None, _) => String::new(),
         };
         format!("{}{numbers}{cores} ({})", self.model, self.features.join(", "))
     }
+}
+
+/// `1 core`, `2 threads`: a count and its noun, plural unless the count is 1.
+pub fn counted(count: impl Into<u64>, noun: &str) -> String {
+    let count = count.into();
+    format!("{count} {noun}{}", if count == 1 { "" } else { "s" })
 }
 
 /// Runs the workload's untimed and timed iterations on a randomly initialised model (the
@@ -260,7 +266,18 @@ pub fn time_products(
     let (kernel, threads, cpu) = (precision.cpu_kernel(), rayon::current_num_threads(), CpuInfo::detect());
     let measure_peak = || if device.is_cpu() { peak::fma_peak_gflops() } else { None };
     let peak_before = measure_peak();
-    let report = |layer, fan_out, fan_in, seconds: f64| {
+    let mut timings = Vec::new();
+    for (i, (layer, fan_out, fan_in)) in layers.into_iter().enumerate() {
+        let x = random_tensor(&[rows, fan_in], 10 + i as u64, device)?;
+        let weight = random_tensor(&[fan_out, fan_in], 20 + i as u64, device)?;
+        let seconds = seconds_per_call(reps, || linear(&x, &weight, None).map(drop))?;
+        timings.push((layer, fan_out, fan_in, seconds));
+    }
+    let qkv = random_tensor(&[batch, tokens, 3 * width], 30, device)?;
+    let seconds = seconds_per_call(reps, || attention(&qkv, vision.heads, None).map(drop))?;
+    timings.push(("attention", tokens, width, seconds));
+    let fma_peak_gflops = peak_before.zip(measure_peak()).map(|(before, after)| before.max(after));
+    let report = |(layer, fan_out, fan_in, seconds): (&'static str, usize, usize, f64)| {
         let flops = if layer == "attention" { 4.0 } else { 2.0 } * (rows * fan_out * fan_in) as f64;
         let gflops = flops / seconds / 1e9;
         let cpu = cpu.clone();
@@ -273,26 +290,11 @@ pub fn time_products(
             kernel,
             gflops,
             threads,
-            fma_peak_gflops: None,
+            fma_peak_gflops,
             cpu,
         }
     };
-    let mut reports = Vec::new();
-    for (i, (layer, fan_out, fan_in)) in layers.into_iter().enumerate() {
-        let x = random_tensor(&[rows, fan_in], 10 + i as u64, device)?;
-        let weight = random_tensor(&[fan_out, fan_in], 20 + i as u64, device)?;
-        let seconds = seconds_per_call(reps, || linear(&x, &weight, None).map(drop))?;
-        reports.push(report(layer, fan_out, fan_in, seconds));
-    }
-    let qkv = random_tensor(&[batch, tokens, 3 * width], 30, device)?;
-    let seconds = seconds_per_call(reps, || attention(&qkv, vision.heads, None).map(drop))?;
-    reports.push(report("attention", tokens, width, seconds));
-    let fma_peak_gflops = match (peak_before, measure_peak()) {
-        (Some(before), Some(after)) => Some(before.max(after)),
-        (before, after) => before.or(after),
-    };
-    reports.iter_mut().for_each(|report| report.fma_peak_gflops = fma_peak_gflops);
-    Ok(reports)
+    Ok(timings.into_iter().map(report).collect())
 }
 
 /// The mean wall time of `reps` calls of `call` (at least one), after one untimed call.

@@ -143,17 +143,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             report.kernel,
             report.images_per_s,
             report.steps,
-            threads(report.threads),
+            bench::counted(report.threads as u64, "thread"),
             report.peak_rss_mb,
             report.cpu.summary()
         );
     }
     Ok(())
-}
-
-/// `1 thread`, `2 threads`.
-fn threads(count: usize) -> String {
-    format!("{count} thread{}", if count == 1 { "" } else { "s" })
 }
 
 /// GFLOP/s of each forward product of one image-tower block.
@@ -176,7 +171,7 @@ fn bench_products(args: &BenchArgs, config: &ClipConfig) -> anyhow::Result<()> {
                 report.precision.name(),
                 report.kernel,
                 report.gflops,
-                threads(report.threads),
+                bench::counted(report.threads as u64, "thread"),
                 report.cpu.summary()
             );
         }

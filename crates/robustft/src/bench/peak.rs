@@ -19,11 +19,11 @@ const RUNS: usize = 8;
 pub fn fma_peak_gflops() -> Option<f64> {
     let lanes = vector_lanes()?;
     let flops = (rayon::current_num_threads() * ROUNDS * CHAINS * lanes * 2) as f64;
-    rayon::broadcast(|_| multiply_add_chains(ROUNDS));
+    rayon::broadcast(|_| multiply_add_chains(lanes, ROUNDS));
     let fastest = (0..RUNS)
         .map(|_| {
             let start = std::time::Instant::now();
-            rayon::broadcast(|_| multiply_add_chains(ROUNDS));
+            rayon::broadcast(|_| multiply_add_chains(lanes, ROUNDS));
             start.elapsed().as_secs_f64()
         })
         .fold(f64::INFINITY, f64::min);
@@ -44,21 +44,22 @@ fn vector_lanes() -> Option<usize> {
     None
 }
 
-/// Runs `rounds` rounds of [`CHAINS`] independent multiply-adds in the widest vectors.
-fn multiply_add_chains(rounds: usize) {
+/// Runs `rounds` rounds of [`CHAINS`] independent multiply-adds in vectors of `lanes` f32, as
+/// [`vector_lanes`] found them.
+fn multiply_add_chains(lanes: usize, rounds: usize) {
     #[cfg(target_arch = "x86_64")]
     {
-        let sum = if is_x86_feature_detected!("avx512f") {
-            // SAFETY: AVX-512F was detected.
-            unsafe { x86::chains_512(rounds) }
-        } else {
-            // SAFETY: only called where `vector_lanes` found AVX2 and FMA.
-            unsafe { x86::chains_256(rounds) }
+        // SAFETY: `vector_lanes` gives 16 only where AVX-512F was detected, and 8 only where
+        // AVX2 and FMA were.
+        let sum = match lanes {
+            16 => unsafe { x86::chains_512(rounds) },
+            8 => unsafe { x86::chains_256(rounds) },
+            _ => unreachable!("{lanes} lanes"),
         };
         std::hint::black_box(sum);
     }
     #[cfg(not(target_arch = "x86_64"))]
-    std::hint::black_box(rounds);
+    unreachable!("no vector lanes ({lanes}) to run {rounds} rounds in off x86_64");
 }
 
 #[cfg(target_arch = "x86_64")]

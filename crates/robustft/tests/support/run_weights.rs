@@ -2,6 +2,8 @@
 //! resumed run against an uninterrupted one, a run with a term or constraint against one
 //! without).
 
+#![allow(dead_code)] // each test crate uses its own subset
+
 use std::path::Path;
 
 use candle_core::Device;
