@@ -30,14 +30,10 @@ use serde::Deserialize;
 
 #[path = "support/nested.rs"]
 mod nested;
-use nested::{max_diff, Nested};
+use nested::{max_diff, scalar, Nested};
 #[path = "support/device.rs"]
 mod device;
 use device::{test_device, tolerance};
-
-fn scalar(t: &Tensor) -> f64 {
-    t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
-}
 
 #[derive(Deserialize)]
 struct Fixture {

@@ -10,7 +10,7 @@
 //! except the confidences and temperatures (float64, 1e-9). Measured maxima are noted beside
 //! each bound.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use robustft::data::LogitProjection;
 use robustft::methods::fsr::{function_space_penalty, FsrDistance};
 use robustft::methods::m2mix::{m2mix_loss, NegativeScale, TauUse};
@@ -22,11 +22,7 @@ use serde::Deserialize;
 
 #[path = "support/nested.rs"]
 mod nested;
-use nested::{max_diff, Nested};
-
-fn scalar(t: &Tensor) -> f64 {
-    t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
-}
+use nested::{max_diff, scalar, Nested};
 
 #[derive(Deserialize)]
 struct Fixture {

@@ -57,6 +57,11 @@ impl Nested {
     }
 }
 
+/// The value of a one-element tensor, as f64.
+pub fn scalar(t: &Tensor) -> f64 {
+    t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+}
+
 /// max |got − want| over a tensor of `want`'s shape.
 pub fn max_diff(got: &Tensor, want: &Nested) -> f64 {
     assert_eq!(got.dims(), want.shape().as_slice(), "shapes differ");
