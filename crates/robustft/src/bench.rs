@@ -281,6 +281,9 @@ pub fn time_products(
         let flops = if layer == "attention" { 4.0 } else { 2.0 } * (rows * fan_out * fan_in) as f64;
         let gflops = flops / seconds / 1e9;
         let cpu = cpu.clone();
+        // Attention's fp32 products (one small product per head, on one thread each) stay on
+        // gemm whatever the linear layers' kernel.
+        let kernel = if layer == "attention" && precision.is_fp32() { "gemm" } else { kernel };
         ProductReport {
             layer,
             rows,

@@ -6,7 +6,7 @@
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 use robustft::clip::config::Activation;
 use robustft::clip::layers::causal_mask;
-use robustft::kernels::{self, reference};
+use robustft::kernels::{self, reference, MatmulPrecision};
 use robustft::rng::SplitMix64;
 
 /// Largest deviation allowed, relative to the largest magnitude of the reference or 1,
@@ -729,13 +729,18 @@ fn attention_rejects_a_width_that_does_not_split_into_heads() {
     assert!(err.to_string().contains("does not split into 4 heads"), "{err}");
 }
 
-/// The linear kernel runs candle's own gemm with candle's operand layouts, so its output and
-/// its gradients equal `x.reshape(..).matmul(&w.t())`'s to the bit (not just within the
-/// tolerance), for every leading shape of `x` and output widths across the gemm's tile sizes;
-/// 1400 rows make the weight gradient's reduction span several of the gemm's depth blocks.
-/// With a bias, the bias gradient is held to the tolerance (the kernel sums rows in blocks).
+/// Where its fp32 products run on candle's gemm, the linear kernel runs it with candle's
+/// operand layouts, so its output and its gradients equal `x.reshape(..).matmul(&w.t())`'s
+/// to the bit (not just within the tolerance), for every leading shape of `x` and output
+/// widths across the gemm's tile sizes; 1400 rows make the weight gradient's reduction span
+/// several of the gemm's depth blocks. On CPUs where they run on the crate's AVX2 kernel
+/// (AVX2 and FMA without AVX-512F), which sums in another order, they are held to the
+/// tolerance (that kernel's own tests hold it to an f64 reference). With a bias, the bias
+/// gradient is held to the tolerance (the kernel sums rows in blocks).
 #[test]
-fn linear_equals_the_primitive_matmul_bit_for_bit() {
+fn linear_equals_the_primitive_matmul() {
+    let on_gemm = MatmulPrecision::Fp32.cpu_kernel() == "gemm";
+    let assert_equal = if on_gemm { assert_bits_equal } else { assert_close };
     for (seed, shape) in shapes().chain([vec![2, 700, 33]]).enumerate() {
         let fan_in = *shape.last().unwrap();
         for (fan_out, with_bias) in [(1, false), (7, true), (48, false), (129, true)] {
@@ -750,9 +755,9 @@ fn linear_equals_the_primitive_matmul_bit_for_bit() {
             let (expected_value, expected_grads) =
                 value_and_grads(|t| reference::linear(&t[0], &t[1], t.get(2)), &inputs);
             let what = format!("linear {shape:?} -> {fan_out}, bias {with_bias}");
-            assert_bits_equal(&value, &expected_value, &format!("{what} forward"));
-            assert_bits_equal(&grads[0], &expected_grads[0], &format!("{what} input gradient"));
-            assert_bits_equal(&grads[1], &expected_grads[1], &format!("{what} weight gradient"));
+            assert_equal(&value, &expected_value, &format!("{what} forward"));
+            assert_equal(&grads[0], &expected_grads[0], &format!("{what} input gradient"));
+            assert_equal(&grads[1], &expected_grads[1], &format!("{what} weight gradient"));
             if with_bias {
                 assert_close(&grads[2], &expected_grads[2], &format!("{what} bias gradient"));
             }

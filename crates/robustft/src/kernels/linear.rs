@@ -18,7 +18,9 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tenso
 
 use super::bias::bias_grad;
 use super::matmul_bf16::matmul_bf16;
-use super::precision::{matmul_precision, MatmulPrecision};
+#[cfg(target_arch = "x86_64")]
+use super::matmul_f32;
+use super::precision::{matmul_precision, own_f32_kernel, MatmulPrecision};
 use super::reference;
 use super::rows::{contiguous_f32, fused_applies, map_row_blocks, rows_and_width};
 
@@ -86,6 +88,13 @@ pub(super) struct Operand<'a> {
 }
 
 impl Operand<'_> {
+    /// Whether `data` holds every element the strides address.
+    pub(super) fn holds_all_elements(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride < self.data.len()
+    }
+
     /// The same elements read as the transposed matrix.
     pub(super) fn transposed(self) -> Self {
         let (rows, cols, row_stride, col_stride) = (self.cols, self.rows, self.col_stride, self.row_stride);
@@ -110,10 +119,16 @@ pub(super) fn product(lhs: Operand, rhs: Operand) -> Vec<f32> {
     }
 }
 
-/// `lhs · rhs` as a new row-major matrix, by candle's gemm on the threads of the current
-/// rayon pool (the CLI's `--threads`).
+/// `lhs · rhs` as a new row-major matrix on the threads of the current rayon pool (the CLI's
+/// `--threads`): by [`matmul_f32`] on CPUs with AVX2 and FMA but no AVX-512F, else by
+/// candle's gemm.
 pub(super) fn matmul(lhs: Operand, rhs: Operand) -> Vec<f32> {
     let threads = rayon::current_num_threads();
+    #[cfg(target_arch = "x86_64")]
+    if own_f32_kernel() {
+        // SAFETY: `own_f32_kernel` has checked that the CPU supports AVX2 and FMA.
+        return unsafe { matmul_f32::matmul(lhs, rhs, threads) };
+    }
     let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     matmul_with(lhs, rhs, parallelism)
 }

@@ -8,7 +8,8 @@
 //! branches as one node (`LN → q/k/v → attention`, `LN → fc1 → activation → fc2 + residual`)
 //! that keep their first layer's output inside themselves, in bf16 under bf16 precision; a
 //! vectorised `exp` equal to glibc's serves the softmax and both GELUs, and a vectorised `erf`
-//! with `libm`'s values the exact GELU.
+//! with `libm`'s values the exact GELU. The f32 products run on candle's gemm, or on CPUs
+//! with AVX2 and FMA but no AVX-512F on a packed AVX2 kernel of this crate's (`matmul_f32`).
 //!
 //! Each public function runs its fused kernel on contiguous f32 CPU tensors (one pass per row
 //! instead of one pass and one allocation per primitive op, parallel over blocks of rows) and
@@ -26,6 +27,8 @@ mod layer_norm;
 mod layer_norm_linear;
 mod linear;
 mod matmul_bf16;
+#[cfg(target_arch = "x86_64")]
+mod matmul_f32;
 mod precision;
 pub mod reference;
 mod residual_linear;

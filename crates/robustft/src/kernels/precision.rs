@@ -64,10 +64,13 @@ impl MatmulPrecision {
         *self == MatmulPrecision::Fp32
     }
 
-    /// The CPU kernel of the linear layers' products at this precision: `gemm` (fp32), or the
-    /// bf16 kernel this CPU runs (`amx`, `avx512_bf16` or `portable`: [`Bf16Kernel`]).
+    /// The CPU kernel of the linear layers' products at this precision: in fp32 `avx2_fma`
+    /// (this crate's, on x86_64 CPUs with AVX2 and FMA but no AVX-512F) or `gemm` (candle's,
+    /// elsewhere); in bf16 the bf16 kernel this CPU runs (`amx`, `avx512_bf16` or `portable`:
+    /// [`Bf16Kernel`]).
     pub fn cpu_kernel(self) -> &'static str {
         match self {
+            MatmulPrecision::Fp32 if own_f32_kernel() => "avx2_fma",
             MatmulPrecision::Fp32 => "gemm",
             MatmulPrecision::Bf16 => Bf16Kernel::on_this_cpu().name(),
         }
@@ -80,4 +83,12 @@ impl MatmulPrecision {
             MatmulPrecision::Bf16 => "bf16",
         }
     }
+}
+
+/// Whether the f32 products run on this crate's AVX2 kernel rather than on candle's gemm.
+pub(super) fn own_f32_kernel() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return super::matmul_f32::preferred();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }

@@ -15,7 +15,7 @@
 //! On x86_64 Linux CPUs that also have AMX-BF16 tiles, the product runs on TDPBF16PS
 //! instead ([`amx`]), from the same packers. Elsewhere both operands are copied, rounded, in
 //! the order of their storage (row-major or column-major) into a buffer each thread keeps
-//! between products, and multiplied by the f32 gemm. All agree up to the order of the f32
+//! between products, and multiplied by the f32 product of the linear kernel. All agree up to the order of the f32
 //! sums (and VDPBF16PS and TDPBF16PS flush results of magnitude below 2⁻¹²⁶ to zero).
 //! [`Bf16Kernel::on_this_cpu`] says which runs.
 
@@ -44,7 +44,7 @@ pub(super) fn matmul_bf16_on_this_thread(lhs: Operand, rhs: Operand) -> Vec<f32>
 fn product(lhs: Operand, rhs: Operand, may_parallelise: bool) -> Vec<f32> {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert_eq!(k, rhs.rows, "matmul_bf16: inner dimensions differ");
-    assert!(holds_all_elements(&lhs) && holds_all_elements(&rhs), "matmul_bf16: operand out of its slice");
+    assert!(lhs.holds_all_elements() && rhs.holds_all_elements(), "matmul_bf16: operand out of its slice");
     if m == 0 || n == 0 || k == 0 {
         return vec![0.0; m * n];
     }
@@ -68,7 +68,7 @@ pub enum Bf16Kernel {
     Amx,
     /// AVX-512 vectors (VDPBF16PS).
     Avx512Bf16,
-    /// The f32 gemm on operands rounded to bf16.
+    /// The f32 product (the linear kernel's) on operands rounded to bf16.
     Portable,
 }
 
@@ -183,13 +183,6 @@ pub(super) fn bf16_bits(x: f32) -> u16 {
     (if magnitude > 0x7f80_0000 { quiet_nan } else { below_normal }) as u16
 }
 
-/// Whether the operand's slice holds its last element (and so all of them).
-fn holds_all_elements(op: &Operand) -> bool {
-    op.rows == 0
-        || op.cols == 0
-        || (op.rows - 1) * op.row_stride + (op.cols - 1) * op.col_stride < op.data.len()
-}
-
 thread_local! {
     /// This thread's copy of the rounded operands of its last product on the portable path,
     /// kept for the next one (so as large as the largest product's operands so far): a fresh
@@ -199,8 +192,8 @@ thread_local! {
 }
 
 /// The product on any CPU: both operands rounded to bf16 values held in f32, multiplied by the
-/// f32 gemm (products of two bf16 values are exact in f32), on candle's threads where
-/// `may_parallelise`.
+/// linear kernel's f32 product (products of two bf16 values are exact in f32), on the pool's
+/// threads where `may_parallelise`.
 fn matmul_of_rounded(lhs: Operand, rhs: Operand, may_parallelise: bool) -> Vec<f32> {
     // Taken rather than borrowed: a product that runs on this thread meanwhile (work taken up
     // while gemm's threads are joined) finds it empty and makes its own.
@@ -301,20 +294,20 @@ mod amx;
 mod avx512;
 
 #[cfg(test)]
-mod tests {
+pub(in crate::kernels) mod tests {
     use super::{matmul_bf16, matmul_of_rounded, round_to_bf16, Bf16Kernel, Operand};
 
     /// A matrix stored row-major, transposed (`[cols, rows]`) or row-major with every other
     /// stored column skipped (neither stride 1).
     #[derive(Clone, Copy, Debug)]
-    pub(super) enum Layout {
+    pub(in crate::kernels) enum Layout {
         Plain,
         Transposed,
         Strided,
     }
 
     /// A `rows × cols` matrix's storage in a layout, and its view.
-    pub(super) struct Stored {
+    pub(in crate::kernels) struct Stored {
         data: Vec<f32>,
         rows: usize,
         cols: usize,
@@ -349,7 +342,7 @@ mod tests {
             i * row_stride + j * col_stride
         }
 
-        pub(super) fn operand(&self) -> Operand<'_> {
+        pub(in crate::kernels) fn operand(&self) -> Operand<'_> {
             let (row_stride, col_stride) = self.strides();
             Operand { data: &self.data, rows: self.rows, cols: self.cols, row_stride, col_stride }
         }
@@ -363,7 +356,7 @@ mod tests {
     }
 
     /// A matrix of noise, different for each `salt`.
-    pub(super) fn noise_matrix(rows: usize, cols: usize, layout: Layout, salt: usize) -> Stored {
+    pub(in crate::kernels) fn noise_matrix(rows: usize, cols: usize, layout: Layout, salt: usize) -> Stored {
         Stored::new(rows, cols, layout, |i, j| noise(salt * 1_000_003 + i * cols + j))
     }
 
@@ -371,11 +364,30 @@ mod tests {
     /// values is exact in f32, so only the sums round: k f32 additions in any order err by at
     /// most `(k − 1) · 2⁻²⁴ · Σ_k |a_ik b_kj|` (to first order), within the tolerance
     /// `k · 2⁻²³ · Σ_k |a_ik b_kj|` per element.
-    pub(super) fn assert_matches_reference(product: &[f32], lhs: &Stored, rhs: &Stored, context: &str) {
+    pub(in crate::kernels) fn assert_matches_reference(
+        product: &[f32],
+        lhs: &Stored,
+        rhs: &Stored,
+        context: &str,
+    ) {
+        assert_matches_reference_of(product, lhs, rhs, context, round_to_bf16);
+    }
+
+    /// Checks `product` against `Σ_k f(a_ik) · f(b_kj)` in f64, within `k · 2⁻²³ · Σ_k |f(a_ik)
+    /// f(b_kj)|` per element: the bound of [`assert_matches_reference`] (`f` the bf16
+    /// rounding), which also holds for f32 operands (`f` the identity), whose products
+    /// round by at most `2⁻²⁴` each or not at all inside an FMA.
+    pub(in crate::kernels) fn assert_matches_reference_of(
+        product: &[f32],
+        lhs: &Stored,
+        rhs: &Stored,
+        context: &str,
+        f: fn(f32) -> f32,
+    ) {
         let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
         assert_eq!(product.len(), m * n, "{context}: length");
-        let a = |i: usize, p: usize| f64::from(round_to_bf16(lhs.data[lhs.index(i, p)]));
-        let b = |p: usize, j: usize| f64::from(round_to_bf16(rhs.data[rhs.index(p, j)]));
+        let a = |i: usize, p: usize| f64::from(f(lhs.data[lhs.index(i, p)]));
+        let b = |p: usize, j: usize| f64::from(f(rhs.data[rhs.index(p, j)]));
         for i in 0..m {
             for j in 0..n {
                 let exact: f64 = (0..k).map(|p| a(i, p) * b(p, j)).sum();
@@ -391,7 +403,7 @@ mod tests {
     }
 
     /// Runs `check` for every product shape of `sizes` and every pair of operand layouts.
-    pub(super) fn for_all_cases(sizes: &[usize], mut check: impl FnMut(&Stored, &Stored, &str)) {
+    pub(in crate::kernels) fn for_all_cases(sizes: &[usize], mut check: impl FnMut(&Stored, &Stored, &str)) {
         let layouts = [Layout::Plain, Layout::Transposed, Layout::Strided];
         for &m in sizes {
             for &k in sizes {
@@ -410,7 +422,7 @@ mod tests {
 
     /// Awkward shapes: single rows, columns and k; odd k; n around the 16- and 32-column
     /// vectors and panels; m across several register tiles.
-    pub(super) const SIZES: [usize; 5] = [1, 3, 17, 33, 100];
+    pub(in crate::kernels) const SIZES: [usize; 5] = [1, 3, 17, 33, 100];
 
     /// The bf16 path this CPU runs: the AVX-512 kernels when it has AVX-512F, -BW and
     /// AVX512_BF16; otherwise the portable fallback, saying so on the terminal (written past
@@ -480,7 +492,7 @@ mod tests {
     }
 
     /// Runs `check` on a 101 × 1101 × 71 product with the lhs, the rhs or neither transposed.
-    pub(super) fn for_large_cases(mut check: impl FnMut(&Stored, &Stored, &str)) {
+    pub(in crate::kernels) fn for_large_cases(mut check: impl FnMut(&Stored, &Stored, &str)) {
         for (lhs_layout, rhs_layout) in [
             (Layout::Plain, Layout::Plain),
             (Layout::Plain, Layout::Transposed),
@@ -501,7 +513,7 @@ mod tests {
     /// Checks that `product` of a product large enough to run in parallel row blocks gives the
     /// same bits on 1, 2, 3 and 5 threads (row blocks, and their number, follow the thread
     /// count; the sums must not).
-    pub(super) fn assert_independent_of_the_thread_count(
+    pub(in crate::kernels) fn assert_independent_of_the_thread_count(
         product: impl Fn(&Stored, &Stored) -> Vec<f32> + Sync,
     ) {
         let (lhs, rhs) =

@@ -1,0 +1,467 @@
+//! An f32 matrix product for x86_64 CPUs with AVX2 and FMA but without AVX-512F (AMD Zen 3
+//! and earlier, Intel before Skylake-SP), where it runs the products of a training step
+//! faster than candle's `gemm` and level with MKL (BENCHMARKS.md, "Zen 3: an f32 kernel of
+//! our own"); CPUs with AVX-512F keep gemm's AVX-512 kernels.
+//!
+//! The blocked algorithm of GotoBLAS and BLIS (K. Goto and R. van de Geijn, "Anatomy of
+//! high-performance matrix multiplication", ACM TOMS 34(3), 2008; F. Van Zee and R. van de
+//! Geijn, "BLIS: a framework for rapidly instantiating BLAS functionality", ACM TOMS 41(3),
+//! 2015): for each block of [`NC`] columns and [`KC`] of k, the rhs block is packed into
+//! panels of [`NR`] = 16 columns (for each k, 16 consecutive values); for each block of
+//! [`MC`] rows in it, the lhs block is packed into micro-panels of [`MR`] = 6 rows (for each
+//! k, 6 consecutive values); a register tile of 6 × 16 f32 accumulators (12 AVX2 registers)
+//! then takes one k per step: two rhs vectors, six broadcast lhs values, twelve FMAs. Both
+//! operands are always packed, whatever their layout (transposed ones through 8 × 8 register
+//! transposes), and panels past the matrix's edge are padded with zeros.
+//!
+//! Each output element is the sum, over the blocks of k in order, of its tile's FMA chain
+//! over that block in order of k; the output is split over the threads by whole rows or
+//! whole columns, so the result does not depend on the number of threads.
+
+use std::arch::x86_64::*;
+use std::cell::Cell;
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+use super::linear::Operand;
+
+/// Rows of the register tile.
+const MR: usize = 6;
+/// Columns of the register tile (two AVX2 vectors).
+const NR: usize = 16;
+/// k per packed block: a rhs panel's block (16 KiB) stays in L1 while it meets every lhs
+/// micro-panel of the row block.
+const KC: usize = 256;
+/// Rows per packed lhs block (120 KiB at [`KC`], in L2).
+const MC: usize = 120;
+/// Columns per packed rhs block (3 MiB at [`KC`], in L3).
+const NC: usize = 3072;
+
+/// Whether the CPU can run this module's code: AVX2 and FMA (checked once).
+pub(super) fn supported() -> bool {
+    static SUPPORTED: OnceLock<bool> = OnceLock::new();
+    *SUPPORTED.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+}
+
+/// Whether f32 products should run here rather than on gemm: AVX2 and FMA without AVX-512F.
+pub(super) fn preferred() -> bool {
+    static PREFERRED: OnceLock<bool> = OnceLock::new();
+    *PREFERRED.get_or_init(|| supported() && !is_x86_feature_detected!("avx512f"))
+}
+
+/// `lhs · rhs` as a new row-major matrix, its rows (or columns, when there are more of
+/// them) split over `threads` tasks of the current rayon pool.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA ([`supported`]).
+pub(super) unsafe fn matmul(lhs: Operand, rhs: Operand, threads: usize) -> Vec<f32> {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    assert_eq!(k, rhs.rows, "matmul: inner dimensions differ");
+    assert!(lhs.holds_all_elements() && rhs.holds_all_elements(), "matmul: operand out of its slice");
+    if m == 0 || n == 0 || k == 0 {
+        return vec![0.0; m * n];
+    }
+    let mut out = Vec::with_capacity(m * n);
+    let dst = Destination { data: out.as_mut_ptr(), row_stride: n };
+    split(m, n, threads).into_par_iter().for_each(|block| {
+        // SAFETY: the caller vouches for the CPU; the blocks are disjoint parts of `out`,
+        // whose rows are `n` apart, and the operands hold all their elements (asserted).
+        unsafe { product_block(&lhs, &rhs, dst, block) }
+    });
+    // SAFETY: the blocks cover the output, and the first block of k (k > 0) writes every
+    // element of each block without reading it.
+    unsafe { out.set_len(m * n) };
+    out
+}
+
+/// Rows `rows.0..rows.1` and columns `cols.0..cols.1` of the output.
+#[derive(Clone, Copy)]
+struct Block {
+    rows: (usize, usize),
+    cols: (usize, usize),
+}
+
+/// The output's blocks, one per thread: bands of whole rows (multiples of [`MR`]) when it has
+/// at least as many rows as columns, else of whole columns (multiples of [`NR`]).
+fn split(m: usize, n: usize, threads: usize) -> Vec<Block> {
+    let parts = threads.max(1);
+    let bands = |len: usize, unit: usize| {
+        let band = len.div_ceil(parts).div_ceil(unit) * unit;
+        (0..len).step_by(band).map(move |start| (start, (start + band).min(len)))
+    };
+    if m >= n {
+        bands(m, MR).map(|rows| Block { rows, cols: (0, n) }).collect()
+    } else {
+        bands(n, NR).map(|cols| Block { rows: (0, m), cols }).collect()
+    }
+}
+
+/// The output's storage, shared by the tasks that write its disjoint blocks.
+#[derive(Clone, Copy)]
+struct Destination {
+    data: *mut f32,
+    row_stride: usize,
+}
+
+// SAFETY: every task writes only the elements of its own block.
+unsafe impl Send for Destination {}
+unsafe impl Sync for Destination {}
+
+/// One block of the output, on this thread.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn product_block(lhs: &Operand, rhs: &Operand, dst: Destination, block: Block) {
+    let (m, n) = (block.rows.1 - block.rows.0, block.cols.1 - block.cols.0);
+    let k = lhs.cols;
+    let rhs_len = KC * NC.min(n.next_multiple_of(NR));
+    // Eight more than the panels: the 8-wide stores of `pack_lhs` run two past a panel's end.
+    let lhs_len = KC * MC.min(m.next_multiple_of(MR)) + 8;
+    let mut buffer = PANELS.take();
+    if buffer.len() < rhs_len + lhs_len {
+        buffer.resize(rhs_len + lhs_len, 0.0);
+    }
+    let (rhs_panels, lhs_panels) = buffer.split_at_mut(rhs_len);
+    for col in (0..n).step_by(NC) {
+        let cols = NC.min(n - col);
+        for depth in (0..k).step_by(KC) {
+            let depth_len = KC.min(k - depth);
+            pack_rhs(rhs, depth, block.cols.0 + col, depth_len, cols, rhs_panels.as_mut_ptr());
+            for row in (0..m).step_by(MC) {
+                let rows = MC.min(m - row);
+                pack_lhs(lhs, block.rows.0 + row, depth, rows, depth_len, lhs_panels.as_mut_ptr());
+                let corner = dst.data.add((block.rows.0 + row) * dst.row_stride + block.cols.0 + col);
+                let panels = Panels { lhs: lhs_panels.as_ptr(), rhs: rhs_panels.as_ptr(), depth: depth_len };
+                multiply_panels(panels, rows, cols, corner, dst.row_stride, depth > 0);
+            }
+        }
+    }
+    PANELS.set(buffer);
+}
+
+thread_local! {
+    /// This thread's packed panels, kept between products (so as large as the largest
+    /// product's so far, at most 3.2 MB): a fresh buffer at every product cost page faults
+    /// and the other core's time (ViT-B/32 training ran 3–16% slower that way). Taken rather
+    /// than borrowed: a product that runs on this thread meanwhile makes its own.
+    static PANELS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+/// Packed blocks of both operands over `depth` values of k.
+#[derive(Clone, Copy)]
+struct Panels {
+    lhs: *const f32,
+    rhs: *const f32,
+    depth: usize,
+}
+
+/// `C ← A B` (or `C ← C + A B` when `accumulate`) for a packed `rows × depth` lhs block and
+/// `depth × cols` rhs block, `C` starting at `corner` with rows `row_stride` apart; tiles
+/// past the block's edge are computed whole into a scratch tile and only their part inside
+/// is written, with the same operations.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn multiply_panels(
+    panels: Panels,
+    rows: usize,
+    cols: usize,
+    corner: *mut f32,
+    row_stride: usize,
+    accumulate: bool,
+) {
+    let mut scratch = [0f32; MR * NR];
+    for col in (0..cols).step_by(NR) {
+        let rhs = panels.rhs.add(col * panels.depth);
+        for row in (0..rows).step_by(MR) {
+            let lhs = panels.lhs.add(row * panels.depth);
+            let c = corner.add(row * row_stride + col);
+            let (tile_rows, tile_cols) = (MR.min(rows - row), NR.min(cols - col));
+            if tile_rows == MR && tile_cols == NR {
+                tile(panels.depth, lhs, rhs, c, row_stride, accumulate);
+            } else {
+                tile(panels.depth, lhs, rhs, scratch.as_mut_ptr(), NR, false);
+                for i in 0..tile_rows {
+                    for j in 0..tile_cols {
+                        let out = c.add(i * row_stride + j);
+                        let value = scratch[i * NR + j];
+                        *out = if accumulate { *out + value } else { value };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The 6 × 16 register tile: `C ← A B` (or `C ← C + A B`) over `depth` values of k from one
+/// lhs micro-panel and one rhs panel, `C`'s rows `row_stride` apart.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile(
+    depth: usize,
+    lhs: *const f32,
+    rhs: *const f32,
+    c: *mut f32,
+    row_stride: usize,
+    accumulate: bool,
+) {
+    let mut sums = [[_mm256_setzero_ps(); 2]; MR];
+    let (mut lhs, mut rhs) = (lhs, rhs);
+    for _ in 0..depth {
+        let right = [_mm256_loadu_ps(rhs), _mm256_loadu_ps(rhs.add(8))];
+        _mm_prefetch::<_MM_HINT_T0>(rhs.add(8 * NR) as *const i8);
+        for (i, row_sums) in sums.iter_mut().enumerate() {
+            let left = _mm256_broadcast_ss(&*lhs.add(i));
+            row_sums[0] = _mm256_fmadd_ps(left, right[0], row_sums[0]);
+            row_sums[1] = _mm256_fmadd_ps(left, right[1], row_sums[1]);
+        }
+        lhs = lhs.add(MR);
+        rhs = rhs.add(NR);
+    }
+    for (i, row_sums) in sums.iter().enumerate() {
+        for (half, &sum) in row_sums.iter().enumerate() {
+            let out = c.add(i * row_stride + half * 8);
+            let value = if accumulate { _mm256_add_ps(_mm256_loadu_ps(out), sum) } else { sum };
+            _mm256_storeu_ps(out, value);
+        }
+    }
+}
+
+/// Packs lhs rows `first_row..first_row + rows` over k `depth..depth + depth_len` into
+/// micro-panels of [`MR`] rows at `out`: for each k, the panel's [`MR`] values (zeros past the
+/// last row). `out` must hold the panels and 8 more elements.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pack_lhs(
+    lhs: &Operand,
+    first_row: usize,
+    depth: usize,
+    rows: usize,
+    depth_len: usize,
+    out: *mut f32,
+) {
+    let at = |i: usize, p: usize| lhs.data.as_ptr().add(i * lhs.row_stride + p * lhs.col_stride);
+    for (index, row) in (0..rows).step_by(MR).enumerate() {
+        let panel = out.add(index * MR * depth_len);
+        let (row, panel_rows) = (first_row + row, MR.min(rows - row));
+        if panel_rows == MR && lhs.col_stride == 1 {
+            // Rows contiguous along k: eight k at a time, transposed in registers; each store
+            // writes eight values where six belong, the two extra overwritten by the next.
+            let mut p = 0;
+            while p + 8 <= depth_len {
+                let zero = _mm256_setzero_ps();
+                let lines =
+                    std::array::from_fn(
+                        |i| if i < MR { _mm256_loadu_ps(at(row + i, depth + p)) } else { zero },
+                    );
+                for (q, values) in transpose8(lines).into_iter().enumerate() {
+                    _mm256_storeu_ps(panel.add((p + q) * MR), values);
+                }
+                p += 8;
+            }
+            for p in p..depth_len {
+                for i in 0..MR {
+                    *panel.add(p * MR + i) = *at(row + i, depth + p);
+                }
+            }
+        } else if panel_rows == MR && lhs.row_stride == 1 {
+            // Columns contiguous along the rows: each k's six values are one run.
+            for p in 0..depth_len {
+                std::ptr::copy_nonoverlapping(at(row, depth + p), panel.add(p * MR), MR);
+            }
+        } else {
+            for p in 0..depth_len {
+                for i in 0..MR {
+                    *panel.add(p * MR + i) = if i < panel_rows { *at(row + i, depth + p) } else { 0.0 };
+                }
+            }
+        }
+    }
+}
+
+/// Packs rhs columns `first_col..first_col + cols` over k `depth..depth + depth_len` into
+/// panels of [`NR`] columns at `out`: for each k, the panel's [`NR`] values (zeros past the
+/// last column).
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pack_rhs(
+    rhs: &Operand,
+    depth: usize,
+    first_col: usize,
+    depth_len: usize,
+    cols: usize,
+    out: *mut f32,
+) {
+    let at = |p: usize, j: usize| rhs.data.as_ptr().add(p * rhs.row_stride + j * rhs.col_stride);
+    for (index, col) in (0..cols).step_by(NR).enumerate() {
+        let panel = out.add(index * NR * depth_len);
+        let (col, panel_cols) = (first_col + col, NR.min(cols - col));
+        if panel_cols == NR && rhs.col_stride == 1 {
+            for p in 0..depth_len {
+                std::ptr::copy_nonoverlapping(at(depth + p, col), panel.add(p * NR), NR);
+            }
+        } else if panel_cols == NR && rhs.row_stride == 1 {
+            // Columns contiguous along k: eight k of eight columns at a time, transposed.
+            let mut p = 0;
+            while p + 8 <= depth_len {
+                for half in 0..2 {
+                    let lines = std::array::from_fn(|j| _mm256_loadu_ps(at(depth + p, col + half * 8 + j)));
+                    for (q, values) in transpose8(lines).into_iter().enumerate() {
+                        _mm256_storeu_ps(panel.add((p + q) * NR + half * 8), values);
+                    }
+                }
+                p += 8;
+            }
+            for p in p..depth_len {
+                for j in 0..NR {
+                    *panel.add(p * NR + j) = *at(depth + p, col + j);
+                }
+            }
+        } else {
+            for p in 0..depth_len {
+                for j in 0..NR {
+                    *panel.add(p * NR + j) = if j < panel_cols { *at(depth + p, col + j) } else { 0.0 };
+                }
+            }
+        }
+    }
+}
+
+/// The transpose of eight vectors of eight f32: element `j` of output `i` is element `i` of
+/// input `j` (interleaves, then 64-bit shuffles, then 128-bit lane swaps).
+#[target_feature(enable = "avx2,fma")]
+unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+    let pairs_low = |a, b| _mm256_unpacklo_ps(a, b);
+    let pairs_high = |a, b| _mm256_unpackhi_ps(a, b);
+    let (t0, t1) = (pairs_low(r[0], r[1]), pairs_high(r[0], r[1]));
+    let (t2, t3) = (pairs_low(r[2], r[3]), pairs_high(r[2], r[3]));
+    let (t4, t5) = (pairs_low(r[4], r[5]), pairs_high(r[4], r[5]));
+    let (t6, t7) = (pairs_low(r[6], r[7]), pairs_high(r[6], r[7]));
+    let u = [
+        _mm256_shuffle_ps::<0x44>(t0, t2),
+        _mm256_shuffle_ps::<0xEE>(t0, t2),
+        _mm256_shuffle_ps::<0x44>(t1, t3),
+        _mm256_shuffle_ps::<0xEE>(t1, t3),
+        _mm256_shuffle_ps::<0x44>(t4, t6),
+        _mm256_shuffle_ps::<0xEE>(t4, t6),
+        _mm256_shuffle_ps::<0x44>(t5, t7),
+        _mm256_shuffle_ps::<0xEE>(t5, t7),
+    ];
+    std::array::from_fn(|i| {
+        let (low, high) = (u[i % 4], u[4 + i % 4]);
+        if i < 4 {
+            _mm256_permute2f128_ps::<0x20>(low, high)
+        } else {
+            _mm256_permute2f128_ps::<0x31>(low, high)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::matmul_bf16::tests::{
+        assert_independent_of_the_thread_count, assert_matches_reference_of, for_all_cases, for_large_cases,
+        noise_matrix, Layout, Stored, SIZES,
+    };
+    use super::{matmul, split, supported, Block, MR, NR};
+
+    /// The product on `threads` threads of their own pool.
+    fn product_on(threads: usize, lhs: &Stored, rhs: &Stored) -> Vec<f32> {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        // SAFETY: every caller has checked `supported` first.
+        pool.install(|| unsafe { matmul(lhs.operand(), rhs.operand(), threads) })
+    }
+
+    /// Whether the kernel can run here; where the CPU lacks AVX2 or FMA, says on the terminal
+    /// (past the test harness's capture) that `test` checked nothing.
+    fn runs_here(test: &str) -> bool {
+        if !supported() {
+            use std::io::Write;
+            let note =
+                format!("note: {test}: this CPU lacks AVX2 or FMA, so the f32 kernel was not tested\n");
+            let _ = std::io::stderr().write_all(note.as_bytes());
+        }
+        supported()
+    }
+
+    fn exact(x: f32) -> f32 {
+        x
+    }
+
+    #[test]
+    fn product_matches_the_reference_on_every_layout() {
+        if !runs_here("product_matches_the_reference_on_every_layout") {
+            return;
+        }
+        for_all_cases(&SIZES, |lhs, rhs, context| {
+            assert_matches_reference_of(&product_on(2, lhs, rhs), lhs, rhs, context, exact);
+        });
+    }
+
+    /// k across five blocks of 256 with a remainder that is not a multiple of 8; rows and
+    /// columns with partial tiles; and a product wider than one block of columns (3072),
+    /// split over the threads by columns.
+    #[test]
+    fn long_and_wide_products_match_the_reference() {
+        if !runs_here("long_and_wide_products_match_the_reference") {
+            return;
+        }
+        for_large_cases(|lhs, rhs, context| {
+            assert_matches_reference_of(&product_on(3, lhs, rhs), lhs, rhs, context, exact);
+        });
+        for layout in [Layout::Plain, Layout::Transposed, Layout::Strided] {
+            let (lhs, rhs) = (noise_matrix(7, 300, layout, 7), noise_matrix(300, 3100, layout, 8));
+            let context = format!("7×300×3100, {layout:?}");
+            assert_matches_reference_of(&product_on(3, &lhs, &rhs), &lhs, &rhs, &context, exact);
+        }
+    }
+
+    #[test]
+    fn product_does_not_depend_on_the_thread_count() {
+        if !runs_here("product_does_not_depend_on_the_thread_count") {
+            return;
+        }
+        // SAFETY: `supported` was checked above.
+        assert_independent_of_the_thread_count(|lhs, rhs| unsafe {
+            matmul(lhs.operand(), rhs.operand(), rayon::current_num_threads())
+        });
+        let (lhs, rhs) =
+            (noise_matrix(20, 500, Layout::Plain, 9), noise_matrix(500, 700, Layout::Transposed, 10));
+        let serial = product_on(1, &lhs, &rhs);
+        for threads in [2, 3, 5] {
+            let parallel = product_on(threads, &lhs, &rhs);
+            assert!(
+                serial.iter().zip(&parallel).all(|(s, p)| s.to_bits() == p.to_bits()),
+                "{threads} threads"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_inner_dimension_gives_zeros() {
+        if !runs_here("an_empty_inner_dimension_gives_zeros") {
+            return;
+        }
+        let (lhs, rhs) = (noise_matrix(3, 0, Layout::Plain, 11), noise_matrix(0, 4, Layout::Plain, 12));
+        assert_eq!(product_on(2, &lhs, &rhs), vec![0.0; 12]);
+    }
+
+    /// The blocks cover every element of the output once, start on whole tiles, and number
+    /// at most one per thread.
+    #[test]
+    fn split_covers_the_output_once() {
+        for (m, n) in [(1, 1), (5, 3), (100, 7), (7, 100), (1600, 768), (768, 3072), (6, 16)] {
+            for threads in 1..=5 {
+                let blocks = split(m, n, threads);
+                assert!(blocks.len() <= threads, "{m}×{n} on {threads}: {} blocks", blocks.len());
+                let mut covered = vec![0u8; m * n];
+                for Block { rows, cols } in blocks {
+                    assert!(
+                        rows.0 % MR == 0 && cols.0 % NR == 0,
+                        "{m}×{n} on {threads}: block at {rows:?}, {cols:?}"
+                    );
+                    for i in rows.0..rows.1 {
+                        for j in cols.0..cols.1 {
+                            covered[i * n + j] += 1;
+                        }
+                    }
+                }
+                assert!(covered.iter().all(|&c| c == 1), "{m}×{n} on {threads}");
+            }
+        }
+    }
+}
