@@ -3,7 +3,9 @@
 For every linear layer of an image-tower block (q/k/v, attention output, fc1, fc2) the three
 products of a training step: the forward `x Wᵀ`, the input gradient `g W` and the weight
 gradient `gᵀ x`. Each is computed by the `gemm` crate exactly as robustft::kernels::linear
-calls it (the shared library of bench/gemm-vs-torch, loaded with ctypes) and by `torch.mm`
+calls it on CPUs with AVX-512F (on CPUs with AVX2 but no AVX-512F the linear kernel runs its
+own product instead, kernels/matmul_f32.rs; this measures gemm there all the same), through
+the shared library of bench/gemm-vs-torch loaded with ctypes, and by `torch.mm`
 (MKL or whatever BLAS this PyTorch was built with) on the same buffers, in one process,
 alternating the two engines round by round, so that a shared VM's drift (up to 2x within
 minutes) falls on both alike. The operands rotate over enough sets to fill twice the last-level

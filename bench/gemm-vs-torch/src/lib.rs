@@ -1,6 +1,7 @@
 //! One fp32 product `C = op(A) · op(B)` by the `gemm` crate, called exactly as
-//! `robustft::kernels::linear`'s `matmul` calls it (row-major output, operands read through
-//! their strides, every thread of the global rayon pool), exported for ctypes so that
+//! `robustft::kernels::linear`'s `matmul` calls it on CPUs with AVX-512F (row-major output,
+//! operands read through their strides, every thread of the global rayon pool; CPUs with AVX2
+//! but no AVX-512F run the crate's own kernel there instead), exported for ctypes so that
 //! bench/gemm_vs_torch.py can time it beside `torch.mm` on the same buffers in one process.
 
 /// `out[m, n] = A · B` where element `(i, p)` of `A` is `a[i·a_row_stride + p·a_col_stride]`

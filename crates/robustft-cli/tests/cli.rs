@@ -558,8 +558,10 @@ fn bench_prints_text_or_one_json_line_with_the_requested_shape() {
     let text = robustft(&args);
     assert!(text.status.success(), "failed: {}", String::from_utf8_lossy(&text.stderr));
     let line = String::from_utf8_lossy(&text.stdout);
+    let fp32_kernel = robustft::kernels::MatmulPrecision::Fp32.cpu_kernel();
     assert!(
-        line.starts_with("shiftworld train batch 3 fp32 (gemm): ") && line.contains(" images/s over 2 steps"),
+        line.starts_with(&format!("shiftworld train batch 3 fp32 ({fp32_kernel}): "))
+            && line.contains(" images/s over 2 steps"),
         "{line}"
     );
 
