@@ -25,7 +25,8 @@ use super::matmul_bf16::Bf16Kernel;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MatmulPrecision {
-    /// fp32 products (candle's gemm).
+    /// fp32 products (candle's gemm, or this crate's AVX2 kernel on CPUs with AVX2 and FMA but
+    /// no AVX-512F).
     #[default]
     Fp32,
     /// Operands rounded to bfloat16, products summed in fp32.
