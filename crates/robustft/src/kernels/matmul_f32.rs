@@ -21,7 +21,6 @@
 
 use std::arch::x86_64::*;
 use std::cell::Cell;
-use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
@@ -39,16 +38,14 @@ const MC: usize = 120;
 /// Columns per packed rhs block (3 MiB at [`KC`], in L3).
 const NC: usize = 3072;
 
-/// Whether the CPU can run this module's code: AVX2 and FMA (checked once).
+/// Whether the CPU can run this module's code: AVX2 and FMA (std caches the detection).
 pub(super) fn supported() -> bool {
-    static SUPPORTED: OnceLock<bool> = OnceLock::new();
-    *SUPPORTED.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
 }
 
 /// Whether f32 products should run here rather than on gemm: AVX2 and FMA without AVX-512F.
 pub(super) fn preferred() -> bool {
-    static PREFERRED: OnceLock<bool> = OnceLock::new();
-    *PREFERRED.get_or_init(|| supported() && !is_x86_feature_detected!("avx512f"))
+    supported() && !is_x86_feature_detected!("avx512f")
 }
 
 /// `lhs · rhs` as a new row-major matrix, its rows (or columns, when there are more of
@@ -334,6 +331,7 @@ mod tests {
         noise_matrix, Layout, Stored, SIZES,
     };
     use super::{matmul, split, supported, Block, MR, NR};
+    use std::convert::identity;
 
     /// The product on `threads` threads of their own pool.
     fn product_on(threads: usize, lhs: &Stored, rhs: &Stored) -> Vec<f32> {
@@ -354,17 +352,13 @@ mod tests {
         supported()
     }
 
-    fn exact(x: f32) -> f32 {
-        x
-    }
-
     #[test]
     fn product_matches_the_reference_on_every_layout() {
         if !runs_here("product_matches_the_reference_on_every_layout") {
             return;
         }
         for_all_cases(&SIZES, |lhs, rhs, context| {
-            assert_matches_reference_of(&product_on(2, lhs, rhs), lhs, rhs, context, exact);
+            assert_matches_reference_of(&product_on(2, lhs, rhs), lhs, rhs, context, identity);
         });
     }
 
@@ -377,12 +371,12 @@ mod tests {
             return;
         }
         for_large_cases(|lhs, rhs, context| {
-            assert_matches_reference_of(&product_on(3, lhs, rhs), lhs, rhs, context, exact);
+            assert_matches_reference_of(&product_on(3, lhs, rhs), lhs, rhs, context, identity);
         });
         for layout in [Layout::Plain, Layout::Transposed, Layout::Strided] {
             let (lhs, rhs) = (noise_matrix(7, 300, layout, 7), noise_matrix(300, 3100, layout, 8));
             let context = format!("7×300×3100, {layout:?}");
-            assert_matches_reference_of(&product_on(3, &lhs, &rhs), &lhs, &rhs, &context, exact);
+            assert_matches_reference_of(&product_on(3, &lhs, &rhs), &lhs, &rhs, &context, identity);
         }
     }
 

@@ -15,8 +15,9 @@
 //! On x86_64 Linux CPUs that also have AMX-BF16 tiles, the product runs on TDPBF16PS
 //! instead ([`amx`]), from the same packers. Elsewhere both operands are copied, rounded, in
 //! the order of their storage (row-major or column-major) into a buffer each thread keeps
-//! between products, and multiplied by the f32 product of the linear kernel. All agree up to the order of the f32
-//! sums (and VDPBF16PS and TDPBF16PS flush results of magnitude below 2⁻¹²⁶ to zero).
+//! between products, and multiplied by the linear kernel's f32 product (on one thread, as
+//! attention's products run, by gemm). All agree up to the order of the f32 sums (and
+//! VDPBF16PS and TDPBF16PS flush results of magnitude below 2⁻¹²⁶ to zero).
 //! [`Bf16Kernel::on_this_cpu`] says which runs.
 
 use std::cell::Cell;
