@@ -127,7 +127,7 @@ pub(super) fn matmul(lhs: Operand, rhs: Operand) -> Vec<f32> {
     #[cfg(target_arch = "x86_64")]
     if own_f32_kernel() {
         // SAFETY: `own_f32_kernel` has checked that the CPU supports AVX2 and FMA.
-        return unsafe { matmul_f32::matmul(lhs, rhs, threads) };
+        return unsafe { matmul_f32::matmul::<matmul_f32::AsStored>(lhs, rhs, threads) };
     }
     let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     matmul_with(lhs, rhs, parallelism)

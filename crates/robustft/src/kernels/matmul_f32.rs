@@ -18,6 +18,11 @@
 //! Each output element is the sum, over the blocks of k in order, of its tile's FMA chain
 //! over that block in order of k; the output is split over the threads by whole rows or
 //! whole columns, so the result does not depend on the number of threads.
+//!
+//! The packers read each element as stored ([`AsStored`]) or rounded to bfloat16
+//! ([`RoundedToBf16`]): the bf16 product of CPUs without bfloat16 instructions
+//! (`super::matmul_bf16`), whose products of two bf16 values are exact in f32, so its
+//! operands are rounded where they are packed instead of copied first.
 
 use std::arch::x86_64::*;
 use std::cell::Cell;
@@ -25,6 +30,7 @@ use std::cell::Cell;
 use rayon::prelude::*;
 
 use super::linear::Operand;
+use super::matmul_bf16::round_to_bf16;
 
 /// Rows of the register tile.
 const MR: usize = 6;
@@ -48,12 +54,75 @@ pub(super) fn preferred() -> bool {
     supported() && !is_x86_feature_detected!("avx512f")
 }
 
-/// `lhs · rhs` as a new row-major matrix, its rows (or columns, when there are more of
-/// them) split over `threads` tasks of the current rayon pool.
+/// How the packers read the operands' elements.
+pub(super) trait Elements {
+    /// One element as the product multiplies it.
+    fn scalar(x: f32) -> f32;
+
+    /// Eight elements as the product multiplies them.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    unsafe fn vector(x: __m256) -> __m256;
+}
+
+/// The elements as stored: the f32 product.
+pub(super) struct AsStored;
+
+impl Elements for AsStored {
+    #[inline(always)]
+    fn scalar(x: f32) -> f32 {
+        x
+    }
+
+    #[inline(always)]
+    unsafe fn vector(x: __m256) -> __m256 {
+        x
+    }
+}
+
+/// The elements rounded to bfloat16 as [`round_to_bf16`] rounds them.
+pub(super) struct RoundedToBf16;
+
+impl Elements for RoundedToBf16 {
+    #[inline(always)]
+    fn scalar(x: f32) -> f32 {
+        round_to_bf16(x)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn vector(x: __m256) -> __m256 {
+        rounded_to_bf16(x)
+    }
+}
+
+/// Each lane of `x` rounded to bfloat16 (held in f32) as [`round_to_bf16`] rounds it: to
+/// nearest, ties to even; subnormals to a zero of their sign; a NaN quiet with its sign and
+/// upper payload.
+#[target_feature(enable = "avx2,fma")]
+fn rounded_to_bf16(x: __m256) -> __m256 {
+    let bits = _mm256_castps_si256(x);
+    let high_half = _mm256_set1_epi32(0xffff_0000_u32 as i32);
+    let magnitude = _mm256_and_si256(bits, _mm256_set1_epi32(i32::MAX));
+    let lowest_kept_bit = _mm256_and_si256(_mm256_srli_epi32::<16>(bits), _mm256_set1_epi32(1));
+    let carry = _mm256_add_epi32(lowest_kept_bit, _mm256_set1_epi32(0x7fff));
+    let nearest_even = _mm256_and_si256(_mm256_add_epi32(bits, carry), high_half);
+    let signed_zero = _mm256_and_si256(bits, _mm256_set1_epi32(i32::MIN));
+    let quiet_nan = _mm256_and_si256(_mm256_or_si256(bits, _mm256_set1_epi32(0x0040_0000)), high_half);
+    let below_normal = _mm256_cmpgt_epi32(_mm256_set1_epi32(0x0080_0000), magnitude);
+    let nan = _mm256_cmpgt_epi32(magnitude, _mm256_set1_epi32(0x7f80_0000));
+    let finite = _mm256_blendv_epi8(nearest_even, signed_zero, below_normal);
+    _mm256_castsi256_ps(_mm256_blendv_epi8(finite, quiet_nan, nan))
+}
+
+/// `lhs · rhs` as a new row-major matrix, its elements read as `E` says, its rows (or
+/// columns, when there are more of them) split over `threads` tasks of the current rayon
+/// pool.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA ([`supported`]).
-pub(super) unsafe fn matmul(lhs: Operand, rhs: Operand, threads: usize) -> Vec<f32> {
+pub(super) unsafe fn matmul<E: Elements>(lhs: Operand, rhs: Operand, threads: usize) -> Vec<f32> {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert_eq!(k, rhs.rows, "matmul: inner dimensions differ");
     assert!(lhs.holds_all_elements() && rhs.holds_all_elements(), "matmul: operand out of its slice");
@@ -65,7 +134,7 @@ pub(super) unsafe fn matmul(lhs: Operand, rhs: Operand, threads: usize) -> Vec<f
     split(m, n, threads).into_par_iter().for_each(|block| {
         // SAFETY: the caller vouches for the CPU; the blocks are disjoint parts of `out`,
         // whose rows are `n` apart, and the operands hold all their elements (asserted).
-        unsafe { product_block(&lhs, &rhs, dst, block) }
+        unsafe { product_block::<E>(&lhs, &rhs, dst, block) }
     });
     // SAFETY: the blocks cover the output, and the first block of k (k > 0) writes every
     // element of each block without reading it.
@@ -108,7 +177,7 @@ unsafe impl Sync for Destination {}
 
 /// One block of the output, on this thread.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn product_block(lhs: &Operand, rhs: &Operand, dst: Destination, block: Block) {
+unsafe fn product_block<E: Elements>(lhs: &Operand, rhs: &Operand, dst: Destination, block: Block) {
     let (m, n) = (block.rows.1 - block.rows.0, block.cols.1 - block.cols.0);
     let k = lhs.cols;
     let rhs_len = KC * NC.min(n.next_multiple_of(NR));
@@ -123,7 +192,7 @@ unsafe fn product_block(lhs: &Operand, rhs: &Operand, dst: Destination, block: B
         let cols = NC.min(n - col);
         for depth in (0..k).step_by(KC) {
             let depth_len = KC.min(k - depth);
-            pack_panels::<NR>(
+            pack_panels::<E, NR>(
                 &rhs.transposed(),
                 block.cols.0 + col,
                 depth,
@@ -133,7 +202,14 @@ unsafe fn product_block(lhs: &Operand, rhs: &Operand, dst: Destination, block: B
             );
             for row in (0..m).step_by(MC) {
                 let rows = MC.min(m - row);
-                pack_panels::<MR>(lhs, block.rows.0 + row, depth, rows, depth_len, lhs_panels.as_mut_ptr());
+                pack_panels::<E, MR>(
+                    lhs,
+                    block.rows.0 + row,
+                    depth,
+                    rows,
+                    depth_len,
+                    lhs_panels.as_mut_ptr(),
+                );
                 let corner = dst.data.add((block.rows.0 + row) * dst.row_stride + block.cols.0 + col);
                 let panels = Panels { lhs: lhs_panels.as_ptr(), rhs: rhs_panels.as_ptr(), depth: depth_len };
                 multiply_panels(panels, rows, cols, corner, dst.row_stride, depth > 0);
@@ -235,12 +311,12 @@ unsafe fn tile(
 }
 
 /// Packs lines `first..first + count` of `lines` (a matrix whose rows are the lines, each
-/// along k) over k `depth..depth + depth_len` into panels of `W` lines at `out`: for each k,
-/// the panel's `W` values (zeros past the last line). The lhs is packed by its rows
+/// along k) over k `depth..depth + depth_len`, read as `E` says, into panels of `W` lines at
+/// `out`: for each k, the panel's `W` values (zeros past the last line). The lhs is packed by its rows
 /// (`W` = [`MR`]), the rhs by its columns, read as the rows of its transpose (`W` = [`NR`]).
 /// `out` must hold the panels and, when `W` is below 8, 8 more elements.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn pack_panels<const W: usize>(
+unsafe fn pack_panels<E: Elements, const W: usize>(
     lines: &Operand,
     first: usize,
     depth: usize,
@@ -263,7 +339,7 @@ unsafe fn pack_panels<const W: usize>(
                     let zero = _mm256_setzero_ps();
                     let vectors = std::array::from_fn(|j| {
                         if group + j < W {
-                            _mm256_loadu_ps(at(line + group + j, depth + p))
+                            E::vector(_mm256_loadu_ps(at(line + group + j, depth + p)))
                         } else {
                             zero
                         }
@@ -276,20 +352,36 @@ unsafe fn pack_panels<const W: usize>(
             }
             for p in p..depth_len {
                 for i in 0..W {
-                    *panel.add(p * W + i) = *at(line + i, depth + p);
+                    *panel.add(p * W + i) = E::scalar(*at(line + i, depth + p));
                 }
             }
         } else if panel_lines == W && lines.row_stride == 1 {
             // Lines side by side: each k's values are one run.
             for p in 0..depth_len {
-                std::ptr::copy_nonoverlapping(at(line, depth + p), panel.add(p * W), W);
+                copy_run::<E, W>(at(line, depth + p), panel.add(p * W));
             }
         } else {
             for p in 0..depth_len {
                 for i in 0..W {
-                    *panel.add(p * W + i) = if i < panel_lines { *at(line + i, depth + p) } else { 0.0 };
+                    *panel.add(p * W + i) =
+                        if i < panel_lines { E::scalar(*at(line + i, depth + p)) } else { 0.0 };
                 }
             }
+        }
+    }
+}
+
+/// Copies the `W` consecutive values at `from` to `to`, read as `E` says: by vectors where
+/// `W` is whole vectors.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn copy_run<E: Elements, const W: usize>(from: *const f32, to: *mut f32) {
+    if W.is_multiple_of(8) {
+        for i in (0..W).step_by(8) {
+            _mm256_storeu_ps(to.add(i), E::vector(_mm256_loadu_ps(from.add(i))));
+        }
+    } else {
+        for i in 0..W {
+            *to.add(i) = E::scalar(*from.add(i));
         }
     }
 }
@@ -330,14 +422,23 @@ mod tests {
         assert_independent_of_the_thread_count, assert_matches_reference_of, for_all_cases, for_large_cases,
         noise_matrix, Layout, Stored, SIZES,
     };
-    use super::{matmul, split, supported, Block, MR, NR};
+    use super::super::matmul_bf16::{round_to_bf16, tests::rounding_edges};
+    use super::{
+        matmul, rounded_to_bf16, split, supported, AsStored, Block, Elements, RoundedToBf16, MR, NR,
+    };
+    use std::arch::x86_64::{_mm256_loadu_ps, _mm256_storeu_ps};
     use std::convert::identity;
 
-    /// The product on `threads` threads of their own pool.
-    fn product_on(threads: usize, lhs: &Stored, rhs: &Stored) -> Vec<f32> {
+    /// The product on `threads` threads of their own pool, the elements read as `E` says.
+    fn product_of<E: Elements>(threads: usize, lhs: &Stored, rhs: &Stored) -> Vec<f32> {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         // SAFETY: every caller has checked `supported` first.
-        pool.install(|| unsafe { matmul(lhs.operand(), rhs.operand(), threads) })
+        pool.install(|| unsafe { matmul::<E>(lhs.operand(), rhs.operand(), threads) })
+    }
+
+    /// The f32 product on `threads` threads of their own pool.
+    fn product_on(threads: usize, lhs: &Stored, rhs: &Stored) -> Vec<f32> {
+        product_of::<AsStored>(threads, lhs, rhs)
     }
 
     /// Whether the kernel can run here; where the CPU lacks AVX2 or FMA, says on the terminal
@@ -387,7 +488,7 @@ mod tests {
         }
         // SAFETY: `supported` was checked above.
         assert_independent_of_the_thread_count(|lhs, rhs| unsafe {
-            matmul(lhs.operand(), rhs.operand(), rayon::current_num_threads())
+            matmul::<AsStored>(lhs.operand(), rhs.operand(), rayon::current_num_threads())
         });
         let (lhs, rhs) =
             (noise_matrix(20, 500, Layout::Plain, 9), noise_matrix(500, 700, Layout::Transposed, 10));
@@ -399,6 +500,52 @@ mod tests {
                 "{threads} threads"
             );
         }
+    }
+
+    /// Every lane rounds as the scalar rounding does: on its edge cases (ties, overflow,
+    /// subnormals, NaNs, of both signs) and on every 997th bit pattern of the 2³² there are.
+    #[test]
+    fn vector_rounding_to_bf16_agrees_with_round_to_bf16() {
+        if !runs_here("vector_rounding_to_bf16_agrees_with_round_to_bf16") {
+            return;
+        }
+        let sampled = (0..=u32::MAX).step_by(997).map(f32::from_bits);
+        let values: Vec<f32> = rounding_edges().into_iter().chain(sampled).collect();
+        for lanes in values.chunks(8) {
+            let mut lanes = lanes.to_vec();
+            lanes.resize(8, 0.0);
+            let mut rounded = [0f32; 8];
+            // SAFETY: `supported` was checked above; both arrays hold eight f32.
+            unsafe {
+                _mm256_storeu_ps(rounded.as_mut_ptr(), rounded_to_bf16(_mm256_loadu_ps(lanes.as_ptr())))
+            };
+            for (&value, &got) in lanes.iter().zip(&rounded) {
+                let expected = round_to_bf16(value);
+                assert_eq!(got.to_bits(), expected.to_bits(), "{value:e} ({:#010x})", value.to_bits());
+            }
+        }
+    }
+
+    /// Rounding the elements as they are packed gives, bit for bit, the f32 product of
+    /// copies rounded first (the same sums of the same values), within the bf16 reference's
+    /// bound, on every layout and through every packing path (k past a block of 256 and not a
+    /// multiple of 8, partial tiles).
+    #[test]
+    fn bf16_product_is_the_f32_product_of_the_rounded_operands() {
+        if !runs_here("bf16_product_is_the_f32_product_of_the_rounded_operands") {
+            return;
+        }
+        let check = |lhs: &Stored, rhs: &Stored, context: &str| {
+            let product = product_of::<RoundedToBf16>(2, lhs, rhs);
+            let of_copies = product_on(2, &lhs.map(round_to_bf16), &rhs.map(round_to_bf16));
+            assert!(
+                product.iter().zip(&of_copies).all(|(p, c)| p.to_bits() == c.to_bits()),
+                "{context}: differs from the product of rounded copies"
+            );
+            assert_matches_reference_of(&product, lhs, rhs, context, round_to_bf16);
+        };
+        for_all_cases(&SIZES, check);
+        for_large_cases(check);
     }
 
     #[test]

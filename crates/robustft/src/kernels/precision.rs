@@ -50,7 +50,7 @@ pub fn set_matmul_precision(precision: MatmulPrecision) {
 pub const PORTABLE_BF16_NOTE: &str =
     "note: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX-BF16): \
      bf16 products on the CPU round their operands and run on the fp32 kernel, no faster than \
-     fp32 (0.8-1.0x of its speed); fp32 is the faster setting here";
+     fp32 (0.9-1.0x of its speed); fp32 is the faster setting here";
 
 /// The precision set by [`set_matmul_precision`] (fp32 until then).
 pub fn matmul_precision() -> MatmulPrecision {

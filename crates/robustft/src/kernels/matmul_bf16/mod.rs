@@ -13,11 +13,13 @@
 //! rhs vectors, `MR` broadcast lhs pairs, 2 · `MR` VDPBF16PS) while the rhs panel's block stays
 //! in L1; each output element is summed in the order of k, whatever the number of threads.
 //! On x86_64 Linux CPUs that also have AMX-BF16 tiles, the product runs on TDPBF16PS
-//! instead ([`amx`]), from the same packers. Elsewhere both operands are copied, rounded, in
-//! the order of their storage (row-major or column-major) into a buffer each thread keeps
-//! between products, and multiplied by the linear kernel's f32 product (on one thread, as
-//! attention's products run, by gemm). All agree up to the order of the f32 sums (and
-//! VDPBF16PS and TDPBF16PS flush results of magnitude below 2⁻¹²⁶ to zero).
+//! instead ([`amx`]), from the same packers. Elsewhere the product is the linear kernel's f32
+//! product of the rounded operands: on CPUs where that is this crate's AVX2 kernel, the
+//! kernel rounds each element as it packs it; otherwise (and on one thread, as attention's
+//! products run, by gemm) both operands are copied, rounded, in the order of their storage
+//! (row-major or column-major) into a buffer each thread keeps between products. All agree
+//! up to the order of the f32 sums (and VDPBF16PS and TDPBF16PS flush results of magnitude
+//! below 2⁻¹²⁶ to zero).
 //! [`Bf16Kernel::on_this_cpu`] says which runs.
 
 use std::cell::Cell;
@@ -28,6 +30,11 @@ use rayon::prelude::*;
 
 use super::linear::{matmul, matmul_with, Operand};
 use super::rows::rows_per_block;
+#[cfg(target_arch = "x86_64")]
+use super::{
+    matmul_f32::{self, RoundedToBf16},
+    precision::own_f32_kernel,
+};
 
 /// `lhs · rhs` as a new row-major `m × n` matrix, from the bf16 roundings of both operands'
 /// elements with f32 sums, on the thread pool when the product is large.
@@ -194,8 +201,14 @@ thread_local! {
 
 /// The product on any CPU: both operands rounded to bf16 values held in f32, multiplied by the
 /// linear kernel's f32 product (products of two bf16 values are exact in f32), on the pool's
-/// threads where `may_parallelise`.
+/// threads where `may_parallelise`. Where that product runs on this crate's AVX2 kernel, the
+/// kernel rounds each element as it packs it; elsewhere the rounded operands are copied first.
 fn matmul_of_rounded(lhs: Operand, rhs: Operand, may_parallelise: bool) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if may_parallelise && own_f32_kernel() {
+        // SAFETY: `own_f32_kernel` has checked that the CPU supports AVX2 and FMA.
+        return unsafe { matmul_f32::matmul::<RoundedToBf16>(lhs, rhs, rayon::current_num_threads()) };
+    }
     // Taken rather than borrowed: a product that runs on this thread meanwhile (work taken up
     // while gemm's threads are joined) finds it empty and makes its own.
     let mut buffer = ROUNDED_OPERANDS.take();
@@ -328,6 +341,11 @@ pub(in crate::kernels) mod tests {
                 }
             }
             stored
+        }
+
+        /// The same matrix in the same layout with `f` applied to every stored element.
+        pub(in crate::kernels) fn map(&self, f: fn(f32) -> f32) -> Self {
+            Self { data: self.data.iter().map(|&x| f(x)).collect(), ..*self }
         }
 
         fn strides(&self) -> (usize, usize) {
@@ -588,7 +606,7 @@ pub(in crate::kernels) mod tests {
 
     /// Bit patterns where the rounding changes behaviour: ties to even and odd, around them,
     /// overflow, infinities, subnormals, zeros and NaNs, of both signs, and some noise.
-    fn rounding_edges() -> Vec<f32> {
+    pub(in crate::kernels) fn rounding_edges() -> Vec<f32> {
         let edges = [
             0x3f80_8000,
             0x3f81_8000,
