@@ -3,9 +3,9 @@
 # reference on the hardware, then times it beside the AVX-512 kernel on the same machine
 # (`ROBUSTFT_BF16_KERNEL` picks the kernel; the products of a block's linear layers and of its
 # attention) and against PyTorch's CPU autocast, then times fp32 against PyTorch (the
-# model's architecture, its fp32 products beside torch.mm's interleaved in one process, then
-# the bundled model's architecture, in both precisions): every figure the performance goals
-# name, on one machine.
+# model's architecture; then its training products beside torch.mm's, interleaved in one
+# process, in bf16 against autocast and in fp32; then the bundled model's architecture, in
+# both precisions): every figure the performance goals name, on one machine.
 #   bench/amx_check.sh [--arch ViT-B-32] [--rounds 3]
 # Prints the CPU's AMX flags and its cores first; without AMX the hardware test says it was
 # skipped and every product runs on the AVX-512 kernel. Where the logical CPUs are hyper-threads
@@ -36,7 +36,9 @@ for kernel in amx avx512_bf16; do
 done
 bench/run.sh --arch "$arch" --steps 3 --rounds "$rounds" --precision bf16
 bench/run.sh --arch "$arch" --steps 3 --rounds "$rounds" --precision fp32
-bench/gemm_vs_torch.sh --arch "$arch"
+for precision in bf16 fp32; do
+  bench/gemm_vs_torch.sh --arch "$arch" --precision "$precision"
+done
 for precision in fp32 bf16; do
   bench/run.sh --arch shiftworld --steps 10 --infer-batch 256 --train-batch 256 --rounds "$rounds" \
     --precision "$precision"

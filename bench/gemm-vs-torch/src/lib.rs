@@ -1,50 +1,65 @@
-//! One fp32 product `C = op(A) · op(B)` by the `gemm` crate, called exactly as
-//! `robustft::kernels::linear`'s `matmul` calls it on CPUs with AVX-512F (row-major output,
-//! operands read through their strides, every thread of the global rayon pool; CPUs with AVX2
-//! but no AVX-512F run the crate's own kernel there instead), exported for ctypes so that
-//! bench/gemm_vs_torch.py can time it beside `torch.mm` on the same buffers in one process.
+//! robustft's matrix product (`robustft::kernels::product`: the kernel its linear layers run
+//! on this CPU, in the precision set here, on every thread of the global rayon pool), exported
+//! for ctypes so that bench/gemm_vs_torch.py can time it beside `torch.mm` on the same buffers
+//! in one process.
 
-/// `out[m, n] = A · B` where element `(i, p)` of `A` is `a[i·a_row_stride + p·a_col_stride]`
-/// and element `(p, j)` of `B` is `b[p·b_row_stride + j·b_col_stride]`; `out` is row-major.
+use std::ffi::{c_char, CStr};
+
+use robustft::kernels::{product, set_matmul_precision, MatmulPrecision, Operand};
+
+/// Sets the precision of later products (bf16 where `bf16`, else fp32) and returns the name of
+/// the kernel they run on (`MatmulPrecision::cpu_kernel`), a static C string.
+#[no_mangle]
+pub extern "C" fn robustft_set_precision(bf16: bool) -> *const c_char {
+    let precision = if bf16 { MatmulPrecision::Bf16 } else { MatmulPrecision::Fp32 };
+    set_matmul_precision(precision);
+    let name: &'static CStr = match precision.cpu_kernel() {
+        "avx2_fma" => c"avx2_fma",
+        "gemm" => c"gemm",
+        "amx" => c"amx",
+        "avx512_bf16" => c"avx512_bf16",
+        _ => c"portable",
+    };
+    name.as_ptr()
+}
+
+/// `A · B` as a new row-major `m × n` buffer owned by this library (give it back with
+/// [`robustft_free`]), where element `(i, p)` of `A` is `a[i·a_row_stride + p·a_col_stride]`
+/// and element `(p, j)` of `B` is `b[p·b_row_stride + j·b_col_stride]`; all dimensions > 0.
 ///
 /// # Safety
-/// `a`, `b` and `out` must hold every element those strides address for the given `m`, `n`
-/// and `k`, and `out` must not overlap the operands.
+/// `a` and `b` must hold every element those strides address for the given `m`, `n` and `k`.
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
-pub unsafe extern "C" fn gemm_f32(
+pub unsafe extern "C" fn robustft_product(
     m: usize,
     n: usize,
     k: usize,
     a: *const f32,
-    a_row_stride: isize,
-    a_col_stride: isize,
+    a_row_stride: usize,
+    a_col_stride: usize,
     b: *const f32,
-    b_row_stride: isize,
-    b_col_stride: isize,
-    out: *mut f32,
-) {
-    let threads = rayon::current_num_threads();
-    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-    gemm::gemm(
-        m,
-        n,
-        k,
-        out,
-        1,
-        n as isize,
-        false,
-        a,
-        a_col_stride,
-        a_row_stride,
-        b,
-        b_col_stride,
-        b_row_stride,
-        0f32,
-        1f32,
-        false,
-        false,
-        false,
-        parallelism,
-    );
+    b_row_stride: usize,
+    b_col_stride: usize,
+) -> *mut f32 {
+    // SAFETY: the caller vouches for the elements the strides address, the last at the extent.
+    let (a, b) = unsafe {
+        (
+            std::slice::from_raw_parts(a, (m - 1) * a_row_stride + (k - 1) * a_col_stride + 1),
+            std::slice::from_raw_parts(b, (k - 1) * b_row_stride + (n - 1) * b_col_stride + 1),
+        )
+    };
+    let lhs = Operand { data: a, rows: m, cols: k, row_stride: a_row_stride, col_stride: a_col_stride };
+    let rhs = Operand { data: b, rows: k, cols: n, row_stride: b_row_stride, col_stride: b_col_stride };
+    Box::into_raw(product(lhs, rhs).into_boxed_slice()).cast()
+}
+
+/// Frees a product of [`robustft_product`].
+///
+/// # Safety
+/// `data` must come from `robustft_product` with `len` = `m · n`, and not be used again.
+#[no_mangle]
+pub unsafe extern "C" fn robustft_free(data: *mut f32, len: usize) {
+    // SAFETY: `data` and `len` are a boxed slice that `robustft_product` gave out.
+    drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(data, len)) });
 }

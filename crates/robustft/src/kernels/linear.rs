@@ -78,8 +78,8 @@ impl<'a> Matrix<'a> {
 }
 
 /// A matrix operand of a product: element `(i, j)` is `data[i · row_stride + j · col_stride]`.
-#[derive(Clone, Copy)]
-pub(super) struct Operand<'a> {
+#[derive(Clone, Copy, Debug)]
+pub struct Operand<'a> {
     pub data: &'a [f32],
     pub rows: usize,
     pub cols: usize,
@@ -111,8 +111,14 @@ pub(super) fn add_bias_in_place(y: &mut [f32], bias: &[f32]) {
     });
 }
 
-/// `lhs · rhs` as a new row-major matrix, in the process's [`matmul_precision`].
-pub(super) fn product(lhs: Operand, rhs: Operand) -> Vec<f32> {
+/// `lhs · rhs` as a new row-major matrix, in the process's [`matmul_precision`], on the kernel
+/// the linear layers' products run on in this CPU ([`MatmulPrecision::cpu_kernel`] names it)
+/// and the threads of the current rayon pool; `bench/gemm_vs_torch.sh` times it beside
+/// PyTorch's `torch.mm`.
+///
+/// # Panics
+/// If the inner dimensions differ or an operand's slice lacks an element its strides address.
+pub fn product(lhs: Operand, rhs: Operand) -> Vec<f32> {
     match matmul_precision() {
         MatmulPrecision::Fp32 => matmul(lhs, rhs),
         MatmulPrecision::Bf16 => matmul_bf16(lhs, rhs),
@@ -137,11 +143,11 @@ pub(super) fn matmul(lhs: Operand, rhs: Operand) -> Vec<f32> {
 pub(super) fn matmul_with(lhs: Operand, rhs: Operand, parallelism: gemm::Parallelism) -> Vec<f32> {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert_eq!(k, rhs.rows, "matmul: inner dimensions differ");
+    assert!(lhs.holds_all_elements() && rhs.holds_all_elements(), "matmul: operand out of its slice");
     let mut out = Vec::with_capacity(m * n);
     // SAFETY: the operands' slices hold all `m × k` and `k × n` elements under their strides
-    // (they are whole row-major matrices, read as themselves or transposed); gemm writes all
-    // `m × n` elements of `out` without reading them (`read_dst = false`), after which they
-    // are initialised.
+    // (asserted); gemm writes all `m × n` elements of `out` without reading them
+    // (`read_dst = false`), after which they are initialised.
     unsafe {
         gemm::gemm(
             m,

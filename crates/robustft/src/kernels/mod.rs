@@ -40,7 +40,7 @@ pub use attention::{attention, normed_attention};
 pub use bias::bias_residual;
 pub use layer_norm::layer_norm;
 pub use layer_norm_linear::layer_norm_linear;
-pub use linear::linear;
+pub use linear::{linear, product, Operand};
 pub use matmul_bf16::Bf16Kernel;
 pub use precision::{matmul_precision, set_matmul_precision, MatmulPrecision, PORTABLE_BF16_NOTE};
 pub use residual_linear::{mlp_residual, residual_linear};

@@ -26,12 +26,13 @@
 use std::arch::asm;
 use std::arch::x86_64::{__cpuid, __cpuid_count, __m512i, _mm512_loadu_si512, _mm512_setzero_si512};
 use std::mem::MaybeUninit;
+use std::ops::Range;
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::avx512::{self, Lines, BLOCKS_PER_THREAD, LANES, MIN_PARALLEL_WORK};
-use super::{written_by_row_blocks, Operand};
+use super::avx512::{self, Lines, LANES, MIN_PARALLEL_WORK};
+use super::{balanced_row_blocks, written_by_row_blocks, Operand};
 
 /// Rows of every tile.
 const TILE_ROWS: usize = 16;
@@ -131,20 +132,14 @@ unsafe fn matmul_with_tiles<T: Tiles>(lhs: Operand, rhs: Operand, may_parallelis
     let parallel = may_parallelise && m * n * lhs.cols >= MIN_PARALLEL_WORK;
     let rhs_panels = pack_rhs(Lines::columns_of(rhs), chunks, parallel);
     let lhs = Lines::rows_of(lhs);
-    let rows_per_block = if parallel { rows_per_parallel_block(m) } else { m };
-    let multiply_rows = |index: usize, block: &mut [MaybeUninit<f32>]| {
-        let rows = lhs.slice(index * rows_per_block, block.len() / n);
+    let multiply_rows = |rows: Range<usize>, block: &mut [MaybeUninit<f32>]| {
+        let rows = lhs.slice(rows.start, rows.len());
         // SAFETY: the caller vouches for `T` on this CPU.
         let mut tiles = unsafe { T::configured() };
         multiply_row_block(&mut tiles, rows, &rhs_panels, chunks, n, block);
     };
     // SAFETY: `multiply_row_block` writes every element of its block of rows.
-    unsafe { written_by_row_blocks(m, n, rows_per_block, parallel, multiply_rows) }
-}
-
-/// Rows per parallel block: `BLOCKS_PER_THREAD` blocks per thread, whole output blocks.
-fn rows_per_parallel_block(m: usize) -> usize {
-    m.div_ceil(rayon::current_num_threads() * BLOCKS_PER_THREAD).next_multiple_of(BLOCK_ROWS)
+    unsafe { written_by_row_blocks(m, n, balanced_row_blocks(m, BLOCK_ROWS, parallel), multiply_rows) }
 }
 
 /// The rhs's columns packed in panels of `PANEL_WIDTH` (the last one padded with zero

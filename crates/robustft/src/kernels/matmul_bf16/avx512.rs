@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::{bf16_bits, written_by_row_blocks, Operand};
+use super::{balanced_row_blocks, bf16_bits, written_by_row_blocks, Operand};
 
 /// f32 lanes of a vector, and bf16 pairs of a packed vector.
 pub(super) const LANES: usize = 16;
@@ -27,7 +27,7 @@ const KC: usize = 192;
 /// Multiply-adds below which a product runs on the calling thread.
 pub(super) const MIN_PARALLEL_WORK: usize = 1 << 22;
 
-/// Row blocks per thread, for balance between threads.
+/// Row blocks per thread, for balance between threads (and between threads slowed unevenly).
 pub(super) const BLOCKS_PER_THREAD: usize = 8;
 
 /// How far ahead in k the packing of adjacent lines asks for the lines it will read (each
@@ -106,18 +106,11 @@ pub(super) unsafe fn matmul_bf16(lhs: Operand, rhs: Operand, may_parallelise: bo
     let parallel = may_parallelise && m * n * lhs.cols >= MIN_PARALLEL_WORK;
     let rhs_blocks = pack_rhs(Lines::columns_of(rhs), parallel);
     let lhs = Lines::rows_of(lhs);
-    let rows_per_block = if parallel { rows_per_parallel_block(m) } else { m };
-    let multiply_rows = |index: usize, block: &mut [MaybeUninit<f32>]| {
-        let rows = block.len() / n;
-        multiply_row_block(lhs.slice(index * rows_per_block, rows), &rhs_blocks, n, block)
+    let multiply_rows = |rows: Range<usize>, block: &mut [MaybeUninit<f32>]| {
+        multiply_row_block(lhs.slice(rows.start, rows.len()), &rhs_blocks, n, block)
     };
     // SAFETY: `multiply_row_block` writes every element of its block of rows.
-    unsafe { written_by_row_blocks(m, n, rows_per_block, parallel, multiply_rows) }
-}
-
-/// Rows per parallel block: `BLOCKS_PER_THREAD` blocks per thread, whole micro-panels.
-fn rows_per_parallel_block(m: usize) -> usize {
-    m.div_ceil(rayon::current_num_threads() * BLOCKS_PER_THREAD).next_multiple_of(MR)
+    unsafe { written_by_row_blocks(m, n, balanced_row_blocks(m, MR, parallel), multiply_rows) }
 }
 
 /// The rhs's columns packed by blocks of `KC` k-pairs, each block as panels of `NR`

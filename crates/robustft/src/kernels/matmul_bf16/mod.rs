@@ -8,8 +8,8 @@
 //! runs on VDPBF16PS, which multiplies the two bf16 halves of each 32-bit lane of two vectors
 //! and adds both products to an f32 lane. Both operands are converted by VCVTNE2PS2BF16 into
 //! bf16 pairs of consecutive k: the rhs once, into panels of 32 columns by blocks of k; the
-//! lhs by each parallel block of rows, into micro-panels of [`avx512`]'s `MR` rows, block of k
-//! by block of k. A register tile of `MR` × 32 f32 accumulators takes one k-pair per step (two
+//! lhs by each parallel block of rows (eight per thread, as even as whole micro-panels allow),
+//! into micro-panels of [`avx512`]'s `MR` rows, block of k by block of k. A register tile of `MR` × 32 f32 accumulators takes one k-pair per step (two
 //! rhs vectors, `MR` broadcast lhs pairs, 2 · `MR` VDPBF16PS) while the rhs panel's block stays
 //! in L1; each output element is summed in the order of k, whatever the number of threads.
 //! On x86_64 Linux CPUs that also have AMX-BF16 tiles, the product runs on TDPBF16PS
@@ -24,6 +24,7 @@
 
 use std::cell::Cell;
 use std::mem::MaybeUninit;
+use std::ops::Range;
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
@@ -132,8 +133,9 @@ impl Bf16Kernel {
     }
 }
 
-/// A new row-major `m × n` matrix, each block of `rows_per_block` rows (the last one shorter)
-/// written by `write_block(index, block)`, on the thread pool when `parallel`.
+/// A new row-major `m × n` matrix, each block of rows in `blocks` (consecutive ranges that
+/// cover `0..m`) written by `write_block(rows, block)`, each block a task of the thread pool
+/// when there are several, on the calling thread when there is one.
 ///
 /// # Safety
 /// `write_block` must write every element of the block it is given.
@@ -141,15 +143,40 @@ impl Bf16Kernel {
 unsafe fn written_by_row_blocks(
     m: usize,
     n: usize,
-    rows_per_block: usize,
-    parallel: bool,
-    write_block: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
+    blocks: Vec<Range<usize>>,
+    write_block: impl Fn(Range<usize>, &mut [MaybeUninit<f32>]) + Sync,
 ) -> Vec<f32> {
+    assert!(blocks.last().is_some_and(|last| last.end == m), "written_by_row_blocks: blocks end at {m}");
     let mut out = Vec::with_capacity(m * n);
-    write_by_row_blocks(&mut out.spare_capacity_mut()[..m * n], n, rows_per_block, parallel, write_block);
-    // SAFETY: the caller's `write_block` has written every element of every block.
+    let mut rest = &mut out.spare_capacity_mut()[..m * n];
+    let mut parts = Vec::with_capacity(blocks.len());
+    for rows in blocks {
+        let (block, after) = std::mem::take(&mut rest).split_at_mut(rows.len() * n);
+        parts.push((rows, block));
+        rest = after;
+    }
+    if let [(rows, block)] = parts.as_mut_slice() {
+        write_block(rows.clone(), block);
+    } else {
+        parts.into_par_iter().with_max_len(1).for_each(|(rows, block)| write_block(rows, block));
+    }
+    // SAFETY: the blocks cover all `m` rows (each starts where the one before ended, the last
+    // ends at `m`), and the caller's `write_block` has written every element of each.
     unsafe { out.set_len(m * n) };
     out
+}
+
+/// The rows `0..m` in whole units of `unit` rows (the last unit shorter where `m` is not a
+/// multiple): one block where not `parallel`, else `BLOCKS_PER_THREAD` blocks per thread of
+/// the current pool (fewer where there are fewer units) whose units differ by at most one, so
+/// that the threads finish together.
+#[cfg(target_arch = "x86_64")]
+fn balanced_row_blocks(m: usize, unit: usize, parallel: bool) -> Vec<Range<usize>> {
+    let units = m.div_ceil(unit);
+    let wanted = if parallel { rayon::current_num_threads() * avx512::BLOCKS_PER_THREAD } else { 1 };
+    let count = wanted.min(units).max(1);
+    let start = |block: usize| (block * units / count * unit).min(m);
+    (0..count).map(|block| start(block)..start(block + 1)).collect()
 }
 
 /// Runs `write_block(index, block)` over the consecutive blocks of `rows_per_block` rows of
@@ -566,6 +593,36 @@ pub(in crate::kernels) mod tests {
         for (i, expected) in expected_row_sums.into_iter().enumerate() {
             assert_eq!(rounded[2 * i], expected, "row {i}");
             assert_ne!(rounded[2 * i], full[2 * i], "row {i}");
+        }
+    }
+
+    /// The parallel blocks cover the rows once, in order, in whole units, `BLOCKS_PER_THREAD`
+    /// per thread where there are enough units, their sizes at most one unit apart (before
+    /// this, equal blocks of rounded-up size left 15 blocks for two threads at m = 1600).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn balanced_row_blocks_cover_the_rows_evenly() {
+        use super::{avx512, balanced_row_blocks};
+        use std::ops::Range;
+        for threads in 1..=5 {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            for (m, unit) in [(1600, 12), (128, 12), (11, 12), (768, 32), (1, 32), (97, 1)] {
+                let blocks = pool.install(|| balanced_row_blocks(m, unit, true));
+                let context = format!("m {m}, unit {unit}, {threads} threads");
+                let units = m.div_ceil(unit);
+                assert_eq!(blocks.len(), (threads * avx512::BLOCKS_PER_THREAD).min(units), "{context}");
+                assert_eq!((blocks[0].start, blocks[blocks.len() - 1].end), (0, m), "{context}");
+                assert!(blocks.windows(2).all(|pair| pair[0].end == pair[1].start), "{context}");
+                assert!(blocks.iter().all(|rows| rows.start % unit == 0 && !rows.is_empty()), "{context}");
+                let whole_units = |rows: &Range<usize>| rows.len().div_ceil(unit);
+                let (fewest, most) = (
+                    blocks.iter().map(whole_units).min().unwrap(),
+                    blocks.iter().map(whole_units).max().unwrap(),
+                );
+                assert!(most - fewest <= 1, "{context}: {fewest} to {most} units");
+            }
+            let serial = pool.install(|| balanced_row_blocks(1600, 12, false));
+            assert!(serial.len() == 1 && serial[0] == (0..1600), "{threads} threads: {serial:?}");
         }
     }
 
