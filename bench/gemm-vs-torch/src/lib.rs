@@ -3,24 +3,19 @@
 //! for ctypes so that bench/gemm_vs_torch.py can time it beside `torch.mm` on the same buffers
 //! in one process.
 
-use std::ffi::{c_char, CStr};
+use std::ffi::{c_char, CString};
 
 use robustft::kernels::{product, set_matmul_precision, MatmulPrecision, Operand};
 
 /// Sets the precision of later products (bf16 where `bf16`, else fp32) and returns the name of
-/// the kernel they run on (`MatmulPrecision::cpu_kernel`), a static C string.
+/// the kernel they run on (`MatmulPrecision::cpu_kernel`) as a C string kept for the rest of
+/// the process.
 #[no_mangle]
 pub extern "C" fn robustft_set_precision(bf16: bool) -> *const c_char {
     let precision = if bf16 { MatmulPrecision::Bf16 } else { MatmulPrecision::Fp32 };
     set_matmul_precision(precision);
-    let name: &'static CStr = match precision.cpu_kernel() {
-        "avx2_fma" => c"avx2_fma",
-        "gemm" => c"gemm",
-        "amx" => c"amx",
-        "avx512_bf16" => c"avx512_bf16",
-        _ => c"portable",
-    };
-    name.as_ptr()
+    let name = CString::new(precision.cpu_kernel()).expect("kernel names hold no NUL");
+    name.into_raw()
 }
 
 /// `A · B` as a new row-major `m × n` buffer owned by this library (give it back with

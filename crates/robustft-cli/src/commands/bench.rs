@@ -13,8 +13,8 @@ use super::Precision;
 /// `{"arch","mode","batch","steps","precision","kernel","images_per_s","peak_rss_mb","engine",
 /// "threads","cpu":{"model","family","model_number","cores","logical_cpus","features"}}`
 /// (kernel: the linear layers' CPU kernel, `avx2_fma` (this crate's, on CPUs with AVX2 and FMA
-/// but no AVX-512F) or `gemm` in fp32, `amx`, `avx512_bf16` or `portable` in bf16; threads: the pool's, every logical CPU unless `--threads` or `RAYON_NUM_THREADS`
-/// says otherwise; family, model number, cores and logical CPUs (of the first package) as
+/// but no AVX-512F) or `gemm` in fp32, `amx`, `avx512_bf16` or `portable` in bf16; threads:
+/// the pool's, every logical CPU unless `--threads` or `RAYON_NUM_THREADS` says otherwise; family, model number, cores and logical CPUs (of the first package) as
 /// `/proc/cpuinfo` gives them; the features: which of avx2, fma, avx512f, avx512_bf16,
 /// amx_tile, amx_bf16, amx_int8 the CPU has).
 #[derive(clap::Args, Debug)]
@@ -65,10 +65,10 @@ pub struct BenchArgs {
     /// and its attention (`q kᵀ` and `P v` of every head, the softmax between), in --precision,
     /// one untimed run then --steps timed ones each, and print GFLOP/s (and the kernel: in fp32
     /// `avx2_fma` on CPUs with AVX2 and FMA but no AVX-512F, `gemm` elsewhere; in bf16 `amx` on
-    /// CPUs with AMX-BF16 tiles, `avx512_bf16` on AVX512-BF16 ones, `portable` elsewhere), each beside the fp32 FMA peak of the same threads (independent
-    /// multiply-adds in registers, AVX-512 or AVX2, the higher of a measurement before and one
-    /// after the products: what the cores could issue in that minute; `fma_peak_gflops` in
-    /// --json).
+    /// CPUs with AMX-BF16 tiles, `avx512_bf16` on AVX512-BF16 ones, `portable` elsewhere), each
+    /// beside the fp32 FMA peak of the same threads (independent multiply-adds in registers,
+    /// AVX-512 or AVX2, the higher of a measurement before and one after the products: what
+    /// the cores could issue in that minute; `fma_peak_gflops` in --json).
     #[arg(long, conflicts_with = "recipes")]
     products: bool,
 

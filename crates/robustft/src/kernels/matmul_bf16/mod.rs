@@ -9,9 +9,10 @@
 //! and adds both products to an f32 lane. Both operands are converted by VCVTNE2PS2BF16 into
 //! bf16 pairs of consecutive k: the rhs once, into panels of 32 columns by blocks of k; the
 //! lhs by each parallel block of rows (eight per thread, or fewer so that each holds four
-//! micro-panels, as even as whole micro-panels allow), into micro-panels of [`avx512`]'s `MR` rows, block of k by block of k. A register tile of `MR` × 32 f32 accumulators takes one k-pair per step (two
-//! rhs vectors, `MR` broadcast lhs pairs, 2 · `MR` VDPBF16PS) while the rhs panel's block stays
-//! in L1; each output element is summed in the order of k, whatever the number of threads.
+//! micro-panels, as even as whole micro-panels allow), into micro-panels of [`avx512`]'s `MR`
+//! rows, block of k by block of k. A register tile of `MR` × 32 f32 accumulators takes one
+//! k-pair per step (two rhs vectors, `MR` broadcast lhs pairs, 2 · `MR` VDPBF16PS) while the
+//! rhs panel's block stays in L1; each output element is summed in the order of k, whatever the number of threads.
 //! On x86_64 Linux CPUs that also have AMX-BF16 tiles, the product runs on TDPBF16PS
 //! instead ([`amx`]), from the same packers. Elsewhere the product is the linear kernel's f32
 //! product of the rounded operands: on CPUs where that is this crate's AVX2 kernel, the
