@@ -21,7 +21,7 @@ use candle_core::{Device, Tensor, Var};
 
 use crate::clip::config::VisionConfig;
 use crate::clip::{ClipConfig, ClipModel};
-use crate::kernels::{attention, linear, set_matmul_precision, MatmulPrecision};
+use crate::kernels::{attention, attention_kernel, linear, set_matmul_precision, MatmulPrecision};
 use crate::losses::cross_entropy;
 use crate::optim::{default_groups, AdamW, AdamWConfig};
 use crate::rng::SplitMix64;
@@ -227,7 +227,7 @@ pub struct ProductReport {
     pub fan_out: usize,
     pub fan_in: usize,
     pub precision: MatmulPrecision,
-    /// The products' kernel ([`MatmulPrecision::cpu_kernel`]).
+    /// The products' kernel ([`MatmulPrecision::cpu_kernel`]; attention's, [`attention_kernel`]).
     pub kernel: &'static str,
     /// The products' floating-point operations per call, `2 · rows · fan_out · fan_in` (twice
     /// that for attention's two products), over the mean time of one call.
@@ -281,9 +281,7 @@ pub fn time_products(
         let flops = if layer == "attention" { 4.0 } else { 2.0 } * (rows * fan_out * fan_in) as f64;
         let gflops = flops / seconds / 1e9;
         let cpu = cpu.clone();
-        // Attention's fp32 products (one small product per head, on one thread each) stay on
-        // gemm whatever the linear layers' kernel.
-        let kernel = if layer == "attention" && precision.is_fp32() { "gemm" } else { kernel };
+        let kernel = if layer == "attention" { attention_kernel(precision) } else { kernel };
         ProductReport {
             layer,
             rows,

@@ -64,8 +64,9 @@ pub struct BenchArgs {
     /// layers (qkv, out, fc1, fc2; rows = --batch × tokens) through the model's linear kernel,
     /// and its attention (`q kᵀ` and `P v` of every head, the softmax between), in --precision,
     /// one untimed run then --steps timed ones each, and print GFLOP/s (and the kernel: in fp32
-    /// `avx2_fma` on CPUs with AVX2 and FMA but no AVX-512F, `gemm` elsewhere; in bf16 `amx` on
-    /// CPUs with AMX-BF16 tiles, `avx512_bf16` on AVX512-BF16 ones, `portable` elsewhere), each
+    /// `avx2_fma` on CPUs with AVX2 and FMA but no AVX-512F, `gemm` elsewhere, and for
+    /// attention `avx512f` on CPUs with AVX-512F, `gemm` elsewhere; in bf16 `amx` on CPUs with
+    /// AMX-BF16 tiles, `avx512_bf16` on AVX512-BF16 ones, `portable` elsewhere), each
     /// beside the fp32 FMA peak of the same threads (independent multiply-adds in registers,
     /// AVX-512 or AVX2, the higher of a measurement before and one after the products: what
     /// the cores could issue in that minute; `fma_peak_gflops` in --json).

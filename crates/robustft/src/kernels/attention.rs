@@ -10,9 +10,11 @@
 //! more (`dP = dO vᵀ`, `dS = P ⊙ (dP − rowsum(dP ⊙ P))`, `dq = dS k / √d`, `dk = dSᵀ q / √d`,
 //! `dv = Pᵀ dO`). Batch elements run in parallel, each head's products on one thread. The
 //! products follow the process's matmul precision (as PyTorch's CPU autocast runs attention's
-//! `bmm`s in bfloat16): in fp32 `gemm`, in bf16 the bf16 kernel of [`super::matmul_bf16`]
-//! (both operands rounded to bfloat16, fp32 sums, fp32 results); the scores, the softmax and
-//! its backward stay fp32 in both.
+//! `bmm`s in bfloat16): in fp32 on CPUs with AVX-512F the register tiles of
+//! `super::head_product` (no packing: a head's products are a few dozen to a few hundred
+//! rows), elsewhere `gemm`; in bf16 the bf16 kernel of [`super::matmul_bf16`] (both operands
+//! rounded to bfloat16, fp32 sums, fp32 results); the scores, the softmax and its backward
+//! stay fp32 in both.
 //!
 //! [`normed_attention`] runs the branch up to the output projection, `LN(x) → q/k/v projection
 //! → attention`, as one node that keeps the q/k/v projection inside itself, in bf16 under bf16
@@ -25,6 +27,8 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tenso
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::head_product;
 use super::layer_norm_linear::{fused_inputs, layer_norm_linear, LayerNormLinear};
 use super::linear::{matmul_with, with_last_dim, Operand};
 use super::matmul_bf16::matmul_bf16_on_this_thread;
@@ -51,6 +55,25 @@ pub fn attention(qkv: &Tensor, heads: usize, mask: Option<&Tensor>) -> Result<Te
     }
     let mask = mask.map(|m| mask_rows(m, geometry.tokens)).transpose()?;
     qkv.contiguous()?.apply_op1(Attention { geometry, mask })
+}
+
+/// The kernel attention's products run on in `precision` on this CPU, as benchmark reports
+/// name it: in fp32 `avx512f` (one head's products in registers, [`head_product`]) on CPUs
+/// with AVX-512F and `gemm` elsewhere; in bf16 the bf16 kernel's name.
+pub fn attention_kernel(precision: MatmulPrecision) -> &'static str {
+    match precision {
+        MatmulPrecision::Fp32 if f32_products_in_registers() => "avx512f",
+        MatmulPrecision::Fp32 => "gemm",
+        MatmulPrecision::Bf16 => precision.cpu_kernel(),
+    }
+}
+
+/// Whether attention's fp32 products run on [`head_product`] (AVX-512F) rather than gemm.
+fn f32_products_in_registers() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return head_product::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// `attention(LN(x) Wᵀ + bias)` with `x`: `[b, t, width]`, LayerNorm's `(γ, β, eps)`, the
@@ -203,6 +226,12 @@ type Strided<'a> = (&'a [f32], View);
 /// `lhs · rhs` as a new dense row-major matrix, on this thread, in `precision`.
 fn product(precision: MatmulPrecision, (lhs, l): Strided, (rhs, r): Strided) -> Vec<f32> {
     assert!(l.cols == r.rows && l.fits(lhs.len()) && r.fits(rhs.len()), "attention: product operands");
+    #[cfg(target_arch = "x86_64")]
+    if precision == MatmulPrecision::Fp32 && f32_products_in_registers() {
+        let mut out = vec![0.0; l.rows * r.cols];
+        head_product::multiply_into(&mut out, r.cols, l.operand(lhs), r.operand(rhs), 1.0);
+        return out;
+    }
     match precision {
         MatmulPrecision::Fp32 => matmul_with(l.operand(lhs), r.operand(rhs), Parallelism::None),
         MatmulPrecision::Bf16 => matmul_bf16_on_this_thread(l.operand(lhs), r.operand(rhs)),
@@ -222,6 +251,12 @@ fn matmul_into(
     assert!(l.rows == d.rows && r.cols == d.cols && l.cols == r.rows, "attention: matmul shapes");
     assert!(d.fits(dst.len()) && l.fits(lhs.len()) && r.fits(rhs.len()), "attention: matmul bounds");
     assert_eq!(d.col_stride, 1, "attention: a product is written by contiguous rows");
+    #[cfg(target_arch = "x86_64")]
+    if precision == MatmulPrecision::Fp32 && f32_products_in_registers() {
+        let (lhs, rhs) = (l.operand(lhs), r.operand(rhs));
+        head_product::multiply_into(&mut dst[d.offset..], d.row_stride, lhs, rhs, scale);
+        return;
+    }
     if precision == MatmulPrecision::Bf16 {
         let product = product(precision, (lhs, l), (rhs, r));
         for (i, row) in product.chunks_exact(d.cols).enumerate() {

@@ -9,7 +9,9 @@
 //! that keep their first layer's output inside themselves, in bf16 under bf16 precision; a
 //! vectorised `exp` equal to glibc's serves the softmax and both GELUs, and a vectorised `erf`
 //! with `libm`'s values the exact GELU. The f32 products run on candle's gemm, or on CPUs
-//! with AVX2 and FMA but no AVX-512F on a packed AVX2 kernel of this crate's (`matmul_f32`).
+//! with AVX2 and FMA but no AVX-512F on a packed AVX2 kernel of this crate's (`matmul_f32`);
+//! attention's per-head f32 products, on CPUs with AVX-512F, on register tiles without
+//! packing (`head_product`).
 //!
 //! Each public function runs its fused kernel on contiguous f32 CPU tensors (one pass per row
 //! instead of one pass and one allocation per primitive op, parallel over blocks of rows) and
@@ -23,6 +25,8 @@ mod attention;
 mod bias;
 mod erf;
 mod exp;
+#[cfg(target_arch = "x86_64")]
+mod head_product;
 mod layer_norm;
 mod layer_norm_linear;
 mod linear;
@@ -36,7 +40,7 @@ mod rows;
 mod softmax;
 
 pub use activation::{bias_activation, bias_activation_in_place};
-pub use attention::{attention, normed_attention};
+pub use attention::{attention, attention_kernel, normed_attention};
 pub use bias::bias_residual;
 pub use layer_norm::layer_norm;
 pub use layer_norm_linear::layer_norm_linear;

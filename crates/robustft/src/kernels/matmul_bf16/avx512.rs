@@ -373,7 +373,7 @@ fn as_bits(halves: __m512bh) -> __m512i {
 /// The 16 × 16 transpose of 32-bit lanes: lane `j` of vector `i` goes to lane `i` of vector
 /// `j`. Within each 128-bit lane first (4 × 4 blocks of 4 vectors), then across them.
 #[target_feature(enable = "avx512f")]
-pub(super) fn transpose(rows: [__m512i; LANES]) -> [__m512i; LANES] {
+pub(in crate::kernels) fn transpose(rows: [__m512i; LANES]) -> [__m512i; LANES] {
     // by_quad[g][c], 128-bit lane q: column 4q + c of rows 4g..4g + 4.
     let by_quad: [[__m512i; 4]; 4] = std::array::from_fn(|g| {
         let [r0, r1, r2, r3] = [rows[4 * g], rows[4 * g + 1], rows[4 * g + 2], rows[4 * g + 3]];
@@ -405,7 +405,7 @@ pub(super) fn transpose(rows: [__m512i; LANES]) -> [__m512i; LANES] {
 
 /// The `count` (at most 16) f32 from `data[start]` in the low lanes, zero above.
 #[target_feature(enable = "avx512f")]
-fn load_masked(data: &[f32], start: usize, count: usize) -> __m512 {
+pub(in crate::kernels) fn load_masked(data: &[f32], start: usize, count: usize) -> __m512 {
     if count == 0 {
         return _mm512_setzero_ps();
     }
@@ -416,7 +416,7 @@ fn load_masked(data: &[f32], start: usize, count: usize) -> __m512 {
 
 /// Writes the low `count` (at most 16) 32-bit lanes of `vector` to `out[start..]`.
 #[target_feature(enable = "avx512f")]
-pub(super) fn store_masked<T: Copy>(out: &mut [T], start: usize, count: usize, vector: __m512i) {
+pub(in crate::kernels) fn store_masked<T: Copy>(out: &mut [T], start: usize, count: usize, vector: __m512i) {
     const { assert!(size_of::<T>() == 4) };
     if count == 0 {
         return;

@@ -341,6 +341,8 @@ fn row_major(data: &[f32], rows: usize, cols: usize) -> Operand<'_> {
 mod amx;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+pub(super) use avx512::{load_masked, store_masked, transpose as transpose_16x16};
 
 #[cfg(test)]
 pub(in crate::kernels) mod tests {
