@@ -47,31 +47,35 @@ pub(super) fn multiply_into(out: &mut [f32], out_stride: usize, lhs: Operand, rh
     if m == 0 || n == 0 {
         return;
     }
-    let mut copy = Vec::new();
-    // SAFETY (both): the CPU has AVX-512F (asserted); the operands hold every element their
-    // strides address (asserted, or a dense copy of its size); `out` holds every element
-    // written (asserted); the rhs's columns are contiguous (`col_stride` 1, or a row-major
-    // copy).
-    let rhs = if rhs.col_stride == 1 { rhs } else { unsafe { row_major_copy(rhs, &mut copy) } };
+    let copy;
+    let rhs = if rhs.col_stride == 1 {
+        rhs
+    } else {
+        // SAFETY: the CPU has AVX-512F (asserted).
+        copy = unsafe { row_major_copy(rhs) };
+        Operand { data: &copy, rows: k, cols: n, row_stride: n, col_stride: 1 }
+    };
+    // SAFETY: the CPU has AVX-512F (asserted); the operands hold every element their strides
+    // address (asserted, or a dense copy of its size); `out` holds every element written
+    // (asserted); the rhs's columns are contiguous (`col_stride` 1, or a row-major copy).
     unsafe { multiply_by_tiles(out, out_stride, lhs, rhs, scale) };
 }
 
-/// `op`'s rows, one after another, in `buffer` (resized to hold them).
+/// `op`'s elements in row-major order.
 ///
 /// # Safety
 /// The CPU must support AVX-512F.
 #[target_feature(enable = "avx512f")]
-unsafe fn row_major_copy<'a>(op: Operand, buffer: &'a mut Vec<f32>) -> Operand<'a> {
-    buffer.clear();
-    buffer.resize(op.rows * op.cols, 0.0);
+unsafe fn row_major_copy(op: Operand) -> Vec<f32> {
+    let mut copy = vec![0.0; op.rows * op.cols];
     if op.row_stride == 1 {
-        copy_columns_to_rows(op, buffer);
+        copy_columns_to_rows(op, &mut copy);
     } else {
-        for (i, out) in buffer.chunks_exact_mut(op.cols).enumerate() {
+        for (i, out) in copy.chunks_exact_mut(op.cols).enumerate() {
             out.iter_mut().enumerate().for_each(|(j, o)| *o = op.data[i * op.row_stride + j * op.col_stride]);
         }
     }
-    Operand { data: buffer, rows: op.rows, cols: op.cols, row_stride: op.cols, col_stride: 1 }
+    copy
 }
 
 /// Writes `op`'s elements to `out` in row-major order, for `op` whose columns are contiguous
