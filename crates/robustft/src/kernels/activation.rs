@@ -216,8 +216,7 @@ impl CustomOp3 for BiasActivationBackward {
         let grad = contiguous_f32(gs, gl, self.name())?;
         let width = bias.len();
         let rows = x.len() / width;
-        let mut out = vec![0f32; (rows + 1) * width];
-        rows_with_column_sums(&mut out, width, width, |first_row, block, dbias| {
+        let out = rows_with_column_sums(rows * width, width, width, |first_row, block, dbias| {
             let offset = first_row * width;
             let (x_block, g_block) = (&x[offset..offset + block.len()], &grad[offset..offset + block.len()]);
             let rows = block

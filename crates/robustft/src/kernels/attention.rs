@@ -25,7 +25,6 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::{gemm, Parallelism};
-use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
 use super::head_product;
@@ -36,7 +35,7 @@ use super::precision::{matmul_precision, MatmulPrecision};
 use super::reference;
 use super::rows::{
     contiguous_f32, fused_applies, kept_dtype, lane_sum2, rows_per_block, storage_of, stored_tensor,
-    with_values, Kept, Values,
+    with_values, zeroed_by_blocks, Kept, Values,
 };
 use super::softmax::softmax_row_in_place;
 
@@ -181,9 +180,15 @@ impl Geometry {
         View { offset: 0, rows: self.tokens, cols: self.tokens, row_stride: self.tokens, col_stride: 1 }
     }
 
-    /// Batch elements per parallel task.
-    fn batches_per_task(&self) -> usize {
-        rows_per_block(self.packed_block_len())
+    /// A new vector of a block of `block_len` elements per batch element, each block written
+    /// by `f(batch_element, block)` (onto zeros), by parallel tasks of several batch elements.
+    fn by_batch_elements(&self, block_len: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) -> Vec<f32> {
+        let per_task = rows_per_block(self.packed_block_len());
+        zeroed_by_blocks(self.batch * block_len, per_task * block_len, |task, blocks| {
+            for (i, block) in blocks.chunks_exact_mut(block_len).enumerate() {
+                f(task * per_task + i, block);
+            }
+        })
     }
 }
 
@@ -336,16 +341,14 @@ impl Attention {
     fn forward(&self, qkv: Values) -> Vec<f32> {
         let g = self.geometry;
         let (n_in, n_out) = (g.packed_block_len(), g.out_block_len());
-        let mut out = vec![0f32; g.batch * n_out];
-        out.par_chunks_mut(n_out).enumerate().with_min_len(g.batches_per_task()).for_each(|(b, out)| {
+        g.by_batch_elements(n_out, |b, out| {
             let qkv = &qkv.widened(b * n_in..(b + 1) * n_in);
             for h in 0..g.heads {
                 let probabilities = head_probabilities(&g, h, qkv, self.mask.as_deref());
                 let v = g.packed_head(Part::Value, h);
                 matmul_into(g.precision, out, g.out_head(h), (&probabilities, g.square()), (qkv, v), 1.0);
             }
-        });
-        out
+        })
     }
 
     /// The packed `d(qkv)` (in the dtype of `qkv`) from the output's gradient `grad`.
@@ -424,8 +427,7 @@ impl candle_core::CustomOp2 for AttentionBackward<'_> {
         let dout = contiguous_f32(grad_storage, grad_layout, self.name())?;
         let g = self.forward.geometry;
         let (n_in, n_out) = (g.packed_block_len(), g.out_block_len());
-        let mut dqkv = vec![0f32; qkv.len()];
-        dqkv.par_chunks_mut(n_in).enumerate().with_min_len(g.batches_per_task()).for_each(|(b, dqkv)| {
+        let dqkv = g.by_batch_elements(n_in, |b, dqkv| {
             let (qkv, dout) = (&qkv.widened(b * n_in..(b + 1) * n_in), &dout[b * n_out..(b + 1) * n_out]);
             for h in 0..g.heads {
                 self.head_backward(h, qkv, dout, dqkv);

@@ -7,7 +7,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::reference;
-use super::rows::{column_sums, contiguous_f32, fused_applies, map_row_blocks, rows_and_width};
+use super::rows::{column_sums, contiguous_f32, fused_applies, rows_and_width, zeroed_by_row_blocks};
 
 /// `x + bias + residual` with `x`, `residual`: `[..., width]` and `bias`: `[width]`.
 pub fn bias_residual(x: &Tensor, bias: &Tensor, residual: &Tensor) -> Result<Tensor> {
@@ -51,8 +51,7 @@ impl CustomOp3 for BiasResidual {
         let bias = contiguous_f32(bs, bl, self.name())?;
         let residual = contiguous_f32(rs, rl, self.name())?;
         let width = bias.len();
-        let mut out = vec![0f32; x.len()];
-        map_row_blocks(&mut out, width, |first_row, block| {
+        let out = zeroed_by_row_blocks(x.len(), width, |first_row, block: &mut [f32]| {
             let offset = first_row * width;
             let (x_block, r_block) =
                 (&x[offset..offset + block.len()], &residual[offset..offset + block.len()]);

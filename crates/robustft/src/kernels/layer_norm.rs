@@ -7,7 +7,8 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::reference;
 use super::rows::{
-    contiguous_f32, fused_applies, lane_sum, lane_sum2, map_row_blocks, rows_and_width, rows_with_column_sums,
+    contiguous_f32, fused_applies, lane_sum, lane_sum2, rows_and_width, rows_with_column_sums,
+    zeroed_by_row_blocks,
 };
 
 /// LayerNorm of `x` (`[..., width]`) with `weight` and `bias` (`[width]`).
@@ -36,8 +37,7 @@ fn row_moments(x: &[f32], eps: f32) -> (f32, f32) {
 /// LayerNorm of each row of `x` (`weight.len()` elements each).
 pub(super) fn normalized(x: &[f32], weight: &[f32], bias: &[f32], eps: f32) -> Vec<f32> {
     let width = weight.len();
-    let mut out = vec![0f32; x.len()];
-    map_row_blocks(&mut out, width, |first_row, block| {
+    zeroed_by_row_blocks(x.len(), width, |first_row, block| {
         let x_block = &x[first_row * width..first_row * width + block.len()];
         for (y, x) in block.chunks_exact_mut(width).zip(x_block.chunks_exact(width)) {
             let (mean, rstd) = row_moments(x, eps);
@@ -45,8 +45,7 @@ pub(super) fn normalized(x: &[f32], weight: &[f32], bias: &[f32], eps: f32) -> V
                 *y = (x - mean) * rstd * w + b;
             }
         }
-    });
-    out
+    })
 }
 
 struct LayerNormOp {
@@ -123,8 +122,7 @@ impl CustomOp3 for LayerNormBackward {
         let grad = contiguous_f32(gs, gl, self.name())?;
         let width = weight.len();
         let rows = x.len() / width.max(1);
-        let mut out = vec![0f32; (rows + 2) * width];
-        rows_with_column_sums(&mut out, width, 2 * width, |first_row, block, sums| {
+        let out = rows_with_column_sums(rows * width, width, 2 * width, |first_row, block, sums| {
             let offset = first_row * width;
             let (x_block, g_block) = (&x[offset..offset + block.len()], &grad[offset..offset + block.len()]);
             let (dweight, dbias) = sums.split_at_mut(width);

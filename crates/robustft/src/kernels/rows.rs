@@ -2,11 +2,13 @@
 //! storage (or the widening of a bf16 one, and the storing of f32 values as either), the
 //! tensor a whole-branch node keeps for its backward pass, parallel iteration over blocks of
 //! whole rows (rayon; tensors below a size threshold stay on the calling thread so they pay
-//! no scheduling overhead), column sums accumulated per block and reduced once, and
-//! lane-split reductions that the compiler vectorises (and that round better than one serial
-//! accumulator).
+//! no scheduling overhead), new outputs made by such blocks, each zeroed by the thread that
+//! fills it (rather than all at once on the calling thread), column sums accumulated per
+//! block and reduced once, and lane-split reductions that the compiler vectorises (and that
+//! round better than one serial accumulator).
 
 use std::borrow::Cow;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::sync::OnceLock;
 
@@ -75,16 +77,14 @@ impl<'a> Values<'a> {
     /// Every element as f32 in a new vector, by parallel blocks of rows (`width` elements
     /// each), each block then passed through `then`.
     pub(super) fn to_f32_then(self, width: usize, then: impl Fn(&mut [f32]) + Sync + Send) -> Vec<f32> {
-        let mut out = vec![0f32; self.len()];
-        map_row_blocks(&mut out, width, |first_row, block| {
+        zeroed_by_row_blocks(self.len(), width, |first_row, block| {
             let range = first_row * width..first_row * width + block.len();
             match self {
                 Self::F32(data) => block.copy_from_slice(&data[range]),
                 Self::Bf16(data) => widen_into(block, &data[range]),
             }
             then(block);
-        });
-        out
+        })
     }
 }
 
@@ -141,9 +141,10 @@ pub(super) fn with_values<R>(t: &Tensor, op: &'static str, f: impl FnOnce(Values
 
 /// `values` rounded to bfloat16 (by parallel blocks).
 fn rounded_to_bf16(values: &[f32]) -> Vec<bf16> {
-    let mut bits = vec![0u16; values.len()];
-    let blocks = bits.par_chunks_mut(MIN_TASK_ELEMENTS).zip(values.par_chunks(MIN_TASK_ELEMENTS));
-    blocks.for_each(|(bits, values)| bits.iter_mut().zip(values).for_each(|(b, &v)| *b = bf16_bits(v)));
+    let bits = zeroed_by_blocks(values.len(), MIN_TASK_ELEMENTS, |index, bits: &mut [u16]| {
+        let values = &values[index * MIN_TASK_ELEMENTS..index * MIN_TASK_ELEMENTS + bits.len()];
+        bits.iter_mut().zip(values).for_each(|(b, &v)| *b = bf16_bits(v));
+    });
     bits.reinterpret_into()
 }
 
@@ -184,28 +185,87 @@ pub(super) fn rows_and_width(t: &Tensor) -> Result<(usize, usize)> {
 
 /// Runs `f(first_row, block)` over consecutive blocks of whole rows (`width` elements each)
 /// of `out`, in parallel when `out` is large, and returns the results in block order.
-pub(super) fn map_row_blocks<T: Send>(
-    out: &mut [f32],
+pub(super) fn map_row_blocks<E: Send, T: Send>(
+    out: &mut [E],
     width: usize,
-    f: impl Fn(usize, &mut [f32]) -> T + Sync + Send,
+    f: impl Fn(usize, &mut [E]) -> T + Sync + Send,
 ) -> Vec<T> {
     let rows_per_block = rows_per_block(width);
-    let block_len = rows_per_block * width;
-    if width == 0 || out.len() <= block_len {
+    map_blocks(out, rows_per_block * width, |index, block| f(index * rows_per_block, block))
+}
+
+/// Runs `f(index, block)` over the consecutive blocks of `block_len` elements of `out` (the
+/// last one shorter), in parallel when there are several, and returns the results in order.
+fn map_blocks<E: Send, T: Send>(
+    out: &mut [E],
+    block_len: usize,
+    f: impl Fn(usize, &mut [E]) -> T + Sync + Send,
+) -> Vec<T> {
+    if block_len == 0 || out.len() <= block_len {
         return vec![f(0, out)];
     }
-    out.par_chunks_mut(block_len).enumerate().map(|(i, block)| f(i * rows_per_block, block)).collect()
+    out.par_chunks_mut(block_len).enumerate().map(|(index, block)| f(index, block)).collect()
+}
+
+/// A new vector of `len` elements, made by parallel blocks of `block_len` (the last one
+/// shorter): each block is zeroed and then passed to `f(index, block)` on the thread that
+/// fills it. The same vector as `f` run over the blocks of `vec![0; len]`, without zeroing
+/// all of it on the calling thread first (while the other threads wait) and passing it
+/// through the caches once more before the blocks are written.
+pub(super) fn zeroed_by_blocks<E: Copy + Default + Send>(
+    len: usize,
+    block_len: usize,
+    f: impl Fn(usize, &mut [E]) + Sync + Send,
+) -> Vec<E> {
+    let mut out = Vec::with_capacity(len);
+    extend_zeroed_by_blocks(&mut out, len, block_len, f);
+    out
+}
+
+/// Appends `len` elements to the empty `out` as [`zeroed_by_blocks`] makes them, and returns
+/// the blocks' results in order.
+fn extend_zeroed_by_blocks<E: Copy + Default + Send, T: Send>(
+    out: &mut Vec<E>,
+    len: usize,
+    block_len: usize,
+    f: impl Fn(usize, &mut [E]) -> T + Sync + Send,
+) -> Vec<T> {
+    assert!(out.is_empty(), "extend_zeroed_by_blocks: appends to an empty vector");
+    out.reserve(len);
+    let results =
+        map_blocks(&mut out.spare_capacity_mut()[..len], block_len, |index, block| f(index, zeroed(block)));
+    // SAFETY: the blocks cover the first `len` elements of the spare capacity, and `zeroed`
+    // has written every element of each.
+    unsafe { out.set_len(len) };
+    results
+}
+
+/// [`zeroed_by_blocks`] by blocks of whole rows (`width` elements each, as
+/// [`map_row_blocks`] splits them): `f(first_row, block)`.
+pub(super) fn zeroed_by_row_blocks<E: Copy + Default + Send>(
+    len: usize,
+    width: usize,
+    f: impl Fn(usize, &mut [E]) + Sync + Send,
+) -> Vec<E> {
+    let rows_per_block = rows_per_block(width);
+    zeroed_by_blocks(len, rows_per_block * width, |index, block| f(index * rows_per_block, block))
+}
+
+/// `block` with every element set to zero (`E::default()`), as initialised elements.
+fn zeroed<E: Copy + Default>(block: &mut [MaybeUninit<E>]) -> &mut [E] {
+    block.fill(MaybeUninit::new(E::default()));
+    // SAFETY: every element has just been initialised, and `MaybeUninit<E>` has the layout
+    // of `E`.
+    unsafe { &mut *(block as *mut [MaybeUninit<E>] as *mut [E]) }
 }
 
 /// `f(y, x)` for every row `x` of `x` (`width` elements) and its output row `y`, by parallel
 /// blocks of rows.
 pub(super) fn map_rows(x: &[f32], width: usize, f: impl Fn(&mut [f32], &[f32]) + Sync + Send) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    map_row_blocks(&mut out, width, |first_row, block| {
+    zeroed_by_row_blocks(x.len(), width, |first_row, block| {
         let x_block = &x[first_row * width..first_row * width + block.len()];
         block.chunks_exact_mut(width).zip(x_block.chunks_exact(width)).for_each(|(y, x)| f(y, x));
-    });
-    out
+    })
 }
 
 /// Rows per parallel block: enough for `MIN_TASK_ELEMENTS` elements, at least one.
@@ -240,22 +300,26 @@ fn add_partials(sums: &mut [f32], partials: Vec<Vec<f32>>) {
     }
 }
 
-/// Splits `out` into row outputs (all but the trailing `sums_len` elements) and column sums
-/// (the trailing `sums_len`): `f(first_row, block, partial_sums)` fills a block of rows and
-/// adds its share to zeroed partial sums, which are then reduced into the tail.
+/// A new vector of `rows_len` row outputs (rows of `width`) followed by `sums_len` column
+/// sums: `f(first_row, block, partial_sums)` fills a zeroed block of rows (as
+/// [`zeroed_by_row_blocks`]) and adds its share to zeroed partial sums, which are then reduced
+/// into the tail.
 pub(super) fn rows_with_column_sums(
-    out: &mut [f32],
+    rows_len: usize,
     width: usize,
     sums_len: usize,
     f: impl Fn(usize, &mut [f32], &mut [f32]) + Sync + Send,
-) {
-    let (rows_out, sums) = out.split_at_mut(out.len() - sums_len);
-    let partials = map_row_blocks(rows_out, width, |first_row, block| {
+) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows_len + sums_len);
+    let rows_per_block = rows_per_block(width);
+    let partials = extend_zeroed_by_blocks(&mut out, rows_len, rows_per_block * width, |index, block| {
         let mut partial = vec![0f32; sums_len];
-        f(first_row, block, &mut partial);
+        f(index * rows_per_block, block, &mut partial);
         partial
     });
-    add_partials(sums, partials);
+    out.resize(rows_len + sums_len, 0.0);
+    add_partials(&mut out[rows_len..], partials);
+    out
 }
 
 /// `Σ term(x)` over `xs`, with `LANES` independent accumulators.
@@ -310,5 +374,58 @@ pub(super) fn kept_dtype(precision: MatmulPrecision) -> DType {
     match precision {
         MatmulPrecision::Fp32 => DType::F32,
         MatmulPrecision::Bf16 => DType::BF16,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{rows_per_block, rows_with_column_sums, zeroed_by_blocks};
+
+    /// Runs `check` on a pool of two threads, so that blocks really run in parallel.
+    fn on_two_threads(check: impl FnOnce() + Send) {
+        rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap().install(check);
+    }
+
+    #[test]
+    fn zeroed_blocks_equal_the_blocks_of_a_zeroed_vector() {
+        // Writes only the even elements, so the odd ones show whether each block was zeroed.
+        let write_evens = |index: usize, block: &mut [u16]| {
+            block.iter_mut().step_by(2).enumerate().for_each(|(i, v)| *v = (100 * index + i + 1) as u16)
+        };
+        on_two_threads(|| {
+            for (len, block_len) in [(0, 7), (1, 7), (6, 7), (7, 7), (8, 7), (26, 7), (9, 0)] {
+                let made = zeroed_by_blocks(len, block_len, write_evens);
+                let mut expected = vec![0u16; len];
+                match block_len {
+                    0 => write_evens(0, &mut expected),
+                    _ => expected.chunks_mut(block_len).enumerate().for_each(|(i, b)| write_evens(i, b)),
+                }
+                assert_eq!(made, expected, "len {len}, blocks of {block_len}");
+            }
+        });
+    }
+
+    #[test]
+    fn rows_with_column_sums_appends_the_sums_of_every_block() {
+        let (width, rows) = (4096, 2 * rows_per_block(4096) + 3);
+        let value = |row: usize, col: usize| ((row * 31 + col * 7) % 13) as f32;
+        on_two_threads(|| {
+            let out = rows_with_column_sums(rows * width, width, width, |first_row, block, sums| {
+                for (r, row) in block.chunks_exact_mut(width).enumerate() {
+                    for (c, (v, s)) in row.iter_mut().zip(sums.iter_mut()).enumerate() {
+                        *v = value(first_row + r, c);
+                        *s += *v;
+                    }
+                }
+            });
+            assert_eq!(out.len(), (rows + 1) * width);
+            for (i, &v) in out[..rows * width].iter().enumerate() {
+                assert_eq!(v, value(i / width, i % width), "element {i}");
+            }
+            for (c, &sum) in out[rows * width..].iter().enumerate() {
+                // Small integers: every order of summation is exact.
+                assert_eq!(sum, (0..rows).map(|r| value(r, c)).sum::<f32>(), "column {c}");
+            }
+        });
     }
 }

@@ -8,7 +8,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 
 use super::exp::exp_in_place;
 use super::reference;
-use super::rows::{contiguous_f32, fused_applies, lane_sum, lane_sum2, map_row_blocks};
+use super::rows::{contiguous_f32, fused_applies, lane_sum, lane_sum2, map_row_blocks, zeroed_by_row_blocks};
 
 /// Softmax of `x` over its last dimension.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
@@ -86,8 +86,7 @@ impl CustomOp2 for MaskedSoftmax {
         let mask = contiguous_f32(ms, ml, self.name())?;
         let width = xl.dims().last().copied().unwrap_or(1);
         let mask_rows = mask.len() / width.max(1);
-        let mut out = vec![0f32; x.len()];
-        map_row_blocks(&mut out, width, |first_row, block| {
+        let out = zeroed_by_row_blocks(x.len(), width, |first_row, block: &mut [f32]| {
             let x_block = &x[first_row * width..first_row * width + block.len()];
             let rows = block.chunks_exact_mut(width).zip(x_block.chunks_exact(width));
             for (row, (y, x)) in rows.enumerate() {
@@ -136,8 +135,7 @@ impl CustomOp2 for SoftmaxBackward {
         let y = contiguous_f32(ys, yl, self.name())?;
         let grad = contiguous_f32(gs, gl, self.name())?;
         let width = yl.dims().last().copied().unwrap_or(1);
-        let mut out = vec![0f32; y.len()];
-        map_row_blocks(&mut out, width, |first_row, block| {
+        let out = zeroed_by_row_blocks(y.len(), width, |first_row, block: &mut [f32]| {
             let offset = first_row * width;
             let (y_block, g_block) = (&y[offset..offset + block.len()], &grad[offset..offset + block.len()]);
             let rows = block
