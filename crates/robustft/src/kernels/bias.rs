@@ -51,7 +51,7 @@ impl CustomOp3 for BiasResidual {
         let bias = contiguous_f32(bs, bl, self.name())?;
         let residual = contiguous_f32(rs, rl, self.name())?;
         let width = bias.len();
-        let out = zeroed_by_row_blocks(x.len(), width, |first_row, block: &mut [f32]| {
+        let out = zeroed_by_row_blocks(x.len(), width, |first_row, block| {
             let offset = first_row * width;
             let (x_block, r_block) =
                 (&x[offset..offset + block.len()], &residual[offset..offset + block.len()]);

@@ -185,10 +185,10 @@ pub(super) fn rows_and_width(t: &Tensor) -> Result<(usize, usize)> {
 
 /// Runs `f(first_row, block)` over consecutive blocks of whole rows (`width` elements each)
 /// of `out`, in parallel when `out` is large, and returns the results in block order.
-pub(super) fn map_row_blocks<E: Send, T: Send>(
-    out: &mut [E],
+pub(super) fn map_row_blocks<T: Send>(
+    out: &mut [f32],
     width: usize,
-    f: impl Fn(usize, &mut [E]) -> T + Sync + Send,
+    f: impl Fn(usize, &mut [f32]) -> T + Sync + Send,
 ) -> Vec<T> {
     let rows_per_block = rows_per_block(width);
     map_blocks(out, rows_per_block * width, |index, block| f(index * rows_per_block, block))
@@ -242,11 +242,11 @@ fn extend_zeroed_by_blocks<E: Copy + Default + Send, T: Send>(
 
 /// [`zeroed_by_blocks`] by blocks of whole rows (`width` elements each, as
 /// [`map_row_blocks`] splits them): `f(first_row, block)`.
-pub(super) fn zeroed_by_row_blocks<E: Copy + Default + Send>(
+pub(super) fn zeroed_by_row_blocks(
     len: usize,
     width: usize,
-    f: impl Fn(usize, &mut [E]) + Sync + Send,
-) -> Vec<E> {
+    f: impl Fn(usize, &mut [f32]) + Sync + Send,
+) -> Vec<f32> {
     let rows_per_block = rows_per_block(width);
     zeroed_by_blocks(len, rows_per_block * width, |index, block| f(index * rows_per_block, block))
 }

@@ -86,7 +86,7 @@ impl CustomOp2 for MaskedSoftmax {
         let mask = contiguous_f32(ms, ml, self.name())?;
         let width = xl.dims().last().copied().unwrap_or(1);
         let mask_rows = mask.len() / width.max(1);
-        let out = zeroed_by_row_blocks(x.len(), width, |first_row, block: &mut [f32]| {
+        let out = zeroed_by_row_blocks(x.len(), width, |first_row, block| {
             let x_block = &x[first_row * width..first_row * width + block.len()];
             let rows = block.chunks_exact_mut(width).zip(x_block.chunks_exact(width));
             for (row, (y, x)) in rows.enumerate() {
@@ -135,7 +135,7 @@ impl CustomOp2 for SoftmaxBackward {
         let y = contiguous_f32(ys, yl, self.name())?;
         let grad = contiguous_f32(gs, gl, self.name())?;
         let width = yl.dims().last().copied().unwrap_or(1);
-        let out = zeroed_by_row_blocks(y.len(), width, |first_row, block: &mut [f32]| {
+        let out = zeroed_by_row_blocks(y.len(), width, |first_row, block| {
             let offset = first_row * width;
             let (y_block, g_block) = (&y[offset..offset + block.len()], &grad[offset..offset + block.len()]);
             let rows = block
