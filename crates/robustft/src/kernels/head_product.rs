@@ -15,7 +15,7 @@
 use std::arch::x86_64::*;
 
 use super::linear::Operand;
-use super::matmul_bf16::{load_masked, store_masked, transpose_16x16};
+use super::matmul_bf16::{lane_mask, load_masked, store_masked, transpose_16x16};
 
 /// f32 lanes of a vector.
 const LANES: usize = 16;
@@ -168,10 +168,8 @@ unsafe fn tile_of_rows<const V: usize>(tile: Tile) {
 #[target_feature(enable = "avx512f")]
 unsafe fn multiply_tile<const R: usize, const V: usize>(tile: Tile) {
     let Tile { lhs, rhs, first_row, first_col, .. } = tile;
-    let masks: [__mmask16; V] = std::array::from_fn(|v| {
-        let cols = (rhs.cols - first_col).saturating_sub(v * LANES).min(LANES);
-        ((1u32 << cols) - 1) as __mmask16
-    });
+    let masks: [__mmask16; V] =
+        std::array::from_fn(|v| lane_mask((rhs.cols - first_col).saturating_sub(v * LANES).min(LANES)));
     let (lhs_data, rhs_data) = (lhs.data.as_ptr(), rhs.data.as_ptr());
     let mut acc = [[_mm512_setzero_ps(); V]; R];
     for p in 0..lhs.cols {

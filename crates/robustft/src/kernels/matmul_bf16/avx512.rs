@@ -428,7 +428,7 @@ pub(in crate::kernels) fn store_masked<T: Copy>(out: &mut [T], start: usize, cou
 }
 
 /// The mask of the low `count` (at most 16) lanes.
-fn lane_mask(count: usize) -> __mmask16 {
+pub(in crate::kernels) fn lane_mask(count: usize) -> __mmask16 {
     debug_assert!(count <= LANES);
     ((1u32 << count) - 1) as __mmask16
 }

@@ -342,7 +342,7 @@ mod amx;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "x86_64")]
-pub(super) use avx512::{load_masked, store_masked, transpose as transpose_16x16};
+pub(super) use avx512::{lane_mask, load_masked, store_masked, transpose as transpose_16x16};
 
 #[cfg(test)]
 pub(in crate::kernels) mod tests {
