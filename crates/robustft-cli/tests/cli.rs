@@ -18,6 +18,7 @@ use candle_core::{Device, Tensor};
 use robustft::clip::{ClipConfig, ClipModel};
 use robustft::eval::predictor::{Head, Predictor};
 use robustft::eval::suite::{evaluate_suite, shiftworld_head, PromptKind};
+use robustft::kernels::KernelChoice;
 use robustft::shiftworld::build_suite;
 use serde_json::Value;
 

@@ -733,8 +733,8 @@ fn attention_rejects_a_width_that_does_not_split_into_heads() {
 /// operand layouts, so its output and its gradients equal `x.reshape(..).matmul(&w.t())`'s
 /// to the bit (not just within the tolerance), for every leading shape of `x` and output
 /// widths across the gemm's tile sizes; 1400 rows make the weight gradient's reduction span
-/// several of the gemm's depth blocks. On CPUs where they run on the crate's AVX2 kernel
-/// (AVX2 and FMA without AVX-512F), which sums in another order, they are held to the
+/// several of the gemm's depth blocks. On CPUs where they run on the crate's own f32 kernel
+/// (`avx2_fma` or `avx512f`), which sums in another order, they are held to the
 /// tolerance (that kernel's own tests hold it to an f64 reference). With a bias, the bias
 /// gradient is held to the tolerance (the kernel sums rows in blocks).
 #[test]

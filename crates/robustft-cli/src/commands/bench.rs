@@ -12,8 +12,9 @@ use super::Precision;
 /// Prints a line of text, or with `--json`
 /// `{"arch","mode","batch","steps","precision","kernel","images_per_s","peak_rss_mb","engine",
 /// "threads","cpu":{"model","family","model_number","cores","logical_cpus","features"}}`
-/// (kernel: the linear layers' CPU kernel, `avx2_fma` (this crate's, on CPUs with AVX2 and FMA
-/// but no AVX-512F) or `gemm` in fp32, `amx`, `avx512_bf16` or `portable` in bf16; threads:
+/// (kernel: the linear layers' CPU kernel, in fp32 `avx512f` or `avx2_fma` (this crate's) or
+/// `gemm`, in bf16 `amx`, `avx512_bf16` or `portable`; `ROBUSTFT_F32_KERNEL` and
+/// `ROBUSTFT_BF16_KERNEL` pick another that the CPU runs; threads:
 /// the pool's, every logical CPU unless `--threads` or `RAYON_NUM_THREADS` says otherwise; family, model number, cores and logical CPUs (of the first package) as
 /// `/proc/cpuinfo` gives them; the features: which of avx2, fma, avx512f, avx512_bf16,
 /// amx_tile, amx_bf16, amx_int8 the CPU has).
@@ -64,7 +65,8 @@ pub struct BenchArgs {
     /// layers (qkv, out, fc1, fc2; rows = --batch × tokens) through the model's linear kernel,
     /// and its attention (`q kᵀ` and `P v` of every head, the softmax between), in --precision,
     /// one untimed run then --steps timed ones each, and print GFLOP/s (and the kernel: in fp32
-    /// `avx2_fma` on CPUs with AVX2 and FMA but no AVX-512F, `gemm` elsewhere, and for
+    /// `avx512f` on Intel CPUs with AVX-512F, `avx2_fma` on CPUs with AVX2 and FMA but no
+    /// AVX-512F, `gemm` elsewhere, and for
     /// attention `avx512f` on CPUs with AVX-512F, `gemm` elsewhere; in bf16 `amx` on CPUs with
     /// AMX-BF16 tiles, `avx512_bf16` on AVX512-BF16 ones, `portable` elsewhere), each
     /// beside the fp32 FMA peak of the same threads (independent multiply-adds in registers,

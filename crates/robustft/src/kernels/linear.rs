@@ -20,7 +20,7 @@ use super::bias::bias_grad;
 use super::matmul_bf16::matmul_bf16;
 #[cfg(target_arch = "x86_64")]
 use super::matmul_f32;
-use super::precision::{matmul_precision, own_f32_kernel, MatmulPrecision};
+use super::precision::{matmul_precision, F32Kernel, MatmulPrecision};
 use super::reference;
 use super::rows::{contiguous_f32, fused_applies, map_row_blocks, rows_and_width};
 
@@ -126,14 +126,14 @@ pub fn product(lhs: Operand, rhs: Operand) -> Vec<f32> {
 }
 
 /// `lhs · rhs` as a new row-major matrix on the threads of the current rayon pool (the CLI's
-/// `--threads`): by [`matmul_f32`] on CPUs with AVX2 and FMA but no AVX-512F, else by
-/// candle's gemm.
+/// `--threads`), on the f32 kernel of this CPU ([`F32Kernel`]): [`matmul_f32`] or candle's
+/// gemm.
 pub(super) fn matmul(lhs: Operand, rhs: Operand) -> Vec<f32> {
     let threads = rayon::current_num_threads();
     #[cfg(target_arch = "x86_64")]
-    if own_f32_kernel() {
-        // SAFETY: `own_f32_kernel` has checked that the CPU supports AVX2 and FMA.
-        return unsafe { matmul_f32::matmul::<matmul_f32::AsStored>(lhs, rhs, threads) };
+    if let Some(width) = F32Kernel::on_this_cpu().width() {
+        // SAFETY: `F32Kernel::on_this_cpu` chooses only a kernel whose width this CPU runs.
+        return unsafe { matmul_f32::matmul::<matmul_f32::AsStored>(width, lhs, rhs, threads) };
     }
     let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     matmul_with(lhs, rhs, parallelism)

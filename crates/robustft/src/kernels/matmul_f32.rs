@@ -1,19 +1,26 @@
-//! An f32 matrix product for x86_64 CPUs with AVX2 and FMA but without AVX-512F (AMD Zen 3
-//! and earlier, Intel before Skylake-SP), where it runs the products of a training step
-//! faster than candle's `gemm` and than MKL (BENCHMARKS.md, "Zen 3: an f32 kernel of our
-//! own", "Zen 3: the output tile prefetched"); CPUs with AVX-512F keep gemm's AVX-512 kernels.
+//! An f32 matrix product of this crate's for x86_64 CPUs with AVX2 and FMA, on AVX2's 8-lane
+//! vectors or AVX-512F's 16-lane ones ([`Width`]). With AVX2 it runs the f32 products of
+//! CPUs without AVX-512F (AMD Zen 3), faster than candle's `gemm` and than MKL (BENCHMARKS.md,
+//! "Zen 3: an f32 kernel of our own", "Zen 3: the output tile prefetched"); with AVX-512F it
+//! is level with gemm on Intel's Ice Lake, so f32 products stay on gemm there, but the bf16
+//! product of CPUs without bfloat16 instructions runs on it ("Ice Lake: an f32 kernel on
+//! AVX-512"). [`super::precision::F32Kernel`] says which kernel runs f32 products.
 //!
 //! The blocked algorithm of GotoBLAS and BLIS (K. Goto and R. van de Geijn, "Anatomy of
 //! high-performance matrix multiplication", ACM TOMS 34(3), 2008; F. Van Zee and R. van de
 //! Geijn, "BLIS: a framework for rapidly instantiating BLAS functionality", ACM TOMS 41(3),
-//! 2015): for each block of [`NC`] columns and [`KC`] of k, the rhs block is packed into
-//! panels of [`NR`] = 16 columns (for each k, 16 consecutive values); for each block of
-//! [`MC`] rows in it, the lhs block is packed into micro-panels of [`MR`] = 6 rows (for each
-//! k, 6 consecutive values); a register tile of 6 × 16 f32 accumulators (12 AVX2 registers)
-//! then takes one k per step: two rhs vectors, six broadcast lhs values, twelve FMAs (its
-//! rows of the output prefetched before the first, as BLIS's kernels do). Both
+//! 2015): for each block of columns (at most the width's `nc`) and of [`KC`] values of k, the
+//! rhs block is packed into panels of `NR` columns (for each k, `NR` consecutive values); for
+//! each block of [`MC`] rows in it, the lhs block is packed into micro-panels of `MR` rows
+//! (for each k, `MR` consecutive values); a register tile of `MR` × `NR` f32 accumulators
+//! then takes one k per step: `NR` / lanes rhs vectors, `MR` broadcast lhs values, one FMA
+//! for each pair (its rows of the output prefetched before the first, as BLIS's kernels do).
+//! With AVX2 the tile is 6 × 16 (twelve of its sixteen registers) and each rhs panel stays in
+//! L1 while the row block's lhs micro-panels pass; with AVX-512F it is 6 × 64 (24 of its 32
+//! registers) and each lhs micro-panel stays in L1 while the rhs panels pass from L2. Both
 //! operands are always packed, whatever their layout (transposed ones through 8 × 8 register
-//! transposes), and panels past the matrix's edge are padded with zeros.
+//! transposes), into panels that start on a cache line and are padded with zeros past the
+//! matrix's edge.
 //!
 //! Each output element is the sum, over the blocks of k in order, of its tile's FMA chain
 //! over that block in order of k; the output is split over the threads by whole rows or
@@ -32,26 +39,181 @@ use rayon::prelude::*;
 use super::linear::Operand;
 use super::matmul_bf16::round_to_bf16;
 
-/// Rows of the register tile.
-const MR: usize = 6;
-/// Columns of the register tile (two AVX2 vectors).
-const NR: usize = 16;
-/// k per packed block: a rhs panel's block (16 KiB) stays in L1 while it meets every lhs
-/// micro-panel of the row block.
+/// Rows of the AVX2 register tile.
+const AVX2_ROWS: usize = 6;
+/// Vectors across the AVX2 register tile's columns (6 × 16: twelve accumulators).
+const AVX2_VECTORS: usize = 2;
+/// Rows of the AVX-512F register tile.
+const AVX512_ROWS: usize = 6;
+/// Vectors across the AVX-512F register tile's columns (6 × 64: 24 accumulators).
+const AVX512_VECTORS: usize = 4;
+/// Elements of the scratch tile that partial tiles are computed into: the largest tile's.
+const SCRATCH: usize = AVX512_ROWS * AVX512_VECTORS * 16;
+/// k per packed block: with AVX2 a rhs panel's block (16 KiB) stays in L1 while it meets
+/// every lhs micro-panel of the row block; with AVX-512F an lhs micro-panel's (6 KiB) while it
+/// meets every rhs panel of the column block.
 const KC: usize = 256;
-/// Rows per packed lhs block (120 KiB at [`KC`], in L2).
+/// Rows per packed lhs block (120 KiB at [`KC`]); a multiple of both tiles' rows.
 const MC: usize = 120;
-/// Columns per packed rhs block (3 MiB at [`KC`], in L3).
-const NC: usize = 3072;
 
-/// Whether the CPU can run this module's code: AVX2 and FMA (std caches the detection).
-pub(super) fn supported() -> bool {
-    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+/// The vectors this kernel runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Width {
+    /// AVX2 and FMA: 8 f32 lanes.
+    Avx2,
+    /// AVX-512F (with AVX2 and FMA for the packers): 16 f32 lanes.
+    Avx512,
 }
 
-/// Whether f32 products should run here rather than on gemm: AVX2 and FMA without AVX-512F.
-pub(super) fn preferred() -> bool {
-    supported() && !is_x86_feature_detected!("avx512f")
+impl Width {
+    /// Whether the CPU runs this width (std caches the detection).
+    pub(super) fn runs_here(self) -> bool {
+        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        match self {
+            Width::Avx2 => avx2,
+            Width::Avx512 => avx2 && is_x86_feature_detected!("avx512f"),
+        }
+    }
+
+    /// The widest this CPU runs, if any.
+    pub(super) fn widest_here() -> Option<Self> {
+        [Width::Avx512, Width::Avx2].into_iter().find(|width| width.runs_here())
+    }
+
+    /// The register tile's rows and columns.
+    fn tile(self) -> (usize, usize) {
+        match self {
+            Width::Avx2 => (AVX2_ROWS, AVX2_VECTORS * Avx2::LANES),
+            Width::Avx512 => (AVX512_ROWS, AVX512_VECTORS * Avx512::LANES),
+        }
+    }
+
+    /// How the width blocks a product, as measured fastest: with AVX2 on Zen 3, columns in
+    /// blocks of up to 3072 (3 MiB of packed rhs at [`KC`], in L3) and each rhs panel
+    /// kept in L1; with AVX-512F on Ice Lake, blocks of up to 768 columns (768 KiB, in L2) and
+    /// each lhs micro-panel kept in L1 (the other way, 0.79–0.89× gemm on wide products;
+    /// this way 0.95–1.12×).
+    fn blocking(self) -> Blocking {
+        match self {
+            Width::Avx2 => Blocking { max_columns: 3072, kept_in_l1: Kept::RhsPanel },
+            Width::Avx512 => Blocking { max_columns: 768, kept_in_l1: Kept::LhsMicroPanel },
+        }
+    }
+}
+
+/// How a product is cut into packed blocks.
+#[derive(Clone, Copy)]
+struct Blocking {
+    /// Columns per packed rhs block at most (blocks as even as whole tiles allow).
+    max_columns: usize,
+    /// The panel the register tiles of a block run over in their inner loop keep in L1.
+    kept_in_l1: Kept,
+}
+
+/// Which packed panel stays in L1 while the tiles of a block pass over the other operand's.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kept {
+    /// A rhs panel, met by every lhs micro-panel of the row block in turn.
+    RhsPanel,
+    /// An lhs micro-panel, met by every rhs panel of the column block in turn.
+    LhsMicroPanel,
+}
+
+/// The vector operations of the register tile, at one width.
+trait Vectors {
+    /// f32 lanes of a vector.
+    const LANES: usize;
+    type Vector: Copy;
+
+    /// A vector of zeros.
+    ///
+    /// # Safety (of every method)
+    /// The CPU must support the width's instructions; pointers must be valid for `LANES` f32
+    /// (one, for [`Vectors::broadcast`]).
+    unsafe fn zero() -> Self::Vector;
+    unsafe fn load(from: *const f32) -> Self::Vector;
+    unsafe fn store(to: *mut f32, value: Self::Vector);
+    /// The f32 at `from` in every lane.
+    unsafe fn broadcast(from: *const f32) -> Self::Vector;
+    /// `a · b + sum`, rounded once.
+    unsafe fn multiply_add(a: Self::Vector, b: Self::Vector, sum: Self::Vector) -> Self::Vector;
+    unsafe fn add(a: Self::Vector, b: Self::Vector) -> Self::Vector;
+}
+
+/// AVX2's vectors.
+struct Avx2;
+
+impl Vectors for Avx2 {
+    const LANES: usize = 8;
+    type Vector = __m256;
+
+    #[inline(always)]
+    unsafe fn zero() -> __m256 {
+        _mm256_setzero_ps()
+    }
+
+    #[inline(always)]
+    unsafe fn load(from: *const f32) -> __m256 {
+        _mm256_loadu_ps(from)
+    }
+
+    #[inline(always)]
+    unsafe fn store(to: *mut f32, value: __m256) {
+        _mm256_storeu_ps(to, value)
+    }
+
+    #[inline(always)]
+    unsafe fn broadcast(from: *const f32) -> __m256 {
+        _mm256_broadcast_ss(&*from)
+    }
+
+    #[inline(always)]
+    unsafe fn multiply_add(a: __m256, b: __m256, sum: __m256) -> __m256 {
+        _mm256_fmadd_ps(a, b, sum)
+    }
+
+    #[inline(always)]
+    unsafe fn add(a: __m256, b: __m256) -> __m256 {
+        _mm256_add_ps(a, b)
+    }
+}
+
+/// AVX-512F's vectors.
+struct Avx512;
+
+impl Vectors for Avx512 {
+    const LANES: usize = 16;
+    type Vector = __m512;
+
+    #[inline(always)]
+    unsafe fn zero() -> __m512 {
+        _mm512_setzero_ps()
+    }
+
+    #[inline(always)]
+    unsafe fn load(from: *const f32) -> __m512 {
+        _mm512_loadu_ps(from)
+    }
+
+    #[inline(always)]
+    unsafe fn store(to: *mut f32, value: __m512) {
+        _mm512_storeu_ps(to, value)
+    }
+
+    #[inline(always)]
+    unsafe fn broadcast(from: *const f32) -> __m512 {
+        _mm512_set1_ps(*from)
+    }
+
+    #[inline(always)]
+    unsafe fn multiply_add(a: __m512, b: __m512, sum: __m512) -> __m512 {
+        _mm512_fmadd_ps(a, b, sum)
+    }
+
+    #[inline(always)]
+    unsafe fn add(a: __m512, b: __m512) -> __m512 {
+        _mm512_add_ps(a, b)
+    }
 }
 
 /// How the packers read the operands' elements.
@@ -116,13 +278,18 @@ fn rounded_to_bf16(x: __m256) -> __m256 {
     _mm256_castsi256_ps(_mm256_blendv_epi8(finite, quiet_nan, nan))
 }
 
-/// `lhs · rhs` as a new row-major matrix, its elements read as `E` says, its rows (or
-/// columns, when there are more of them) split over `threads` tasks of the current rayon
-/// pool.
+/// `lhs · rhs` as a new row-major matrix on `width`'s vectors, its elements read as `E` says,
+/// its rows (or columns, when there are more of them) split over `threads` tasks of the
+/// current rayon pool.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA ([`supported`]).
-pub(super) unsafe fn matmul<E: Elements>(lhs: Operand, rhs: Operand, threads: usize) -> Vec<f32> {
+/// The CPU must run `width` ([`Width::runs_here`]).
+pub(super) unsafe fn matmul<E: Elements>(
+    width: Width,
+    lhs: Operand,
+    rhs: Operand,
+    threads: usize,
+) -> Vec<f32> {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert_eq!(k, rhs.rows, "matmul: inner dimensions differ");
     assert!(lhs.holds_all_elements() && rhs.holds_all_elements(), "matmul: operand out of its slice");
@@ -131,10 +298,15 @@ pub(super) unsafe fn matmul<E: Elements>(lhs: Operand, rhs: Operand, threads: us
     }
     let mut out = Vec::with_capacity(m * n);
     let dst = Destination { data: out.as_mut_ptr(), row_stride: n };
-    split(m, n, threads).into_par_iter().for_each(|block| {
+    split(m, n, threads, width.tile()).into_par_iter().for_each(|block| {
         // SAFETY: the caller vouches for the CPU; the blocks are disjoint parts of `out`,
         // whose rows are `n` apart, and the operands hold all their elements (asserted).
-        unsafe { product_block::<E>(&lhs, &rhs, dst, block) }
+        unsafe {
+            match width {
+                Width::Avx2 => product_block_avx2::<E>(&lhs, &rhs, dst, block),
+                Width::Avx512 => product_block_avx512::<E>(&lhs, &rhs, dst, block),
+            }
+        }
     });
     // SAFETY: the blocks cover the output, and the first block of k (k > 0) writes every
     // element of each block without reading it.
@@ -149,18 +321,19 @@ struct Block {
     cols: (usize, usize),
 }
 
-/// The output's blocks, one per thread: bands of whole rows (multiples of [`MR`]) when it has
-/// at least as many rows as columns, else of whole columns (multiples of [`NR`]).
-fn split(m: usize, n: usize, threads: usize) -> Vec<Block> {
+/// The output's blocks, one per thread: bands of whole rows (multiples of the tile's rows)
+/// when it has at least as many rows as columns, else of whole columns (multiples of the
+/// tile's columns).
+fn split(m: usize, n: usize, threads: usize, (tile_rows, tile_cols): (usize, usize)) -> Vec<Block> {
     let parts = threads.max(1);
     let bands = |len: usize, unit: usize| {
         let band = len.div_ceil(parts).div_ceil(unit) * unit;
         (0..len).step_by(band).map(move |start| (start, (start + band).min(len)))
     };
     if m >= n {
-        bands(m, MR).map(|rows| Block { rows, cols: (0, n) }).collect()
+        bands(m, tile_rows).map(|rows| Block { rows, cols: (0, n) }).collect()
     } else {
-        bands(n, NR).map(|cols| Block { rows: (0, m), cols }).collect()
+        bands(n, tile_cols).map(|cols| Block { rows: (0, m), cols }).collect()
     }
 }
 
@@ -175,31 +348,57 @@ struct Destination {
 unsafe impl Send for Destination {}
 unsafe impl Sync for Destination {}
 
-/// One block of the output, on this thread.
+/// [`product_block`] on AVX2's 6 × 16 tile.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn product_block<E: Elements>(lhs: &Operand, rhs: &Operand, dst: Destination, block: Block) {
+unsafe fn product_block_avx2<E: Elements>(lhs: &Operand, rhs: &Operand, dst: Destination, block: Block) {
+    product_block::<E, Avx2, AVX2_ROWS, AVX2_VECTORS, 16>(lhs, rhs, dst, block, Width::Avx2.blocking())
+}
+
+/// [`product_block`] on AVX-512F's 6 × 64 tile.
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn product_block_avx512<E: Elements>(lhs: &Operand, rhs: &Operand, dst: Destination, block: Block) {
+    product_block::<E, Avx512, AVX512_ROWS, AVX512_VECTORS, 64>(
+        lhs,
+        rhs,
+        dst,
+        block,
+        Width::Avx512.blocking(),
+    )
+}
+
+/// One block of the output, on this thread, on a register tile of `MR` rows × `COLS`
+/// vectors of `V` (`NR` columns). Inlined into the entry of its width
+/// ([`product_block_avx2`], [`product_block_avx512`]), whose target features its vector
+/// operations take.
+#[inline(always)]
+unsafe fn product_block<E: Elements, V: Vectors, const MR: usize, const COLS: usize, const NR: usize>(
+    lhs: &Operand,
+    rhs: &Operand,
+    dst: Destination,
+    block: Block,
+    blocking: Blocking,
+) {
+    const { assert!(NR == COLS * V::LANES, "the tile's columns are its vectors' lanes") };
     let (m, n) = (block.rows.1 - block.rows.0, block.cols.1 - block.cols.0);
     let k = lhs.cols;
-    let rhs_len = KC * NC.min(n.next_multiple_of(NR));
+    let column_blocks = n.div_ceil(blocking.max_columns);
+    let nc = n.div_ceil(column_blocks).next_multiple_of(NR);
+    let rhs_len = KC * nc;
     // Eight more than the panels: the 8-wide stores of `pack_panels` run two past a panel's end.
     let lhs_len = KC * MC.min(m.next_multiple_of(MR)) + 8;
     let mut buffer = PANELS.take();
-    if buffer.len() < rhs_len + lhs_len {
-        buffer.resize(rhs_len + lhs_len, 0.0);
+    if buffer.len() < rhs_len + lhs_len + CACHE_LINE {
+        buffer.resize(rhs_len + lhs_len + CACHE_LINE, 0.0);
     }
-    let (rhs_panels, lhs_panels) = buffer.split_at_mut(rhs_len);
-    for col in (0..n).step_by(NC) {
-        let cols = NC.min(n - col);
+    // The panels start on a cache line, so that no vector load of the rhs panels splits one.
+    let aligned = buffer.as_ptr().align_offset(64);
+    let (rhs_panels, lhs_panels) = buffer[aligned..].split_at_mut(rhs_len);
+    for col in (0..n).step_by(nc) {
+        let cols = nc.min(n - col);
         for depth in (0..k).step_by(KC) {
             let depth_len = KC.min(k - depth);
-            pack_panels::<E, NR>(
-                &rhs.transposed(),
-                block.cols.0 + col,
-                depth,
-                cols,
-                depth_len,
-                rhs_panels.as_mut_ptr(),
-            );
+            let rhs_at = block.cols.0 + col;
+            pack_panels::<E, NR>(&rhs.transposed(), rhs_at, depth, cols, depth_len, rhs_panels.as_mut_ptr());
             for row in (0..m).step_by(MC) {
                 let rows = MC.min(m - row);
                 pack_panels::<E, MR>(
@@ -212,7 +411,16 @@ unsafe fn product_block<E: Elements>(lhs: &Operand, rhs: &Operand, dst: Destinat
                 );
                 let corner = dst.data.add((block.rows.0 + row) * dst.row_stride + block.cols.0 + col);
                 let panels = Panels { lhs: lhs_panels.as_ptr(), rhs: rhs_panels.as_ptr(), depth: depth_len };
-                multiply_panels(panels, rows, cols, corner, dst.row_stride, depth > 0);
+                let accumulate = depth > 0;
+                multiply_panels::<V, MR, COLS>(
+                    panels,
+                    rows,
+                    cols,
+                    corner,
+                    dst.row_stride,
+                    accumulate,
+                    blocking.kept_in_l1,
+                );
             }
         }
     }
@@ -236,45 +444,52 @@ struct Panels {
 }
 
 /// `C ← A B` (or `C ← C + A B` when `accumulate`) for a packed `rows × depth` lhs block and
-/// `depth × cols` rhs block, `C` starting at `corner` with rows `row_stride` apart; tiles
-/// past the block's edge are computed whole into a scratch tile and only their part inside
-/// is written, with the same operations.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn multiply_panels(
+/// `depth × cols` rhs block, `C` starting at `corner` with rows `row_stride` apart, tile by
+/// tile in the order that keeps `kept` in L1; tiles past the block's edge are computed whole
+/// into a scratch tile and only their part inside is written, with the same operations.
+#[inline(always)]
+unsafe fn multiply_panels<V: Vectors, const MR: usize, const COLS: usize>(
     panels: Panels,
     rows: usize,
     cols: usize,
     corner: *mut f32,
     row_stride: usize,
     accumulate: bool,
+    kept: Kept,
 ) {
-    let mut scratch = [0f32; MR * NR];
-    for col in (0..cols).step_by(NR) {
+    let nr = COLS * V::LANES;
+    const { assert!(MR * COLS * 16 <= SCRATCH, "the scratch tile holds the largest tile") };
+    let mut scratch = [0f32; SCRATCH];
+    let (row_tiles, col_tiles) = (rows.div_ceil(MR), cols.div_ceil(nr));
+    for index in 0..row_tiles * col_tiles {
+        let (row_tile, col_tile) = match kept {
+            Kept::RhsPanel => (index % row_tiles, index / row_tiles),
+            Kept::LhsMicroPanel => (index / col_tiles, index % col_tiles),
+        };
+        let (row, col) = (row_tile * MR, col_tile * nr);
+        let lhs = panels.lhs.add(row * panels.depth);
         let rhs = panels.rhs.add(col * panels.depth);
-        for row in (0..rows).step_by(MR) {
-            let lhs = panels.lhs.add(row * panels.depth);
-            let c = corner.add(row * row_stride + col);
-            let (tile_rows, tile_cols) = (MR.min(rows - row), NR.min(cols - col));
-            if tile_rows == MR && tile_cols == NR {
-                tile(panels.depth, lhs, rhs, c, row_stride, accumulate);
-            } else {
-                tile(panels.depth, lhs, rhs, scratch.as_mut_ptr(), NR, false);
-                for i in 0..tile_rows {
-                    for j in 0..tile_cols {
-                        let out = c.add(i * row_stride + j);
-                        let value = scratch[i * NR + j];
-                        *out = if accumulate { *out + value } else { value };
-                    }
+        let c = corner.add(row * row_stride + col);
+        let (tile_rows, tile_cols) = (MR.min(rows - row), nr.min(cols - col));
+        if tile_rows == MR && tile_cols == nr {
+            tile::<V, MR, COLS>(panels.depth, lhs, rhs, c, row_stride, accumulate);
+        } else {
+            tile::<V, MR, COLS>(panels.depth, lhs, rhs, scratch.as_mut_ptr(), nr, false);
+            for i in 0..tile_rows {
+                for j in 0..tile_cols {
+                    let out = c.add(i * row_stride + j);
+                    let value = scratch[i * nr + j];
+                    *out = if accumulate { *out + value } else { value };
                 }
             }
         }
     }
 }
 
-/// The 6 × 16 register tile: `C ← A B` (or `C ← C + A B`) over `depth` values of k from one
-/// lhs micro-panel and one rhs panel, `C`'s rows `row_stride` apart.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn tile(
+/// The `MR` × (`COLS` vectors) register tile: `C ← A B` (or `C ← C + A B`) over `depth`
+/// values of k from one lhs micro-panel and one rhs panel, `C`'s rows `row_stride` apart.
+#[inline(always)]
+unsafe fn tile<V: Vectors, const MR: usize, const COLS: usize>(
     depth: usize,
     lhs: *const f32,
     rhs: *const f32,
@@ -282,38 +497,50 @@ unsafe fn tile(
     row_stride: usize,
     accumulate: bool,
 ) {
+    let nr = COLS * V::LANES;
     // The tile's rows of `C` are fetched while the FMAs run: read (or written) only after
     // them, they would stall the tile on memory (ViT-B/32's products ran 13-17% slower).
     for i in 0..MR {
-        _mm_prefetch::<_MM_HINT_T0>(c.add(i * row_stride) as *const i8);
-        _mm_prefetch::<_MM_HINT_T0>(c.add(i * row_stride + NR - 1) as *const i8);
+        let row = c.add(i * row_stride);
+        for j in (0..nr).step_by(CACHE_LINE) {
+            _mm_prefetch::<_MM_HINT_T0>(row.add(j) as *const i8);
+        }
+        _mm_prefetch::<_MM_HINT_T0>(row.add(nr - 1) as *const i8);
     }
-    let mut sums = [[_mm256_setzero_ps(); 2]; MR];
+    let mut sums = [[V::zero(); COLS]; MR];
     let (mut lhs, mut rhs) = (lhs, rhs);
     for _ in 0..depth {
-        let right = [_mm256_loadu_ps(rhs), _mm256_loadu_ps(rhs.add(8))];
-        _mm_prefetch::<_MM_HINT_T0>(rhs.add(8 * NR) as *const i8);
+        let right: [V::Vector; COLS] = std::array::from_fn(|j| V::load(rhs.add(j * V::LANES)));
+        // The panel's values eight k ahead, a cache line of them at a time.
+        for j in (0..nr).step_by(CACHE_LINE) {
+            _mm_prefetch::<_MM_HINT_T0>(rhs.add(8 * nr + j) as *const i8);
+        }
         for (i, row_sums) in sums.iter_mut().enumerate() {
-            let left = _mm256_broadcast_ss(&*lhs.add(i));
-            row_sums[0] = _mm256_fmadd_ps(left, right[0], row_sums[0]);
-            row_sums[1] = _mm256_fmadd_ps(left, right[1], row_sums[1]);
+            let left = V::broadcast(lhs.add(i));
+            for (sum, &right) in row_sums.iter_mut().zip(&right) {
+                *sum = V::multiply_add(left, right, *sum);
+            }
         }
         lhs = lhs.add(MR);
-        rhs = rhs.add(NR);
+        rhs = rhs.add(nr);
     }
     for (i, row_sums) in sums.iter().enumerate() {
-        for (half, &sum) in row_sums.iter().enumerate() {
-            let out = c.add(i * row_stride + half * 8);
-            let value = if accumulate { _mm256_add_ps(_mm256_loadu_ps(out), sum) } else { sum };
-            _mm256_storeu_ps(out, value);
+        for (j, &sum) in row_sums.iter().enumerate() {
+            let out = c.add(i * row_stride + j * V::LANES);
+            let value = if accumulate { V::add(V::load(out), sum) } else { sum };
+            V::store(out, value);
         }
     }
 }
 
+/// f32 values in a 64-byte cache line.
+const CACHE_LINE: usize = 16;
+
 /// Packs lines `first..first + count` of `lines` (a matrix whose rows are the lines, each
 /// along k) over k `depth..depth + depth_len`, read as `E` says, into panels of `W` lines at
 /// `out`: for each k, the panel's `W` values (zeros past the last line). The lhs is packed by its rows
-/// (`W` = [`MR`]), the rhs by its columns, read as the rows of its transpose (`W` = [`NR`]).
+/// (`W` = the tile's rows), the rhs by its columns, read as the rows of its transpose (`W` =
+/// the tile's columns).
 /// `out` must hold the panels and, when `W` is below 8, 8 more elements.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn pack_panels<E: Elements, const W: usize>(
@@ -423,82 +650,89 @@ mod tests {
         noise_matrix, Layout, Stored, SIZES,
     };
     use super::super::matmul_bf16::{round_to_bf16, tests::rounding_edges};
-    use super::{
-        matmul, rounded_to_bf16, split, supported, AsStored, Block, Elements, RoundedToBf16, MR, NR,
-    };
+    use super::{matmul, rounded_to_bf16, split, AsStored, Block, Elements, RoundedToBf16, Width};
     use std::arch::x86_64::{_mm256_loadu_ps, _mm256_storeu_ps};
     use std::convert::identity;
 
-    /// The product on `threads` threads of their own pool, the elements read as `E` says.
-    fn product_of<E: Elements>(threads: usize, lhs: &Stored, rhs: &Stored) -> Vec<f32> {
+    /// The product on `width`'s vectors on `threads` threads of their own pool, the elements
+    /// read as `E` says.
+    fn product_of<E: Elements>(width: Width, threads: usize, lhs: &Stored, rhs: &Stored) -> Vec<f32> {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-        // SAFETY: every caller has checked `supported` first.
-        pool.install(|| unsafe { matmul::<E>(lhs.operand(), rhs.operand(), threads) })
+        // SAFETY: every caller takes `width` from `widths_here`.
+        pool.install(|| unsafe { matmul::<E>(width, lhs.operand(), rhs.operand(), threads) })
     }
 
-    /// The f32 product on `threads` threads of their own pool.
-    fn product_on(threads: usize, lhs: &Stored, rhs: &Stored) -> Vec<f32> {
-        product_of::<AsStored>(threads, lhs, rhs)
+    /// The f32 product on `width`'s vectors on `threads` threads of their own pool.
+    fn product_on(width: Width, threads: usize, lhs: &Stored, rhs: &Stored) -> Vec<f32> {
+        product_of::<AsStored>(width, threads, lhs, rhs)
     }
 
-    /// Whether the kernel can run here; where the CPU lacks AVX2 or FMA, says on the terminal
-    /// (past the test harness's capture) that `test` checked nothing.
-    fn runs_here(test: &str) -> bool {
-        if !supported() {
+    /// The widths this CPU runs; for each it lacks, says on the terminal (past the test
+    /// harness's capture) that `test` did not check the kernel on it.
+    fn widths_here(test: &str) -> Vec<Width> {
+        let (here, missing): (Vec<Width>, Vec<Width>) =
+            [Width::Avx2, Width::Avx512].into_iter().partition(|width| width.runs_here());
+        for width in missing {
             use std::io::Write;
-            let note =
-                format!("note: {test}: this CPU lacks AVX2 or FMA, so the f32 kernel was not tested\n");
+            let note = format!(
+                "note: {test}: this CPU does not run {width:?}, so the f32 kernel was not tested on it\n"
+            );
             let _ = std::io::stderr().write_all(note.as_bytes());
         }
-        supported()
+        here
     }
 
     #[test]
     fn product_matches_the_reference_on_every_layout() {
-        if !runs_here("product_matches_the_reference_on_every_layout") {
-            return;
+        for width in widths_here("product_matches_the_reference_on_every_layout") {
+            for_all_cases(&SIZES, |lhs, rhs, context| {
+                let context = format!("{width:?}, {context}");
+                assert_matches_reference_of(&product_on(width, 2, lhs, rhs), lhs, rhs, &context, identity);
+            });
         }
-        for_all_cases(&SIZES, |lhs, rhs, context| {
-            assert_matches_reference_of(&product_on(2, lhs, rhs), lhs, rhs, context, identity);
-        });
     }
 
     /// k across five blocks of 256 with a remainder that is not a multiple of 8; rows and
-    /// columns with partial tiles; and a product wider than one block of columns (3072),
-    /// split over the threads by columns.
+    /// columns with partial tiles; and a product wider than a block of columns (768 with
+    /// AVX-512F, 3072 with AVX2), split over the threads by columns.
     #[test]
     fn long_and_wide_products_match_the_reference() {
-        if !runs_here("long_and_wide_products_match_the_reference") {
-            return;
-        }
-        for_large_cases(|lhs, rhs, context| {
-            assert_matches_reference_of(&product_on(3, lhs, rhs), lhs, rhs, context, identity);
-        });
-        for layout in [Layout::Plain, Layout::Transposed, Layout::Strided] {
-            let (lhs, rhs) = (noise_matrix(7, 300, layout, 7), noise_matrix(300, 3100, layout, 8));
-            let context = format!("7×300×3100, {layout:?}");
-            assert_matches_reference_of(&product_on(3, &lhs, &rhs), &lhs, &rhs, &context, identity);
+        for width in widths_here("long_and_wide_products_match_the_reference") {
+            for_large_cases(|lhs, rhs, context| {
+                let context = format!("{width:?}, {context}");
+                assert_matches_reference_of(&product_on(width, 3, lhs, rhs), lhs, rhs, &context, identity);
+            });
+            for layout in [Layout::Plain, Layout::Transposed, Layout::Strided] {
+                let (lhs, rhs) = (noise_matrix(7, 300, layout, 7), noise_matrix(300, 3100, layout, 8));
+                let context = format!("{width:?}, 7×300×3100, {layout:?}");
+                assert_matches_reference_of(
+                    &product_on(width, 3, &lhs, &rhs),
+                    &lhs,
+                    &rhs,
+                    &context,
+                    identity,
+                );
+            }
         }
     }
 
     #[test]
     fn product_does_not_depend_on_the_thread_count() {
-        if !runs_here("product_does_not_depend_on_the_thread_count") {
-            return;
-        }
-        // SAFETY: `supported` was checked above.
-        assert_independent_of_the_thread_count(|lhs, rhs| unsafe {
-            matmul::<AsStored>(lhs.operand(), rhs.operand(), rayon::current_num_threads())
-        });
-        let (lhs, rhs) =
-            (noise_matrix(20, 500, Layout::Plain, 9), noise_matrix(500, 700, Layout::Transposed, 10));
-        let serial = product_on(1, &lhs, &rhs);
-        for threads in [2, 3, 5] {
-            let parallel = product_on(threads, &lhs, &rhs);
-            assert!(
-                serial.iter().zip(&parallel).all(|(s, p)| s.to_bits() == p.to_bits()),
-                "{threads} threads"
-            );
+        for width in widths_here("product_does_not_depend_on_the_thread_count") {
+            // SAFETY: `widths_here` has checked that the CPU runs `width`.
+            assert_independent_of_the_thread_count(|lhs, rhs| unsafe {
+                matmul::<AsStored>(width, lhs.operand(), rhs.operand(), rayon::current_num_threads())
+            });
+            let (lhs, rhs) =
+                (noise_matrix(20, 500, Layout::Plain, 9), noise_matrix(500, 700, Layout::Transposed, 10));
+            let serial = product_on(width, 1, &lhs, &rhs);
+            for threads in [2, 3, 5] {
+                let parallel = product_on(width, threads, &lhs, &rhs);
+                assert!(
+                    serial.iter().zip(&parallel).all(|(s, p)| s.to_bits() == p.to_bits()),
+                    "{width:?}, {threads} threads"
+                );
+            }
         }
     }
 
@@ -506,7 +740,7 @@ mod tests {
     /// subnormals, NaNs, of both signs) and on every 997th bit pattern of the 2³² there are.
     #[test]
     fn vector_rounding_to_bf16_agrees_with_round_to_bf16() {
-        if !runs_here("vector_rounding_to_bf16_agrees_with_round_to_bf16") {
+        if !widths_here("vector_rounding_to_bf16_agrees_with_round_to_bf16").contains(&Width::Avx2) {
             return;
         }
         let sampled = (0..=u32::MAX).step_by(997).map(f32::from_bits);
@@ -515,7 +749,7 @@ mod tests {
             let mut lanes = lanes.to_vec();
             lanes.resize(8, 0.0);
             let mut rounded = [0f32; 8];
-            // SAFETY: `supported` was checked above; both arrays hold eight f32.
+            // SAFETY: the CPU runs AVX2 and FMA (checked above); both arrays hold eight f32.
             unsafe {
                 _mm256_storeu_ps(rounded.as_mut_ptr(), rounded_to_bf16(_mm256_loadu_ps(lanes.as_ptr())))
             };
@@ -532,43 +766,45 @@ mod tests {
     /// multiple of 8, partial tiles).
     #[test]
     fn bf16_product_is_the_f32_product_of_the_rounded_operands() {
-        if !runs_here("bf16_product_is_the_f32_product_of_the_rounded_operands") {
-            return;
+        for width in widths_here("bf16_product_is_the_f32_product_of_the_rounded_operands") {
+            let check = |lhs: &Stored, rhs: &Stored, context: &str| {
+                let context = format!("{width:?}, {context}");
+                let product = product_of::<RoundedToBf16>(width, 2, lhs, rhs);
+                let of_copies = product_on(width, 2, &lhs.map(round_to_bf16), &rhs.map(round_to_bf16));
+                assert!(
+                    product.iter().zip(&of_copies).all(|(p, c)| p.to_bits() == c.to_bits()),
+                    "{context}: differs from the product of rounded copies"
+                );
+                assert_matches_reference_of(&product, lhs, rhs, &context, round_to_bf16);
+            };
+            for_all_cases(&SIZES, check);
+            for_large_cases(check);
         }
-        let check = |lhs: &Stored, rhs: &Stored, context: &str| {
-            let product = product_of::<RoundedToBf16>(2, lhs, rhs);
-            let of_copies = product_on(2, &lhs.map(round_to_bf16), &rhs.map(round_to_bf16));
-            assert!(
-                product.iter().zip(&of_copies).all(|(p, c)| p.to_bits() == c.to_bits()),
-                "{context}: differs from the product of rounded copies"
-            );
-            assert_matches_reference_of(&product, lhs, rhs, context, round_to_bf16);
-        };
-        for_all_cases(&SIZES, check);
-        for_large_cases(check);
     }
 
     #[test]
     fn an_empty_inner_dimension_gives_zeros() {
-        if !runs_here("an_empty_inner_dimension_gives_zeros") {
-            return;
+        for width in widths_here("an_empty_inner_dimension_gives_zeros") {
+            let (lhs, rhs) = (noise_matrix(3, 0, Layout::Plain, 11), noise_matrix(0, 4, Layout::Plain, 12));
+            assert_eq!(product_on(width, 2, &lhs, &rhs), vec![0.0; 12], "{width:?}");
         }
-        let (lhs, rhs) = (noise_matrix(3, 0, Layout::Plain, 11), noise_matrix(0, 4, Layout::Plain, 12));
-        assert_eq!(product_on(2, &lhs, &rhs), vec![0.0; 12]);
     }
 
     /// The blocks cover every element of the output once, start on whole tiles, and number
     /// at most one per thread.
     #[test]
     fn split_covers_the_output_once() {
-        for (m, n) in [(1, 1), (5, 3), (100, 7), (7, 100), (1600, 768), (768, 3072), (6, 16)] {
+        let sizes = [(1, 1), (5, 3), (100, 7), (7, 100), (1600, 768), (768, 3072), (6, 16), (6, 64)];
+        for ((m, n), (tile_rows, tile_cols)) in
+            sizes.into_iter().flat_map(|size| [(size, (6, 16)), (size, (8, 32))])
+        {
             for threads in 1..=5 {
-                let blocks = split(m, n, threads);
+                let blocks = split(m, n, threads, (tile_rows, tile_cols));
                 assert!(blocks.len() <= threads, "{m}×{n} on {threads}: {} blocks", blocks.len());
                 let mut covered = vec![0u8; m * n];
                 for Block { rows, cols } in blocks {
                     assert!(
-                        rows.0 % MR == 0 && cols.0 % NR == 0,
+                        rows.0 % tile_rows == 0 && cols.0 % tile_cols == 0,
                         "{m}×{n} on {threads}: block at {rows:?}, {cols:?}"
                     );
                     for i in rows.0..rows.1 {

@@ -46,6 +46,8 @@ pub use layer_norm::layer_norm;
 pub use layer_norm_linear::layer_norm_linear;
 pub use linear::{linear, product, Operand};
 pub use matmul_bf16::Bf16Kernel;
-pub use precision::{matmul_precision, set_matmul_precision, MatmulPrecision, PORTABLE_BF16_NOTE};
+pub use precision::{
+    matmul_precision, set_matmul_precision, F32Kernel, KernelChoice, MatmulPrecision, PORTABLE_BF16_NOTE,
+};
 pub use residual_linear::{mlp_residual, residual_linear};
 pub use softmax::{masked_softmax_last_dim, softmax_last_dim};

@@ -14,11 +14,12 @@
 //! k-pair per step (two rhs vectors, `MR` broadcast lhs pairs, 2 · `MR` VDPBF16PS) while the
 //! rhs panel's block stays in L1; each output element is summed in the order of k, whatever the number of threads.
 //! On x86_64 Linux CPUs that also have AMX-BF16 tiles, the product runs on TDPBF16PS
-//! instead ([`amx`]), from the same packers. Elsewhere the product is the linear kernel's f32
-//! product of the rounded operands: on CPUs where that is this crate's AVX2 kernel, the
-//! kernel rounds each element as it packs it; otherwise (and on one thread, as attention's
-//! products run, by gemm) both operands are copied, rounded, in the order of their storage
-//! (row-major or column-major) into a buffer each thread keeps between products. All agree
+//! instead ([`amx`]), from the same packers. Elsewhere the product is an f32 product of the
+//! rounded operands: on x86_64 CPUs with AVX2 and FMA, this crate's f32 kernel on the widest
+//! vectors the CPU has (AVX-512F or AVX2), which rounds each element as it packs it;
+//! otherwise (and on one thread, as attention's products run, by gemm) both operands are
+//! copied, rounded, in the order of their storage (row-major or column-major) into a buffer
+//! each thread keeps between products. All agree
 //! up to the order of the f32 sums (and VDPBF16PS and TDPBF16PS flush results of magnitude
 //! below 2⁻¹²⁶ to zero).
 //! [`Bf16Kernel::on_this_cpu`] says which runs.
@@ -31,12 +32,10 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 use super::linear::{matmul, matmul_with, Operand};
-use super::rows::rows_per_block;
 #[cfg(target_arch = "x86_64")]
-use super::{
-    matmul_f32::{self, RoundedToBf16},
-    precision::own_f32_kernel,
-};
+use super::matmul_f32::{self, RoundedToBf16};
+use super::precision::KernelChoice;
+use super::rows::rows_per_block;
 
 /// `lhs · rhs` as a new row-major `m × n` matrix, from the bf16 roundings of both operands'
 /// elements with f32 sums, on the thread pool when the product is large.
@@ -88,28 +87,14 @@ impl Bf16Kernel {
     /// (`amx`, `avx512_bf16` or `portable`) where it runs, to compare kernels on one machine.
     pub fn on_this_cpu() -> Self {
         static KERNEL: OnceLock<Bf16Kernel> = OnceLock::new();
-        *KERNEL.get_or_init(|| Self::chosen(std::env::var("ROBUSTFT_BF16_KERNEL").ok().as_deref()))
+        *KERNEL.get_or_init(|| Self::chosen(std::env::var(Self::VARIABLE).ok().as_deref()))
     }
+}
 
-    /// The kernel named `requested` where this CPU runs it, else the fastest one (saying so on
-    /// the terminal when a request is not followed).
-    fn chosen(requested: Option<&str>) -> Self {
-        let available = Self::available();
-        let fastest = available[0];
-        let Some(name) = requested else { return fastest };
-        if let Some(&kernel) = available.iter().find(|kernel| kernel.name() == name) {
-            return kernel;
-        }
-        let reason = if [Self::Amx, Self::Avx512Bf16, Self::Portable].iter().any(|k| k.name() == name) {
-            "this CPU does not run it"
-        } else {
-            "not a kernel (amx, avx512_bf16 or portable)"
-        };
-        eprintln!("warning: ROBUSTFT_BF16_KERNEL={name}: {reason}; using {}", fastest.name());
-        fastest
-    }
+impl KernelChoice for Bf16Kernel {
+    const VARIABLE: &'static str = "ROBUSTFT_BF16_KERNEL";
+    const ALL: &'static [Self] = &[Bf16Kernel::Amx, Bf16Kernel::Avx512Bf16, Bf16Kernel::Portable];
 
-    /// The kernels this CPU runs, fastest first.
     fn available() -> Vec<Self> {
         let mut kernels = Vec::new();
         #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
@@ -124,8 +109,7 @@ impl Bf16Kernel {
         kernels
     }
 
-    /// The name in benchmark reports: `amx`, `avx512_bf16` or `portable`.
-    pub fn name(self) -> &'static str {
+    fn name(self) -> &'static str {
         match self {
             Self::Amx => "amx",
             Self::Avx512Bf16 => "avx512_bf16",
@@ -234,15 +218,17 @@ thread_local! {
     static ROUNDED_OPERANDS: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
-/// The product on any CPU: both operands rounded to bf16 values held in f32, multiplied by the
-/// linear kernel's f32 product (products of two bf16 values are exact in f32), on the pool's
-/// threads where `may_parallelise`. Where that product runs on this crate's AVX2 kernel, the
-/// kernel rounds each element as it packs it; elsewhere the rounded operands are copied first.
+/// The product on any CPU: both operands rounded to bf16 values held in f32, multiplied by an
+/// f32 product (products of two bf16 values are exact in f32), on the pool's threads where
+/// `may_parallelise`. There, on x86_64 CPUs with AVX2 and FMA, the product runs on this
+/// crate's f32 kernel on the widest vectors the CPU has, which rounds each element as it
+/// packs it; elsewhere (and on one thread) the rounded operands are copied first and
+/// multiplied by the linear kernel's f32 product.
 fn matmul_of_rounded(lhs: Operand, rhs: Operand, may_parallelise: bool) -> Vec<f32> {
     #[cfg(target_arch = "x86_64")]
-    if may_parallelise && own_f32_kernel() {
-        // SAFETY: `own_f32_kernel` has checked that the CPU supports AVX2 and FMA.
-        return unsafe { matmul_f32::matmul::<RoundedToBf16>(lhs, rhs, rayon::current_num_threads()) };
+    if let Some(width) = matmul_f32::Width::widest_here().filter(|_| may_parallelise) {
+        // SAFETY: `widest_here` names only a width this CPU runs.
+        return unsafe { matmul_f32::matmul::<RoundedToBf16>(width, lhs, rhs, rayon::current_num_threads()) };
     }
     // Taken rather than borrowed: a product that runs on this thread meanwhile (work taken up
     // while gemm's threads are joined) finds it empty and makes its own.
@@ -346,7 +332,7 @@ pub(super) use avx512::{lane_mask, load_masked, store_masked, transpose as trans
 
 #[cfg(test)]
 pub(in crate::kernels) mod tests {
-    use super::{matmul_bf16, matmul_of_rounded, round_to_bf16, Bf16Kernel, Operand};
+    use super::{matmul_bf16, matmul_of_rounded, round_to_bf16, Bf16Kernel, KernelChoice, Operand};
 
     /// A matrix stored row-major, transposed (`[cols, rows]`) or row-major with every other
     /// stored column skipped (neither stride 1).
