@@ -16,6 +16,10 @@
 //! operands to bfloat16, multiply with fp32 sums, round the product to bfloat16 and cast it
 //! back to fp32, forward and backward; the fp32 master weights and every other op are as
 //! above.
+//!
+//! On the CPU, [`F32Kernel`] and [`Bf16Kernel`] say which kernel runs each precision's
+//! products: the fastest measured on this kind of CPU, or the one an environment variable
+//! names ([`KernelChoice`]).
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
@@ -97,8 +101,9 @@ pub enum F32Kernel {
 
 impl F32Kernel {
     /// The kernel f32 products run on (chosen once): the fastest measured on this kind of
-    /// CPU ([`KernelChoice::available`]), or the one named by the environment variable `ROBUSTFT_F32_KERNEL` (`avx512f`,
-    /// `avx2_fma` or `gemm`) where it runs, to compare kernels on one machine.
+    /// CPU ([`KernelChoice::available`]), or the one named by the environment variable
+    /// `ROBUSTFT_F32_KERNEL` (`avx512f`, `avx2_fma` or `gemm`) where it runs, to compare
+    /// kernels on one machine.
     pub fn on_this_cpu() -> Self {
         static KERNEL: OnceLock<F32Kernel> = OnceLock::new();
         *KERNEL.get_or_init(|| Self::chosen(std::env::var(Self::VARIABLE).ok().as_deref()))
