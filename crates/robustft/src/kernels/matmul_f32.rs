@@ -111,7 +111,7 @@ struct Blocking {
 }
 
 /// Which packed panel stays in L1 while the tiles of a block pass over the other operand's.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 enum Kept {
     /// A rhs panel, met by every lhs micro-panel of the row block in turn.
     RhsPanel,
