@@ -65,8 +65,8 @@ pub struct BenchArgs {
     /// layers (qkv, out, fc1, fc2; rows = --batch × tokens) through the model's linear kernel,
     /// and its attention (`q kᵀ` and `P v` of every head, the softmax between), in --precision,
     /// one untimed run then --steps timed ones each, and print GFLOP/s (and the kernel: in fp32
-    /// `avx512f` on Intel CPUs with AVX-512F, `avx2_fma` on CPUs with AVX2 and FMA but no
-    /// AVX-512F, `gemm` elsewhere, and for
+    /// `avx2_fma` on CPUs with AVX2 and FMA but no AVX-512F, `gemm` elsewhere, `avx512f` where
+    /// `ROBUSTFT_F32_KERNEL` picks it, and for
     /// attention `avx512f` on CPUs with AVX-512F, `gemm` elsewhere; in bf16 `amx` on CPUs with
     /// AMX-BF16 tiles, `avx512_bf16` on AVX512-BF16 ones, `portable` elsewhere), each
     /// beside the fp32 FMA peak of the same threads (independent multiply-adds in registers,

@@ -9,7 +9,8 @@
 //! that keep their first layer's output inside themselves, in bf16 under bf16 precision; a
 //! vectorised `exp` equal to glibc's serves the softmax and both GELUs, and a vectorised `erf`
 //! with `libm`'s values the exact GELU. The f32 products run on candle's gemm, or on CPUs
-//! with AVX2 and FMA but no AVX-512F on a packed AVX2 kernel of this crate's (`matmul_f32`);
+//! with AVX2 and FMA but no AVX-512F on a packed AVX2 kernel of this crate's (`matmul_f32`,
+//! which on AVX-512F vectors runs the bf16 products of CPUs without bfloat16 instructions);
 //! attention's per-head f32 products, on CPUs with AVX-512F, on register tiles without
 //! packing (`head_product`).
 //!
