@@ -55,6 +55,8 @@ const SCRATCH: usize = AVX512_ROWS * AVX512_VECTORS * 16;
 const KC: usize = 256;
 /// Rows per packed lhs block (120 KiB at [`KC`]); a multiple of both tiles' rows.
 const MC: usize = 120;
+/// f32 values in a 64-byte cache line.
+const CACHE_LINE: usize = 16;
 
 /// The vectors this kernel runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -391,7 +393,7 @@ unsafe fn product_block<E: Elements, V: Vectors, const MR: usize, const COLS: us
         buffer.resize(rhs_len + lhs_len + CACHE_LINE, 0.0);
     }
     // The panels start on a cache line, so that no vector load of the rhs panels splits one.
-    let aligned = buffer.as_ptr().align_offset(64);
+    let aligned = buffer.as_ptr().align_offset(CACHE_LINE * size_of::<f32>());
     let (rhs_panels, lhs_panels) = buffer[aligned..].split_at_mut(rhs_len);
     for col in (0..n).step_by(nc) {
         let cols = nc.min(n - col);
@@ -458,7 +460,7 @@ unsafe fn multiply_panels<V: Vectors, const MR: usize, const COLS: usize>(
     kept: Kept,
 ) {
     let nr = COLS * V::LANES;
-    const { assert!(MR * COLS * 16 <= SCRATCH, "the scratch tile holds the largest tile") };
+    const { assert!(MR * COLS * V::LANES <= SCRATCH, "the scratch tile holds the largest tile") };
     let mut scratch = [0f32; SCRATCH];
     let (row_tiles, col_tiles) = (rows.div_ceil(MR), cols.div_ceil(nr));
     for index in 0..row_tiles * col_tiles {
@@ -532,9 +534,6 @@ unsafe fn tile<V: Vectors, const MR: usize, const COLS: usize>(
         }
     }
 }
-
-/// f32 values in a 64-byte cache line.
-const CACHE_LINE: usize = 16;
 
 /// Packs lines `first..first + count` of `lines` (a matrix whose rows are the lines, each
 /// along k) over k `depth..depth + depth_len`, read as `E` says, into panels of `W` lines at
