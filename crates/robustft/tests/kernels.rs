@@ -1,7 +1,9 @@
 //! Parity of the fused CPU kernels (`robustft::kernels`) with their primitive-op formulations
 //! (`robustft::kernels::reference`): forward values and the gradients of every input (candle
 //! backprop of a randomly weighted sum of the output) on awkward shapes, on both sides of the
-//! kernels' serial/parallel threshold, including masked softmax with `-inf` entries.
+//! kernels' serial/parallel threshold, including masked softmax with `-inf` entries. Also the
+//! backward pass they run under (the vendored candle-core stores a tensor's first gradient and
+//! adds the later ones) against gradients worked by hand.
 
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 use robustft::clip::config::Activation;
@@ -798,4 +800,28 @@ fn linear_rejects_a_weight_or_bias_that_does_not_fit() {
     assert!(err.to_string().contains("weight [3, 9] does not fit x [4, 8]"), "{err}");
     let err = kernels::linear(&x, &weight, Some(&random(&[4], 4, 1.0, 0.0))).unwrap_err();
     assert!(err.to_string().contains("bias [4] does not fit weight [3, 8]"), "{err}");
+}
+
+#[test]
+fn backward_stores_first_gradients_and_adds_later_ones() {
+    // y = Σ (x ⊙ w) + Σ x² + Σ xᵀ, with w: [3] broadcast over x: [2, 3]. x reaches y by three
+    // paths (its gradient is stored, then added to twice), w by one through a broadcast (its
+    // first gradient a sum over the rows), and the transpose's gradient is a strided view.
+    // By hand, as PyTorch's autograd gives it:
+    //   x = torch.tensor(X, requires_grad=True); w = torch.tensor(W, requires_grad=True)
+    //   ((x * w).sum() + (x ** 2).sum() + x.t().sum()).backward()
+    //   x.grad == w + 2 x + 1, w.grad == x.sum(0)
+    let x = Var::from_vec(vec![0.5f32, -1.0, 2.0, 3.0, 0.25, -4.0], (2, 3), &Device::Cpu).unwrap();
+    let w = Var::from_vec(vec![1.5f32, -2.0, 0.75], 3, &Device::Cpu).unwrap();
+    let (xt, wt) = (x.as_tensor(), w.as_tensor());
+    let y = (xt.broadcast_mul(wt).unwrap().sum_all().unwrap()
+        + xt.sqr().unwrap().sum_all().unwrap()
+        + xt.t().unwrap().sum_all().unwrap())
+    .unwrap();
+    let grads = y.backward().unwrap();
+    let (xs, ws) = (flat(xt), flat(wt));
+    let expected_x: Vec<f32> = xs.iter().enumerate().map(|(i, &v)| ws[i % 3] + 2.0 * v + 1.0).collect();
+    let expected_w: Vec<f32> = (0..3).map(|j| xs[j] + xs[j + 3]).collect();
+    assert_eq!(flat(grads.get(xt).unwrap()), expected_x);
+    assert_eq!(flat(grads.get(wt).unwrap()), expected_w);
 }
