@@ -706,11 +706,12 @@ impl GradStore {
         self.0.insert(id, grad)
     }
 
-    /// Get the gradient tensor associated with the given tensor, or, if it does not exist,
-    /// insert a tensor of zeroes, with the same shape and type as the given tensors and return it
     /// Adds `grad` to the gradient of `tensor`. The first gradient to reach a tensor is stored
-    /// as it is (made contiguous), not added to fresh zeros: most tensors have one consumer, and
-    /// the zeros cost a fill, an add and an allocation the size of the tensor each.
+    /// as it is, not added to fresh zeros: most tensors have one consumer, and the zeros cost a
+    /// fill, an add and an allocation the size of the tensor each. A first gradient that is a
+    /// strided view, or a part of a larger buffer past its start (a later part of a
+    /// concatenation's gradient), is stored as a copy, so that it neither keeps the whole
+    /// buffer alive nor reaches its consumers strided.
     fn accumulate(&mut self, tensor: &Tensor, grad: &Tensor) -> Result<()> {
         match self.0.entry(tensor.id()) {
             Entry::Occupied(mut entry) => {
@@ -718,12 +719,15 @@ impl GradStore {
                 entry.insert(sum);
             }
             Entry::Vacant(entry) => {
-                entry.insert(grad.contiguous()?);
+                let own = grad.is_contiguous() && grad.layout().start_offset() == 0;
+                entry.insert(if own { grad.clone() } else { grad.force_contiguous()? });
             }
         }
         Ok(())
     }
 
+    /// Get the gradient tensor associated with the given tensor, or, if it does not exist,
+    /// insert a tensor of zeroes, with the same shape and type as the given tensors and return it
     fn or_insert(&mut self, tensor: &Tensor) -> Result<&mut Tensor> {
         let grad = match self.0.entry(tensor.id()) {
             Entry::Occupied(entry) => entry.into_mut(),
