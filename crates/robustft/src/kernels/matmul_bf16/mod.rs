@@ -12,7 +12,9 @@
 //! micro-panels, as even as whole micro-panels allow), into micro-panels of [`avx512`]'s `MR`
 //! rows, block of k by block of k. A register tile of `MR` × 32 f32 accumulators takes one
 //! k-pair per step (two rhs vectors, `MR` broadcast lhs pairs, 2 · `MR` VDPBF16PS) while the
-//! rhs panel's block stays in L1; each output element is summed in the order of k, whatever the number of threads.
+//! rhs panel's block stays in L1, and the output rows of the next tile are fetched meanwhile
+//! (as are the next panel's lines, where k is contiguous, while one is packed); each output
+//! element is summed in the order of k, whatever the number of threads.
 //! On x86_64 Linux CPUs that also have AMX-BF16 tiles, the product runs on TDPBF16PS
 //! instead ([`amx`]), from the same packers. Elsewhere the product is an f32 product of the
 //! rounded operands: on x86_64 CPUs with AVX2 and FMA, this crate's f32 kernel on the widest
