@@ -7,6 +7,12 @@ use std::ffi::{c_char, CString};
 
 use robustft::kernels::{product, set_matmul_precision, MatmulPrecision, Operand};
 
+/// robustft's outputs are allocated as in the CLI: freed blocks of 32 MiB or more are kept for
+/// reuse, so that such an output (ViT-B/32's fc1 at batch 64) is not a fresh mapping,
+/// page-faulted and zeroed, at every call. PyTorch's allocations do not pass through it.
+#[global_allocator]
+static ALLOCATOR: robustft::allocator::CachedSystem = robustft::allocator::CachedSystem;
+
 /// Sets the precision of later products (bf16 where `bf16`, else fp32) and returns the name of
 /// the kernel they run on (`MatmulPrecision::cpu_kernel`) as a C string kept for the rest of
 /// the process.
