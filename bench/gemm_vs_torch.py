@@ -12,8 +12,8 @@ by round, so that a shared VM's drift (up to 2x within minutes) falls on both al
 of either engine returns a fresh output, as in a training step (robustft's from the CLI's
 allocator, which reuses freed blocks of 32 MiB or more; PyTorch's from its own). The operands
 rotate over enough sets to fill twice the last-level cache, so they come cold from memory as
-they do inside a step. Prints a markdown table with the medians of the rounds' GFLOP/s and of their
-ratios, and the ratio of all the products' summed times.
+they do inside a step. Prints a markdown table with the medians of the rounds' GFLOP/s and of
+their ratios, and the ratio of all the products' summed times.
 
 Run it with bench/gemm_vs_torch.sh (it builds the library and uses the fixture venv).
 """
